@@ -1,0 +1,365 @@
+"""Format descriptors, reference quantize/dequantize, and the 128x4 swizzled scale layout.
+
+Everything here is pure torch and runs on any device. It is the numerical definition that every
+backend must reproduce, and it is bit-identical to torchao 0.18 (``to_mx`` and ``nvfp4_quantize``).
+
+Canonical operands (one format for every backend):
+
+* MXFP8: ``q`` float8_e4m3fn [M, K] row-major; ``s`` uint8 E8M0 bytes, one per 32 elements along K,
+  in the 128x4 swizzled layout (``to_blocked``), shape [round_up(M, 128), round_up(K / 32, 4)].
+* NVFP4: ``q`` uint8 [M, K / 2], two e2m1 codes per byte, element 2i in the low nibble and 2i + 1
+  in the high nibble; ``s`` float8_e4m3fn, one per 16 elements along K, swizzled the same way,
+  shape [round_up(M, 128), round_up(K / 16, 4)]; ``tensor_scale`` a 0-dim float32 tensor.
+
+Special values:
+
+* E8M0 byte e decodes to 2^(e - 127); byte 0 is 2^-127 (not zero) and byte 255 is NaN.
+* MXFP8: a block holding a NaN gets scale byte 255, so the whole block decodes to NaN. An inf
+  saturates to +-448 with the largest scale (FLOOR: byte 247; RCEIL: byte 254); the other elements of
+  its block flush to zero. Finite values above the range saturate to +-448 (no inf in e4m3fn).
+* NVFP4: e2m1 has no NaN or inf. A NaN in a block makes its e4m3 scale NaN (0x7F), so the block
+  decodes to NaN; the element codes of such a block are unspecified (torchao writes 0x3, we write
+  0x0). With a dynamic tensor scale, a NaN or inf anywhere makes the tensor scale NaN or inf and
+  every block NaN. With a given finite tensor scale an inf saturates to +-6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Format",
+    "MXFP8",
+    "NVFP4",
+    "FORMATS",
+    "round_up",
+    "swizzled_scale_shape",
+    "to_blocked",
+    "from_blocked",
+    "quantize_mxfp8",
+    "quantize_nvfp4",
+    "dequantize_mxfp8",
+    "dequantize_nvfp4",
+    "nvfp4_tensor_scale",
+    "e8m0_to_float32",
+    "E2M1_VALUES",
+]
+
+HIGH_PRECISION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+E4M3_MAX = 448.0
+E4M3_TINY = torch.finfo(torch.float8_e4m3fn).tiny  # 2^-6, the smallest normal e4m3 value
+E2M1_MAX = 6.0
+E8M0_BIAS = 127
+E8M0_NAN = 255
+SCALING_MODES = ("rceil", "floor")
+
+
+@dataclass(frozen=True)
+class Format:
+    """What a block-scaled format stores. Only ``name`` crosses op schemas."""
+
+    name: str
+    qdata_dtype: torch.dtype  # storage dtype of q
+    elements_per_byte: int  # 2 for packed fp4
+    block_size: int  # elements along K sharing one scale
+    scale_dtype: torch.dtype  # storage dtype of the block scales
+    element_max: float
+    has_tensor_scale: bool  # a per-tensor fp32 scale on top of the block scales
+
+    def qdata_shape(self, rows: int, k: int) -> tuple[int, int]:
+        """Shape of q for a [rows, k] high-precision tensor."""
+        return rows, k // self.elements_per_byte
+
+    def scale_shape(self, rows: int, k: int) -> tuple[int, int]:
+        """Shape of the swizzled block scales for a [rows, k] tensor (padding included)."""
+        return swizzled_scale_shape(rows, k // self.block_size)
+
+
+MXFP8 = Format("mxfp8", torch.float8_e4m3fn, 1, 32, torch.uint8, E4M3_MAX, False)
+NVFP4 = Format("nvfp4", torch.uint8, 2, 16, torch.float8_e4m3fn, E2M1_MAX, True)
+FORMATS = {f.name: f for f in (MXFP8, NVFP4)}
+
+# e2m1 code -> value; codes 8..15 are the negatives of 0..7 (code 8 is -0.0).
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+# ----------------------------------------------------------------------------------------------
+# The 128x4 swizzled scale layout. The one implementation in the package; kernels index it with
+# the byte-offset formula in their own docstrings, and tests check both against each other.
+# ----------------------------------------------------------------------------------------------
+
+
+def swizzled_scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
+    """[round_up(rows, 128), round_up(scale_cols, 4)]: the 2-D shape of a swizzled scale tensor."""
+    return round_up(rows, 128), round_up(scale_cols, 4)
+
+
+def to_blocked(s2d: torch.Tensor) -> torch.Tensor:
+    """Rearrange a [R, S] scale matrix into the 128x4 swizzled layout.
+
+    Returns a contiguous tensor of shape [round_up(R, 128), round_up(S, 4)] and the dtype of
+    ``s2d`` whose bytes, read in memory order, hold scale (r, s) at offset
+
+        (r // 128) * (S_pad // 4) * 512 + (s // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + s % 4
+
+    Padding rows and columns are written as zero bytes. (The 2-D shape is only a container: the
+    layout is defined by the byte order, which is what cuBLAS, CUTLASS and our kernels read.)
+    """
+    if s2d.dim() != 2:
+        raise ValueError(f"to_blocked: s2d must be 2-D [rows, scale_cols], got shape {tuple(s2d.shape)}")
+    rows, cols = s2d.shape
+    rows_pad, cols_pad = swizzled_scale_shape(rows, cols)
+    padded = s2d.new_zeros(rows_pad, cols_pad)
+    padded[:rows, :cols] = s2d
+    # r = rb*128 + i*32 + j and s = sb*4 + c  ->  memory order (rb, sb, j, i, c)
+    tiles = padded.view(rows_pad // 128, 4, 32, cols_pad // 4, 4).permute(0, 3, 2, 1, 4)
+    return tiles.contiguous().view(rows_pad, cols_pad)
+
+
+def from_blocked(s: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of ``to_blocked``: the [rows, cols] scale matrix (a view, padding dropped).
+
+    ``s`` may have any shape with round_up(rows, 128) * round_up(cols, 4) elements in the
+    swizzled byte order.
+    """
+    rows_pad, cols_pad = swizzled_scale_shape(rows, cols)
+    if s.numel() != rows_pad * cols_pad:
+        raise ValueError(
+            f"from_blocked: s must have round_up({rows}, 128) * round_up({cols}, 4) = "
+            f"{rows_pad * cols_pad} elements, got {s.numel()}"
+        )
+    # memory order (rb, sb, j, i, c) -> (rb, i, j, sb, c); the permutation is its own inverse
+    tiles = s.reshape(rows_pad // 128, cols_pad // 4, 32, 4, 4).permute(0, 3, 2, 1, 4)
+    return tiles.reshape(rows_pad, cols_pad)[:rows, :cols]
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks shared by the reference functions and the ops (raised before any kernel runs)
+# ----------------------------------------------------------------------------------------------
+
+
+def check_high_precision(fn: str, name: str, x: torch.Tensor, block_size: int) -> tuple[int, int]:
+    """Check a bf16/fp16/fp32 [..., K] input; return (M, K) with leading dims flattened into M."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in HIGH_PRECISION_DTYPES:
+        raise TypeError(f"{fn}: {name} must be bfloat16, float16 or float32, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"{fn}: {name} must have shape [..., M, K] (at least 2-D), got {tuple(x.shape)}")
+    k = x.shape[-1]
+    m = math.prod(x.shape[:-1])
+    if k == 0 or k % block_size != 0:
+        raise ValueError(f"{fn}: {name}.shape[-1] (K = {k}) must be a positive multiple of the block size {block_size}")
+    if m == 0:
+        raise ValueError(f"{fn}: {name} has M = 0 rows (shape {tuple(x.shape)}); M must be >= 1")
+    return m, k
+
+
+def check_quantized(
+    fn: str, fmt: Format, q_name: str, q: torch.Tensor, s_name: str, s: torch.Tensor
+) -> tuple[int, int]:
+    """Check canonical operands (q, s) of ``fmt``; return (rows, K) of the high-precision tensor."""
+    for name, t in ((q_name, q), (s_name, s)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dtype != fmt.qdata_dtype:
+        raise TypeError(f"{fn}: {q_name} must be {fmt.qdata_dtype} ({fmt.name} qdata), got {q.dtype}")
+    if q.dim() != 2:
+        raise ValueError(f"{fn}: {q_name} must be 2-D [rows, K/{fmt.elements_per_byte}], got shape {tuple(q.shape)}")
+    rows, k = q.shape[0], q.shape[1] * fmt.elements_per_byte
+    if rows == 0:
+        raise ValueError(f"{fn}: {q_name} has 0 rows (shape {tuple(q.shape)}); M must be >= 1")
+    if k == 0 or k % fmt.block_size != 0:
+        raise ValueError(f"{fn}: K = {k} (from {q_name}.shape {tuple(q.shape)}) must be a positive multiple of {fmt.block_size}")
+    if not q.is_contiguous():
+        raise ValueError(f"{fn}: {q_name} must be contiguous (row-major, K-contiguous), got strides {q.stride()}")
+    if s.dtype != fmt.scale_dtype:
+        raise TypeError(f"{fn}: {s_name} must be {fmt.scale_dtype} ({fmt.name} block scales), got {s.dtype}")
+    rows_pad, cols_pad = fmt.scale_shape(rows, k)
+    if s.numel() != rows_pad * cols_pad:
+        raise ValueError(
+            f"{fn}: {s_name} must hold round_up({rows}, 128) * round_up({k // fmt.block_size}, 4) = "
+            f"{rows_pad * cols_pad} scales in the 128x4 swizzled layout (shape [{rows_pad}, {cols_pad}]), "
+            f"got shape {tuple(s.shape)} ({s.numel()} elements)"
+        )
+    if not s.is_contiguous():
+        raise ValueError(f"{fn}: {s_name} must be contiguous, got strides {s.stride()}")
+    if s.device != q.device:
+        raise ValueError(f"{fn}: {s_name} is on {s.device} but {q_name} is on {q.device}")
+    return rows, k
+
+
+def check_tensor_scale(fn: str, name: str, ts: torch.Tensor, device: torch.device) -> None:
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a float32 tensor with one element, got {type(ts).__name__}")
+    if ts.dtype != torch.float32:
+        raise TypeError(f"{fn}: {name} must be float32, got {ts.dtype}")
+    if ts.numel() != 1:
+        raise ValueError(f"{fn}: {name} must have exactly one element, got shape {tuple(ts.shape)}")
+    if ts.device != device:
+        raise ValueError(f"{fn}: {name} is on {ts.device} but the operands are on {device}")
+
+
+def check_output_dtype(fn: str, dtype: torch.dtype) -> None:
+    if dtype not in HIGH_PRECISION_DTYPES:
+        raise TypeError(f"{fn}: the output dtype must be bfloat16, float16 or float32, got {dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Element and scale codecs
+# ----------------------------------------------------------------------------------------------
+
+
+def e8m0_to_float32(e: torch.Tensor) -> torch.Tensor:
+    """E8M0 bytes (uint8) -> float32 2^(e - 127); byte 0 is 2^-127 (a float32 subnormal), 255 NaN.
+
+    Built from the bit pattern, not from exp2, so no device can flush 2^-127 to zero.
+    """
+    e32 = e.to(torch.int32)
+    bits = torch.where(e32 == 0, torch.full_like(e32, 0x00400000), e32 << 23)  # 2^-127 = 2^22 * 2^-149
+    bits = torch.where(e32 == E8M0_NAN, torch.full_like(e32, 0x7FC00000), bits)
+    return bits.view(torch.float32)
+
+
+def _encode_e2m1(y: torch.Tensor) -> torch.Tensor:
+    """float32 values already clamped to [-6, 6] -> e2m1 codes (uint8 in 0..15), round to nearest even.
+
+    Each threshold is the midpoint between two neighbouring e2m1 magnitudes; ties go to the code
+    with an even mantissa bit, hence ``>`` at 0.25, 1.25, 2.5, 5 and ``>=`` at 0.75, 1.75, 3.5.
+    """
+    a = y.abs()
+    code = (
+        (a > 0.25).to(torch.uint8)
+        + (a >= 0.75).to(torch.uint8)
+        + (a > 1.25).to(torch.uint8)
+        + (a >= 1.75).to(torch.uint8)
+        + (a > 2.5).to(torch.uint8)
+        + (a >= 3.5).to(torch.uint8)
+        + (a > 5.0).to(torch.uint8)
+    )
+    return code | (torch.signbit(y).to(torch.uint8) << 3)
+
+
+def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
+    """e2m1 codes (uint8 0..15) -> float32 values."""
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
+    return table[codes.long()]
+
+
+def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[..., 2n] codes -> [..., n] bytes, element 2i in the low nibble."""
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def _unpack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[..., n] bytes -> [..., 2n] codes, low nibble first."""
+    return torch.stack((q & 0xF, q >> 4), dim=-1).flatten(-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference quantize / dequantize
+# ----------------------------------------------------------------------------------------------
+
+
+def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a bf16/fp16/fp32 tensor [..., K] to MXFP8 (K a multiple of 32).
+
+    Returns ``(q, s)``: q float8_e4m3fn [M, K] (leading dims flattened into M), s uint8 E8M0 bytes
+    [round_up(M, 128), round_up(K / 32, 4)] in the 128x4 swizzled layout.
+
+    ``scaling="floor"`` is the OCP rule (scale = 2^(floor(log2(amax)) - 8)); ``"rceil"`` rounds the
+    scale up so that nothing saturates (amax / 448 rounded up to a power of two). Both equal
+    torchao's ``to_mx`` with ``ScaleCalculationMode.FLOOR`` / ``RCEIL`` bit for bit.
+    """
+    fn = "dq_kernels.quantize_mxfp8"
+    m, k = check_high_precision(fn, "x", x, MXFP8.block_size)
+    if scaling not in SCALING_MODES:
+        raise ValueError(f"{fn}: scaling must be one of {SCALING_MODES}, got {scaling!r}")
+    blocks = x.reshape(m, k // 32, 32).float()
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    if scaling == "floor":
+        # floor(log2(amax)) read off the float32 exponent field, minus e4m3's largest power of two (8)
+        unbiased = ((amax.view(torch.int32) >> 23) & 0xFF) - E8M0_BIAS - 8
+        e = (unbiased.clamp(-E8M0_BIAS, E8M0_BIAS + 1) + E8M0_BIAS).to(torch.uint8)
+        e = torch.where(torch.isnan(amax), E8M0_NAN, e)
+        # divide by the scale; byte 0 divides by 2^-126 (torchao's clamp to the smallest normal)
+        divisor = (e.to(torch.int32) << 23).view(torch.float32).clamp(min=2.0**-126)
+        y = blocks / divisor
+    else:
+        descale = amax / E4M3_MAX
+        exponent = torch.ceil(torch.log2(descale)).clamp(-E8M0_BIAS, E8M0_BIAS) + E8M0_BIAS
+        e = torch.where(torch.isinf(descale), 254, exponent.to(torch.uint8))
+        e = torch.where(torch.isnan(descale), E8M0_NAN, e)
+        reciprocal = torch.exp2(E8M0_BIAS - e.float())
+        reciprocal = torch.where(e == 0, 1.0, reciprocal)  # amax <= 2^-127 * 448: leave values as they are
+        reciprocal = torch.where(e == 254, 2.0**-127, reciprocal)
+        reciprocal = torch.where(e == E8M0_NAN, descale, reciprocal)  # NaN block stays NaN
+        y = blocks * reciprocal
+    q = y.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(m, k)
+    return q, to_blocked(e.view(m, k // 32))
+
+
+def nvfp4_tensor_scale(x: torch.Tensor) -> torch.Tensor:
+    """torchao's NVFP4 per-tensor scale: amax(|x|) / (448 * 6), a 0-dim float32 tensor."""
+    return x.abs().amax().to(torch.float32) / (E4M3_MAX * E2M1_MAX)
+
+
+def quantize_nvfp4(
+    x: torch.Tensor, tensor_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize a bf16/fp16/fp32 tensor [..., K] to NVFP4 (K a multiple of 16).
+
+    Returns ``(q, s, tensor_scale)``: q uint8 [M, K / 2] (two e2m1 codes per byte, first element in
+    the low nibble), s float8_e4m3fn [round_up(M, 128), round_up(K / 16, 4)] swizzled,
+    tensor_scale a 0-dim float32 tensor (``nvfp4_tensor_scale(x)`` when not given).
+    Bit-identical to torchao's ``nvfp4_quantize(x, per_tensor_scale=tensor_scale)``.
+    """
+    fn = "dq_kernels.quantize_nvfp4"
+    m, k = check_high_precision(fn, "x", x, NVFP4.block_size)
+    if tensor_scale is None:
+        tensor_scale = nvfp4_tensor_scale(x)
+    check_tensor_scale(fn, "tensor_scale", tensor_scale, x.device)
+    tensor_scale = tensor_scale.reshape(())
+    blocks = x.reshape(m, k // 16, 16).float()
+    block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
+    s = (block_scale / tensor_scale).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
+    reciprocal = (1.0 / tensor_scale) / s.float()
+    y = (blocks * reciprocal.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX)
+    q = _pack_nibbles(_encode_e2m1(y).view(m, k))
+    return q, to_blocked(s), tensor_scale
+
+
+def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """MXFP8 canonical operands -> [M, K] tensor of ``dtype``: q * 2^(e - 127), computed exactly in
+    float32 and rounded once to ``dtype``."""
+    fn = "dq_kernels.dequantize_mxfp8"
+    m, k = check_quantized(fn, MXFP8, "q", q, "s", s)
+    check_output_dtype(fn, dtype)
+    scale = e8m0_to_float32(from_blocked(s, m, k // 32))
+    out = q.float().view(m, k // 32, 32) * scale.unsqueeze(-1)
+    return out.view(m, k).to(dtype)
+
+
+def dequantize_nvfp4(
+    q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """NVFP4 canonical operands -> [M, K] tensor of ``dtype``: (e2m1 * e4m3 block scale) * tensor_scale.
+
+    The first product is exact in float32; the tensor scale multiplies it with one float32 rounding,
+    then the result is rounded to ``dtype``.
+    """
+    fn = "dq_kernels.dequantize_nvfp4"
+    m, k = check_quantized(fn, NVFP4, "q", q, "s", s)
+    check_tensor_scale(fn, "tensor_scale", tensor_scale, q.device)
+    check_output_dtype(fn, dtype)
+    values = _decode_e2m1(_unpack_nibbles(q)).view(m, k // 16, 16)
+    scale = from_blocked(s, m, k // 16).float()
+    out = (values * scale.unsqueeze(-1)) * tensor_scale.reshape(())
+    return out.view(m, k).to(dtype)
