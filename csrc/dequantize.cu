@@ -1,0 +1,191 @@
+// dequantize.cu: MXFP8 and NVFP4 -> float32 / bfloat16 / float16, for any GPU arch.
+//
+// Memory-bound elementwise kernels. The [M, K] tensor is cut into chunks of 16 consecutive
+// elements (row-major, so a chunk never crosses a row: K is a multiple of 16). Each thread handles
+// one chunk per step of a grid-stride loop: one vector load of q (16 bytes of MXFP8 or 8 bytes of
+// NVFP4), one scale byte (a chunk lies inside one scale block in both formats), 16 values, and one
+// 32- or 64-byte vector store. Consecutive threads take consecutive chunks, so loads and stores
+// are coalesced.
+//
+// The arithmetic must match dq_kernels.formats bit for bit: exact decodes, float32 products, one
+// rounding to the output dtype. Do not build with --use_fast_math: it flushes subnormals (the
+// E8M0 scale 2^-127 is one) to zero.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "dq_kernels.h"
+#include "scale_layout.cuh"
+
+namespace {
+
+constexpr int kChunk = 16;  // elements per thread per step
+constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kMaxBlocks = 65536;  // enough to fill any GPU; larger tensors loop
+
+// E8M0 byte -> 2^(e - 127). Built from the float32 bit pattern: byte 0 is 2^-127, a subnormal
+// that an exp2 instruction would flush to zero; byte 255 is NaN.
+__device__ __forceinline__ float decode_e8m0(uint32_t e) {
+  const uint32_t bits = e == 0 ? 0x00400000u : e == 255 ? 0x7FC00000u : e << 23;
+  return __uint_as_float(bits);
+}
+
+// float8_e4m3fn byte -> float32 (exact; 0x7F and 0xFF are NaN).
+__device__ __forceinline__ float decode_e4m3(uint32_t byte) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// e2m1 code (0..15) -> float32. Codes 2..7 are normal numbers 2^(E - 1) * (1 + M / 2) with the
+// 3-bit magnitude read as E (2 bits) and M (1 bit), which is the float32 pattern (code + 252) << 22.
+__device__ __forceinline__ float decode_e2m1(uint32_t code) {
+  const uint32_t magnitude = code & 7;
+  const float value = magnitude < 2 ? 0.5f * magnitude : __uint_as_float((magnitude + 252) << 22);
+  return (code & 8) ? -value : value;  // code 8 gives -0.0
+}
+
+template <typename Out>
+__device__ __forceinline__ Out from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// Rounds 16 values to Out and writes them to dst (16-byte aligned) with 16-byte stores.
+template <typename Out>
+__device__ __forceinline__ void store_chunk(Out* dst, const float (&v)[kChunk]) {
+  struct alignas(16) Chunk {
+    Out x[kChunk];
+  } chunk;
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) chunk.x[i] = from_float<Out>(v[i]);
+  *reinterpret_cast<Chunk*>(dst) = chunk;
+}
+
+// q: [M, K] e4m3 bytes; s: swizzled E8M0 bytes; out: [M, K]. chunks_per_row = K / 16.
+template <typename Out>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    dequantize_mxfp8_kernel(const uint8_t* __restrict__ q, const uint8_t* __restrict__ s, Out* __restrict__ out,
+                            int64_t chunks_per_row, int64_t num_chunks, int64_t scale_padded_cols) {
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < num_chunks;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = c / chunks_per_row;
+    const int64_t col = (c - row * chunks_per_row) * kChunk;
+    const float scale = decode_e8m0(s[dq::swizzled_scale_offset(row, col / 32, scale_padded_cols)]);
+
+    const uint4 packed = *reinterpret_cast<const uint4*>(q + c * kChunk);
+    const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+    float v[kChunk];
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) v[i] = decode_e4m3((words[i / 4] >> (8 * (i % 4))) & 0xFF) * scale;
+    store_chunk(out + c * kChunk, v);
+  }
+}
+
+// q: [M, K / 2] packed e2m1 bytes; s: swizzled e4m3 bytes; tensor_scale: one float32;
+// out: [M, K]. chunks_per_row = K / 16, so chunk c is exactly the scale block (row, c % chunks_per_row).
+template <typename Out>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    dequantize_nvfp4_kernel(const uint8_t* __restrict__ q, const uint8_t* __restrict__ s,
+                            const float* __restrict__ tensor_scale, Out* __restrict__ out, int64_t chunks_per_row,
+                            int64_t num_chunks, int64_t scale_padded_cols) {
+  const float global_scale = *tensor_scale;
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < num_chunks;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = c / chunks_per_row;
+    const int64_t block = c - row * chunks_per_row;
+    const float scale = decode_e4m3(s[dq::swizzled_scale_offset(row, block, scale_padded_cols)]);
+
+    const uint2 packed = *reinterpret_cast<const uint2*>(q + c * (kChunk / 2));
+    const uint32_t words[2] = {packed.x, packed.y};
+    float v[kChunk];
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) {
+      const uint32_t code = (words[i / 8] >> (4 * (i % 8))) & 0xF;  // element 2j in the low nibble of byte j
+      v[i] = (decode_e2m1(code) * scale) * global_scale;
+    }
+    store_chunk(out + c * kChunk, v);
+  }
+}
+
+bool aligned(const void* p, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
+
+// Shared argument checks; block_size is 32 (MXFP8) or 16 (NVFP4).
+int check_args(const void* q, const void* s, const void* out, int64_t M, int64_t K, int64_t block_size,
+               int out_dtype, uintptr_t q_alignment) {
+  if (q == nullptr || s == nullptr || out == nullptr) return DQ_ERR_NULL_POINTER;
+  if (M < 1 || K < 1 || K % block_size != 0 || M > INT64_MAX / K) return DQ_ERR_BAD_SHAPE;
+  if (out_dtype != DQ_FLOAT32 && out_dtype != DQ_BFLOAT16 && out_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
+  if (!aligned(q, q_alignment) || !aligned(out, 16)) return DQ_ERR_MISALIGNED;
+  return DQ_OK;
+}
+
+unsigned int num_blocks(int64_t num_chunks) {
+  const int64_t blocks = (num_chunks + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  return static_cast<unsigned int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+}  // namespace
+
+extern "C" int dq_dequantize_mxfp8(const uint8_t* q, const uint8_t* s, void* out, int64_t M, int64_t K,
+                                   int out_dtype, void* stream) {
+  if (int err = check_args(q, s, out, M, K, 32, out_dtype, 16)) return err;
+  const int64_t chunks_per_row = K / kChunk;
+  const int64_t num_chunks = M * chunks_per_row;
+  const int64_t scale_padded_cols = dq::swizzled_padded_cols(K / 32);
+  const dim3 grid(num_blocks(num_chunks));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (out_dtype) {
+    case DQ_FLOAT32:
+      dequantize_mxfp8_kernel<<<grid, kThreadsPerBlock, 0, st>>>(q, s, static_cast<float*>(out), chunks_per_row,
+                                                                  num_chunks, scale_padded_cols);
+      break;
+    case DQ_BFLOAT16:
+      dequantize_mxfp8_kernel<<<grid, kThreadsPerBlock, 0, st>>>(q, s, static_cast<__nv_bfloat16*>(out),
+                                                                  chunks_per_row, num_chunks, scale_padded_cols);
+      break;
+    case DQ_FLOAT16:
+      dequantize_mxfp8_kernel<<<grid, kThreadsPerBlock, 0, st>>>(q, s, static_cast<__half*>(out), chunks_per_row,
+                                                                  num_chunks, scale_padded_cols);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+extern "C" int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* tensor_scale, void* out,
+                                   int64_t M, int64_t K, int out_dtype, void* stream) {
+  if (tensor_scale == nullptr) return DQ_ERR_NULL_POINTER;
+  if (int err = check_args(q, s, out, M, K, 16, out_dtype, 8)) return err;
+  const int64_t chunks_per_row = K / kChunk;
+  const int64_t num_chunks = M * chunks_per_row;
+  const int64_t scale_padded_cols = dq::swizzled_padded_cols(K / 16);
+  const dim3 grid(num_blocks(num_chunks));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (out_dtype) {
+    case DQ_FLOAT32:
+      dequantize_nvfp4_kernel<<<grid, kThreadsPerBlock, 0, st>>>(q, s, tensor_scale, static_cast<float*>(out),
+                                                                  chunks_per_row, num_chunks, scale_padded_cols);
+      break;
+    case DQ_BFLOAT16:
+      dequantize_nvfp4_kernel<<<grid, kThreadsPerBlock, 0, st>>>(
+          q, s, tensor_scale, static_cast<__nv_bfloat16*>(out), chunks_per_row, num_chunks, scale_padded_cols);
+      break;
+    case DQ_FLOAT16:
+      dequantize_nvfp4_kernel<<<grid, kThreadsPerBlock, 0, st>>>(q, s, tensor_scale, static_cast<__half*>(out),
+                                                                  chunks_per_row, num_chunks, scale_padded_cols);
+      break;
+  }
+  return cudaGetLastError();
+}

@@ -1,0 +1,98 @@
+/*
+ * dq_kernels.h: the C ABI of libdq_kernels_native.so.
+ *
+ * The library is torch-free: it takes raw device pointers and a CUDA stream, links the CUDA runtime
+ * statically (it needs only the driver, libcuda.so, at run time), and exports nothing but the
+ * functions below. Python reaches it through ctypes in dq_kernels/native.py.
+ *
+ * Conventions for every kernel entry point:
+ *   - All pointers are device pointers on the current CUDA device (the caller selects the device).
+ *   - Tensors are dense and row-major; "[M, K]" means M rows of K contiguous elements.
+ *   - The work is enqueued on `stream` (a cudaStream_t; NULL is the legacy default stream). Nothing
+ *     synchronizes and nothing allocates, so the calls are safe inside CUDA-graph capture.
+ *   - Return value: DQ_OK (0); or a negative DQ_ERR_* code when an argument is invalid (nothing was
+ *     launched); or a positive cudaError_t reported by cudaGetLastError() right after the launch.
+ *     dq_error_string() turns any of them into text.
+ *
+ * Block scales use the "128x4 swizzled" layout of cuBLAS, CUTLASS and torch._scaled_mm (see
+ * csrc/scale_layout.cuh): for R rows and S scale columns, with S_pad = round_up(S, 4), the scale
+ * of (row r, scale column c) is the byte at
+ *     (r / 128) * (S_pad / 4) * 512 + (c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + c % 4
+ * and the buffer holds round_up(R, 128) * S_pad bytes.
+ */
+#ifndef DQ_KERNELS_H
+#define DQ_KERNELS_H
+
+#include <stdint.h>
+
+#define DQ_API __attribute__((visibility("default")))
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Output dtypes (the out_dtype argument). */
+enum {
+  DQ_FLOAT32 = 0,
+  DQ_BFLOAT16 = 1,
+  DQ_FLOAT16 = 2,
+};
+
+/* Return codes other than cudaError_t values. */
+enum {
+  DQ_OK = 0,
+  DQ_ERR_NULL_POINTER = -1, /* a tensor pointer is NULL */
+  DQ_ERR_BAD_SHAPE = -2,    /* M < 1, K < 1, K not a multiple of the block size, or M * K overflows */
+  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16 */
+  DQ_ERR_MISALIGNED = -4,   /* q or out is not aligned as documented for the function */
+};
+
+/*
+ * MXFP8 -> high precision.
+ *   q:     float8_e4m3fn bytes [M, K]. 16-byte aligned.
+ *   s:     E8M0 bytes, one per 32 elements along K, in the 128x4 swizzled layout for M rows and
+ *          K / 32 scale columns (round_up(M, 128) * round_up(K / 32, 4) bytes).
+ *   out:   [M, K] of out_dtype. 16-byte aligned.
+ *   M >= 1, K >= 32, K % 32 == 0.
+ * out[m, k] = round(float(q[m, k]) * 2^(e - 127)) with e the scale byte of (m, k / 32), the product
+ * in float32 and round() float32 -> out_dtype with round-to-nearest-even. Scale byte 0 is 2^-127
+ * (a float32 subnormal, kept), byte 255 is NaN; q bytes 0x7F and 0xFF are NaN. Bit-identical to
+ * dq_kernels.formats.dequantize_mxfp8.
+ */
+DQ_API int dq_dequantize_mxfp8(const uint8_t* q, const uint8_t* s, void* out, int64_t M, int64_t K,
+                               int out_dtype, void* stream);
+
+/*
+ * NVFP4 -> high precision.
+ *   q:            uint8 [M, K / 2], two e2m1 codes per byte, element 2i in the low nibble and
+ *                 2i + 1 in the high nibble. 8-byte aligned. Codes 0..7 are
+ *                 {0, 0.5, 1, 1.5, 2, 3, 4, 6}, codes 8..15 their negatives (code 8 is -0.0).
+ *   s:            float8_e4m3fn bytes, one per 16 elements along K, in the 128x4 swizzled layout
+ *                 for M rows and K / 16 scale columns (round_up(M, 128) * round_up(K / 16, 4) bytes).
+ *   tensor_scale: a device pointer to one float32.
+ *   out:          [M, K] of out_dtype. 16-byte aligned.
+ *   M >= 1, K >= 16, K % 16 == 0.
+ * out[m, k] = round((e2m1(q, m, k) * float(s of (m, k / 16))) * tensor_scale), both products in
+ * float32 in this order, round() as above. Bit-identical to dq_kernels.formats.dequantize_nvfp4.
+ */
+DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* tensor_scale, void* out,
+                               int64_t M, int64_t K, int out_dtype, void* stream);
+
+/*
+ * A static JSON object describing this build, for example
+ *   {"version": "0.1.0", "cuda_version": 13000, "archs": ["90a", "100a"],
+ *    "families": {"dequantize": ["90a", "100a"]},
+ *    "skipped": [{"family": "sm90_gemm", "arch": "100a", "why": "..."}]}
+ * cuda_version is CUDART_VERSION (1000 * major + 10 * minor); "archs" lists every arch with device
+ * code in the library; "families" maps each kernel family to the archs it was compiled for.
+ */
+DQ_API const char* dq_build_info(void);
+
+/* Text for a return code of this library: a DQ_ERR_* description or cudaGetErrorString(code). */
+DQ_API const char* dq_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DQ_KERNELS_H */
