@@ -1,0 +1,106 @@
+"""The backend spec (what a backend supports, as data) and the interface every backend implements.
+
+All backends take and return the canonical operands described in ``dq_kernels.formats``. The ops
+layer validates arguments before calling a backend, so backends may assume well-formed operands
+within the limits their spec declares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Op names, the same as the custom ops in dq_kernels.ops (without the namespace).
+OPS = ("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm")
+OP_FORMAT = {"quantize_mxfp8": "mxfp8", "mxfp8_mm": "mxfp8", "quantize_nvfp4": "nvfp4", "nvfp4_mm": "nvfp4"}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend supports. The registry selects from it; tests skip from it.
+
+    ``capabilities``: CUDA compute capabilities it runs on (None: any). ``cpu``: whether it runs on
+    CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
+    ``auto``: whether ``backend="auto"`` may pick it (comparison backends opt out).
+    """
+
+    name: str
+    description: str
+    ops: tuple[str, ...]
+    cpu: bool = False
+    capabilities: tuple[tuple[int, int], ...] | None = None
+    auto: bool = True
+    n_multiple: int = 1
+    k_multiple: int = 1
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(OP_FORMAT[op] for op in self.ops))
+
+    def device_reason(self, device: torch.device) -> str | None:
+        """Why this backend cannot run on ``device`` at all, or None."""
+        if device.type == "cpu":
+            return None if self.cpu else "runs on CUDA devices only"
+        if device.type != "cuda":
+            return f"does not run on {device.type} devices"
+        if self.capabilities is None:
+            return None
+        cc = _capability(device)
+        if cc in self.capabilities:
+            return None
+        wanted = ", ".join(f"{a}.{b}" for a, b in self.capabilities)
+        return f"needs compute capability {wanted}; {device} has {cc[0]}.{cc[1]}"
+
+    def shape_reason(self, op: str, m: int, n: int, k: int) -> str | None:
+        """Why this backend cannot run mm op ``op`` for this shape, or None."""
+        if not op.endswith("_mm"):
+            return None
+        if n % self.n_multiple:
+            return f"needs N to be a multiple of {self.n_multiple}, got N = {n}"
+        if k % self.k_multiple:
+            return f"needs K to be a multiple of {self.k_multiple}, got K = {k}"
+        return None
+
+
+_CAPABILITY_CACHE: dict[int, tuple[int, int]] = {}
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY_CACHE:
+        _CAPABILITY_CACHE[index] = torch.cuda.get_device_capability(index)
+    return _CAPABILITY_CACHE[index]
+
+
+class Backend:
+    """Base class: a backend overrides the ops its spec lists, and ``availability`` when it needs
+    something beyond torch (a library, the native build)."""
+
+    spec: BackendSpec
+
+    def availability(self) -> tuple[bool, str]:
+        """(True, "") when everything this backend needs is installed, else (False, why)."""
+        return True, ""
+
+    def kernel_config(self, fmt: str, m: int, n: int, k: int) -> str:
+        """The kernel configuration this backend would run for this shape ("" if it has none)."""
+        return ""
+
+    def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_mxfp8")
+
+    def quantize_nvfp4(
+        self, x: torch.Tensor, tensor_scale: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_nvfp4")
+
+    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype) -> torch.Tensor:
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement mxfp8_mm")
+
+    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype) -> torch.Tensor:
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_mm")

@@ -1,0 +1,79 @@
+"""The reference backend: dequantize, float32 matmul (TF32 off), cast. Any device; the oracle of
+every test. On CUDA, dequantization runs the native CUDA kernels when the library is built for the
+device (bit-identical to the pure-torch decode in ``dq_kernels.formats``)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .. import formats, native
+from .base import OPS, Backend, BackendSpec
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul():
+    """Force true float32 matmuls (no TF32) inside the block, whatever the global setting."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
+def _use_native(device: torch.device) -> bool:
+    return device.type == "cuda" and native.status()[0] and native.supports_device(device)[0]
+
+
+def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Validated canonical MXFP8 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built)."""
+    if not _use_native(q.device):
+        return formats.dequantize_mxfp8(q, s, dtype)
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    native.dequantize_mxfp8(q, s, out)
+    return out
+
+
+def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, ts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Validated canonical NVFP4 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built)."""
+    if not _use_native(q.device):
+        return formats.dequantize_nvfp4(q, s, ts, dtype)
+    out = torch.empty(q.shape[0], q.shape[1] * 2, dtype=dtype, device=q.device)
+    native.dequantize_nvfp4(q, s, ts, out)
+    return out
+
+
+def _matmul_epilogue(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+    with _ieee_fp32_matmul():
+        out = a @ b.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+class ReferenceBackend(Backend):
+    spec = BackendSpec(
+        name="reference",
+        description="dequantize to float32, float32 matmul, cast (the oracle; CUDA dequantize kernels when built)",
+        ops=OPS,
+        cpu=True,
+    )
+
+    def quantize_mxfp8(self, x, scaling):
+        return formats.quantize_mxfp8(x, scaling)
+
+    def quantize_nvfp4(self, x, tensor_scale):
+        return formats.quantize_nvfp4(x, tensor_scale)
+
+    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
+        a = dequantize_mxfp8(a_q, a_s, torch.float32)
+        b = dequantize_mxfp8(b_q, b_s, torch.float32)
+        return _matmul_epilogue(a, b, bias, out_dtype)
+
+    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        a = dequantize_nvfp4(a_q, a_s, a_ts, torch.float32)
+        b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
+        return _matmul_epilogue(a, b, bias, out_dtype)

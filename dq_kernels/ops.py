@@ -1,0 +1,271 @@
+"""The ``dq_kernels::*`` torch custom ops: schemas (defined once, here), fake implementations, and
+dispatch to the backend chosen by ``dq_kernels.backends.select``.
+
+Every op checks its arguments (dtype, shape, scale size, device, contiguity, M >= 1) in both the
+real and the fake implementation, so a bad call raises a ``TypeError``/``ValueError`` naming the
+argument before any kernel runs, in eager mode and while ``torch.compile`` traces.
+
+Schemas::
+
+    quantize_mxfp8(Tensor x, str scaling, str? backend) -> (Tensor q, Tensor s)
+    quantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor q, Tensor s, Tensor tensor_scale)
+    dequantize_mxfp8(Tensor q, Tensor s, ScalarType dtype) -> Tensor
+    dequantize_nvfp4(Tensor q, Tensor s, Tensor tensor_scale, ScalarType dtype) -> Tensor
+    mxfp8_mm(Tensor a_q, Tensor a_s, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype, str? backend) -> Tensor
+    nvfp4_mm(Tensor a_q, Tensor a_s, Tensor a_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias,
+             ScalarType out_dtype, str? backend) -> Tensor
+
+The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight) in the canonical
+format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
+epilogue.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import formats
+from .backends import reference, select
+from .formats import MXFP8, NVFP4
+
+__all__ = [
+    "quantize_mxfp8",
+    "quantize_nvfp4",
+    "dequantize_mxfp8",
+    "dequantize_nvfp4",
+    "mxfp8_mm",
+    "nvfp4_mm",
+]
+
+
+def _op(schema: str):
+    name, _, rest = schema.partition("(")
+    return torch.library.custom_op(f"dq_kernels::{name}", mutates_args=(), schema="(" + rest)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (shared by real and fake implementations)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_mm(fn, fmt, a_q, a_s, b_q, b_s, bias, out_dtype) -> tuple[int, int, int]:
+    """Check mm operands; return (M, N, K)."""
+    m, k = formats.check_quantized(fn, fmt, "a_q", a_q, "a_s", a_s)
+    n, k_b = formats.check_quantized(fn, fmt, "b_q", b_q, "b_s", b_s)
+    if k_b != k:
+        raise ValueError(f"{fn}: a_q holds K = {k} but b_q holds K = {k_b} (b is [N, K], like a Linear weight)")
+    if b_q.device != a_q.device:
+        raise ValueError(f"{fn}: b_q is on {b_q.device} but a_q is on {a_q.device}")
+    formats.check_output_dtype(fn, out_dtype)
+    if bias is not None:
+        if bias.dtype not in formats.HIGH_PRECISION_DTYPES:
+            raise TypeError(f"{fn}: bias must be bfloat16, float16 or float32, got {bias.dtype}")
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"{fn}: bias must have shape [N] = [{n}], got {tuple(bias.shape)}")
+        if bias.device != a_q.device:
+            raise ValueError(f"{fn}: bias is on {bias.device} but a_q is on {a_q.device}")
+    return m, n, k
+
+
+def _rows_and_k(x: Tensor) -> tuple[int, int]:
+    return x.numel() // x.shape[-1], x.shape[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantize
+# ----------------------------------------------------------------------------------------------
+
+
+@_op("quantize_mxfp8(Tensor x, str scaling, str? backend) -> (Tensor, Tensor)")
+def _quantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> tuple[Tensor, Tensor]:
+    _check_quantize_mxfp8(x, scaling)
+    m, k = _rows_and_k(x)
+    return select("quantize_mxfp8", x.device, m, k, k, backend).quantize_mxfp8(x, scaling)
+
+
+def _check_quantize_mxfp8(x, scaling):
+    fn = "dq_kernels.quantize_mxfp8"
+    formats.check_high_precision(fn, "x", x, MXFP8.block_size)
+    if scaling not in formats.SCALING_MODES:
+        raise ValueError(f"{fn}: scaling must be one of {formats.SCALING_MODES}, got {scaling!r}")
+
+
+@_quantize_mxfp8.register_fake
+def _(x, scaling, backend):
+    _check_quantize_mxfp8(x, scaling)
+    m, k = _rows_and_k(x)
+    return x.new_empty((m, k), dtype=MXFP8.qdata_dtype), x.new_empty(MXFP8.scale_shape(m, k), dtype=MXFP8.scale_dtype)
+
+
+@_op("quantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor, Tensor, Tensor)")
+def _quantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None) -> tuple[Tensor, Tensor, Tensor]:
+    _check_quantize_nvfp4(x, tensor_scale)
+    m, k = _rows_and_k(x)
+    q, s, ts = select("quantize_nvfp4", x.device, m, k, k, backend).quantize_nvfp4(x, tensor_scale)
+    return q, s, ts if tensor_scale is None else ts.clone()  # an op's outputs must not alias its inputs
+
+
+def _check_quantize_nvfp4(x, tensor_scale):
+    fn = "dq_kernels.quantize_nvfp4"
+    formats.check_high_precision(fn, "x", x, NVFP4.block_size)
+    if tensor_scale is not None:
+        formats.check_tensor_scale(fn, "tensor_scale", tensor_scale, x.device)
+
+
+@_quantize_nvfp4.register_fake
+def _(x, tensor_scale, backend):
+    _check_quantize_nvfp4(x, tensor_scale)
+    m, k = _rows_and_k(x)
+    return (
+        x.new_empty(NVFP4.qdata_shape(m, k), dtype=NVFP4.qdata_dtype),
+        x.new_empty(NVFP4.scale_shape(m, k), dtype=NVFP4.scale_dtype),
+        x.new_empty((), dtype=torch.float32),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dequantize (always the reference decode: native CUDA kernels when built, else pure torch)
+# ----------------------------------------------------------------------------------------------
+
+
+@_op("dequantize_mxfp8(Tensor q, Tensor s, ScalarType dtype) -> Tensor")
+def _dequantize_mxfp8(q: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
+    _check_dequantize_mxfp8(q, s, dtype)
+    return reference.dequantize_mxfp8(q, s, dtype)
+
+
+def _check_dequantize_mxfp8(q, s, dtype):
+    fn = "dq_kernels.dequantize_mxfp8"
+    formats.check_quantized(fn, MXFP8, "q", q, "s", s)
+    formats.check_output_dtype(fn, dtype)
+
+
+@_dequantize_mxfp8.register_fake
+def _(q, s, dtype):
+    _check_dequantize_mxfp8(q, s, dtype)
+    return q.new_empty(q.shape, dtype=dtype)
+
+
+@_op("dequantize_nvfp4(Tensor q, Tensor s, Tensor tensor_scale, ScalarType dtype) -> Tensor")
+def _dequantize_nvfp4(q: Tensor, s: Tensor, tensor_scale: Tensor, dtype: torch.dtype) -> Tensor:
+    _check_dequantize_nvfp4(q, s, tensor_scale, dtype)
+    return reference.dequantize_nvfp4(q, s, tensor_scale, dtype)
+
+
+def _check_dequantize_nvfp4(q, s, tensor_scale, dtype):
+    fn = "dq_kernels.dequantize_nvfp4"
+    formats.check_quantized(fn, NVFP4, "q", q, "s", s)
+    formats.check_tensor_scale(fn, "tensor_scale", tensor_scale, q.device)
+    formats.check_output_dtype(fn, dtype)
+
+
+@_dequantize_nvfp4.register_fake
+def _(q, s, tensor_scale, dtype):
+    _check_dequantize_nvfp4(q, s, tensor_scale, dtype)
+    return q.new_empty((q.shape[0], q.shape[1] * 2), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM
+# ----------------------------------------------------------------------------------------------
+
+
+@_op(
+    "mxfp8_mm(Tensor a_q, Tensor a_s, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype, str? backend) -> Tensor"
+)
+def _mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype, backend):
+    m, n, k = _check_mm("dq_kernels.mxfp8_mm", MXFP8, a_q, a_s, b_q, b_s, bias, out_dtype)
+    return select("mxfp8_mm", a_q.device, m, n, k, backend).mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+
+
+@_mxfp8_mm.register_fake
+def _(a_q, a_s, b_q, b_s, bias, out_dtype, backend):
+    m, n, _ = _check_mm("dq_kernels.mxfp8_mm", MXFP8, a_q, a_s, b_q, b_s, bias, out_dtype)
+    return a_q.new_empty((m, n), dtype=out_dtype)
+
+
+def _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+    fn = "dq_kernels.nvfp4_mm"
+    m, n, k = _check_mm(fn, NVFP4, a_q, a_s, b_q, b_s, bias, out_dtype)
+    formats.check_tensor_scale(fn, "a_ts", a_ts, a_q.device)
+    formats.check_tensor_scale(fn, "b_ts", b_ts, a_q.device)
+    return m, n, k
+
+
+@_op(
+    "nvfp4_mm(Tensor a_q, Tensor a_s, Tensor a_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, "
+    "ScalarType out_dtype, str? backend) -> Tensor"
+)
+def _nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
+    m, n, k = _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+    chosen = select("nvfp4_mm", a_q.device, m, n, k, backend)
+    return chosen.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+
+
+@_nvfp4_mm.register_fake
+def _(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
+    m, n, _ = _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+    return a_q.new_empty((m, n), dtype=out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public Python wrappers
+# ----------------------------------------------------------------------------------------------
+
+
+def quantize_mxfp8(x: Tensor, scaling: str = "rceil", backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Quantize x [..., K] (bf16/fp16/fp32, K % 32 == 0) to canonical MXFP8 ``(q, s)``: q
+    float8_e4m3fn [M, K], s uint8 E8M0 [round_up(M, 128), round_up(K / 32, 4)] swizzled.
+    Bit-identical to ``dq_kernels.formats.quantize_mxfp8`` on every backend."""
+    return torch.ops.dq_kernels.quantize_mxfp8(x, scaling, backend)
+
+
+def quantize_nvfp4(
+    x: Tensor, tensor_scale: Tensor | None = None, backend: str | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Quantize x [..., K] (K % 16 == 0) to canonical NVFP4 ``(q, s, tensor_scale)``: q uint8
+    [M, K / 2], s float8_e4m3fn [round_up(M, 128), round_up(K / 16, 4)] swizzled, tensor_scale a
+    0-dim float32 (amax(|x|) / 2688 when not given)."""
+    return torch.ops.dq_kernels.quantize_nvfp4(x, tensor_scale, backend)
+
+
+def dequantize_mxfp8(q: Tensor, s: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Canonical MXFP8 -> [M, K] of ``dtype`` (exact in float32, rounded once)."""
+    return torch.ops.dq_kernels.dequantize_mxfp8(q, s, dtype)
+
+
+def dequantize_nvfp4(q: Tensor, s: Tensor, tensor_scale: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Canonical NVFP4 -> [M, K] of ``dtype``: (e2m1 * block scale) * tensor_scale."""
+    return torch.ops.dq_kernels.dequantize_nvfp4(q, s, tensor_scale, dtype)
+
+
+def mxfp8_mm(
+    a_q: Tensor,
+    a_s: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> Tensor:
+    """a @ b.T for canonical MXFP8 a [M, K] and b [N, K]; returns [M, N] of ``out_dtype``.
+
+    ``backend``: a name from ``dq_kernels.available_backends()`` or "auto"; None defers to
+    ``use_backend`` / ``DQ_KERNELS_BACKEND`` / auto."""
+    return torch.ops.dq_kernels.mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype, backend)
+
+
+def nvfp4_mm(
+    a_q: Tensor,
+    a_s: Tensor,
+    a_ts: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    b_ts: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> Tensor:
+    """a @ b.T for canonical NVFP4 a [M, K] and b [N, K] with their tensor scales; returns [M, N]."""
+    return torch.ops.dq_kernels.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend)
