@@ -1,0 +1,254 @@
+"""``dq-kernels bench gemm``: every format x backend on a set of GEMM shapes, against cuBLAS.
+
+On a CUDA device, for each shape: the two cuBLAS baselines (bf16 ``torch.mm`` and fp8 tensor-wise
+``torch._scaled_mm``), then each requested format x backend. Operands are quantized once, outside
+the timed region, so a row times only the mm call. Without a CUDA device the same calls run on the
+CPU on shrunk shapes and only the numerics are reported.
+
+Errors are relative Frobenius norms computed in float64: a format row against the "reference"
+backend on the same quantized operands (float32 output), a baseline against the float64 product of
+the bf16 inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+import dq_kernels
+import dq_kernels.backends
+from dq_kernels.bench import report, timing
+from dq_kernels.bench.shapes import Shape
+
+FORMATS = ("mxfp8", "nvfp4")
+BASELINES = (("bf16", "cublas"), ("fp8", "cublas"))
+REFERENCE_BACKEND = "reference"
+E4M3_MAX = 448.0
+SEED = 0
+
+# A backend that cannot run a shape says so with one of these; the row is skipped with a note.
+BACKEND_SKIP_ERRORS = (dq_kernels.BackendUnavailableError, NotImplementedError)
+
+
+@dataclass
+class Row:
+    """One measured (shape, format, backend). us and speedup_vs_bf16 are None without a GPU."""
+
+    shape: Shape
+    format: str
+    backend: str
+    us: float | None
+    rel_err: float
+    config: str
+    speedup_vs_bf16: float | None = None
+
+    @property
+    def tflops(self) -> float | None:
+        return None if self.us is None else self.shape.flops / self.us / 1e6
+
+    def to_json(self) -> dict:
+        return {
+            "format": self.format,
+            "backend": self.backend,
+            "M": self.shape.M,
+            "K": self.shape.K,
+            "N": self.shape.N,
+            "us": self.us,
+            "tflops": self.tflops,
+            "speedup_vs_bf16": self.speedup_vs_bf16,
+            "rel_err": self.rel_err,
+            "config": self.config,
+        }
+
+
+@dataclass
+class Skip:
+    """A (shape, format, backend) that could not run, and why."""
+
+    shape: Shape
+    format: str
+    backend: str
+    reason: str
+
+    def note(self) -> str:
+        return f"skipped {self.format} / {self.backend} at {self.shape}: {self.reason}"
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "backend": self.backend, "M": self.shape.M, "K": self.shape.K,
+                "N": self.shape.N, "reason": self.reason}
+
+
+@dataclass
+class Result:
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+
+def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(format, backend) pairs to run, in format order.
+
+    By default every available backend declaring the format. Backends named explicitly are kept
+    even when unavailable, so that the row is skipped with the backend's own reason.
+    """
+    statuses = dq_kernels.available_backends()
+    if names is None:
+        chosen = [s for s in statuses if s.available]
+    else:
+        by_name = {s.name: s for s in statuses}
+        chosen = [by_name[name] for name in names]
+    return [(fmt, s.name) for fmt in formats for s in chosen if fmt in s.formats]
+
+
+def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded standard-normal bf16 operands: a [M, K] and b [N, K] (a Linear weight)."""
+    gen = torch.Generator(device=device).manual_seed(SEED)
+    a = torch.randn(shape.M, shape.K, generator=gen, device=device, dtype=torch.bfloat16)
+    b = torch.randn(shape.N, shape.K, generator=gen, device=device, dtype=torch.bfloat16)
+    return a, b
+
+
+def to_fp8_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 [R, K] -> (float8_e4m3fn [R, K], float32 0-dim scale = amax / 448); x ~ q * scale."""
+    scale = x.abs().amax().float() / E4M3_MAX
+    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_F / ||ref||_F in float64."""
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+class ShapeCase:
+    """The operands of one shape, with their quantized forms and references made on first use."""
+
+    def __init__(self, shape: Shape, device: str, out_dtype: torch.dtype):
+        self.shape = shape
+        self.out_dtype = out_dtype
+        self.a, self.b = random_operands(shape, device)
+        self._cache: dict[str, object] = {}
+
+    def _cached(self, key: str, make: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def quantized(self, fmt: str) -> tuple[torch.Tensor, ...]:
+        """The mm operands of ``fmt``: (a_q, a_s, b_q, b_s) for mxfp8, (a_q, a_s, a_ts, b_q, b_s, b_ts)
+        for nvfp4, quantized once per shape."""
+        quantize = dq_kernels.quantize_mxfp8 if fmt == "mxfp8" else dq_kernels.quantize_nvfp4
+        return self._cached(fmt, lambda: (*quantize(self.a), *quantize(self.b)))
+
+    def call(self, fmt: str, backend: str, out_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+        """A no-argument function running the product a @ b.T for (fmt, backend); nothing else runs
+        inside it, so timing it times only the mm."""
+        out_dtype = out_dtype or self.out_dtype
+        if fmt == "bf16":
+            return functools.partial(torch.mm, self.a, self.b.t())
+        if fmt == "fp8":
+            a8, sa = self._cached("fp8 a", lambda: to_fp8_tensorwise(self.a))
+            b8, sb = self._cached("fp8 b", lambda: to_fp8_tensorwise(self.b))
+            return functools.partial(torch._scaled_mm, a8, b8.t(), sa, sb, out_dtype=out_dtype)
+        mm = dq_kernels.mxfp8_mm if fmt == "mxfp8" else dq_kernels.nvfp4_mm
+        return functools.partial(mm, *self.quantized(fmt), out_dtype=out_dtype, backend=backend)
+
+    def reference(self, fmt: str) -> torch.Tensor:
+        """What a row of ``fmt`` is compared with: float64 a @ b.T for the baselines, the reference
+        backend's float32 output on the same quantized operands for a block-scaled format."""
+        if fmt in ("bf16", "fp8"):
+            return self._cached("exact", lambda: self.a.double() @ self.b.double().t())
+        return self._cached(f"{fmt} ref", lambda: self.call(fmt, REFERENCE_BACKEND, torch.float32)())
+
+
+def kernel_config(fmt: str, backend: str, shape: Shape) -> str:
+    if backend == "cublas":
+        return ""
+    return dq_kernels.backends.get_backend(backend).kernel_config(fmt, shape.M, shape.N, shape.K)
+
+
+def skip_errors(backend: str) -> tuple[type[Exception], ...]:
+    # cuBLAS refuses some shapes with a plain RuntimeError (fp8 needs N % 16 == 0); from our own
+    # backends only the declared "cannot run this" errors are skipped, so a kernel bug still crashes.
+    return (RuntimeError,) if backend == "cublas" else BACKEND_SKIP_ERRORS
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def bench_shape(case: ShapeCase, pairs: Sequence[tuple[str, str]], timed: bool, progress: tqdm, result: Result) -> None:
+    """Run (and when ``timed``, time) every (format, backend) pair on one shape; append to result."""
+    rows = []
+    for fmt, backend in pairs:
+        progress.set_postfix_str(f"{case.shape} {fmt} {backend}")
+        try:
+            call = case.call(fmt, backend)
+            out = call()
+        except skip_errors(backend) as err:
+            result.skipped.append(Skip(case.shape, fmt, backend, first_line(err)))
+        else:
+            us = timing.median_us(call) if timed else None
+            error = rel_err(out, case.reference(fmt))
+            rows.append(Row(case.shape, fmt, backend, us, error, kernel_config(fmt, backend, case.shape)))
+        progress.update()
+    bf16_us = next((r.us for r in rows if r.format == "bf16"), None)
+    for row in rows:
+        if bf16_us is not None and row.us is not None:
+            row.speedup_vs_bf16 = bf16_us / row.us
+    result.rows.extend(rows)
+
+
+def run(shapes: Sequence[Shape], pairs: Sequence[tuple[str, str]], out_dtype: torch.dtype, device: str) -> Result:
+    """Bench every shape. device "cuda": baselines plus ``pairs``, timed; "cpu": ``pairs`` only,
+    numerics only."""
+    timed = device == "cuda"
+    per_shape = [*BASELINES, *pairs] if timed else list(pairs)
+    result = Result()
+    with tqdm(total=len(shapes) * len(per_shape), desc="bench gemm", file=sys.stderr, disable=None) as progress:
+        for shape in shapes:
+            bench_shape(ShapeCase(shape, device, out_dtype), per_shape, timed, progress, result)
+    return result
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The terminal table, one block of rows per shape."""
+    headers = ("shape", "M", "K", "N", "format", "backend", "us", "TFLOP/s", "x bf16", "rel err", "config")
+    groups: dict[Shape, list[list[str]]] = {}
+    for r in rows:
+        group = groups.setdefault(r.shape, [])
+        label = "" if group else (r.shape.label or str(r.shape))
+        group.append([label, str(r.shape.M), str(r.shape.K), str(r.shape.N), r.format, r.backend,
+                      _fmt(r.us, ".1f"), _fmt(r.tflops, ".1f"), _fmt(r.speedup_vs_bf16, ".2f"),
+                      _fmt(r.rel_err, ".2e"), r.config])
+    return report.format_table(headers, list(groups.values()), right_aligned=(1, 2, 3, 6, 7, 8, 9))
+
+
+def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
+    """PNG: speedup vs bf16 cuBLAS per shape when timed, else the relative error (log scale)."""
+    timed = any(r.us is not None for r in rows)
+    shapes = list(dict.fromkeys(r.shape for r in rows))
+    series: dict[str, list[float | None]] = {}
+    for r in rows:
+        if timed and r.format == "bf16":
+            continue  # the 1.0x line
+        values = series.setdefault(f"{r.format} {r.backend}", [None] * len(shapes))
+        values[shapes.index(r.shape)] = r.speedup_vs_bf16 if timed else r.rel_err
+    groups = [f"{s.label}\n{s}" if s.label else str(s) for s in shapes]
+    if timed:
+        report.plot_grouped_bars(path, groups, series, f"GEMM speedup vs bf16 cuBLAS - {device}, {date}",
+                                 "speedup vs bf16 cuBLAS", reference_line=1.0)
+    else:
+        report.plot_grouped_bars(path, groups, series,
+                                 f"GEMM relative error vs the reference backend (no timings: no CUDA device) - {device}, {date}",
+                                 "relative error (Frobenius)", log_scale=True)

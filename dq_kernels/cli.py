@@ -1,0 +1,166 @@
+"""The ``dq-kernels`` command line (also ``python -m dq_kernels``).
+
+    dq-kernels info                      the GPU, versions, native library and backends
+    dq-kernels bench gemm [options]      GEMM time and error for every format x backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import textwrap
+from typing import Sequence
+
+import torch
+
+import dq_kernels
+import dq_kernels.backends
+import dq_kernels.native
+from dq_kernels.bench import gemm, report, timing
+from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
+
+OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CPU_SHAPE_LIMIT = f"{CPU_MAX_M}x{CPU_MAX_K}x{CPU_MAX_N}"
+NO_CUDA_LINE = (
+    "No CUDA device: nothing can be timed, so this checks numerics instead, on the CPU, with each "
+    f"shape shrunk to at most {CPU_SHAPE_LIMIT} (MxKxN)."
+)
+NO_CUDA_TIMING = f"none: no CUDA device, numerics check on the CPU with shapes shrunk to at most {CPU_SHAPE_LIMIT}"
+
+GEMM_EPILOG = f"""\
+Shapes are MxKxN for out[M, N] = a[M, K] @ b[N, K].T (b stored like an nn.Linear weight).
+Presets: {", ".join(f"{name} ({len(shapes)} shapes)" for name, shapes in PRESETS.items())}.
+
+On a CUDA device every shape also runs the bf16 cuBLAS (torch.mm) and fp8 tensor-wise cuBLAS
+(torch._scaled_mm) baselines. Operands are random normal (seeded) and quantized once, outside the
+timed region.
+{textwrap.fill(f"Timing: {timing.METHOD}.", 100)}
+rel err is ||out - ref|| / ||ref|| in float64: a format row against the "reference" backend on the
+same quantized operands (float32 output, so the floor is the rounding to --out-dtype: about
+1.6e-3 for bf16), a baseline against the float64 product of the bf16 inputs.
+
+Without a CUDA device the command checks numerics instead: every shape shrunk to at most
+{CPU_SHAPE_LIMIT}, each format x backend run on the CPU, rel err only; --plot then shows the
+relative error instead of the speedup."""
+
+
+def _shape_arg(text: str) -> Shape:
+    try:
+        return parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _backend_arg(name: str) -> str:
+    names = dq_kernels.backends.backend_names()
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"unknown backend {name!r} (valid: {', '.join(names)})")
+    return name
+
+
+def _add_gemm_parser(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "gemm",
+        help="time every format x backend on GEMM shapes against cuBLAS",
+        description="Time MXFP8 and NVFP4 GEMMs for every backend against bf16 and fp8 cuBLAS.",
+        epilog=GEMM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default="flux", help="named shape set (default: flux)")
+    p.add_argument("--shape", type=_shape_arg, nargs="+", action="extend", metavar="MxKxN",
+                   help=f"shapes to run instead of the preset ({SHAPE_FORM})")
+    p.add_argument("--formats", choices=gemm.FORMATS, nargs="+", action="extend",
+                   help="block-scaled formats to run (default: mxfp8 nvfp4)")
+    p.add_argument("--backends", type=_backend_arg, nargs="+", action="extend", metavar="NAME",
+                   help="backends to run (default: every available backend supporting the format; "
+                        "see `dq-kernels info`)")
+    p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the speedup vs bf16 cuBLAS per shape "
+                                                    "(of the relative error without a CUDA device)")
+    p.add_argument("--out-dtype", choices=list(OUT_DTYPES), default="bf16", help="output dtype (default: bf16)")
+    p.set_defaults(run=_bench_gemm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dq-kernels", description="MXFP8 and NVFP4 GEMM kernels: info and benchmarks.")
+    parser.add_argument("--version", action="version", version=f"dq_kernels {dq_kernels.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = commands.add_parser("info", help="show the GPU, versions, native library and backends",
+                               description="Show the GPU, package versions, the native library and every backend.")
+    info.set_defaults(run=_info)
+    bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks.")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    _add_gemm_parser(benches)
+    return parser
+
+
+def _bench_gemm(args: argparse.Namespace) -> int:
+    formats = args.formats or list(gemm.FORMATS)
+    shapes = args.shape or list(PRESETS[args.preset])
+    pairs = gemm.select_backends(formats, args.backends)
+    for name in args.backends or []:
+        if all(backend != name for _, backend in pairs):
+            print(f"note: backend {name!r} implements none of the requested formats ({', '.join(formats)})")
+    if torch.cuda.is_available():
+        device, device_name, timing_method = "cuda", torch.cuda.get_device_name(), timing.METHOD
+    else:
+        print(NO_CUDA_LINE)
+        device, device_name, timing_method = "cpu", "cpu", NO_CUDA_TIMING
+        shapes = [shape.shrunk() for shape in shapes]
+
+    result = gemm.run(shapes, pairs, OUT_DTYPES[args.out_dtype], device)
+    print(gemm.table(result.rows))
+    for skip in result.skipped:
+        print(skip.note())
+
+    header = report.json_header(device_name, args.command_line, timing_method)
+    if args.json:
+        report.write_json(args.json, {
+            **header,
+            "rows": [row.to_json() for row in result.rows],
+            "shapes": [{"M": s.M, "K": s.K, "N": s.N, "label": s.label} for s in shapes],
+            "skipped": [skip.to_json() for skip in result.skipped],
+        })
+        print(f"wrote {args.json}")
+    if args.plot:
+        gemm.plot(result.rows, args.plot, device_name, header["date"])
+        print(f"wrote {args.plot}" + ("" if device == "cuda" else " (relative error: no timings without a CUDA device)"))
+    return 0
+
+
+def _gpu_description() -> str:
+    if not torch.cuda.is_available():
+        built = f"torch built with CUDA {torch.version.cuda}" if torch.version.cuda else "torch built without CUDA"
+        return f"no CUDA device ({built})"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()}, compute capability {major}.{minor}, CUDA {torch.version.cuda}"
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def _info(args: argparse.Namespace) -> int:
+    print(f"GPU: {_gpu_description()}")
+    for name, version in report.package_versions().items():
+        print(f"{name}: {version}")
+    loaded, reason = dq_kernels.native.status()
+    print(f"native library: {'loaded' if loaded else 'not loaded'} ({reason})")
+    for key, value in (dq_kernels.native.build_info() or {}).items():
+        print(f"  {key}: {_describe(value)}")
+    print()
+    rows = [[s.name, "yes" if s.available else "no", " ".join(s.formats), s.reason or "-"]
+            for s in dq_kernels.available_backends()]
+    print(report.format_table(("backend", "available", "formats", "reason"), [rows]))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dq-kernels``; ``argv`` without the program name (default: sys.argv[1:])."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = "dq-kernels " + shlex.join(argv)
+    return args.run(args)
