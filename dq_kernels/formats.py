@@ -228,6 +228,25 @@ def e8m0_to_float32(e: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
+def _ceil_log2(d: torch.Tensor) -> torch.Tensor:
+    """Exact ceil(log2(d)) (int32) for finite float32 d >= 0, read off the bits; d = 0 and
+    subnormals below 2^-127 give -127 or less, which every caller clamps to -127.
+
+    This is the rounding of Blackwell's ``cvt.rp.satfinite.ue8m0x2.f32``. torchao's eager RCEIL
+    takes ``ceil(torch.log2(d))`` instead; the two agree whenever log2 rounds correctly to a
+    non-integer, which holds for every bf16 and fp16 input (amax / 448 then sits at least 2^-11
+    relative away from a power of two). For a float32 input whose block amax lies within about
+    2^-17 relative above 448 * 2^k, log2 rounds to the integer k and torchao picks a scale whose
+    largest value saturates slightly; this function picks the next power of two.
+    """
+    bits = d.view(torch.int32)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    normal = exponent - E8M0_BIAS + (mantissa != 0).to(torch.int32)
+    subnormal = torch.where(mantissa > 0x400000, -126, -127)  # d = mantissa * 2^-149
+    return torch.where(exponent == 0, subnormal, normal)
+
+
 def _encode_e2m1(y: torch.Tensor) -> torch.Tensor:
     """float32 values already clamped to [-6, 6] -> e2m1 codes (uint8 in 0..15), round to nearest even.
 
@@ -275,8 +294,10 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tenso
     [round_up(M, 128), round_up(K / 32, 4)] in the 128x4 swizzled layout.
 
     ``scaling="floor"`` is the OCP rule (scale = 2^(floor(log2(amax)) - 8)); ``"rceil"`` rounds the
-    scale up so that nothing saturates (amax / 448 rounded up to a power of two). Both equal
-    torchao's ``to_mx`` with ``ScaleCalculationMode.FLOOR`` / ``RCEIL`` bit for bit.
+    scale up so that nothing saturates (amax / 448 rounded up to a power of two, exactly: see
+    ``_ceil_log2``). Both equal torchao's ``to_mx`` with ``ScaleCalculationMode.FLOOR`` / ``RCEIL``
+    bit for bit (RCEIL: for every bf16 and fp16 input, and every float32 input but the corner
+    ``_ceil_log2`` describes).
     """
     fn = "dq_kernels.quantize_mxfp8"
     m, k = check_high_precision(fn, "x", x, MXFP8.block_size)
@@ -294,12 +315,11 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tenso
         y = blocks / divisor
     else:
         descale = amax / E4M3_MAX
-        exponent = torch.ceil(torch.log2(descale)).clamp(-E8M0_BIAS, E8M0_BIAS) + E8M0_BIAS
-        e = torch.where(torch.isinf(descale), 254, exponent.to(torch.uint8))
+        e = (_ceil_log2(descale).clamp(-E8M0_BIAS, E8M0_BIAS) + E8M0_BIAS).to(torch.uint8)
+        e = torch.where(torch.isinf(descale), 254, e)
         e = torch.where(torch.isnan(descale), E8M0_NAN, e)
-        reciprocal = torch.exp2(E8M0_BIAS - e.float())
+        reciprocal = e8m0_to_float32((254 - e.to(torch.int32)).clamp(min=0).to(torch.uint8))  # 2^(127 - e)
         reciprocal = torch.where(e == 0, 1.0, reciprocal)  # amax <= 2^-127 * 448: leave values as they are
-        reciprocal = torch.where(e == 254, 2.0**-127, reciprocal)
         reciprocal = torch.where(e == E8M0_NAN, descale, reciprocal)  # NaN block stays NaN
         y = blocks * reciprocal
     q = y.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(m, k)

@@ -252,3 +252,14 @@ def test_dequantize_dtypes_round_once(dtype):
     assert torch.equal(dq.dequantize_mxfp8(q, s, dtype), dq.dequantize_mxfp8(q, s, torch.float32).to(dtype))
     q, s, t = dq.quantize_nvfp4(x)
     assert torch.equal(dq.dequantize_nvfp4(q, s, t, dtype), dq.dequantize_nvfp4(q, s, t, torch.float32).to(dtype))
+
+
+def test_rceil_exact_where_torchao_log2_rounds_to_an_integer():
+    # amax = 448 * 2^20 * (1 + 2^-23): log2(amax / 448) = 20 + 1.7e-7 rounds to 20.0 in float32, so
+    # torchao's eager RCEIL picks 2^20 and 448 * (1 + 2^-23) saturates; the exact rule picks 2^21.
+    x = torch.zeros(1, 32)
+    x[0, 0] = 448.0 * 2.0**20 * (1 + 2.0**-23)
+    _, s = dq.quantize_mxfp8(x, "rceil")
+    _, s_torchao = torchao_mxfp8(x, "rceil")
+    assert s[0, 0].item() == 127 + 21
+    assert s_torchao.flatten()[0].item() == 127 + 20
