@@ -25,6 +25,7 @@ import torch
 from .base import OPS, Backend, BackendSpec, BackendUnavailableError
 from .reference import ReferenceBackend
 from .torchao import TorchAOBackend
+from .triton_cast import TritonCastBackend
 
 __all__ = [
     "Backend",
@@ -43,7 +44,7 @@ ENV_BACKEND = "DQ_KERNELS_BACKEND"
 logger = logging.getLogger("dq_kernels")
 
 # Registry order is auto's preference order: fastest first, the reference last.
-_REGISTRY: dict[str, Backend] = {b.spec.name: b for b in (TorchAOBackend(), ReferenceBackend())}
+_REGISTRY: dict[str, Backend] = {b.spec.name: b for b in (TritonCastBackend(), TorchAOBackend(), ReferenceBackend())}
 _CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("dq_kernels_backend", default=None)
 _LOGGED: set[tuple[str, str, str]] = set()
 
@@ -79,6 +80,7 @@ class BackendStatus:
     reason: str  # why it is unavailable, or where it runs when available
     formats: tuple[str, ...]
     description: str
+    ops: tuple[str, ...]  # the dq_kernels ops it implements, e.g. "mxfp8_mm"
 
 
 def available_backends() -> list[BackendStatus]:
@@ -96,7 +98,7 @@ def available_backends() -> list[BackendStatus]:
             else:
                 ok = False
                 why = spec.device_reason(cuda_device) if cuda_device is not None else "needs a CUDA device; none is present"
-        statuses.append(BackendStatus(spec.name, ok, why, spec.formats, spec.description))
+        statuses.append(BackendStatus(spec.name, ok, why, spec.formats, spec.description, spec.ops))
     return statuses
 
 

@@ -92,7 +92,7 @@ class Result:
 def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(format, backend) pairs to run, in format order.
 
-    By default every available backend declaring the format. Backends named explicitly are kept
+    By default every available backend implementing the format's mm. Backends named explicitly are kept
     even when unavailable, so that the row is skipped with the backend's own reason.
     """
     statuses = dq_kernels.available_backends()
@@ -101,7 +101,7 @@ def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) 
     else:
         by_name = {s.name: s for s in statuses}
         chosen = [by_name[name] for name in names]
-    return [(fmt, s.name) for fmt in formats for s in chosen if fmt in s.formats]
+    return [(fmt, s.name) for fmt in formats for s in chosen if f"{fmt}_mm" in s.ops]
 
 
 def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tensor]:

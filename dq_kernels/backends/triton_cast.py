@@ -1,0 +1,102 @@
+"""Triton cast kernels: ``quantize_mxfp8`` and ``quantize_nvfp4`` on CUDA GPUs (sm_89 and newer).
+
+One pass over a bf16/fp16/fp32 input [M, K] (row stride >= K) writes the canonical operands:
+qdata, and the block scales straight into the 128x4 swizzled layout, padding included. Each program
+owns one 512-byte scale tile (128 rows x 4 scale columns), so the padding rows and columns of the
+layout are written by the same program that writes its neighbours (masked loads read them as zeros,
+and a zero block encodes as scale byte 0).
+
+Bit-identical to ``dq_kernels.formats`` (and so to torchao) for both scaling modes: the arithmetic
+is the reference's, step by step: IEEE divisions (``div_rn``), RCEIL's exact ceil(log2(.)) and the
+powers of two built from float bit patterns, clamps that keep NaN. The one exception: the element bytes of a NaN block may differ in
+their NaN encodings (the block scale is NaN either way, so the block decodes to NaN).
+
+NVFP4 with a dynamic tensor scale is two passes: an amax kernel (atomic max of float bits), then the
+cast, which derives the tensor scale itself and writes it out.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from .. import formats
+from .base import Backend, BackendSpec
+
+TILE = 128  # the kernels' programs cover 128 rows (one swizzled scale tile); amax tiles are 128 x 128
+MXFP8_WARPS = 8  # per 128 x 128 tile
+NVFP4_WARPS = 4  # per 128 x 64 tile
+
+
+@functools.cache
+def _kernels():
+    """The Triton kernels, imported (and so triton itself) on first use, never at package import."""
+    from . import triton_cast_kernels as k
+
+    return k.mxfp8_kernel, k.nvfp4_kernel, k.amax_kernel
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] -> a 2-D [M, K] view with unit column stride (a copy only when no view exists)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``formats.quantize_mxfp8`` on the GPU (or under TRITON_INTERPRET=1 on CPU tensors)."""
+    mxfp8_kernel, _, _ = _kernels()
+    x2 = _as_rows(x)
+    m, k = x2.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
+    tiles_per_row = s.shape[1] // 4
+    grid = (s.shape[0] // TILE, tiles_per_row)
+    mxfp8_kernel[grid](x2, q.view(torch.uint8), s, m, k, x2.stride(0), tiles_per_row, FLOOR=scaling == "floor", num_warps=MXFP8_WARPS)
+    return q, s
+
+
+def quantize_nvfp4(
+    x: torch.Tensor, tensor_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``formats.quantize_nvfp4`` on the GPU; dynamic tensor scale (None) in two passes."""
+    _, nvfp4_kernel, amax_kernel = _kernels()
+    x2 = _as_rows(x)
+    m, k = x2.shape
+    q = torch.empty(formats.NVFP4.qdata_shape(m, k), dtype=torch.uint8, device=x.device)
+    s = torch.empty(formats.NVFP4.scale_shape(m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    ts_out = torch.empty((), dtype=torch.float32, device=x.device)
+    if tensor_scale is None:
+        amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
+        amax_kernel[(-(-m // TILE), -(-k // TILE))](x2, amax_bits, m, k, x2.stride(0))
+        ts_in = ts_out  # unused by the dynamic kernel
+    else:
+        amax_bits, ts_in = ts_out, tensor_scale.reshape(())  # amax unused by the static kernel
+    tiles_per_row = s.shape[1] // 4
+    grid = (s.shape[0] // TILE, tiles_per_row)
+    nvfp4_kernel[grid](
+        x2, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, x2.stride(0), tiles_per_row,
+        DYNAMIC=tensor_scale is None, num_warps=NVFP4_WARPS,
+    )
+    return q, s, ts_out
+
+
+class TritonCastBackend(Backend):
+    spec = BackendSpec(
+        name="triton_cast",
+        description="Triton cast kernels: one pass to qdata + swizzled scales (bit-identical to the reference)",
+        ops=("quantize_mxfp8", "quantize_nvfp4"),
+        capabilities=((8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1)),
+    )
+
+    def availability(self):
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed"
+        return True, ""
+
+    def quantize_mxfp8(self, x, scaling):
+        return quantize_mxfp8(x, scaling)
+
+    def quantize_nvfp4(self, x, tensor_scale):
+        return quantize_nvfp4(x, tensor_scale)

@@ -1,0 +1,158 @@
+"""Triton kernels of the cast backend (``triton_cast.py`` launches them). Importing this module
+imports triton; ``triton_cast`` imports it on first use only.
+
+Shapes and layouts: x [M, K] (row stride ``stride_xm``, unit column stride) in bf16/fp16/fp32; one
+program per 512-byte swizzled scale tile: 128 rows x 4 scale blocks (128 columns of MXFP8, 64 of
+NVFP4). q is [M, K] e4m3 (MXFP8) or [M, K / 2] packed e2m1 bytes (NVFP4); s is the swizzled scale
+buffer as bytes.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pow2_from_exponent_bits(biased):
+    """float32 2^(biased - 127) for biased in 0..254 (0 gives the subnormal 2^-127)."""
+    bits = tl.where(biased == 0, 0x00400000, biased << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def ceil_log2(d):
+    """Exact ceil(log2(d)) for finite float32 d >= 0 from its bits (formats._ceil_log2)."""
+    bits = d.to(tl.int32, bitcast=True)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    normal = exponent - 127 + (mantissa != 0).to(tl.int32)
+    subnormal = tl.where(mantissa > 0x400000, -126, -127)
+    return tl.where(exponent == 0, subnormal, normal)
+
+
+@triton.jit
+def round_to_e4m3(y):
+    """float32 |y| <= 448 -> the nearest e4m3 value (ties to even), still as float32, so that the
+    conversion to float8 that follows is exact. (Rounding here rather than in the conversion keeps
+    the result independent of how a target converts: Triton 3.9's interpreter rounds half up and
+    drops the carry into the exponent.) NaN stays NaN."""
+    bits = y.to(tl.int32, bitcast=True)
+    exponent = (bits >> 23) & 0xFF
+    # spacing of e4m3 values around |y|: 2^(floor(log2|y|) - 3), and 2^-9 among the subnormals
+    ulp_exponent = tl.maximum(exponent - 3, 127 - 9)
+    magic = ((ulp_exponent + 23) << 23).to(tl.float32, bitcast=True)  # ulp * 2^23: float32 spacing ulp
+    rounded = (tl.abs(y) + magic) - magic
+    return tl.where(y != y, y, tl.where(bits < 0, -rounded, rounded))  # bits < 0: sign set, -0.0 too
+
+
+@triton.jit
+def swizzled_scale_offsets(pid_m, pid_k, tiles_per_row):
+    """[128, 4] byte offsets of the scale tile (pid_m, pid_k) in the 128x4 swizzled layout."""
+    r = tl.arange(0, 128)[:, None]
+    c = tl.arange(0, 4)[None, :]
+    return (pid_m * tiles_per_row + pid_k) * 512 + (r % 32) * 16 + (r // 32) * 4 + c
+
+
+@triton.jit
+def block_amax(xb):
+    """max |x| over the last axis, NaN if the block holds a NaN (as torch.amax)."""
+    amax = tl.max(tl.abs(xb), axis=2)
+    has_nan = tl.max((xb != xb).to(tl.int32), axis=2) > 0
+    return tl.where(has_nan, float("nan"), amax)
+
+
+@triton.jit
+def load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, TILE_K: tl.constexpr):
+    rows = pid_m * 128 + tl.arange(0, 128)
+    cols = pid_k * TILE_K + tl.arange(0, TILE_K)
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+    return x.to(tl.float32), rows, cols, mask
+
+
+@triton.jit
+def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 128)
+    xb = tl.reshape(x, (128, 4, 32))
+    amax = block_amax(xb)
+    if FLOOR:
+        # floor(log2(amax)) - 8 from the exponent field; torchao divides by max(scale, 2^-126)
+        unbiased = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - 8
+        e = tl.clamp(unbiased, -127, 128) + 127
+        e = tl.where(amax != amax, 255, e)
+        reciprocal = tl.where(e == 0, 2.0**126, pow2_from_exponent_bits(254 - e))
+        reciprocal = tl.where(e == 255, 0.0, reciprocal)  # x / inf
+    else:
+        descale = tl.math.div_rn(amax, 448.0)
+        e = tl.clamp(ceil_log2(descale), -127, 127) + 127
+        e = tl.where(descale == float("inf"), 254, e)
+        e = tl.where(descale != descale, 255, e)
+        reciprocal = tl.where(e == 0, 1.0, pow2_from_exponent_bits(254 - e))
+        reciprocal = tl.where(e == 255, descale, reciprocal)  # NaN stays NaN
+    y = tl.clamp(xb * reciprocal[:, :, None], -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
+    y = tl.reshape(y, (128, 128))
+    # write NaN as 0x7F explicitly: not every target's conversion encodes it so (the interpreter's doesn't)
+    q = tl.where(y != y, 0x7F, round_to_e4m3(y).to(tl.float8e4nv).to(tl.uint8, bitcast=True)).to(tl.uint8)
+    tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
+    tl.store(s_ptr + swizzled_scale_offsets(pid_m, pid_k, tiles_per_row), e.to(tl.uint8))
+
+
+@triton.jit
+def encode_e2m1(y):
+    """float32 in [-6, 6] -> e2m1 code (int32 0..15), round to nearest even (see formats)."""
+    a = tl.abs(y)
+    code = (
+        (a > 0.25).to(tl.int32)
+        + (a >= 0.75).to(tl.int32)
+        + (a > 1.25).to(tl.int32)
+        + (a >= 1.75).to(tl.int32)
+        + (a > 2.5).to(tl.int32)
+        + (a >= 3.5).to(tl.int32)
+        + (a > 5.0).to(tl.int32)
+    )
+    sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
+    return code | (sign << 3)
+
+
+@triton.jit
+def nvfp4_kernel(x_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xm, tiles_per_row,
+                 DYNAMIC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    if DYNAMIC:
+        ts = tl.math.div_rn(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0)  # amax / (448 * 6)
+    else:
+        ts = tl.load(ts_ptr)
+    if (pid_m == 0) & (pid_k == 0):
+        tl.store(ts_out_ptr, ts)
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 64)
+    xb = tl.reshape(x, (128, 4, 16))
+    block_scale = tl.math.div_rn(block_amax(xb), 6.0)
+    # the e4m3 block scale, rounded in float32 (exactly representable from here on)
+    s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
+    reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)
+    y = tl.clamp(xb * reciprocal[:, :, None], -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
+    codes = tl.reshape(encode_e2m1(y), (128, 32, 2))
+    low, high = tl.split(codes)
+    packed = (low | (high << 4)).to(tl.uint8)
+    byte_cols = pid_k * 32 + tl.arange(0, 32)
+    byte_mask = (rows[:, None] < M) & (byte_cols[None, :] < K // 2)
+    tl.store(q_ptr + rows[:, None] * (K // 2) + byte_cols[None, :], packed, mask=byte_mask)
+    # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
+    blocks = pid_k * 4 + tl.arange(0, 4)
+    in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
+    s_bytes = tl.where(s != s, 0x7F, s.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
+    s_bytes = tl.where(in_tensor, s_bytes, 0).to(tl.uint8)
+    tl.store(s_ptr + swizzled_scale_offsets(pid_m, pid_k, tiles_per_row), s_bytes)
+
+
+@triton.jit
+def amax_kernel(x_ptr, amax_ptr, M, K, stride_xm):
+    """amax_ptr (int32, zeroed) <- max over the tensor of the float32 bits of |x|, one atomic per
+    128 x 128 tile. Non-negative floats order like their bits and NaN's bits exceed inf's, so a NaN
+    anywhere wins, as in torch.amax."""
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), 128)
+    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+    amax = tl.where(tl.max(tl.max((x != x).to(tl.int32), axis=1), axis=0) > 0, float("nan"), amax)
+    tl.atomic_max(amax_ptr, amax.to(tl.int32, bitcast=True))
