@@ -2,6 +2,7 @@
 
     dq-kernels info                      the GPU, versions, native library and backends
     dq-kernels bench gemm [options]      GEMM time and error for every format x backend
+    dq-kernels bench quant [options]     activation-cast bandwidth against torchao's casts
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import dq_kernels
 import dq_kernels.backends
 import dq_kernels.native
-from dq_kernels.bench import gemm, report, timing
+from dq_kernels.bench import gemm, quant, report, timing
 from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -82,6 +83,47 @@ def _add_gemm_parser(benches: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_bench_gemm)
 
 
+def _mk_arg(text: str) -> tuple[int, int]:
+    try:
+        return quant.parse_mk(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_quant_parser(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "quant",
+        help="time the activation casts (quantize ops) against torchao's casts",
+        description="Time the MXFP8 and NVFP4 casts of bf16 activations: effective bandwidth and speedup "
+                    "over torchao's eager and compiled casts (needs a CUDA device).",
+        epilog=textwrap.fill(f"Timing: {timing.METHOD}. " + " ".join(quant.__doc__.split("\n\n")[-1].split()), 100),
+    )
+    p.add_argument("--shape", type=_mk_arg, nargs="+", action="extend", metavar="MxK",
+                   help="input shapes (default: M in 4096 4608 16384 x K in 3072 12288 15360)")
+    p.add_argument("--formats", choices=quant.CASES, nargs="+", action="extend",
+                   help="cases to run (default: all): nvfp4 has a dynamic tensor scale, nvfp4_static a given one")
+    p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the effective bandwidth")
+    p.set_defaults(run=_bench_quant)
+
+
+def _bench_quant(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("No CUDA device: there is nothing to time. (The cast kernels' numerics are tested on the CPU "
+              "by pytest under TRITON_INTERPRET=1.)")
+        return 0
+    rows = quant.run(args.shape or list(quant.DEFAULT_SHAPES), args.formats or list(quant.CASES))
+    print(quant.table(rows))
+    header = report.json_header(torch.cuda.get_device_name(), args.command_line, timing.METHOD)
+    if args.json:
+        report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})
+        print(f"wrote {args.json}")
+    if args.plot:
+        quant.plot(rows, args.plot, header["device"], header["date"])
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq-kernels", description="MXFP8 and NVFP4 GEMM kernels: info and benchmarks.")
     parser.add_argument("--version", action="version", version=f"dq_kernels {dq_kernels.__version__}")
@@ -92,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks.")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     _add_gemm_parser(benches)
+    _add_quant_parser(benches)
     return parser
 
 
