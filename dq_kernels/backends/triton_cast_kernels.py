@@ -79,13 +79,13 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
     if FLOOR:
         # floor(log2(amax)) - 8 from the exponent field; torchao divides by max(scale, 2^-126)
         unbiased = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - 8
-        e = tl.clamp(unbiased, -127, 128) + 127
+        e = tl.minimum(tl.maximum(unbiased, -127), 128) + 127
         e = tl.where(amax != amax, 255, e)
         reciprocal = tl.where(e == 0, 2.0**126, pow2_from_exponent_bits(254 - e))
         reciprocal = tl.where(e == 255, 0.0, reciprocal)  # x / inf
     else:
         descale = tl.math.div_rn(amax, 448.0)
-        e = tl.clamp(ceil_log2(descale), -127, 127) + 127
+        e = tl.minimum(tl.maximum(ceil_log2(descale), -127), 127) + 127
         e = tl.where(descale == float("inf"), 254, e)
         e = tl.where(descale != descale, 255, e)
         reciprocal = tl.where(e == 0, 1.0, pow2_from_exponent_bits(254 - e))
