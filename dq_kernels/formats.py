@@ -11,6 +11,11 @@ Canonical operands (one format for every backend):
   in the high nibble; ``s`` float8_e4m3fn, one per 16 elements along K, swizzled the same way,
   shape [round_up(M, 128), round_up(K / 16, 4)]; ``tensor_scale`` a 0-dim float32 tensor.
 
+Divisions by constants (amax / 448, / 6, / 2688) are torch's own: an IEEE division on CPU, a
+multiplication by the float32 reciprocal on CUDA (torch's shortcut for a Python-number divisor).
+torchao computes them the same way, so the parity holds on each device; the cast kernels follow
+the device they run on.
+
 Special values:
 
 * E8M0 byte e decodes to 2^(e - 127); byte 0 is 2^-127 (not zero) and byte 255 is NaN.

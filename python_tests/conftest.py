@@ -1,7 +1,14 @@
-"""Shared test setup: the ``gpu`` marker skips with a reason when no CUDA device is present."""
+"""Shared test setup: the ``gpu`` marker skips with a reason when no CUDA device is present, and
+without a GPU the Triton kernels run under the interpreter."""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # before anything imports triton (torchao does): Triton kernels can only run interpreted here
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,10 +1,8 @@
 """Triton cast kernels (backend ``triton_cast``): bit-identical to the reference quantize.
 
-Without a GPU the same kernels run under ``TRITON_INTERPRET=1`` (set below, before the kernels are
-first imported); with a GPU the compiled kernels run on awkward inputs.
+Without a GPU the same kernels run under ``TRITON_INTERPRET=1`` (set by conftest.py); with a GPU the
+compiled kernels run on awkward inputs.
 """
-
-import os
 
 import pytest
 import torch
@@ -12,9 +10,6 @@ import torch
 import dq_kernels as dq
 from dq_kernels import formats
 from dq_kernels.backends import select, triton_cast
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
 

@@ -7,8 +7,9 @@ layout are written by the same program that writes its neighbours (masked loads 
 and a zero block encodes as scale byte 0).
 
 Bit-identical to ``dq_kernels.formats`` (and so to torchao) for both scaling modes: the arithmetic
-is the reference's, step by step: IEEE divisions (``div_rn``), RCEIL's exact ceil(log2(.)) and the
-powers of two built from float bit patterns, clamps that keep NaN. The one exception: the element bytes of a NaN block may differ in
+is the reference's, step by step: the divisions as torch does them on the input's device (see
+``div_const``), RCEIL's exact ceil(log2(.)), powers of two built from float bit patterns, clamps that
+keep NaN. The one exception: the element bytes of a NaN block may differ in
 their NaN encodings (the block scale is NaN either way, so the block decodes to NaN).
 
 NVFP4 with a dynamic tensor scale is two passes: an amax kernel (atomic max of float bits), then the
@@ -26,8 +27,8 @@ from .. import formats
 from .base import Backend, BackendSpec
 
 TILE = 128  # the kernels' programs cover 128 rows (one swizzled scale tile); amax tiles are 128 x 128
-MXFP8_WARPS = 8  # per 128 x 128 tile
-NVFP4_WARPS = 4  # per 128 x 64 tile
+MXFP8_WARPS = 8  # per 128 x 128 tile (H100: 8 warps beat 4 and 16)
+NVFP4_WARPS = 8  # per 128 x 64 tile (H100: 8 warps beat 4 and 16)
 
 
 @functools.cache
@@ -53,7 +54,8 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.T
     s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
     tiles_per_row = s.shape[1] // 4
     grid = (s.shape[0] // TILE, tiles_per_row)
-    mxfp8_kernel[grid](x2, q.view(torch.uint8), s, m, k, x2.stride(0), tiles_per_row, FLOOR=scaling == "floor", num_warps=MXFP8_WARPS)
+    mxfp8_kernel[grid](x2, q.view(torch.uint8), s, m, k, x2.stride(0), tiles_per_row, FLOOR=scaling == "floor",
+                       BY_RECIPROCAL=x.is_cuda, num_warps=MXFP8_WARPS)
     return q, s
 
 
@@ -77,7 +79,7 @@ def quantize_nvfp4(
     grid = (s.shape[0] // TILE, tiles_per_row)
     nvfp4_kernel[grid](
         x2, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, x2.stride(0), tiles_per_row,
-        DYNAMIC=tensor_scale is None, num_warps=NVFP4_WARPS,
+        DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, num_warps=NVFP4_WARPS,
     )
     return q, s, ts_out
 

@@ -19,6 +19,17 @@ def pow2_from_exponent_bits(biased):
 
 
 @triton.jit
+def div_const(x, c: tl.constexpr, BY_RECIPROCAL: tl.constexpr):
+    """x / c as torch computes it for a Python-number divisor: an IEEE division on CPU tensors,
+    a multiplication by the float32 reciprocal 1/c on CUDA tensors (torch's CUDA shortcut), so the
+    kernel matches the reference on whichever device it runs."""
+    if BY_RECIPROCAL:
+        return x * (1.0 / c)
+    else:
+        return tl.math.div_rn(x, c)
+
+
+@triton.jit
 def ceil_log2(d):
     """Exact ceil(log2(d)) for finite float32 d >= 0 from its bits (formats._ceil_log2)."""
     bits = d.to(tl.int32, bitcast=True)
@@ -41,7 +52,8 @@ def round_to_e4m3(y):
     ulp_exponent = tl.maximum(exponent - 3, 127 - 9)
     magic = ((ulp_exponent + 23) << 23).to(tl.float32, bitcast=True)  # ulp * 2^23: float32 spacing ulp
     rounded = (tl.abs(y) + magic) - magic
-    return tl.where(y != y, y, tl.where(bits < 0, -rounded, rounded))  # bits < 0: sign set, -0.0 too
+    signed = (rounded.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)  # keeps -0.0
+    return tl.where(y != y, y, signed)
 
 
 @triton.jit
@@ -70,7 +82,8 @@ def load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, TILE_K: tl.constexpr):
 
 
 @triton.jit
-def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr):
+def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr,
+                 BY_RECIPROCAL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 128)
@@ -84,7 +97,7 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
         reciprocal = tl.where(e == 0, 2.0**126, pow2_from_exponent_bits(254 - e))
         reciprocal = tl.where(e == 255, 0.0, reciprocal)  # x / inf
     else:
-        descale = tl.math.div_rn(amax, 448.0)
+        descale = div_const(amax, 448.0, BY_RECIPROCAL)
         e = tl.minimum(tl.maximum(ceil_log2(descale), -127), 127) + 127
         e = tl.where(descale == float("inf"), 254, e)
         e = tl.where(descale != descale, 255, e)
@@ -117,18 +130,18 @@ def encode_e2m1(y):
 
 @triton.jit
 def nvfp4_kernel(x_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xm, tiles_per_row,
-                 DYNAMIC: tl.constexpr):
+                 DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DYNAMIC:
-        ts = tl.math.div_rn(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0)  # amax / (448 * 6)
+        ts = div_const(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0, BY_RECIPROCAL)  # amax / (448 * 6)
     else:
         ts = tl.load(ts_ptr)
     if (pid_m == 0) & (pid_k == 0):
         tl.store(ts_out_ptr, ts)
     x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 64)
     xb = tl.reshape(x, (128, 4, 16))
-    block_scale = tl.math.div_rn(block_amax(xb), 6.0)
+    block_scale = div_const(block_amax(xb), 6.0, BY_RECIPROCAL)
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
     s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
     reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)
