@@ -1,17 +1,20 @@
 """dq_kernels: MXFP8 and NVFP4 GEMM kernels as torch custom ops.
 
 Public API: the formats and reference codecs (``dq_kernels.formats``), the custom ops and their
-Python wrappers (quantize, dequantize, mm), and the backend registry. Importing the package never
-touches the GPU and never loads the native library.
+Python wrappers (quantize, dequantize, mm), the backend registry, the TorchAO weight subclasses and
+configs, and the Diffusers presets (``dq_kernels.diffusers``). Importing the package never touches
+the GPU and never loads the native library. It imports torchao: the configs register themselves with
+torchao and the serialization allow-lists on import, so saved quantized models load again.
 """
 
-from . import formats
+from . import diffusers, formats
 from .backends import (
     BackendUnavailableError,
     available_backends,
     get_backend,
     use_backend,
 )
+from .config import MXFP8Config, NVFP4Config, set_backend
 from .formats import FORMATS, MXFP8, NVFP4, Format, from_blocked, to_blocked
 from .ops import (
     dequantize_mxfp8,
@@ -21,6 +24,7 @@ from .ops import (
     quantize_mxfp8,
     quantize_nvfp4,
 )
+from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
 
 __version__ = "0.1.0"
 
@@ -43,4 +47,11 @@ __all__ = [
     "get_backend",
     "use_backend",
     "BackendUnavailableError",
+    "MXFP8Config",
+    "NVFP4Config",
+    "set_backend",
+    "QuantizedWeight",
+    "MXFP8Weight",
+    "NVFP4Weight",
+    "diffusers",
 ]

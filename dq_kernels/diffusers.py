@@ -1,0 +1,161 @@
+"""Selective quantization of Diffusers transformers: the published per-model rules as presets, and
+``quantize(model, "mxfp8" | "nvfp4", preset=...)``, which applies them and prints what it did.
+
+The presets follow the rules of the PyTorch blog "Faster Diffusion on Blackwell: MXFP8 and NVFP4
+with Diffusers and TorchAO" (github.com/sayakpaul/diffusers-blackwell-quants, ``benchmark.py``):
+skip Linear layers with in or out features < 1024, embeddings, the final norm and projection, and
+per-model layers whose activations have few rows (M = batch or text length). The blog matched
+substrings of module names; here every rule is a regular expression matched against the whole
+name of a module of the diffusers 0.42 model class, so that (say) ``proj_out`` does not also
+catch ``single_transformer_blocks.N.proj_out``.
+
+Nothing here imports diffusers: ``quantize`` works on any ``torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torchao.quantization import quantize_
+
+from .config import MXFP8Config, NVFP4Config, unsupported_reason
+
+__all__ = ["Preset", "PRESETS", "QuantizeReport", "quantize"]
+
+CONFIGS = {"mxfp8": MXFP8Config, "nvfp4": NVFP4Config}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Which Linear layers of a model family stay in high precision.
+
+    A Linear is skipped when its fully qualified name matches one of ``skip`` (regular expressions,
+    ``re.fullmatch``), or when its in_features or out_features is below ``min_features``.
+    """
+
+    name: str
+    skip: tuple[str, ...]
+    min_features: int = 1024
+
+    def skip_reason(self, name: str, module: torch.nn.Linear) -> str | None:
+        """Why this preset keeps ``module`` (called ``name`` in the model) unquantized, or None."""
+        for pattern in self.skip:
+            if re.fullmatch(pattern, name):
+                return f"preset rule {pattern}"
+        if min(module.in_features, module.out_features) < self.min_features:
+            return f"{module.in_features} -> {module.out_features} features, below {self.min_features}"
+        return None
+
+
+BLOCK = r"transformer_blocks\.\d+"
+
+PRESETS = {
+    # FluxTransformer2DModel. Blog: "embed" in name, norm_out.linear, proj_out.
+    "flux": Preset(
+        "flux",
+        skip=(r"time_text_embed\..+", "context_embedder", "x_embedder", r"norm_out\.linear", "proj_out"),
+    ),
+    # QwenImageTransformer2DModel. Blog: "embed", img_in, txt_in, img_mod, txt_mod, the text-stream
+    # attention projections (add_q/k/v_proj, to_add_out), txt_mlp, norm_out.linear. proj_out (the
+    # final projection, 3072 -> 64 at full size) is listed as well.
+    "qwenimage": Preset(
+        "qwenimage",
+        skip=(
+            r"time_text_embed\..+",
+            "img_in",
+            "txt_in",
+            rf"{BLOCK}\.(img_mod|txt_mod)\.1",
+            rf"{BLOCK}\.attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)",
+            rf"{BLOCK}\.txt_mlp\..+",
+            r"norm_out\.linear",
+            "proj_out",
+        ),
+    ),
+    # LTX2VideoTransformer3DModel. Blog: proj_in, proj_out, caption_projection, adaln_single. The blog's
+    # adaln_single (LTX-Video's name) is every LTX2AdaLayerNormSingle here: time_embed, the
+    # av_cross_attn_* modulations and LTX-2.3's prompt_adaln, for video and audio. Its patch_embed,
+    # norm_out and add_q/k/v_proj / to_add_out rules name no Linear of this class.
+    "ltx2": Preset(
+        "ltx2",
+        skip=(
+            r"(audio_)?proj_in",
+            r"(audio_)?proj_out",
+            r"(audio_)?caption_projection\.linear_[12]",
+            r"(audio_)?time_embed\..+",
+            r"av_cross_attn_(video_scale_shift|audio_scale_shift|video_a2v_gate|audio_v2a_gate)\..+",
+            r"(audio_)?prompt_adaln\..+",
+        ),
+    ),
+}
+
+
+@dataclass
+class QuantizeReport:
+    """What ``quantize`` did: the names of the quantized Linear layers, and of the skipped ones with
+    the reason. ``str(report)`` is the summary that ``quantize`` prints (repeated blocks grouped)."""
+
+    title: str
+    quantized: list[str]
+    skipped: dict[str, str]
+
+    def __str__(self) -> str:
+        total = len(self.quantized) + len(self.skipped)
+        lines = [f"{self.title}: quantized {len(self.quantized)} of {total} Linear layers"]
+        for pattern, count in Counter(_block_pattern(n) for n in self.quantized).items():
+            lines.append(f"  quantized  {pattern}" + (f"  (x{count})" if count > 1 else ""))
+        skipped = Counter((_block_pattern(n), reason) for n, reason in self.skipped.items())
+        for (pattern, reason), count in skipped.items():
+            lines.append(f"  skipped    {pattern}: {reason}" + (f"  (x{count})" if count > 1 else ""))
+        return "\n".join(lines)
+
+
+def _block_pattern(name: str) -> str:
+    """transformer_blocks.7.attn.to_q -> transformer_blocks.*.attn.to_q"""
+    return re.sub(r"(?<=blocks\.)\d+(?=\.)", "*", name)
+
+
+def quantize(
+    model: torch.nn.Module,
+    fmt: str,
+    preset: str | Preset | None = None,
+    backend: str = "auto",
+    verbose: bool = True,
+    **options,
+) -> QuantizeReport:
+    """Quantize the Linear layers of ``model`` in place to ``fmt`` ("mxfp8" or "nvfp4").
+
+    preset: a name in ``PRESETS``, a ``Preset``, or None to quantize every Linear the format
+        supports (in_features a multiple of the block size).
+    backend: a registered backend name or "auto" (change it later with ``dq_kernels.set_backend``).
+    options: further fields of the config, e.g. ``scaling="floor"`` for MXFP8, or
+        ``weight_only=True`` / ``activation_amax=...`` for NVFP4.
+    Prints the report unless ``verbose=False``; returns it.
+    """
+    if fmt not in CONFIGS:
+        raise ValueError(f"quantize: fmt must be one of {list(CONFIGS)}, got {fmt!r}")
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"quantize: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    config = CONFIGS[fmt](backend=backend, **options)
+    quantized, skipped = [], {}
+
+    def filter_fn(module: torch.nn.Module, name: str) -> bool:
+        if not isinstance(module, torch.nn.Linear):
+            return False
+        reason = (preset.skip_reason(name, module) if preset else None) or unsupported_reason(module, config)
+        if reason is None:
+            quantized.append(name)
+        else:
+            skipped[name] = reason
+        return reason is None
+
+    quantize_(model, config, filter_fn=filter_fn)
+    preset_name = preset.name if preset else None
+    report = QuantizeReport(f"dq_kernels: {fmt}, preset {preset_name!r}, backend {backend!r}", quantized, skipped)
+    if verbose:
+        print(report)
+    return report

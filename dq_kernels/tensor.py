@@ -1,0 +1,380 @@
+"""Linear weights stored in MXFP8 or NVFP4, as TorchAO tensor subclasses.
+
+A quantized weight presents itself as the [N, K] (out_features x in_features) tensor of its
+original dtype that it replaces, and holds the canonical operands of ``dq_kernels.formats``:
+
+* ``MXFP8Weight``: ``qdata`` float8_e4m3fn [N, K]; ``scale`` uint8 E8M0 [round_up(N, 128),
+  round_up(K / 32, 4)], 128x4 swizzled.
+* ``NVFP4Weight``: ``qdata`` uint8 [N, K / 2]; ``scale`` float8_e4m3fn [round_up(N, 128),
+  round_up(K / 16, 4)], swizzled; ``tensor_scale`` 0-dim float32; optionally ``activation_scale``,
+  a static 0-dim float32 tensor scale for the activations (None: computed per call).
+
+``F.linear(x, weight, bias)`` with x [..., K] reshapes x to [M, K], quantizes it with the cast op
+(``dq_kernels.ops.quantize_mxfp8`` / ``quantize_nvfp4``), runs the mm op and returns [..., N] of
+x's dtype. Every op call passes the weight's ``backend`` ("auto" is passed as None, so
+``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply).
+
+Also implemented: mm, addmm, matmul and ``@`` against ``weight.t()``; t/transpose; view/reshape
+to the same shape; slice and cat (rows anywhere, columns on block boundaries; cat needs equal
+per-tensor scales); detach, clone, alias, contiguous, ``to`` (device, and dtype: the dtype the
+weight presents and dequantizes to), copy_; pickling and state_dict. Other ops raise
+NotImplementedError naming the op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import return_and_correct_aliasing
+from torchao.utils import TorchAOBaseTensor, fill_defaults
+
+from . import formats, ops
+
+__all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
+
+aten = torch.ops.aten
+
+
+def _op_backend(backend: str) -> str | None:
+    """The ``backend=`` argument for the ops: "auto" becomes None (defer to the registry)."""
+    return None if backend == "auto" else backend
+
+
+class QuantizedWeight(TorchAOBaseTensor):
+    """Base of the weight subclasses: what every format shares.
+
+    Attributes common to both formats: ``qdata`` and ``scale`` (canonical operands),
+    ``orig_dtype`` (the dtype it presents), ``backend`` (a registered backend name or "auto"),
+    ``transposed`` (True after ``.t()``, so that ``x @ w.t()`` works; the operands never move).
+    """
+
+    fmt: formats.Format  # set by each subclass
+
+    @classmethod
+    def _make_wrapper(cls, qdata: torch.Tensor, orig_dtype: torch.dtype, transposed: bool):
+        n, k = qdata.shape[0], qdata.shape[1] * cls.fmt.elements_per_byte
+        shape = (k, n) if transposed else (n, k)
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=orig_dtype, device=qdata.device)
+
+    def _replace(self, **changes) -> QuantizedWeight:
+        """A new weight of the same class with some fields (tensors or attributes) replaced."""
+        names, attributes = self.__tensor_flatten__()
+        fields = {name: getattr(self, name) for name in names} | attributes | changes
+        return type(self)(**fields)
+
+    def _scales_2d(self) -> torch.Tensor:
+        """The block scales as an [N, K / block_size] matrix (swizzling undone)."""
+        n, k = self.qdata.shape[0], self.qdata.shape[1] * self.fmt.elements_per_byte
+        return formats.from_blocked(self.scale, n, k // self.fmt.block_size)
+
+    def _with_rows_and_cols(self, qdata: torch.Tensor, scales_2d: torch.Tensor) -> QuantizedWeight:
+        """A weight with new qdata and the [rows, K / block_size] scales that go with it."""
+        return self._replace(qdata=qdata.contiguous(), scale=formats.to_blocked(scales_2d))
+
+    def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype."""
+        raise NotImplementedError
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weight as a plain [N, K] tensor ([K, N] if transposed) of ``dtype`` (default: its own)."""
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        """The format-specific part of the repr."""
+        raise NotImplementedError
+
+    def _stable_hash_for_caching(self) -> str:
+        """Key for torch.compile's AOT autograd cache: class, shape, attributes and the inner
+        tensors' layouts (never their values)."""
+        names, attributes = self.__tensor_flatten__()
+        inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
+        key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner)
+        return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+
+    def __repr__(self) -> str:
+        transposed = ", transposed=True" if self.transposed else ""
+        return (
+            f"{type(self).__name__}(shape={list(self.shape)}, dtype={self.dtype}, device={self.device}, "
+            f"{self._describe()}, backend={self.backend!r}{transposed})"
+        )
+
+
+class MXFP8Weight(QuantizedWeight):
+    """A Linear weight [N, K] in MXFP8 (K % 32 == 0). ``scaling`` ("rceil" or "floor") is the
+    scale rule used for the weight and, at every call, for the activation."""
+
+    fmt = formats.MXFP8
+    tensor_data_names = ["qdata", "scale"]
+    tensor_attribute_names = ["orig_dtype", "scaling", "backend", "transposed"]
+
+    def __new__(cls, qdata, scale, orig_dtype, scaling, backend, transposed=False):
+        self = cls._make_wrapper(qdata, orig_dtype, transposed)
+        self.qdata, self.scale = qdata, scale
+        self.orig_dtype, self.scaling, self.backend, self.transposed = orig_dtype, scaling, backend, transposed
+        return self
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, scaling: str = "rceil", backend: str = "auto") -> MXFP8Weight:
+        """Quantize a [N, K] bf16/fp16/fp32 weight (K % 32 == 0)."""
+        q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=_op_backend(backend))
+        return cls(q, s, w.dtype, scaling, backend)
+
+    def _linear_2d(self, x, bias):
+        backend = _op_backend(self.backend)
+        x_q, x_s = ops.quantize_mxfp8(x, self.scaling, backend=backend)
+        return ops.mxfp8_mm(x_q, x_s, self.qdata, self.scale, bias, x.dtype, backend=backend)
+
+    def dequantize(self, dtype=None):
+        w = ops.dequantize_mxfp8(self.qdata, self.scale, dtype or self.dtype)
+        return w.t() if self.transposed else w
+
+    def _describe(self):
+        return f"scaling={self.scaling!r}"
+
+
+class NVFP4Weight(QuantizedWeight):
+    """A Linear weight [N, K] in NVFP4 (K % 16 == 0).
+
+    ``activation_scale``: None quantizes each activation with its own tensor scale
+    (amax / 2688); a 0-dim float32 tensor is used as the static activation tensor scale.
+    ``weight_only``: W4A16, the activation stays in high precision (see ``_weight_only_linear``).
+    """
+
+    fmt = formats.NVFP4
+    tensor_data_names = ["qdata", "scale", "tensor_scale"]
+    tensor_attribute_names = ["orig_dtype", "weight_only", "backend", "transposed"]
+    optional_tensor_data_names = ["activation_scale"]
+
+    def __new__(
+        cls, qdata, scale, tensor_scale, orig_dtype, weight_only, backend, transposed=False, activation_scale=None
+    ):
+        self = cls._make_wrapper(qdata, orig_dtype, transposed)
+        self.qdata, self.scale, self.tensor_scale, self.activation_scale = qdata, scale, tensor_scale, activation_scale
+        self.orig_dtype, self.weight_only, self.backend, self.transposed = orig_dtype, weight_only, backend, transposed
+        return self
+
+    @classmethod
+    def from_float(
+        cls,
+        w: torch.Tensor,
+        backend: str = "auto",
+        weight_only: bool = False,
+        activation_amax: float | None = None,
+    ) -> NVFP4Weight:
+        """Quantize a [N, K] bf16/fp16/fp32 weight (K % 16 == 0). ``activation_amax``: a calibrated
+        max |activation|, turned into the static activation tensor scale amax / 2688."""
+        q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=_op_backend(backend))
+        activation_scale = None
+        if activation_amax is not None:
+            amax = torch.tensor(activation_amax, dtype=torch.float32, device=w.device)
+            activation_scale = formats.nvfp4_tensor_scale(amax)
+        return cls(q, s, ts, w.dtype, weight_only, backend, activation_scale=activation_scale)
+
+    def _linear_2d(self, x, bias):
+        if self.weight_only:
+            return _weight_only_linear(x, self, bias)
+        backend = _op_backend(self.backend)
+        x_q, x_s, x_ts = ops.quantize_nvfp4(x, self.activation_scale, backend=backend)
+        return ops.nvfp4_mm(x_q, x_s, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, backend=backend)
+
+    def dequantize(self, dtype=None):
+        w = ops.dequantize_nvfp4(self.qdata, self.scale, self.tensor_scale, dtype or self.dtype)
+        return w.t() if self.transposed else w
+
+    def _describe(self):
+        if self.weight_only:
+            return "activation=not quantized (weight-only)"
+        return "activation=" + ("dynamic" if self.activation_scale is None else "static tensor scale")
+
+
+def _weight_only_linear(x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """W4A16: x [M, K] in high precision times the NVFP4 weight. For now the weight is dequantized
+    to x's dtype and F.linear runs; a dedicated weight-only op replaces this one call."""
+    return F.linear(x, w.dequantize(x.dtype), bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ops, registered on both format classes
+# ----------------------------------------------------------------------------------------------
+
+WEIGHT_CLASSES = (MXFP8Weight, NVFP4Weight)
+
+
+def _implements(aten_ops=(), torch_fns=()):
+    def register(fn):
+        for cls in WEIGHT_CLASSES:
+            if aten_ops:
+                cls.implements(list(aten_ops))(fn)
+            if torch_fns:
+                cls.implements_torch_function(list(torch_fns))(fn)
+        return fn
+
+    return register
+
+
+def _linear(x: torch.Tensor, w: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x [..., K], w [N, K], bias [N]) -> [..., N]: leading dims folded into M, so the ops
+    only ever see 2-D operands (no expand/bmm, whatever the batch)."""
+    if isinstance(x, QuantizedWeight) or not isinstance(w, QuantizedWeight):
+        raise NotImplementedError(
+            "dq_kernels: a quantized weight can only be the weight operand of a linear (F.linear(x, w), "
+            "x @ w.t(), torch.mm(x, w.t()), torch.addmm(bias, x, w.t()))"
+        )
+    if w.transposed:
+        raise ValueError("dq_kernels: F.linear takes the weight as [N, K]; got a transposed quantized weight")
+    n, k = w.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"dq_kernels: input of shape {tuple(x.shape)} does not match the weight [N={n}, K={k}]")
+    out = w._linear_2d(x.reshape(-1, k), bias)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _untransposed(b: torch.Tensor, op: str) -> QuantizedWeight:
+    """For x @ b: b must be ``weight.t()``; return the weight itself."""
+    if not isinstance(b, QuantizedWeight) or not b.transposed:
+        raise NotImplementedError(
+            f"dq_kernels: {op} supports x @ weight.t() with the quantized weight [N, K] transposed; "
+            "use F.linear(x, weight)"
+        )
+    return b._replace(transposed=False)
+
+
+@_implements(torch_fns=[F.linear])
+def _(func, types, args, kwargs):
+    x, w, bias = fill_defaults(args, 3, [None])
+    return _linear(x, w, kwargs.get("bias", bias))
+
+
+@_implements(torch_fns=[torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__])
+def _(func, types, args, kwargs):
+    x, b = args
+    return _linear(x, _untransposed(b, "matmul"), None)
+
+
+@_implements(aten_ops=[aten.mm.default])
+def _(func, types, args, kwargs):
+    x, b = args
+    return _linear(x, _untransposed(b, "mm"), None)
+
+
+@_implements(aten_ops=[aten.addmm.default])
+def _(func, types, args, kwargs):
+    bias, x, b = args
+    if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1 or bias.dim() != 1:
+        raise NotImplementedError("dq_kernels: addmm supports bias [N] with beta = alpha = 1 only")
+    return _linear(x, _untransposed(b, "addmm"), bias)
+
+
+@_implements(aten_ops=[aten.t.default])
+def _(func, types, args, kwargs):
+    w = args[0]
+    return return_and_correct_aliasing(func, args, kwargs, w._replace(transposed=not w.transposed))
+
+
+@_implements(aten_ops=[aten.transpose.int])
+def _(func, types, args, kwargs):
+    w, dim0, dim1 = args
+    if dim0 % 2 == dim1 % 2:  # transpose(0, 0), transpose(-1, 1), ...: no change
+        return return_and_correct_aliasing(func, args, kwargs, w._replace())
+    return return_and_correct_aliasing(func, args, kwargs, w._replace(transposed=not w.transposed))
+
+
+@_implements(aten_ops=[aten.view.default, aten._unsafe_view.default])
+def _(func, types, args, kwargs):
+    w, size = args
+    # resolve a -1 entry the way view does, by viewing an empty tensor of the same shape
+    if tuple(torch.empty(w.shape, device="meta").view(size).shape) != tuple(w.shape):
+        raise NotImplementedError(
+            f"dq_kernels: a quantized weight of shape {list(w.shape)} can only be viewed as the same shape, "
+            f"got {list(size)}"
+        )
+    return return_and_correct_aliasing(func, args, kwargs, w._replace())
+
+
+@_implements(aten_ops=[aten.slice.Tensor])
+def _(func, types, args, kwargs):
+    w, dim, start, end, step = fill_defaults(args, 5, [0, None, None, 1])
+    if w.transposed or step != 1:
+        raise NotImplementedError("dq_kernels: slicing a quantized weight needs step 1 and an untransposed weight")
+    dim = dim % 2
+    start, end, _ = slice(start, end).indices(w.shape[dim])
+    q, s = w.qdata, w._scales_2d()
+    if dim == 0:
+        sliced = w._with_rows_and_cols(q[start:end], s[start:end])
+    else:
+        block, per_byte = w.fmt.block_size, w.fmt.elements_per_byte
+        if start % block or end % block:
+            raise ValueError(
+                f"dq_kernels: columns of a {w.fmt.name} weight can only be sliced on {block}-element block "
+                f"boundaries, got [{start}:{end}]"
+            )
+        sliced = w._with_rows_and_cols(q[:, start // per_byte : end // per_byte], s[:, start // block : end // block])
+    return return_and_correct_aliasing(func, args, kwargs, sliced)
+
+
+@_implements(aten_ops=[aten.cat.default])
+def _(func, types, args, kwargs):
+    weights, dim = fill_defaults(args, 2, [0])
+    first = weights[0]
+    if any(type(w) is not type(first) for w in weights):
+        raise ValueError(f"dq_kernels: cat needs weights of one class, got {[type(w).__name__ for w in weights]}")
+    if any(w.transposed for w in weights):
+        raise NotImplementedError("dq_kernels: cat of transposed quantized weights is not supported")
+    names, attributes = first.__tensor_flatten__()
+    per_tensor = [name for name in names if name not in ("qdata", "scale")]  # NVFP4's tensor scales
+    for w in weights[1:]:
+        if w.__tensor_flatten__() != (names, attributes):
+            raise ValueError(f"dq_kernels: cat needs quantized weights with equal attributes; got {first!r} and {w!r}")
+        for name in per_tensor:
+            if not torch.equal(getattr(w, name), getattr(first, name)):
+                raise ValueError(
+                    f"dq_kernels: cannot concatenate {first.fmt.name} weights with different {name}s; "
+                    "fuse the projections before quantizing"
+                )
+    qdata = torch.cat([w.qdata for w in weights], dim % 2)
+    scales = torch.cat([w._scales_2d() for w in weights], dim % 2)
+    return first._with_rows_and_cols(qdata, scales)
+
+
+@_implements(aten_ops=[aten._to_copy.default])
+def _(func, types, args, kwargs):
+    w = args[0]
+    to = w._get_to_kwargs(*args[1:], **kwargs)
+    if to["dtype"] not in formats.HIGH_PRECISION_DTYPES:
+        raise TypeError(
+            f"dq_kernels: a quantized weight can present as bfloat16, float16 or float32, not {to['dtype']}"
+        )
+    names, _ = w.__tensor_flatten__()
+    moved = {name: getattr(w, name).to(to["device"], non_blocking=to["non_blocking"]) for name in names}
+    return w._replace(orig_dtype=to["dtype"], **moved)
+
+
+@_implements(aten_ops=[aten.copy_.default])
+def _(func, types, args, kwargs):
+    dst, src = args[0], args[1]
+    if not isinstance(dst, QuantizedWeight):
+        # e.g. a plain Linear weight filled from a quantized one (diffusers' fuse_projections)
+        dst.copy_(src.dequantize())
+        return dst
+    if not isinstance(src, QuantizedWeight):
+        raise NotImplementedError(
+            "dq_kernels: copying a plain tensor into a quantized weight is not supported; quantize the module instead"
+        )
+    dst_names, dst_attributes = dst.__tensor_flatten__()
+    src_names, src_attributes = src.__tensor_flatten__()
+    same = (
+        type(dst) is type(src)
+        and dst.shape == src.shape
+        and dst_attributes == src_attributes
+        and dst_names == src_names
+        and all(getattr(dst, n).shape == getattr(src, n).shape for n in dst_names)
+    )
+    if not same:
+        raise ValueError(
+            f"dq_kernels: copy_ needs quantized weights of the same class, shape and attributes; got {dst!r} <- {src!r}"
+        )
+    for name in dst_names:
+        getattr(dst, name).copy_(getattr(src, name))
+    return dst
