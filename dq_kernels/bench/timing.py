@@ -13,9 +13,12 @@ TARGET_SECONDS = 0.4  # device time spent on one timed call, flushes included
 MIN_REPS = 10
 ESTIMATE_CALLS = 5
 
+SLEEP_CYCLES = 1_000_000  # ~0.5 ms of GPU spin before each timed call (see median_us)
+
 METHOD = (
     "CUDA events around each call; after warm-up, the median of as many repetitions as fit in "
-    "about 0.4 s (at least 10); the L2 is flushed before every repetition by writing a 256 MB buffer"
+    "about 0.4 s (at least 10); the L2 is flushed before every repetition by writing a 256 MB buffer, "
+    "and a GPU spin after the flush covers the host's launch time, so the events time GPU work only"
 )
 
 
@@ -35,6 +38,7 @@ def _seconds_per_rep(fn: Callable[[], object], flush: torch.Tensor) -> float:
     start.record()
     for _ in range(ESTIMATE_CALLS):
         flush.zero_()
+        torch.cuda._sleep(SLEEP_CYCLES)
         fn()
     end.record()
     torch.cuda.synchronize()
@@ -53,6 +57,9 @@ def median_us(fn: Callable[[], object]) -> float:
     ends = [_event() for _ in range(reps)]
     for start, end in zip(starts, ends):
         flush.zero_()
+        # keep the GPU busy while the host enqueues the start event and fn's launches, so a slow
+        # Python launch path shows up as host time, not as GPU time between the events
+        torch.cuda._sleep(SLEEP_CYCLES)
         start.record()
         fn()
         end.record()
