@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 import dq_kernels as dq
 
@@ -45,6 +46,14 @@ def inputs():
                 pooled_projections=randn(1, 768), timestep=torch.tensor([0.5], device="cuda"),
                 img_ids=torch.zeros(4096, 3, device="cuda"), txt_ids=torch.zeros(512, 3, device="cuda"),
                 guidance=torch.tensor([3.5], device="cuda"), return_dict=False)
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; a quantized weight subclass counts its inner tensors (qdata, scales)."""
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in names)
+    return t.numel() * t.element_size()
 
 
 def step_ms(model, kwargs, steps=5) -> tuple[torch.Tensor, float]:
@@ -75,14 +84,14 @@ def main() -> None:
     with torch.inference_mode():
         model = build_model()
         ref, ms = step_ms(model, kwargs)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        weights = sum(tensor_bytes(t) for t in model.state_dict().values())
         rows.append(dict(format="bf16", compile="none", step_ms=ms, rel_err=0.0, cosine=1.0, weights_gib=weights / 2**30))
         print(rows[-1], flush=True)
         del model
         for fmt in args.formats:
             model = build_model()
             dq.diffusers.quantize(model, fmt, preset="flux")
-            weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            weights = sum(tensor_bytes(t) for t in model.state_dict().values())
             modes = ["none", "regional"] if args.compile else ["none"]
             for mode in modes:
                 if mode == "regional":
