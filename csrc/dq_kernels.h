@@ -43,8 +43,11 @@ enum {
   DQ_OK = 0,
   DQ_ERR_NULL_POINTER = -1, /* a tensor pointer is NULL */
   DQ_ERR_BAD_SHAPE = -2,    /* M < 1, K < 1, K not a multiple of the block size, or M * K overflows */
-  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16 */
-  DQ_ERR_MISALIGNED = -4,   /* q or out is not aligned as documented for the function */
+  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not one the function supports */
+  DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
+  DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement refused it) */
+  DQ_ERR_BAD_CONFIG = -6,   /* config is not one of the DQ_SM100_CONFIG_* values */
+  DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
 };
 
 /*
@@ -77,6 +80,63 @@ DQ_API int dq_dequantize_mxfp8(const uint8_t* q, const uint8_t* s, void* out, in
  */
 DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* tensor_scale, void* out,
                                int64_t M, int64_t K, int out_dtype, void* stream);
+
+/*
+ * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.
+ * with 100a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device code runs on
+ * compute capability 10.0 only). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.
+ *
+ *   out[m, n] = alpha * sum_k A[m, k] * B[n, k] + bias[n]     (out = A @ B^T + bias)
+ *
+ *   a_q, b_q: A [M, K] and B [N, K] (B like a Linear weight), row-major with K contiguous, not
+ *             padded, 16-byte aligned. MXFP8: float8_e4m3fn bytes. NVFP4: [rows, K / 2] bytes, two
+ *             e2m1 codes per byte, element 2i in the low nibble (as for dq_dequantize_nvfp4).
+ *   a_s, b_s: block scales in the 128x4 swizzled layout for M (N) rows and K / block scale
+ *             columns, padding included, 16-byte aligned. MXFP8: E8M0 bytes, block 32; NVFP4: e4m3
+ *             bytes, block 16.
+ *   a_ts, b_ts (NVFP4): device pointers to one float32 each, the tensor scales; alpha = a_ts * b_ts
+ *             (MXFP8: alpha = 1).
+ *   bias:     NULL or float32 [N], 16-byte aligned.
+ *   out:      [M, N] row-major of out_dtype, DQ_BFLOAT16 or DQ_FLOAT32 (DQ_FLOAT16: DQ_ERR_BAD_DTYPE),
+ *             16-byte aligned.
+ *   M, N, K:  1 <= M, N, K <= INT32_MAX; K % 32 == 0 (MXFP8) or K % 16 == 0 (NVFP4), else
+ *             DQ_ERR_BAD_SHAPE. CUTLASS's TMA alignment adds, through DQ_ERR_UNSUPPORTED: N % 8 == 0
+ *             for bf16 out and N % 4 == 0 for fp32 out; K % 32 == 0 for NVFP4 (16-byte rows).
+ *   config:   a DQ_SM100_CONFIG_* value.
+ * Accumulation in float32; the epilogue computes fma(alpha, acc, bias) in float32 and rounds once to
+ * the output dtype. Nothing is allocated (DQ_ERR_UNSUPPORTED if CUTLASS asked for a workspace).
+ */
+enum {
+  DQ_SM100_CONFIG_AUTO = 0, /* 2SM when M >= 256, else 1SM (not tuned on hardware) */
+  DQ_SM100_CONFIG_1SM = 1,  /* one CTA per 128 x 128 output tile */
+  DQ_SM100_CONFIG_2SM = 2,  /* a 2-CTA cluster (2-SM MMA) per 256 x 128 output tile */
+};
+
+DQ_API int dq_sm100_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
+                             const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int config,
+                             void* stream);
+
+DQ_API int dq_sm100_nvfp4_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                             const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
+                             int64_t K, int out_dtype, int config, void* stream);
+
+/*
+ * Host only (needs no GPU; allocates nothing): builds the CUTLASS arguments that the _mm function of
+ * the same format builds for this problem, with null data pointers, and reports them.
+ *   strides:     NULL or int64_t[3]: the row strides, in elements, CUTLASS gets for A, B and out
+ *                (K, K and N for the packed operands above).
+ *   sfa_offsets: NULL or int64_t[M * (K / block)]: entry r * (K / block) + c is the byte offset that
+ *                CUTLASS's scale-factor layout (Sm1xxBlkScaledConfig::tile_atom_to_shape_SFA for this
+ *                problem shape) gives the scale of row r and scale column c of A.
+ *   sfb_offsets: NULL or int64_t[N * (K / block)]: the same for B.
+ * Returns the config the _mm function would run (DQ_SM100_CONFIG_1SM or _2SM; AUTO resolved), or a
+ * negative DQ_ERR_* code: the argument checks of the _mm function (pointers aside), and
+ * DQ_ERR_UNSUPPORTED when CUTLASS's can_implement refuses the problem or asks for a workspace.
+ */
+DQ_API int dq_sm100_mxfp8_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,
+                                  int64_t* sfa_offsets, int64_t* sfb_offsets);
+DQ_API int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,
+                                  int64_t* sfa_offsets, int64_t* sfb_offsets);
 
 /*
  * A static JSON object describing this build, for example

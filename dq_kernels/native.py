@@ -22,10 +22,27 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LIBRARY_PATH", "status", "build_info", "supports_device", "dequantize_mxfp8", "dequantize_nvfp4"]
+__all__ = [
+    "LIBRARY_PATH",
+    "SM100_FAMILY",
+    "status",
+    "build_info",
+    "supports_device",
+    "dequantize_mxfp8",
+    "dequantize_nvfp4",
+    "sm100_mxfp8_mm",
+    "sm100_nvfp4_mm",
+    "sm100_mm_plan",
+    "Sm100Plan",
+]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
+SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions (CMakeLists.txt)
+# DQ_SM100_CONFIG_* of dq_kernels.h: the config argument of the sm100 GEMMs, and the name of each
+# resolved config (the tile of output one CTA or CTA pair computes).
+SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
+SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,8 @@ def _library() -> _Native:
     try:
         _declare_functions(lib)
         info = json.loads(lib.dq_build_info().decode())
+        if info["families"].get(SM100_FAMILY):
+            _declare_sm100_functions(lib)
     except (AttributeError, ValueError) as e:  # a missing function or bad build info: a stale library
         return _Native(None, None, f"{LIBRARY_PATH} does not match this package (reinstall dq_kernels): {e}")
     cuda_version = f"{info['cuda_version'] // 1000}.{info['cuda_version'] % 1000 // 10}"
@@ -69,6 +88,17 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     lib.dq_build_info.restype = ctypes.c_char_p
     lib.dq_error_string.argtypes = [i32]
     lib.dq_error_string.restype = ctypes.c_char_p
+
+
+def _declare_sm100_functions(lib: ctypes.CDLL) -> None:
+    """The dq_sm100_* functions, present when the sm100_gemm family was built."""
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.dq_sm100_mxfp8_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
+    lib.dq_sm100_nvfp4_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
+    for plan in (lib.dq_sm100_mxfp8_mm_plan, lib.dq_sm100_nvfp4_mm_plan):
+        plan.argtypes = [i64, i64, i64, i32, i32, p, p, p]
+    for fn in (lib.dq_sm100_mxfp8_mm, lib.dq_sm100_nvfp4_mm, lib.dq_sm100_mxfp8_mm_plan, lib.dq_sm100_nvfp4_mm_plan):
+        fn.restype = i32
 
 
 def _reset() -> None:
@@ -212,3 +242,127 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
         )
     args = (q.data_ptr(), s.data_ptr(), tensor_scale.data_ptr(), out.data_ptr(), m, k, code)
     _launch(fn, lib.dq_dequantize_nvfp4, out.device, *args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Blackwell GEMMs (the sm100_gemm family: CUTLASS block-scaled tcgen05 kernels, sm_100a only)
+# ----------------------------------------------------------------------------------------------
+
+_SM100_OUT_CODES = {"float32": 0, "bfloat16": 1}  # DQ_FLOAT32, DQ_BFLOAT16 (no float16)
+
+
+def _sm100_library(fn: str) -> ctypes.CDLL:
+    native = _library()
+    if native.lib is None:
+        raise RuntimeError(f"dq_kernels.native.{fn}: the native library is unavailable: {native.reason}")
+    if not native.info["families"].get(SM100_FAMILY):
+        raise RuntimeError(
+            f"dq_kernels.native.{fn}: the library was built without the {SM100_FAMILY} family "
+            "(DQ_KERNELS_CUDA_ARCHS must include 100a)"
+        )
+    return native.lib
+
+
+def _sm100_config(fn: str, config: str) -> int:
+    if config not in SM100_CONFIGS:
+        raise ValueError(f"dq_kernels.native.{fn}: config must be one of {tuple(SM100_CONFIGS)}, got {config!r}")
+    return SM100_CONFIGS[config]
+
+
+def _sm100_mm_args(fn, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict):
+    """Checks the operands of an sm100 mm; returns (library, out dtype code, M, N, K)."""
+    import torch
+
+    per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
+    m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * per_byte
+    tensors = {"a_q": a_q, "a_s": a_s, "b_q": b_q, "b_s": b_s, **extra, "out": out}
+    alignments = {"a_q": 16, "a_s": 16, "b_q": 16, "b_s": 16, "out": 16}  # TMA
+    if bias is not None:
+        tensors["bias"] = bias
+        alignments["bias"] = 16
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+            raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    if out.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dq_kernels.native.{fn}: out must be float32 or bfloat16, got {out.dtype}")
+    _sm100_library(fn)
+    lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
+    if b_q.shape[1] * per_byte != k:
+        raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
+    _check_scales(fn, a_s, m, k // block)
+    _check_scales(fn, b_s, n, k // block)
+    return lib, code, m, n, k
+
+
+def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:
+    """out = a @ b.T (+ bias) with the CUTLASS sm_100a MXFP8 kernel (csrc/sm100_mxfp8_gemm.cu).
+
+    a_q: float8_e4m3fn [M, K]; b_q: float8_e4m3fn [N, K] (K % 32 == 0); a_s, b_s: uint8 E8M0 scales
+    in the 128x4 swizzled layout (round_up(rows, 128) * round_up(K / 32, 4) bytes); bias: None or
+    float32 [N]; out: [M, N] bfloat16 or float32, N % 8 == 0 (bf16) or N % 4 == 0 (fp32). All
+    contiguous, 16-byte aligned, on one CUDA device of compute capability 10.0. config: "auto",
+    "1sm" or "2sm" (dq_kernels.h). Enqueued on the current stream.
+    """
+    fn = "sm100_mxfp8_mm"
+    lib, code, m, n, k = _sm100_mm_args(fn, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {})
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
+    _launch(fn, lib.dq_sm100_mxfp8_mm, out.device, *args, _sm100_config(fn, config))
+
+
+def sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, config: str = "auto") -> None:
+    """out = (a_ts * b_ts) * (a @ b.T) (+ bias) with the CUTLASS sm_100a NVFP4 kernel
+    (csrc/sm100_nvfp4_gemm.cu).
+
+    a_q: uint8 [M, K / 2], b_q: uint8 [N, K / 2] (two e2m1 codes per byte, element 2i in the low
+    nibble; K % 32 == 0); a_s, b_s: float8_e4m3fn scales in the 128x4 swizzled
+    layout (round_up(rows, 128) * round_up(K / 16, 4) bytes); a_ts, b_ts: float32 with one element;
+    bias, out, config as for sm100_mxfp8_mm. Enqueued on the current stream.
+    """
+    import torch
+
+    fn = "sm100_nvfp4_mm"
+    lib, code, m, n, k = _sm100_mm_args(fn, "nvfp4", a_q, a_s, b_q, b_s, bias, out, {"a_ts": a_ts, "b_ts": b_ts})
+    for name, ts in (("a_ts", a_ts), ("b_ts", b_ts)):
+        if ts.dtype != torch.float32 or ts.numel() != 1:
+            raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
+    args += (bias_ptr, out.data_ptr(), m, n, k, code, _sm100_config(fn, config))
+    _launch(fn, lib.dq_sm100_nvfp4_mm, out.device, *args)
+
+
+@dataclass(frozen=True)
+class Sm100Plan:
+    """What the sm100 mm of a format builds for a problem (``sm100_mm_plan``)."""
+
+    config: str  # the resolved config: "1sm_128x128" or "2sm_256x128"
+    strides: tuple[int, int, int]  # row strides CUTLASS gets for A, B and out, in elements
+    sfa_offsets: torch.Tensor | None  # int64 [M, K / block]: CUTLASS's byte offset of each scale of A
+    sfb_offsets: torch.Tensor | None  # int64 [N, K / block]: the same for B
+
+
+def sm100_mm_plan(
+    fmt: str, m: int, n: int, k: int, out_dtype: str = "bfloat16", config: str = "auto", scale_offsets: bool = False
+) -> Sm100Plan:
+    """Host-side dry run of ``sm100_{fmt}_mm`` for an [m, k] x [n, k]^T problem (needs no GPU): the
+    config it would run, the strides and (with ``scale_offsets``) the scale-factor offsets of the
+    CUTLASS arguments it would build. ValueError if the kernel cannot run the problem."""
+    import torch
+
+    fn = "sm100_mm_plan"
+    lib = _sm100_library(fn)
+    if fmt not in ("mxfp8", "nvfp4") or out_dtype not in _SM100_OUT_CODES:
+        raise ValueError(f"dq_kernels.native.{fn}: fmt must be mxfp8 or nvfp4 and out_dtype float32 or bfloat16")
+    block = 32 if fmt == "mxfp8" else 16
+    strides = torch.zeros(3, dtype=torch.int64)
+    sfa = torch.empty(m, k // block, dtype=torch.int64) if scale_offsets else None
+    sfb = torch.empty(n, k // block, dtype=torch.int64) if scale_offsets else None
+    plan = lib.dq_sm100_mxfp8_mm_plan if fmt == "mxfp8" else lib.dq_sm100_nvfp4_mm_plan
+    code = plan(
+        m, n, k, _SM100_OUT_CODES[out_dtype], _sm100_config(fn, config), strides.data_ptr(),
+        None if sfa is None else sfa.data_ptr(), None if sfb is None else sfb.data_ptr(),
+    )  # fmt: skip
+    if code < 0:
+        message = lib.dq_error_string(code).decode()
+        raise ValueError(f"dq_kernels.native.{fn}: {fmt} M={m} N={n} K={k} {out_dtype}: {message}")
+    return Sm100Plan(SM100_CONFIG_NAMES[code], tuple(strides.tolist()), sfa, sfb)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from .base import OPS, Backend, BackendSpec, BackendUnavailableError
+from .cutlass import CutlassBackend
 from .reference import ReferenceBackend
 from .torchao import TorchAOBackend
 from .triton_cast import TritonCastBackend
+from .triton_sm100 import TritonSm100Backend
 
 __all__ = [
     "Backend",
@@ -44,7 +46,10 @@ ENV_BACKEND = "DQ_KERNELS_BACKEND"
 logger = logging.getLogger("dq_kernels")
 
 # Registry order is auto's preference order: fastest first, the reference last.
-_REGISTRY: dict[str, Backend] = {b.spec.name: b for b in (TritonCastBackend(), TorchAOBackend(), ReferenceBackend())}
+_REGISTRY: dict[str, Backend] = {
+    b.spec.name: b
+    for b in (CutlassBackend(), TritonSm100Backend(), TritonCastBackend(), TorchAOBackend(), ReferenceBackend())
+}
 _CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("dq_kernels_backend", default=None)
 _LOGGED: set[tuple[str, str, str]] = set()
 

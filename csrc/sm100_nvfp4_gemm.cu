@@ -1,0 +1,26 @@
+// sm100_nvfp4_gemm.cu: NVFP4 x NVFP4 GEMM for Blackwell sm_100a (CUTLASS 4.2, tcgen05
+// kind::mxf4nvf4 block-scaled MMA with 4 scales per 64 elements; UTCOMMA in SASS). The kernels and
+// their arguments are sm100_gemm_common.cuh, shared with MXFP8; this file instantiates them for
+// NVFP4, whose two tensor scales become the epilogue's alpha = a_ts * b_ts.
+
+#include "sm100_gemm_common.cuh"
+
+extern "C" int dq_sm100_nvfp4_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                                 const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M,
+                                 int64_t N, int64_t K, int out_dtype, int config, void* stream) {
+  dq::sm100::Operands ops;
+  ops.a_q = a_q;
+  ops.a_s = a_s;
+  ops.b_q = b_q;
+  ops.b_s = b_s;
+  ops.alpha_factors[0] = a_ts;
+  ops.alpha_factors[1] = b_ts;
+  ops.bias = bias;
+  ops.out = out;
+  return dq::sm100::mm<dq::sm100::Nvfp4>(ops, M, N, K, out_dtype, config, stream);
+}
+
+extern "C" int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,
+                                      int64_t* sfa_offsets, int64_t* sfb_offsets) {
+  return dq::sm100::plan<dq::sm100::Nvfp4>(M, N, K, out_dtype, config, strides, sfa_offsets, sfb_offsets);
+}

@@ -1,0 +1,145 @@
+"""The ``triton_sm100`` backend: Triton ``tl.dot_scaled`` GEMMs for Blackwell data-center GPUs
+(compute capability 10.0 and 10.3: B200, GB200, B300), where Triton lowers them to the tcgen05
+block-scaled MMA (``kind::mxf8f6f4`` for MXFP8, ``kind::mxf4nvf4`` for NVFP4, scales copied to
+tensor memory with ``tcgen05.cp``).
+
+The kernel is ``triton_sm100_kernels.block_scaled_mm_kernel`` (one for both formats; its docstring
+has the operand layouts): TMA tensor descriptors for qdata and output, 5-D descriptors over the
+128x4 swizzled scales, a persistent grid of one program per SM, alpha (NVFP4: a_ts * b_ts) and bias
+in a float32 epilogue, one rounding to the output dtype (bf16, fp16 or fp32).
+
+Tiles (``TILES``): BLOCK_M 128 (smaller tiles silently lose the block-scaled MMA), BLOCK_N 128,
+BLOCK_K 128 (MXFP8) or 256 (NVFP4), i.e. 128 bytes of qdata per row and K step, 4 pipeline stages,
+4 warps: 168-213 KB of shared memory, under sm_100's 227 KB per block. Not tuned on hardware.
+
+Shape limits (the spec's data, from TMA's 16-byte rule): K % 32 == 0 (NVFP4 rows are K / 2 bytes;
+MXFP8's block is 32 anyway) and N % 8 == 0 (output rows). Compute capability 12.0 (RTX 50, RTX PRO
+Blackwell, block-scaled ``mma.sync``) is not registered: these tiles need more than its 99 KB of
+shared memory per block.
+
+Without a GPU the same kernel runs on CPU tensors under ``TRITON_INTERPRET=1`` (the tests do).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from .. import formats
+from .base import Backend, BackendSpec
+
+
+@dataclass(frozen=True)
+class Tiles:
+    block_m: int
+    block_n: int
+    block_k: int  # elements
+    num_stages: int
+    num_warps: int = 4
+    group_m: int = 8  # tile rows per group of the persistent schedule
+
+
+TILES = {"mxfp8": Tiles(128, 128, 128, 4), "nvfp4": Tiles(128, 128, 256, 4)}
+DOT_FORMAT = {"mxfp8": "e4m3", "nvfp4": "e2m1"}  # tl.dot_scaled's name of the element type
+
+
+@functools.cache
+def _kernel():
+    """The Triton kernel, imported (and so triton itself) on first use, never at package import."""
+    from . import triton_sm100_kernels
+
+    return triton_sm100_kernels.block_scaled_mm_kernel
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it when its data pointer is not 16-byte aligned (TMA needs 16)."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _scale_view(s: torch.Tensor, fmt: formats.Format, rows: int, k: int) -> torch.Tensor:
+    """Swizzled scales -> the kernel's 5-D view [1, rows_pad / 128, cols_pad / 4, 2, 256]."""
+    rows_pad, cols_pad = fmt.scale_shape(rows, k)
+    return s.view(1, rows_pad // 128, cols_pad // 4, 2, 256)
+
+
+def kernel_arguments(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out):
+    """(positional arguments, constexpr keywords, launch options) of ``block_scaled_mm_kernel`` for
+    canonical operands of format ``fmt_name`` ("mxfp8" or "nvfp4"; a_ts and b_ts None for MXFP8)
+    and ``out`` [M, N]. The tests compile the kernel ahead of time from these same arguments."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    fmt, tiles = formats.FORMATS[fmt_name], TILES[fmt_name]
+    m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * fmt.elements_per_byte
+    bm, bn, bk = tiles.block_m, tiles.block_n, tiles.block_k
+    k_bytes = bk // fmt.elements_per_byte
+    scale_cols = bk // fmt.block_size // 4  # 4-column scale tiles per K step
+
+    def descriptor(t, block):
+        return TensorDescriptor.from_tensor(_aligned(t), block)
+
+    args = (
+        descriptor(a_q, [bm, k_bytes]),
+        descriptor(_scale_view(a_s, fmt, m, k), [1, bm // 128, scale_cols, 2, 256]),
+        descriptor(b_q, [bn, k_bytes]),
+        descriptor(_scale_view(b_s, fmt, n, k), [1, bn // 128, scale_cols, 2, 256]),
+        descriptor(out, [bm, bn]),
+        None if bias is None else bias.contiguous(),
+        None if a_ts is None else a_ts.reshape(()),
+        None if b_ts is None else b_ts.reshape(()),
+        m,
+        n,
+        k,
+    )
+    constexprs = dict(
+        FORMAT=DOT_FORMAT[fmt_name], VEC=fmt.block_size, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=tiles.group_m
+    )
+    return args, constexprs, dict(num_stages=tiles.num_stages, num_warps=tiles.num_warps)
+
+
+def block_scaled_mm(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out_dtype, num_programs=None):
+    """out [M, N] = alpha * (a @ b.T) + bias for canonical operands (see ``kernel_arguments``).
+    ``num_programs``: the persistent grid (default: one program per SM), at most one per output
+    tile. Runs on CPU tensors under TRITON_INTERPRET=1."""
+    m, n = a_q.shape[0], b_q.shape[0]
+    out = torch.empty(m, n, dtype=out_dtype, device=a_q.device)
+    args, constexprs, options = kernel_arguments(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out)
+    tiles = TILES[fmt_name]
+    tiles_total = -(-m // tiles.block_m) * -(-n // tiles.block_n)
+    if num_programs is None:
+        num_programs = _num_sms(a_q.device)
+    _kernel()[(min(num_programs, tiles_total),)](*args, **constexprs, **options)
+    return out
+
+
+class TritonSm100Backend(Backend):
+    spec = BackendSpec(
+        name="triton_sm100",
+        description="Triton tl.dot_scaled GEMMs on the tcgen05 block-scaled MMA (sm_100 / sm_103)",
+        ops=("mxfp8_mm", "nvfp4_mm"),
+        capabilities=((10, 0), (10, 3)),
+        n_multiple=8,
+        k_multiple=32,
+    )
+
+    def availability(self):
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed (pip install 'triton>=3.6')"
+        return True, ""
+
+    def kernel_config(self, fmt, m, n, k):
+        t = TILES[fmt]
+        return f"{t.block_m}x{t.block_n}x{t.block_k}, {t.num_stages} stages, persistent"
+
+    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
+        return block_scaled_mm("mxfp8", a_q, a_s, b_q, b_s, None, None, bias, out_dtype)
+
+    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        return block_scaled_mm("nvfp4", a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out_dtype)

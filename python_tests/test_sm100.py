@@ -1,0 +1,416 @@
+"""Blackwell (sm_100) GEMMs: the ``cutlass`` and ``triton_sm100`` backends.
+
+No Blackwell GPU is at hand, so most of this file proves the kernels without running them on one:
+
+* selection: auto picks them on compute capability 10.x only, and choosing them anywhere else
+  raises naming the capability (device capabilities are faked; nothing runs);
+* CUTLASS (needs the native library with the sm100_gemm family): the sm_100a SASS holds the
+  block-scaled MMA (UTCQMMA for MXFP8, UTCOMMA for NVFP4) and the scale copies (UTCCP); the CUTLASS
+  arguments the launch code builds (``dq_sm100_*_mm_plan``, host only) put every scale where
+  ``formats.to_blocked`` does (the layout the dequantize kernels run with on an H100), use the
+  packed row strides, and are accepted by CUTLASS's ``can_implement`` exactly for the shapes the
+  backend spec admits; the C argument checks;
+* Triton: each kernel, compiled ahead of time for ``GPUTarget("cuda", 100, 32)`` from the very
+  arguments the backend launches it with, has ``tcgen05.mma ... block_scale`` and ``tcgen05.cp`` in
+  its PTX and fits in sm_100's shared memory; the same kernels run under ``TRITON_INTERPRET=1`` on
+  the CPU against an fp64 product of the dequantized operands;
+* on a Blackwell GPU (``-m gpu``): both backends against the reference.
+"""
+
+import ctypes
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dq_kernels as dq
+from dq_kernels import backends, formats, native
+from dq_kernels.backends import BackendUnavailableError, base, select, triton_sm100
+
+if not torch.cuda.is_available():
+    # The Triton kernels run interpreted on CPU tensors; the variable must be set before triton is
+    # first imported (test_triton_cast.py sets it the same way).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SM100_BACKENDS = ("cutlass", "triton_sm100")
+OPS = ("mxfp8_mm", "nvfp4_mm")
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda", 0)
+SM100_MAX_SHARED = 232448  # bytes of shared memory per block on sm_100 (227 KB, cudaDevAttrMaxSharedMemoryPerBlockOptin)
+
+
+def fake_capability(monkeypatch, capability):
+    """Make every CUDA device report ``capability`` to the backend specs (no CUDA call is made)."""
+    monkeypatch.setattr(base, "_capability", lambda device: capability)
+
+
+def sm100_family_built() -> bool:
+    return native.status()[0] and bool(native.build_info()["families"].get(native.SM100_FAMILY))
+
+
+def quantized(fmt: str, rows: int, k: int, seed: int):
+    """Canonical operands of a random [rows, k] tensor: (q, s) or (q, s, tensor_scale)."""
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
+    return formats.quantize_mxfp8(x) if fmt == "mxfp8" else formats.quantize_nvfp4(x)
+
+
+def dequantized_f64(fmt: str, operand) -> torch.Tensor:
+    decode = formats.dequantize_mxfp8 if fmt == "mxfp8" else formats.dequantize_nvfp4
+    return decode(*operand, torch.float32).double()
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((out.double().cpu() - expected).norm() / expected.norm()).item()
+
+
+# Exactness bounds of the Hopper issues: relative (Frobenius) error against an fp64 product of the
+# dequantized operands.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-3}
+
+# ----------------------------------------------------------------------------------------------
+# Selection: the right arch only
+# ----------------------------------------------------------------------------------------------
+
+
+def test_registered_fastest_first():
+    names = backends.backend_names()
+    assert names.index("cutlass") < names.index("triton_sm100") < names.index("torchao") < names.index("reference")
+    assert backends.get_backend("cutlass").spec.capabilities == ((10, 0),)
+    assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3))
+    for name in SM100_BACKENDS:
+        spec = backends.get_backend(name).spec
+        assert spec.ops == OPS and not spec.cpu and spec.auto
+
+
+@pytest.mark.parametrize("name", SM100_BACKENDS)
+def test_explicit_choice_on_cpu_raises(name):
+    with pytest.raises(BackendUnavailableError, match=rf"'{name}' cannot run mxfp8_mm on cpu .*CUDA devices only"):
+        select("mxfp8_mm", CPU, 128, 1000, 256, name)
+    a_q, a_s = dq.quantize_mxfp8(torch.randn(4, 64))
+    with pytest.raises(BackendUnavailableError, match="CUDA devices only"):
+        dq.mxfp8_mm(a_q, a_s, a_q, a_s, backend=name)
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
+@pytest.mark.parametrize("name", SM100_BACKENDS)
+def test_explicit_choice_on_another_arch_raises_naming_the_capability(monkeypatch, name, capability):
+    fake_capability(monkeypatch, capability)
+    wanted = ", ".join(f"{a}.{b}" for a, b in backends.get_backend(name).spec.capabilities)
+    have = f"{capability[0]}.{capability[1]}"
+    for op in OPS:
+        with pytest.raises(BackendUnavailableError, match=rf"needs compute capability {wanted}; cuda:0 has {have}"):
+            select(op, CUDA, 128, 1000, 256, name)
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
+def test_auto_never_picks_them_on_another_arch(monkeypatch, capability):
+    fake_capability(monkeypatch, capability)
+    for op in OPS:
+        assert select(op, CUDA, 4096, 3072, 3072).spec.name not in SM100_BACKENDS
+
+
+def test_auto_picks_them_on_blackwell(monkeypatch):
+    """What a B200 user gets from auto: cutlass when the library has the sm100_gemm family, else
+    triton_sm100 when triton is installed; on a B300 (10.3) triton_sm100 (cutlass is sm_100a only)."""
+    triton_ok = backends.get_backend("triton_sm100").availability()[0]
+    fake_capability(monkeypatch, (10, 0))
+    expected = "cutlass" if sm100_family_built() else "triton_sm100" if triton_ok else None
+    for op in OPS:
+        picked = select(op, CUDA, 4096, 3072, 3072).spec.name
+        assert picked == expected if expected else picked not in SM100_BACKENDS
+    fake_capability(monkeypatch, (10, 3))
+    for op in OPS:
+        assert (select(op, CUDA, 4096, 3072, 3072).spec.name == "triton_sm100") == triton_ok
+
+
+@pytest.mark.parametrize("n, k", [(1001, 256), (1004, 256), (1000, 48), (1000, 80)])
+def test_auto_falls_back_on_shapes_they_refuse(monkeypatch, n, k):
+    fake_capability(monkeypatch, (10, 0))
+    op = "nvfp4_mm"  # 48 and 80 are valid NVFP4 K (multiples of 16) but not multiples of 32
+    for name in SM100_BACKENDS:
+        assert backends.get_backend(name).spec.shape_reason(op, 128, n, k) is not None
+    assert select(op, CUDA, 128, n, k).spec.name not in SM100_BACKENDS
+
+
+# ----------------------------------------------------------------------------------------------
+# CUTLASS: what was built, the SASS, the host-side arguments, the C checks
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sm100_library() -> ctypes.CDLL:
+    ok, why = native.status()
+    if not ok:
+        pytest.skip(f"the native library is unavailable: {why}")
+    if not sm100_family_built():
+        pytest.skip(f"the native library was built without the {native.SM100_FAMILY} family: {native.build_info()}")
+    return native._library().lib
+
+
+@pytest.mark.skipif(os.environ.get("DQ_KERNELS_EXPECT_NATIVE") != "1", reason="DQ_KERNELS_EXPECT_NATIVE is not 1")
+def test_sm100_family_is_built_when_expected():
+    ok, why = native.status()
+    assert ok, why
+    info = native.build_info()
+    if "100a" in info["archs"]:
+        assert info["families"][native.SM100_FAMILY] == ["100a"]
+    assert backends.get_backend("cutlass").availability() == (True, "")
+
+
+def sass_functions(library: Path) -> dict[str, str]:
+    """{mangled function name: SASS} of the sm_100a code in ``library``, from the cuobjdump of the
+    Triton wheel (skips when there is none)."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    if not cuobjdump.is_file():
+        pytest.skip(f"no cuobjdump at {cuobjdump}")
+    command = [str(cuobjdump), "--dump-sass", "--gpu-architecture", "sm_100a", str(library)]
+    dump = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    parts = re.split(r"^\s*Function : (\S+)$", dump, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_sass_has_the_block_scaled_mma(sm100_library):
+    functions = sass_functions(native.LIBRARY_PATH)
+    # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
+    mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
+    nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}
+    assert len(mxfp8) == 4 and len(nvfp4) == 4  # {1-SM, 2-SM} x {bf16, fp32 out}
+    for sass in mxfp8.values():
+        assert re.search(r"\bUTCQMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+        assert not re.search(r"\bUTCOMMA\b", sass)
+    for sass in nvfp4.values():
+        assert re.search(r"\bUTCOMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+        assert not re.search(r"\bUTCQMMA\b", sass)
+    two_sm = [name for name, sass in {**mxfp8, **nvfp4}.items() if ".2CTA" in sass]
+    assert len(two_sm) == 4  # the 2-SM kernels issue the MMA for a CTA pair
+
+
+PLAN_SHAPES = [(1, 8, 32), (77, 1000, 160), (129, 1000, 4160), (300, 256, 1024), (4096, 3072, 3072)]
+
+
+@pytest.mark.parametrize("m, n, k", PLAN_SHAPES)
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_cutlass_scale_layout_is_to_blocked(sm100_library, fmt, m, n, k):
+    """The byte offset CUTLASS's Sm1xxBlkScaledConfig layout gives each (row, scale column) of A and
+    B, as the launch code builds it for this problem, is the one formats.to_blocked writes it to."""
+    block = formats.FORMATS[fmt].block_size
+    plan = native.sm100_mm_plan(fmt, m, n, k, scale_offsets=True)
+    for rows, offsets in ((m, plan.sfa_offsets), (n, plan.sfb_offsets)):
+        ids = torch.arange(1, rows * (k // block) + 1, dtype=torch.int64).view(rows, k // block)
+        swizzled = formats.to_blocked(ids).flatten()  # every scale's id at its byte; padding 0
+        assert offsets.shape == ids.shape
+        assert torch.equal(swizzled[offsets], ids)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_cutlass_strides_and_configs(sm100_library, fmt):
+    for m, n, k in PLAN_SHAPES:
+        for out_dtype in ("bfloat16", "float32"):
+            # row strides in elements: the packed [M, K], [N, K] and [M, N] of the canonical operands
+            assert native.sm100_mm_plan(fmt, m, n, k, out_dtype).strides == (k, k, n)
+            for config, name in (("1sm", "1sm_128x128"), ("2sm", "2sm_256x128")):
+                assert native.sm100_mm_plan(fmt, m, n, k, out_dtype, config).config == name
+    assert native.sm100_mm_plan(fmt, 255, 3072, 3072).config == "1sm_128x128"  # auto: 1-SM below M = 256
+    assert native.sm100_mm_plan(fmt, 256, 3072, 3072).config == "2sm_256x128"
+    assert backends.get_backend("cutlass").kernel_config(fmt, 4096, 3072, 3072) == "2sm_256x128"
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_spec_shape_limits_are_what_cutlass_accepts(sm100_library, fmt):
+    """For bf16 output CUTLASS's can_implement accepts exactly the shapes the spec admits; fp32
+    output accepts at least those (its TMA rows need N % 4 only)."""
+    spec = backends.get_backend("cutlass").spec
+    op = f"{fmt}_mm"
+    block = formats.FORMATS[fmt].block_size
+    for n in (8, 12, 1000, 1001, 1004, 3072):
+        for k in range(block, 321, block):
+            admitted = spec.shape_reason(op, 200, n, k) is None
+            for out_dtype in ("bfloat16", "float32"):
+                try:
+                    native.sm100_mm_plan(fmt, 200, n, k, out_dtype)
+                    accepted = True
+                except ValueError as e:
+                    assert "can_implement" in str(e)
+                    accepted = False
+                assert accepted == admitted if out_dtype == "bfloat16" else accepted >= admitted, (n, k, out_dtype)
+
+
+def test_c_argument_checks(sm100_library):
+    """Bad arguments come back as negative codes before anything touches CUDA (fake pointers)."""
+    lib = sm100_library
+    p = 256  # a fake, 16-byte aligned "device pointer": never dereferenced on these paths
+    mx, nv = lib.dq_sm100_mxfp8_mm, lib.dq_sm100_nvfp4_mm
+
+    def mxfp8(a_q=p, a_s=p, b_q=p, b_s=p, bias=None, out=p, m=128, n=1000, k=256, dtype=1, config=0):
+        return mx(a_q, a_s, b_q, b_s, bias, out, m, n, k, dtype, config, None)
+
+    def nvfp4(a_ts=p, b_ts=p, m=128, n=1000, k=256):
+        return nv(p, p, a_ts, p, p, b_ts, None, p, m, n, k, 1, 0, None)
+
+    assert mxfp8(a_s=None) == -1 and mxfp8(out=None) == -1
+    assert nvfp4(b_ts=None) == -1
+    assert mxfp8(m=0) == -2 and mxfp8(k=48) == -2 and mxfp8(n=2**31) == -2
+    assert nvfp4(k=40) == -2
+    assert mxfp8(dtype=2) == -3  # float16 output: the backend runs float32 and casts
+    assert mxfp8(a_q=p + 8) == -4 and mxfp8(b_s=p + 4) == -4 and mxfp8(bias=p + 4) == -4
+    assert mxfp8(config=3) == -6
+    for code in (-5, -6, -7):
+        assert lib.dq_error_string(code).startswith(b"dq_kernels: ")
+    # the plan entry points apply the same checks, plus CUTLASS's can_implement
+    plan = lib.dq_sm100_nvfp4_mm_plan
+    assert plan(128, 1000, 48, 1, 0, None, None, None) == -5  # K % 32: CUTLASS's fp4 TMA rows
+    assert plan(128, 1001, 256, 1, 0, None, None, None) == -5  # N % 8 for bf16 out
+    assert plan(128, 1000, 256, 1, 0, None, None, None) == 1
+
+
+def test_wrapper_rejects_float16_output_and_cpu_tensors(sm100_library):
+    a_q, a_s = formats.quantize_mxfp8(torch.randn(4, 64))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        native.sm100_mxfp8_mm(a_q, a_s, a_q, a_s, None, torch.empty(4, 4, dtype=torch.float16))
+    with pytest.raises(ValueError, match="CUDA device"):
+        native.sm100_mxfp8_mm(a_q, a_s, a_q, a_s, None, torch.empty(4, 4, dtype=torch.bfloat16))
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton: ahead-of-time compilation for sm_100
+# ----------------------------------------------------------------------------------------------
+
+# Run in a fresh interpreter without TRITON_INTERPRET (this process may interpret): compiles the
+# kernel for sm_100 from the arguments triton_sm100.kernel_arguments builds for CPU stand-ins of
+# the operands, and prints what the PTX holds.
+AOT_SCRIPT = r"""
+import json, re, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import mangle_type
+from dq_kernels import formats
+from dq_kernels.backends import triton_sm100
+
+fmt_name, out_dtype, with_bias, capability = sys.argv[1], getattr(torch, sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+fmt = formats.FORMATS[fmt_name]
+m, n, k = 256, 1024, 512
+quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
+a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
+ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
+bias = torch.randn(n) if with_bias else None
+out = torch.empty(m, n, dtype=out_dtype)
+args, constexprs, options = triton_sm100.kernel_arguments(fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out)
+kernel = triton_sm100._kernel()
+signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
+signature.update({name: "constexpr" for name in constexprs})
+constants = {name: arg for name, arg in zip(kernel.arg_names, args) if arg is None}
+source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={**constants, **constexprs})
+compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+ptx = compiled.asm["ptx"]
+print(json.dumps({
+    "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
+    "tcgen05_cp": len(re.findall(r"tcgen05\.cp", ptx)),
+    "shared": compiled.metadata.shared,
+}))
+"""
+
+
+def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100) -> dict:
+    pytest.importorskip("triton")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(dq.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-c", AOT_SCRIPT, fmt, out_dtype, "1" if with_bias else "0", str(capability)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}
+
+
+@pytest.mark.parametrize("out_dtype, with_bias", [("bfloat16", True), ("float32", False)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias):
+    compiled = compile_for(fmt, out_dtype, with_bias)
+    assert compiled["mma"], "no MMA instruction in the PTX"
+    for mma in compiled["mma"]:  # every MMA is the block-scaled one: nothing fell back to bf16
+        assert mma.startswith("tcgen05.mma") and MMA_KIND[fmt] in mma and "block_scale" in mma, mma
+    assert compiled["tcgen05_cp"] > 0  # scales copied to tensor memory
+    assert compiled["shared"] <= SM100_MAX_SHARED
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton: the kernels under the interpreter, against fp64
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    """Skips unless this process runs Triton interpreted (TRITON_INTERPRET=1 since before triton
+    was imported, as set at the top of this file when no GPU is present) with tl.dot_scaled
+    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.9's
+    reads every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as e4m3 and
+    leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET is not 1 (a CUDA device is present: see the -m gpu tests)")
+    triton = pytest.importorskip("triton")
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 8):
+        pytest.skip(f"Triton {triton.__version__}'s interpreter lacks tl.dot_scaled (3.8 has it)")
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+
+    if not hasattr(interp, "_dot_scaled_scale_to_f32"):
+        pytest.skip("this Triton's interpreter has no _dot_scaled_scale_to_f32 to patch for e4m3 scales")
+    decode_e8m0 = interp._dot_scaled_scale_to_f32
+
+    def decode(scale, compute_type):
+        if scale.dtype == tl.float8e4nv:
+            return torch.from_numpy(scale.data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
+        return decode_e8m0(scale, compute_type)
+
+    monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m, n, k", [(128, 1000, 64), (200, 1000, 160), (256, 1000, 256)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_dtype):
+    """M not a multiple of 128 (padded scale rows, zero-filled qdata), K not a multiple of BLOCK_K
+    (padded scale columns), N = 1000 (a partial last tile), a bias on every other shape, and two
+    persistent programs for 8 to 16 tiles."""
+    a, b = quantized(fmt, m, k, seed=m + k), quantized(fmt, n, k, seed=m + k + 1)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(k)) if m != 200 else None
+    ts = (a[2], b[2]) if fmt == "nvfp4" else (None, None)
+    out = triton_sm100.block_scaled_mm(fmt, a[0], a[1], b[0], b[1], *ts, bias, out_dtype, num_programs=2)
+    expected = dequantized_f64(fmt, a) @ dequantized_f64(fmt, b).T
+    if bias is not None:
+        expected += bias.double()
+    assert out.dtype == out_dtype and out.shape == (m, n)
+    assert relative_error(out, expected) <= TOLERANCE[out_dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# On a Blackwell GPU: both backends against fp64
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m, n, k", [(1, 1000, 160), (129, 1000, 4160), (512, 3072, 3072)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+@pytest.mark.parametrize("name", SM100_BACKENDS)
+def test_on_blackwell_against_fp64(name, fmt, m, n, k, out_dtype):
+    device = torch.device("cuda", torch.cuda.current_device())
+    backend = backends.get_backend(name)
+    reason = backend.spec.device_reason(device) or backend.spec.shape_reason(f"{fmt}_mm", m, n, k)
+    reason = reason or (None if backend.availability()[0] else backend.availability()[1])
+    if reason:
+        pytest.skip(reason)
+    a, b = quantized(fmt, m, k, seed=1), quantized(fmt, n, k, seed=2)
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    expected = dequantized_f64(fmt, a) @ dequantized_f64(fmt, b).T + bias.double()
+    on_device = [t.to(device) for t in (*a, *b, bias)]
+    mm = dq.mxfp8_mm if fmt == "mxfp8" else dq.nvfp4_mm
+    out = mm(*on_device[:-1], bias=on_device[-1], out_dtype=out_dtype, backend=name)
+    assert relative_error(out, expected) <= TOLERANCE.get(out_dtype, 4e-3)
