@@ -7,6 +7,8 @@ within the limits their spec declares.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +67,12 @@ class BackendSpec:
         if k % self.k_multiple:
             return f"needs K to be a multiple of {self.k_multiple}, got K = {k}"
         return None
+
+
+@functools.cache
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (looked up once per process: the registry asks per call)."""
+    return importlib.util.find_spec(module) is not None
 
 
 _CAPABILITY_CACHE: dict[int, tuple[int, int]] = {}

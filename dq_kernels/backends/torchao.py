@@ -13,12 +13,11 @@ torchao is imported on first use, never at import time.
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 
 from .. import formats
-from .base import OPS, Backend, BackendSpec
+from .base import OPS, Backend, BackendSpec, installed
 
 
 def _blackwell(device: torch.device) -> bool:
@@ -35,7 +34,7 @@ class TorchAOBackend(Backend):
     )
 
     def availability(self):
-        if importlib.util.find_spec("torchao") is None:
+        if not installed("torchao"):
             return False, "torchao is not installed (pip install 'torchao>=0.18,<0.19')"
         return True, ""
 

@@ -19,12 +19,11 @@ cast, which derives the tensor scale itself and writes it out.
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec
+from .base import Backend, BackendSpec, installed
 
 TILE = 128  # the kernels' programs cover 128 rows (one swizzled scale tile); amax tiles are 128 x 128
 MXFP8_WARPS = 8  # per 128 x 128 tile (H100: 8 warps beat 4 and 16)
@@ -93,7 +92,7 @@ class TritonCastBackend(Backend):
     )
 
     def availability(self):
-        if importlib.util.find_spec("triton") is None:
+        if not installed("triton"):
             return False, "triton is not installed"
         return True, ""
 

@@ -23,13 +23,12 @@ Without a GPU the same kernel runs on CPU tensors under ``TRITON_INTERPRET=1`` (
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec
+from .base import Backend, BackendSpec, installed
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class TritonSm100Backend(Backend):
     )
 
     def availability(self):
-        if importlib.util.find_spec("triton") is None:
+        if not installed("triton"):
             return False, "triton is not installed (pip install 'triton>=3.6')"
         return True, ""
 
