@@ -19,15 +19,33 @@ cast, which derives the tensor scale itself and writes it out.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 from .. import formats
 from .base import Backend, BackendSpec, installed
 
-TILE = 128  # the kernels' programs cover 128 rows (one swizzled scale tile); amax tiles are 128 x 128
-MXFP8_WARPS = 8  # per 128 x 128 tile (H100: 8 warps beat 4 and 16)
-NVFP4_WARPS = 8  # per 128 x 64 tile (H100: 8 warps beat 4 and 16)
+AMAX_TILE = 128  # the amax pass reads 128 x 128 tiles
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Rows and columns of x per program (BLOCK_M divides 128, TILE_K a multiple of 4 scale blocks),
+    and warps per program."""
+
+    block_m: int
+    tile_k: int
+    warps: int
+
+
+MXFP8_TILING = Tiling(128, 128, 8)
+NVFP4_TILING = Tiling(128, 64, 8)
+
+
+def _grid(tiling: Tiling, s: torch.Tensor, block: int) -> tuple[int, int]:
+    """Programs over the padded rows and padded scale columns of the swizzled scales ``s``."""
+    return s.shape[0] // tiling.block_m, -(-s.shape[1] * block // tiling.tile_k)
 
 
 @functools.cache
@@ -51,10 +69,11 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.T
     m, k = x2.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
-    tiles_per_row = s.shape[1] // 4
-    grid = (s.shape[0] // TILE, tiles_per_row)
-    mxfp8_kernel[grid](x2, q.view(torch.uint8), s, m, k, x2.stride(0), tiles_per_row, FLOOR=scaling == "floor",
-                       BY_RECIPROCAL=x.is_cuda, num_warps=MXFP8_WARPS)
+    t = MXFP8_TILING
+    mxfp8_kernel[_grid(t, s, 32)](
+        x2, q.view(torch.uint8), s, m, k, x2.stride(0), s.shape[1] // 4, FLOOR=scaling == "floor",
+        BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k, num_warps=t.warps,
+    )
     return q, s
 
 
@@ -70,15 +89,15 @@ def quantize_nvfp4(
     ts_out = torch.empty((), dtype=torch.float32, device=x.device)
     if tensor_scale is None:
         amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
-        amax_kernel[(-(-m // TILE), -(-k // TILE))](x2, amax_bits, m, k, x2.stride(0))
+        amax_kernel[(-(-m // AMAX_TILE), -(-k // AMAX_TILE))](x2, amax_bits, m, k, x2.stride(0))
         ts_in = ts_out  # unused by the dynamic kernel
     else:
         amax_bits, ts_in = ts_out, tensor_scale.reshape(())  # amax unused by the static kernel
-    tiles_per_row = s.shape[1] // 4
-    grid = (s.shape[0] // TILE, tiles_per_row)
-    nvfp4_kernel[grid](
-        x2, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, x2.stride(0), tiles_per_row,
-        DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, num_warps=NVFP4_WARPS,
+    t = NVFP4_TILING
+    nvfp4_kernel[_grid(t, s, 16)](
+        x2, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, x2.stride(0), s.shape[1] // 4,
+        DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k,
+        num_warps=t.warps,
     )
     return q, s, ts_out
 

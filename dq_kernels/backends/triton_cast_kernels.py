@@ -2,9 +2,10 @@
 imports triton; ``triton_cast`` imports it on first use only.
 
 Shapes and layouts: x [M, K] (row stride ``stride_xm``, unit column stride) in bf16/fp16/fp32; one
-program per 512-byte swizzled scale tile: 128 rows x 4 scale blocks (128 columns of MXFP8, 64 of
-NVFP4). q is [M, K] e4m3 (MXFP8) or [M, K / 2] packed e2m1 bytes (NVFP4); s is the swizzled scale
-buffer as bytes.
+program per [BLOCK_M, TILE_K] tile, whose scale blocks it writes into the swizzled layout; the grid
+covers the padded rows and scale columns too, so the layout's padding is written (zero blocks encode
+as zero bytes). q is [M, K] e4m3 (MXFP8) or [M, K / 2] packed e2m1 bytes (NVFP4); s is the swizzled
+scale buffer as bytes.
 """
 
 import triton
@@ -57,11 +58,12 @@ def round_to_e4m3(y):
 
 
 @triton.jit
-def swizzled_scale_offsets(pid_m, pid_k, tiles_per_row):
-    """[128, 4] byte offsets of the scale tile (pid_m, pid_k) in the 128x4 swizzled layout."""
-    r = tl.arange(0, 128)[:, None]
-    c = tl.arange(0, 4)[None, :]
-    return (pid_m * tiles_per_row + pid_k) * 512 + (r % 32) * 16 + (r // 32) * 4 + c
+def swizzled_scale_offsets(rows, blocks, tiles_per_row):
+    """[len(rows), len(blocks)] byte offsets of the scales (row, scale column) in the 128x4 swizzled
+    layout with tiles_per_row = padded scale columns / 4 (the formula of formats.to_blocked)."""
+    r = rows[:, None]
+    j = blocks[None, :]
+    return (r // 128) * tiles_per_row * 512 + (j // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + j % 4
 
 
 @triton.jit
@@ -73,9 +75,10 @@ def block_amax(xb):
 
 
 @triton.jit
-def load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, TILE_K: tl.constexpr):
-    rows = pid_m * 128 + tl.arange(0, 128)
-    cols = pid_k * TILE_K + tl.arange(0, TILE_K)
+def load_tile(x_ptr, M, K, stride_xm, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
+    """The program's [BLOCK_M, TILE_K] tile of x as float32 (zeros outside the tensor)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
     return x.to(tl.float32), rows, cols, mask
@@ -83,11 +86,9 @@ def load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, TILE_K: tl.constexpr):
 
 @triton.jit
 def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr,
-                 BY_RECIPROCAL: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 128)
-    xb = tl.reshape(x, (128, 4, 32))
+                 BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, BLOCK_M, TILE_K)
+    xb = tl.reshape(x, (BLOCK_M, TILE_K // 32, 32))
     amax = block_amax(xb)
     if FLOOR:
         # floor(log2(amax)) - 8 from the exponent field; torchao divides by max(scale, 2^-126)
@@ -104,11 +105,13 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
         reciprocal = tl.where(e == 0, 1.0, pow2_from_exponent_bits(254 - e))
         reciprocal = tl.where(e == 255, descale, reciprocal)  # NaN stays NaN
     y = tl.clamp(xb * reciprocal[:, :, None], -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
-    y = tl.reshape(y, (128, 128))
+    y = tl.reshape(y, (BLOCK_M, TILE_K))
     # write NaN as 0x7F explicitly: not every target's conversion encodes it so (the interpreter's doesn't)
     q = tl.where(y != y, 0x7F, round_to_e4m3(y).to(tl.float8e4nv).to(tl.uint8, bitcast=True)).to(tl.uint8)
     tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
-    tl.store(s_ptr + swizzled_scale_offsets(pid_m, pid_k, tiles_per_row), e.to(tl.uint8))
+    blocks = tl.program_id(1) * (TILE_K // 32) + tl.arange(0, TILE_K // 32)
+    s_mask = blocks[None, :] < tiles_per_row * 4  # the padded scale columns exist; rows always do
+    tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), e.to(tl.uint8), mask=s_mask)
 
 
 @triton.jit
@@ -130,34 +133,34 @@ def encode_e2m1(y):
 
 @triton.jit
 def nvfp4_kernel(x_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xm, tiles_per_row,
-                 DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+                 DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                 TILE_K: tl.constexpr):
     if DYNAMIC:
         ts = div_const(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0, BY_RECIPROCAL)  # amax / (448 * 6)
     else:
         ts = tl.load(ts_ptr)
-    if (pid_m == 0) & (pid_k == 0):
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         tl.store(ts_out_ptr, ts)
-    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, 64)
-    xb = tl.reshape(x, (128, 4, 16))
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, BLOCK_M, TILE_K)
+    xb = tl.reshape(x, (BLOCK_M, TILE_K // 16, 16))
     block_scale = div_const(block_amax(xb), 6.0, BY_RECIPROCAL)
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
     s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
     reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)
     y = tl.clamp(xb * reciprocal[:, :, None], -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
-    codes = tl.reshape(encode_e2m1(y), (128, 32, 2))
+    codes = tl.reshape(encode_e2m1(y), (BLOCK_M, TILE_K // 2, 2))
     low, high = tl.split(codes)
     packed = (low | (high << 4)).to(tl.uint8)
-    byte_cols = pid_k * 32 + tl.arange(0, 32)
+    byte_cols = tl.program_id(1) * (TILE_K // 2) + tl.arange(0, TILE_K // 2)
     byte_mask = (rows[:, None] < M) & (byte_cols[None, :] < K // 2)
     tl.store(q_ptr + rows[:, None] * (K // 2) + byte_cols[None, :], packed, mask=byte_mask)
     # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
-    blocks = pid_k * 4 + tl.arange(0, 4)
+    blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
     in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
     s_bytes = tl.where(s != s, 0x7F, s.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
     s_bytes = tl.where(in_tensor, s_bytes, 0).to(tl.uint8)
-    tl.store(s_ptr + swizzled_scale_offsets(pid_m, pid_k, tiles_per_row), s_bytes)
+    s_mask = blocks[None, :] < tiles_per_row * 4
+    tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), s_bytes, mask=s_mask)
 
 
 @triton.jit
@@ -165,7 +168,7 @@ def amax_kernel(x_ptr, amax_ptr, M, K, stride_xm):
     """amax_ptr (int32, zeroed) <- max over the tensor of the float32 bits of |x|, one atomic per
     128 x 128 tile. Non-negative floats order like their bits and NaN's bits exceed inf's, so a NaN
     anywhere wins, as in torch.amax."""
-    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), 128)
+    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, 128, 128)
     amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
     amax = tl.where(tl.max(tl.max((x != x).to(tl.int32), axis=1), axis=0) > 0, float("nan"), amax)
     tl.atomic_max(amax_ptr, amax.to(tl.int32, bitcast=True))
