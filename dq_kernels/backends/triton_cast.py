@@ -62,6 +62,15 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _as_pairs(x2: torch.Tensor) -> torch.Tensor:
+    """[M, K] -> [M, K / 2] int32 (16-bit floats) or int64 (float32) pairs of neighbouring elements;
+    copies x first when its row stride or address does not allow the view."""
+    pair = torch.int64 if x2.dtype == torch.float32 else torch.int32
+    if x2.stride(0) % 2 or x2.data_ptr() % pair.itemsize:
+        x2 = x2.contiguous()
+    return x2.view(pair)
+
+
 def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``formats.quantize_mxfp8`` on the GPU (or under TRITON_INTERPRET=1 on CPU tensors)."""
     mxfp8_kernel, _, _ = _kernels()
@@ -94,10 +103,11 @@ def quantize_nvfp4(
     else:
         amax_bits, ts_in = ts_out, tensor_scale.reshape(())  # amax unused by the static kernel
     t = NVFP4_TILING
+    xp = _as_pairs(x2)
     nvfp4_kernel[_grid(t, s, 16)](
-        x2, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, x2.stride(0), s.shape[1] // 4,
-        DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k,
-        num_warps=t.warps,
+        xp, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, xp.stride(0), s.shape[1] // 4,
+        DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, IS_BF16=x.dtype == torch.bfloat16,
+        BLOCK_M=t.block_m, TILE_K=t.tile_k, num_warps=t.warps,
     )
     return q, s, ts_out
 

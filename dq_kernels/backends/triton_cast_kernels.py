@@ -132,28 +132,50 @@ def encode_e2m1(y):
 
 
 @triton.jit
-def nvfp4_kernel(x_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xm, tiles_per_row,
-                 DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                 TILE_K: tl.constexpr):
+def load_pairs(xp_ptr, M, K, stride_xpm, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr, IS_BF16: tl.constexpr):
+    """The program's [BLOCK_M, TILE_K] tile of x as two float32 tiles [BLOCK_M, TILE_K / 2]: elements
+    2i and 2i + 1, read as one integer per pair (xp_ptr: x viewed as int32 pairs of 16-bit floats or
+    int64 pairs of float32, row stride stride_xpm pairs). One contiguous load, and the halves come
+    apart with bit operations: no strided loads, no data exchange between threads."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.program_id(1) * (TILE_K // 2) + tl.arange(0, TILE_K // 2)
+    mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
+    v = tl.load(xp_ptr + rows[:, None] * stride_xpm + pairs[None, :], mask=mask, other=0)
+    if xp_ptr.dtype.element_ty == tl.int64:  # float32 pairs
+        low = (v & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+        high = (v >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    elif IS_BF16:
+        low = (v << 16).to(tl.float32, bitcast=True)
+        high = (v & -65536).to(tl.float32, bitcast=True)
+    else:  # float16 pairs
+        low = v.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        high = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high, rows, pairs, mask
+
+
+@triton.jit
+def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xpm, tiles_per_row,
+                 DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr, IS_BF16: tl.constexpr,
+                 BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
+    """xp_ptr: x as pairs (see load_pairs); q: [M, K / 2] bytes, element 2i in the low nibble."""
     if DYNAMIC:
         ts = div_const(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0, BY_RECIPROCAL)  # amax / (448 * 6)
     else:
         ts = tl.load(ts_ptr)
     if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         tl.store(ts_out_ptr, ts)
-    x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, BLOCK_M, TILE_K)
-    xb = tl.reshape(x, (BLOCK_M, TILE_K // 16, 16))
-    block_scale = div_const(block_amax(xb), 6.0, BY_RECIPROCAL)
+    low, high, rows, pairs, mask = load_pairs(xp_ptr, M, K, stride_xpm, BLOCK_M, TILE_K, IS_BF16)
+    low = tl.reshape(low, (BLOCK_M, TILE_K // 16, 8))  # a block of 16 elements is 8 pairs
+    high = tl.reshape(high, (BLOCK_M, TILE_K // 16, 8))
+    amax = tl.maximum(block_amax(low), block_amax(high), propagate_nan=tl.PropagateNan.ALL)
+    block_scale = div_const(amax, 6.0, BY_RECIPROCAL)
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
     s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
-    reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)
-    y = tl.clamp(xb * reciprocal[:, :, None], -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
-    codes = tl.reshape(encode_e2m1(y), (BLOCK_M, TILE_K // 2, 2))
-    low, high = tl.split(codes)
-    packed = (low | (high << 4)).to(tl.uint8)
-    byte_cols = tl.program_id(1) * (TILE_K // 2) + tl.arange(0, TILE_K // 2)
-    byte_mask = (rows[:, None] < M) & (byte_cols[None, :] < K // 2)
-    tl.store(q_ptr + rows[:, None] * (K // 2) + byte_cols[None, :], packed, mask=byte_mask)
+    reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)[:, :, None]
+    y_low = tl.clamp(low * reciprocal, -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
+    y_high = tl.clamp(high * reciprocal, -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
+    packed = tl.reshape(encode_e2m1(y_low) | (encode_e2m1(y_high) << 4), (BLOCK_M, TILE_K // 2)).to(tl.uint8)
+    tl.store(q_ptr + rows[:, None] * (K // 2) + pairs[None, :], packed, mask=mask)
     # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
     blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
     in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
