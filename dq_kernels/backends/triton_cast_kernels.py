@@ -116,19 +116,18 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
 
 @triton.jit
 def encode_e2m1(y):
-    """float32 in [-6, 6] -> e2m1 code (int32 0..15), round to nearest even (see formats)."""
-    a = tl.abs(y)
-    code = (
-        (a > 0.25).to(tl.int32)
-        + (a >= 0.75).to(tl.int32)
-        + (a > 1.25).to(tl.int32)
-        + (a >= 1.75).to(tl.int32)
-        + (a > 2.5).to(tl.int32)
-        + (a >= 3.5).to(tl.int32)
-        + (a > 5.0).to(tl.int32)
-    )
-    sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
-    return code | (sign << 3)
+    """float32 y -> e2m1 code (int32 0..15), rounded to nearest even (formats._encode_e2m1's
+    thresholds, in fewer instructions): |y|, capped at 6, is rounded to the e2m1 grid in float32 by
+    adding and subtracting a power of two whose float32 spacing is the grid step (0.5 below 2, 1 up to
+    4, 2 up to 6); the code of a grid value v >= 1 is then its float32 bits >> 22, less 252 (exponent
+    and first mantissa bit), and of 0 or 0.5 it is 2v. NaN gives an unspecified code."""
+    a = tl.minimum(tl.abs(y), 6.0)
+    exponent = (a.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    step_exponent = tl.maximum(exponent - 1, 126)  # biased exponent of the grid step
+    magic = ((step_exponent + 23) << 23).to(tl.float32, bitcast=True)
+    v = (a + magic) - magic
+    code = tl.where(v >= 1.0, (v.to(tl.int32, bitcast=True) >> 22) - 252, (v * 2.0).to(tl.int32))
+    return code | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
 @triton.jit
@@ -172,9 +171,8 @@ def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, strid
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
     s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
     reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)[:, :, None]
-    y_low = tl.clamp(low * reciprocal, -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
-    y_high = tl.clamp(high * reciprocal, -6.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
-    packed = tl.reshape(encode_e2m1(y_low) | (encode_e2m1(y_high) << 4), (BLOCK_M, TILE_K // 2)).to(tl.uint8)
+    packed = encode_e2m1(low * reciprocal) | (encode_e2m1(high * reciprocal) << 4)
+    packed = tl.reshape(packed, (BLOCK_M, TILE_K // 2)).to(tl.uint8)
     tl.store(q_ptr + rows[:, None] * (K // 2) + pairs[None, :], packed, mask=mask)
     # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
     blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
