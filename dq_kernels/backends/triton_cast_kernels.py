@@ -42,11 +42,24 @@ def ceil_log2(d):
 
 
 @triton.jit
+def to_e4m3_bytes(y, INTERPRETED: tl.constexpr):
+    """float32 |y| <= 448 (or NaN) -> float8_e4m3fn bytes (uint8), round to nearest even; NaN -> 0x7F.
+
+    The GPU's conversion (cvt.rn.satfinite) does exactly this. Triton 3.9's interpreter does not: it
+    rounds half up, drops the carry into the exponent and encodes NaN as 0x7C, so under it the value
+    is rounded to the e4m3 grid in float32 first and NaN is written explicitly."""
+    if INTERPRETED:
+        y = tl.where(y != y, y, round_to_e4m3(y))
+    q = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    if INTERPRETED:
+        q = tl.where(y != y, 0x7F, q).to(tl.uint8)
+    return q
+
+
+@triton.jit
 def round_to_e4m3(y):
-    """float32 |y| <= 448 -> the nearest e4m3 value (ties to even), still as float32, so that the
-    conversion to float8 that follows is exact. (Rounding here rather than in the conversion keeps
-    the result independent of how a target converts: Triton 3.9's interpreter rounds half up and
-    drops the carry into the exponent.) NaN stays NaN."""
+    """float32 |y| <= 448 -> the nearest e4m3 value (ties to even), still as float32, so that a
+    conversion to float8 that follows is exact. NaN stays NaN."""
     bits = y.to(tl.int32, bitcast=True)
     exponent = (bits >> 23) & 0xFF
     # spacing of e4m3 values around |y|: 2^(floor(log2|y|) - 3), and 2^-9 among the subnormals
@@ -86,7 +99,8 @@ def load_tile(x_ptr, M, K, stride_xm, BLOCK_M: tl.constexpr, TILE_K: tl.constexp
 
 @triton.jit
 def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr,
-                 BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
+                 BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr,
+                 INTERPRETED: tl.constexpr):
     x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, BLOCK_M, TILE_K)
     xb = tl.reshape(x, (BLOCK_M, TILE_K // 32, 32))
     amax = block_amax(xb)
@@ -106,8 +120,7 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
         reciprocal = tl.where(e == 255, descale, reciprocal)  # NaN stays NaN
     y = tl.clamp(xb * reciprocal[:, :, None], -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     y = tl.reshape(y, (BLOCK_M, TILE_K))
-    # write NaN as 0x7F explicitly: not every target's conversion encodes it so (the interpreter's doesn't)
-    q = tl.where(y != y, 0x7F, round_to_e4m3(y).to(tl.float8e4nv).to(tl.uint8, bitcast=True)).to(tl.uint8)
+    q = to_e4m3_bytes(y, INTERPRETED)
     tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
     blocks = tl.program_id(1) * (TILE_K // 32) + tl.arange(0, TILE_K // 32)
     s_mask = blocks[None, :] < tiles_per_row * 4  # the padded scale columns exist; rows always do
@@ -155,7 +168,7 @@ def load_pairs(xp_ptr, M, K, stride_xpm, BLOCK_M: tl.constexpr, TILE_K: tl.const
 @triton.jit
 def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xpm, tiles_per_row,
                  DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr, IS_BF16: tl.constexpr,
-                 BLOCK_M: tl.constexpr, TILE_K: tl.constexpr):
+                 BLOCK_M: tl.constexpr, TILE_K: tl.constexpr, INTERPRETED: tl.constexpr):
     """xp_ptr: x as pairs (see load_pairs); q: [M, K / 2] bytes, element 2i in the low nibble."""
     if DYNAMIC:
         ts = div_const(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0, BY_RECIPROCAL)  # amax / (448 * 6)
@@ -169,7 +182,9 @@ def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, strid
     amax = tl.maximum(block_amax(low), block_amax(high), propagate_nan=tl.PropagateNan.ALL)
     block_scale = div_const(amax, 6.0, BY_RECIPROCAL)
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
-    s = round_to_e4m3(tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL))
+    s = tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL)
+    s_bytes = to_e4m3_bytes(s, INTERPRETED)
+    s = s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # the scale as stored
     reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)[:, :, None]
     packed = encode_e2m1(low * reciprocal) | (encode_e2m1(high * reciprocal) << 4)
     packed = tl.reshape(packed, (BLOCK_M, TILE_K // 2)).to(tl.uint8)
@@ -177,7 +192,6 @@ def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, strid
     # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
     blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
     in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
-    s_bytes = tl.where(s != s, 0x7F, s.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
     s_bytes = tl.where(in_tensor, s_bytes, 0).to(tl.uint8)
     s_mask = blocks[None, :] < tiles_per_row * 4
     tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), s_bytes, mask=s_mask)
