@@ -25,7 +25,8 @@ Special values:
 * NVFP4: e2m1 has no NaN or inf. A NaN in a block makes its e4m3 scale NaN (0x7F), so the block
   decodes to NaN; the element codes of such a block are unspecified (torchao writes 0x3, we write
   0x0). With a dynamic tensor scale, a NaN or inf anywhere makes the tensor scale NaN or inf and
-  every block NaN. With a given finite tensor scale an inf saturates to +-6.
+  every block NaN. With a given finite tensor scale an inf saturates to +-6. An all-zero tensor has
+  tensor scale 0 and decodes to zeros (torchao's scales are NaN there: it divides by 0).
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tenso
     m, k = check_high_precision(fn, "x", x, MXFP8.block_size)
     if scaling not in SCALING_MODES:
         raise ValueError(f"{fn}: scaling must be one of {SCALING_MODES}, got {scaling!r}")
-    blocks = x.reshape(m, k // 32, 32).float()
+    blocks = x.reshape(m, k // 32, 32).float().contiguous()  # q comes out row-major whatever x's strides
     amax = blocks.abs().amax(dim=-1, keepdim=True)
     if scaling == "floor":
         # floor(log2(amax)) read off the float32 exponent field, minus e4m3's largest power of two (8)
@@ -352,10 +353,13 @@ def quantize_nvfp4(
         tensor_scale = nvfp4_tensor_scale(x)
     check_tensor_scale(fn, "tensor_scale", tensor_scale, x.device)
     tensor_scale = tensor_scale.reshape(())
-    blocks = x.reshape(m, k // 16, 16).float()
+    blocks = x.reshape(m, k // 16, 16).float().contiguous()
+    # an all-zero tensor has tensor scale 0: divide by 1 instead, so its codes and scales are finite
+    # and it decodes to zeros (torchao divides by 0 and returns NaN scales)
+    divisor = torch.where(tensor_scale == 0, 1.0, tensor_scale)
     block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
-    s = (block_scale / tensor_scale).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
-    reciprocal = (1.0 / tensor_scale) / s.float()
+    s = (block_scale / divisor).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
+    reciprocal = (1.0 / divisor) / s.float()
     y = (blocks * reciprocal.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX)
     q = _pack_nibbles(_encode_e2m1(y).view(m, k))
     return q, to_blocked(s), tensor_scale

@@ -103,7 +103,9 @@ def _quantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None)
     _check_quantize_nvfp4(x, tensor_scale)
     m, k = _rows_and_k(x)
     q, s, ts = select("quantize_nvfp4", x.device, m, k, k, backend).quantize_nvfp4(x, tensor_scale)
-    return q, s, ts if tensor_scale is None else ts.clone()  # an op's outputs must not alias its inputs
+    if tensor_scale is not None and ts.untyped_storage().data_ptr() == tensor_scale.untyped_storage().data_ptr():
+        ts = ts.clone()  # an op's outputs must not alias its inputs
+    return q, s, ts
 
 
 def _check_quantize_nvfp4(x, tensor_scale):

@@ -11,8 +11,9 @@ original dtype that it replaces, and holds the canonical operands of ``dq_kernel
 
 ``F.linear(x, weight, bias)`` with x [..., K] reshapes x to [M, K], quantizes it with the cast op
 (``dq_kernels.ops.quantize_mxfp8`` / ``quantize_nvfp4``), runs the mm op and returns [..., N] of
-x's dtype. Every op call passes the weight's ``backend`` ("auto" is passed as None, so
-``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply).
+x's dtype. Each op call passes the weight's ``backend`` when that backend implements the op, and
+None otherwise ("auto", or the cast of an activation for a GEMM-only backend), so ``use_backend``
+and ``DQ_KERNELS_BACKEND`` still apply there.
 
 Also implemented: mm, addmm, matmul and ``@`` against ``weight.t()``; t/transpose; view/reshape
 to the same shape; slice and cat (rows anywhere, columns on block boundaries; cat needs equal
@@ -31,15 +32,19 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import formats, ops
+from .backends import get_backend
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
 aten = torch.ops.aten
 
 
-def _op_backend(backend: str) -> str | None:
-    """The ``backend=`` argument for the ops: "auto" becomes None (defer to the registry)."""
-    return None if backend == "auto" else backend
+def _op_backend(backend: str, op: str) -> str | None:
+    """The ``backend=`` argument for ``op``: the weight's backend if it implements the op, else None
+    (defer to the registry: "auto", or a GEMM-only backend asked to quantize an activation)."""
+    if backend == "auto" or op not in get_backend(backend).spec.ops:
+        return None
+    return backend
 
 
 class QuantizedWeight(TorchAOBaseTensor):
@@ -118,13 +123,14 @@ class MXFP8Weight(QuantizedWeight):
     @classmethod
     def from_float(cls, w: torch.Tensor, scaling: str = "rceil", backend: str = "auto") -> MXFP8Weight:
         """Quantize a [N, K] bf16/fp16/fp32 weight (K % 32 == 0)."""
-        q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=_op_backend(backend))
+        q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=_op_backend(backend, "quantize_mxfp8"))
         return cls(q, s, w.dtype, scaling, backend)
 
     def _linear_2d(self, x, bias):
-        backend = _op_backend(self.backend)
-        x_q, x_s = ops.quantize_mxfp8(x, self.scaling, backend=backend)
-        return ops.mxfp8_mm(x_q, x_s, self.qdata, self.scale, bias, x.dtype, backend=backend)
+        x_q, x_s = ops.quantize_mxfp8(x, self.scaling, backend=_op_backend(self.backend, "quantize_mxfp8"))
+        return ops.mxfp8_mm(
+            x_q, x_s, self.qdata, self.scale, bias, x.dtype, backend=_op_backend(self.backend, "mxfp8_mm")
+        )
 
     def dequantize(self, dtype=None):
         w = ops.dequantize_mxfp8(self.qdata, self.scale, dtype or self.dtype)
@@ -165,7 +171,7 @@ class NVFP4Weight(QuantizedWeight):
     ) -> NVFP4Weight:
         """Quantize a [N, K] bf16/fp16/fp32 weight (K % 16 == 0). ``activation_amax``: a calibrated
         max |activation|, turned into the static activation tensor scale amax / 2688."""
-        q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=_op_backend(backend))
+        q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=_op_backend(backend, "quantize_nvfp4"))
         activation_scale = None
         if activation_amax is not None:
             amax = torch.tensor(activation_amax, dtype=torch.float32, device=w.device)
@@ -175,9 +181,9 @@ class NVFP4Weight(QuantizedWeight):
     def _linear_2d(self, x, bias):
         if self.weight_only:
             return _weight_only_linear(x, self, bias)
-        backend = _op_backend(self.backend)
-        x_q, x_s, x_ts = ops.quantize_nvfp4(x, self.activation_scale, backend=backend)
-        return ops.nvfp4_mm(x_q, x_s, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, backend=backend)
+        x_q, x_s, x_ts = ops.quantize_nvfp4(x, self.activation_scale, backend=_op_backend(self.backend, "quantize_nvfp4"))
+        mm_backend = _op_backend(self.backend, "nvfp4_mm")
+        return ops.nvfp4_mm(x_q, x_s, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, backend=mm_backend)
 
     def dequantize(self, dtype=None):
         w = ops.dequantize_nvfp4(self.qdata, self.scale, self.tensor_scale, dtype or self.dtype)
@@ -227,6 +233,9 @@ def _linear(x: torch.Tensor, w: QuantizedWeight, bias: torch.Tensor | None) -> t
     n, k = w.shape
     if x.shape[-1] != k:
         raise ValueError(f"dq_kernels: input of shape {tuple(x.shape)} does not match the weight [N={n}, K={k}]")
+    if x.numel() == 0:  # an empty batch: nothing to quantize (the ops reject M = 0)
+        out = x.new_zeros(0, n) if bias is None else bias.to(x.dtype).expand(0, n).clone()
+        return out.reshape(*x.shape[:-1], n)
     out = w._linear_2d(x.reshape(-1, k), bias)
     return out.reshape(*x.shape[:-1], n)
 

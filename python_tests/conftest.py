@@ -11,6 +11,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _no_backend_from_the_environment(monkeypatch):
+    """A developer's DQ_KERNELS_BACKEND must not change what the tests select."""
+    monkeypatch.delenv("DQ_KERNELS_BACKEND", raising=False)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

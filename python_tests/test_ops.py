@@ -255,3 +255,39 @@ def test_scales_of_padded_layout_are_required():
     q, s = dq.quantize_mxfp8(torch.randn(3, 160))
     assert s.numel() == 128 * 8
     assert formats.swizzled_scale_shape(3, 5) == (128, 8)
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize("backend", ["reference", "torchao"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantize_of_a_transposed_input_is_row_major(backend, dtype):
+    x = torch.randn(96, 64, dtype=dtype).t()  # [64, 96], column-major
+    q, s = dq.quantize_mxfp8(x, backend=backend)
+    assert q.is_contiguous() and torch.equal(q.view(torch.uint8), dq.quantize_mxfp8(x.contiguous())[0].view(torch.uint8))
+    q, s, t = dq.quantize_nvfp4(x, backend=backend)
+    assert q.is_contiguous() and torch.equal(q, dq.quantize_nvfp4(x.contiguous())[0])
+    torch.library.opcheck(torch.ops.dq_kernels.quantize_mxfp8.default, (x, "rceil", backend), test_utils=ALL_CHECKS)
+
+
+def test_all_zero_nvfp4_tensor_decodes_to_zeros():
+    zeros = torch.zeros(8, 64)
+    q, s, t = dq.quantize_nvfp4(zeros)
+    assert t.item() == 0.0 and not torch.isnan(s.float()).any()
+    assert torch.equal(dq.dequantize_nvfp4(q, s, t, torch.float32), zeros)
+    w = dq.quantize_nvfp4(torch.randn(16, 64))
+    out = dq.nvfp4_mm(q, s, t, *w, out_dtype=torch.float32)
+    assert torch.equal(out, torch.zeros(8, 16))
+
+
+def test_reference_stays_ieee_under_medium_matmul_precision():
+    a_q, a_s, b_q, b_s = mxfp8_operands(64, 64, 256)
+    exact = dq.mxfp8_mm(a_q, a_s, b_q, b_s, out_dtype=torch.float32, backend="reference")
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        again = dq.mxfp8_mm(a_q, a_s, b_q, b_s, out_dtype=torch.float32, backend="reference")
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert torch.equal(exact, again)

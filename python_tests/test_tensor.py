@@ -420,3 +420,44 @@ def test_compile_inductor(fmt, fresh_dynamo):
     out = torch.compile(model, fullgraph=True)(x)
     # the dq_kernels ops are opaque to inductor; only the bf16 GELU between them may be fused differently
     assert rel_err(out, model(x)) < 0.01
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+@pytest.fixture
+def gemm_only_backend(monkeypatch):
+    """A CPU test double that implements only the mm ops (as cutlass and triton_sm100 do)."""
+    from dq_kernels import backends
+    from dq_kernels.backends.base import BackendSpec
+    from dq_kernels.backends.reference import ReferenceBackend
+
+    class GemmOnly(ReferenceBackend):
+        spec = BackendSpec(name="gemm_only", description="test double", ops=("mxfp8_mm", "nvfp4_mm"), cpu=True)
+
+    monkeypatch.setattr(backends, "_REGISTRY", {"gemm_only": GemmOnly(), **backends._REGISTRY})
+    return "gemm_only"
+
+
+@pytest.mark.parametrize("cls", [MXFP8Weight, NVFP4Weight])
+def test_weight_with_a_gemm_only_backend_quantizes_through_auto(cls, gemm_only_backend):
+    w = randn(64, 128, dtype=torch.float32)
+    x = randn(5, 128, seed=1, dtype=torch.float32)
+    qw = cls.from_float(w, backend=gemm_only_backend)
+    reference = cls.from_float(w, backend="reference")
+    assert torch.equal(F.linear(x, qw), F.linear(x, reference))
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64, bias=False))
+    quantize_(model, MXFP8Config(backend="reference"))
+    set_backend(model, gemm_only_backend)
+    assert model[0].weight.backend == gemm_only_backend
+    model(x)
+
+
+@pytest.mark.parametrize("cls", [MXFP8Weight, NVFP4Weight])
+def test_linear_of_a_transposed_activation_and_of_an_empty_batch(cls):
+    w = cls.from_float(randn(64, 128, dtype=torch.float32))
+    x = randn(128, 7, seed=2, dtype=torch.float32).t()  # [7, 128], column-major
+    assert torch.equal(F.linear(x, w), F.linear(x.contiguous(), w))
+    bias = randn(64, seed=3, dtype=torch.float32)
+    empty = F.linear(torch.empty(2, 0, 128), w, bias)
+    assert empty.shape == (2, 0, 64)

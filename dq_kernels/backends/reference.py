@@ -14,23 +14,29 @@ from .base import OPS, Backend, BackendSpec
 
 @contextlib.contextmanager
 def _ieee_fp32_matmul():
-    """Force true float32 matmuls (no TF32) inside the block, whatever the global setting."""
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+    """Force true float32 matmuls inside the block (no TF32 on CUDA, no bf16 on CPU's oneDNN),
+    whatever torch.set_float32_matmul_precision says."""
+    settings = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "ieee"
     try:
         yield
     finally:
-        matmul.fp32_precision = saved
+        for s, value in zip(settings, saved):
+            s.fp32_precision = value
 
 
-def _use_native(device: torch.device) -> bool:
-    return device.type == "cuda" and native.status()[0] and native.supports_device(device)[0]
+def _use_native(q: torch.Tensor, alignment: int) -> bool:
+    """Whether the native kernel can decode q (built for its GPU, q's address vector-aligned)."""
+    return (
+        q.is_cuda and q.data_ptr() % alignment == 0 and native.status()[0] and native.supports_device(q.device)[0]
+    )
 
 
 def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Validated canonical MXFP8 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built)."""
-    if not _use_native(q.device):
+    if not _use_native(q, 16):
         return formats.dequantize_mxfp8(q, s, dtype)
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     native.dequantize_mxfp8(q, s, out)
@@ -39,7 +45,7 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> to
 
 def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, ts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Validated canonical NVFP4 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built)."""
-    if not _use_native(q.device):
+    if not _use_native(q, 8):
         return formats.dequantize_nvfp4(q, s, ts, dtype)
     out = torch.empty(q.shape[0], q.shape[1] * 2, dtype=dtype, device=q.device)
     native.dequantize_nvfp4(q, s, ts, out)

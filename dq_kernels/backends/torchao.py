@@ -52,7 +52,7 @@ class TorchAOBackend(Backend):
         m, k = x.numel() // x.shape[-1], x.shape[-1]
         # torchao's to_mx takes bf16/fp32 only; fp16 -> fp32 is exact.
         x2 = x.reshape(m, k)
-        x2 = x2.float() if x2.dtype == torch.float16 else x2.contiguous()
+        x2 = (x2.float() if x2.dtype == torch.float16 else x2).contiguous()
         e, q = to_mx(x2, torch.float8_e4m3fn, 32, ScaleCalculationMode[scaling.upper()])
         return q, formats.to_blocked(e.view(torch.uint8))
 
@@ -61,7 +61,7 @@ class TorchAOBackend(Backend):
 
         m, k = x.numel() // x.shape[-1], x.shape[-1]
         x2 = x.reshape(m, k)
-        x2 = x2.float() if x2.dtype == torch.float16 else x2.contiguous()
+        x2 = (x2.float() if x2.dtype == torch.float16 else x2).contiguous()
         if tensor_scale is None:
             tensor_scale = formats.nvfp4_tensor_scale(x)
         tensor_scale = tensor_scale.reshape(())

@@ -182,10 +182,11 @@ def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, strid
     amax = tl.maximum(block_amax(low), block_amax(high), propagate_nan=tl.PropagateNan.ALL)
     block_scale = div_const(amax, 6.0, BY_RECIPROCAL)
     # the e4m3 block scale, rounded in float32 (exactly representable from here on)
-    s = tl.clamp(tl.math.div_rn(block_scale, ts), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL)
+    divisor = tl.where(ts == 0, 1.0, ts)  # an all-zero tensor (formats.quantize_nvfp4)
+    s = tl.clamp(tl.math.div_rn(block_scale, divisor), 2.0**-6, 448.0, propagate_nan=tl.PropagateNan.ALL)
     s_bytes = to_e4m3_bytes(s, INTERPRETED)
     s = s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # the scale as stored
-    reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, ts), s)[:, :, None]
+    reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, divisor), s)[:, :, None]
     packed = encode_e2m1(low * reciprocal) | (encode_e2m1(high * reciprocal) << 4)
     packed = tl.reshape(packed, (BLOCK_M, TILE_K // 2)).to(tl.uint8)
     tl.store(q_ptr + rows[:, None] * (K // 2) + pairs[None, :], packed, mask=mask)
