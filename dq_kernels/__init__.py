@@ -2,19 +2,24 @@
 
 Public API: the formats and reference codecs (``dq_kernels.formats``), the custom ops and their
 Python wrappers (quantize, dequantize, mm), the backend registry, the TorchAO weight subclasses and
-configs, and the Diffusers presets (``dq_kernels.diffusers``). Importing the package never touches
-the GPU and never loads the native library. It imports torchao: the configs register themselves with
-torchao and the serialization allow-lists on import, so saved quantized models load again.
+configs, and the Diffusers presets (``dq_kernels.diffusers``).
+
+Importing the package never touches the GPU and never loads the native library. The configs, weight
+classes and presets load on first use (``dq.MXFP8Config``, ``dq.diffusers``, ...): importing
+``dq_kernels.config`` registers them with torchao and its safetensors allow-list, and torchao's
+safetensors support initializes CUDA when it is imported. So before loading a saved quantized
+checkpoint, touch one of them or ``import dq_kernels.config``.
 """
 
-from . import diffusers, formats
+import importlib
+
+from . import formats
 from .backends import (
     BackendUnavailableError,
     available_backends,
     get_backend,
     use_backend,
 )
-from .config import MXFP8Config, NVFP4Config, set_backend
 from .formats import FORMATS, MXFP8, NVFP4, Format, from_blocked, to_blocked
 from .ops import (
     dequantize_mxfp8,
@@ -24,7 +29,6 @@ from .ops import (
     quantize_mxfp8,
     quantize_nvfp4,
 )
-from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
 
 __version__ = "0.1.0"
 
@@ -55,3 +59,21 @@ __all__ = [
     "NVFP4Weight",
     "diffusers",
 ]
+
+# name -> the submodule that defines it, imported on first access (see the module docstring)
+_LAZY = {
+    "MXFP8Config": "config",
+    "NVFP4Config": "config",
+    "set_backend": "config",
+    "QuantizedWeight": "tensor",
+    "MXFP8Weight": "tensor",
+    "NVFP4Weight": "tensor",
+    "diffusers": "diffusers",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dq_kernels' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name]}", __name__)
+    return module if name == "diffusers" else getattr(module, name)

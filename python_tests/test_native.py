@@ -70,6 +70,21 @@ def test_import_loads_nothing():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_makes_no_cuda_call_even_with_a_gpu():
+    # CPU CI cannot see CUDA being initialized; pretend a GPU is there and fail on the first call
+    code = (
+        "import torch\n"
+        "def touched(*args, **kwargs):\n"
+        "    raise SystemExit('CUDA was touched at import')\n"
+        "torch.cuda.is_available = lambda: True\n"
+        "torch.cuda._lazy_init = touched\n"
+        "torch.cuda.get_device_capability = touched\n"
+        "torch.cuda.get_device_properties = touched\n"
+        "import dq_kernels, dq_kernels.native, dq_kernels.backends, dq_kernels.ops\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_supports_device_needs_cuda():
     ok, why = native.supports_device(torch.device("cpu"))
     assert not ok and "not a CUDA device" in why
