@@ -46,7 +46,7 @@ SM100_MAX_SHARED = 232448  # bytes of shared memory per block on sm_100 (227 KB,
 
 def fake_capability(monkeypatch, capability):
     """Make every CUDA device report ``capability`` to the backend specs (no CUDA call is made)."""
-    monkeypatch.setattr(base, "_capability", lambda device: capability)
+    monkeypatch.setattr(base, "capability", lambda device: capability)
 
 
 def sm100_family_built() -> bool:

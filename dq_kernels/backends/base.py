@@ -52,7 +52,7 @@ class BackendSpec:
             return f"does not run on {device.type} devices"
         if self.capabilities is None:
             return None
-        cc = _capability(device)
+        cc = capability(device)
         if cc in self.capabilities:
             return None
         wanted = ", ".join(f"{a}.{b}" for a, b in self.capabilities)
@@ -75,10 +75,16 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def aligned_16(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it when its data pointer is not 16-byte aligned (TMA and vector loads need 16)."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 _CAPABILITY_CACHE: dict[int, tuple[int, int]] = {}
 
 
-def _capability(device: torch.device) -> tuple[int, int]:
+def capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) of a CUDA device, cached per device index."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _CAPABILITY_CACHE:
         _CAPABILITY_CACHE[index] = torch.cuda.get_device_capability(index)

@@ -21,12 +21,8 @@ from __future__ import annotations
 import torch
 
 from .. import native
-from .base import Backend, BackendSpec
+from .base import Backend, BackendSpec, aligned_16
 
-
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """t, or a copy of it when its data pointer is not 16-byte aligned (TMA needs 16)."""
-    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -36,7 +32,7 @@ def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device)
 
 
 def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else _aligned(bias.to(torch.float32).contiguous())
+    return None if bias is None else aligned_16(bias.to(torch.float32).contiguous())
 
 
 class CutlassBackend(Backend):
@@ -65,13 +61,15 @@ class CutlassBackend(Backend):
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        native.sm100_mxfp8_mm(_aligned(a_q), _aligned(a_s), _aligned(b_q), _aligned(b_s), _float32_bias(bias), out)
+        native.sm100_mxfp8_mm(
+            aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), _float32_bias(bias), out
+        )
         return out.to(out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         native.sm100_nvfp4_mm(
-            _aligned(a_q), _aligned(a_s), a_ts, _aligned(b_q), _aligned(b_s), b_ts, _float32_bias(bias), out
+            aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, _float32_bias(bias), out
         )
         return out.to(out_dtype)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 
 from .. import formats
-from .base import OPS, Backend, BackendSpec, installed
+from .base import OPS, Backend, BackendSpec, capability, installed
 
 
 def _blackwell(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (10, 0)
+    return device.type == "cuda" and capability(device) >= (10, 0)
 
 
 class TorchAOBackend(Backend):

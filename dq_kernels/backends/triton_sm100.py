@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec, installed
+from .base import Backend, BackendSpec, aligned_16, installed
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """t, or a copy of it when its data pointer is not 16-byte aligned (TMA needs 16)."""
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
 
 def _scale_view(s: torch.Tensor, fmt: formats.Format, rows: int, k: int) -> torch.Tensor:
     """Swizzled scales -> the kernel's 5-D view [1, rows_pad / 128, cols_pad / 4, 2, 256]."""
@@ -82,7 +78,7 @@ def kernel_arguments(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out):
     scale_cols = bk // fmt.block_size // 4  # 4-column scale tiles per K step
 
     def descriptor(t, block):
-        return TensorDescriptor.from_tensor(_aligned(t), block)
+        return TensorDescriptor.from_tensor(aligned_16(t), block)
 
     args = (
         descriptor(a_q, [bm, k_bytes]),

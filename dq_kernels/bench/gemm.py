@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 import dq_kernels
 import dq_kernels.backends
+from dq_kernels import formats
 from dq_kernels.bench import report, timing
 from dq_kernels.bench.shapes import Shape
 
 FORMATS = ("mxfp8", "nvfp4")
 BASELINES = (("bf16", "cublas"), ("fp8", "cublas"))
 REFERENCE_BACKEND = "reference"
-E4M3_MAX = 448.0
 SEED = 0
 
 # A backend that cannot run a shape says so with one of these; the row is skipped with a note.
@@ -114,8 +114,8 @@ def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tens
 
 def to_fp8_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [R, K] -> (float8_e4m3fn [R, K], float32 0-dim scale = amax / 448); x ~ q * scale."""
-    scale = x.abs().amax().float() / E4M3_MAX
-    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    scale = x.abs().amax().float() / formats.E4M3_MAX
+    q = (x.float() / scale).clamp(-formats.E4M3_MAX, formats.E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
 
