@@ -26,6 +26,7 @@ from .ops import (
     dequantize_nvfp4,
     mxfp8_mm,
     nvfp4_mm,
+    nvfp4_weight_only_mm,
     quantize_mxfp8,
     quantize_nvfp4,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "dequantize_nvfp4",
     "mxfp8_mm",
     "nvfp4_mm",
+    "nvfp4_weight_only_mm",
     "available_backends",
     "get_backend",
     "use_backend",

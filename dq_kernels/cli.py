@@ -72,7 +72,8 @@ def _add_gemm_parser(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", type=_shape_arg, nargs="+", action="extend", metavar="MxKxN",
                    help=f"shapes to run instead of the preset ({SHAPE_FORM})")
     p.add_argument("--formats", choices=gemm.FORMATS, nargs="+", action="extend",
-                   help="block-scaled formats to run (default: mxfp8 nvfp4)")
+                   help="formats to run (default: all): nvfp4_w4a16 is the NVFP4 weight with the "
+                        "activation left in bf16 (nvfp4_weight_only_mm)")
     p.add_argument("--backends", type=_backend_arg, nargs="+", action="extend", metavar="NAME",
                    help="backends to run (default: every available backend supporting the format; "
                         "see `dq-kernels info`)")

@@ -14,10 +14,11 @@ Schemas::
     mxfp8_mm(Tensor a_q, Tensor a_s, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype, str? backend) -> Tensor
     nvfp4_mm(Tensor a_q, Tensor a_s, Tensor a_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias,
              ScalarType out_dtype, str? backend) -> Tensor
+    nvfp4_weight_only_mm(Tensor a, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, str? backend) -> Tensor
 
 The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight) in the canonical
 format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
-epilogue.
+epilogue. ``nvfp4_weight_only_mm`` (W4A16) takes a in high precision and returns a's dtype.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "dequantize_nvfp4",
     "mxfp8_mm",
     "nvfp4_mm",
+    "nvfp4_weight_only_mm",
 ]
 
 
@@ -211,6 +213,39 @@ def _(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
     return a_q.new_empty((m, n), dtype=out_dtype)
 
 
+def _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias):
+    fn = "dq_kernels.nvfp4_weight_only_mm"
+    if not isinstance(a, Tensor) or a.dim() != 2:
+        raise ValueError(f"{fn}: a must be a 2-D [M, K] tensor, got {type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))}")
+    m, k = formats.check_high_precision(fn, "a", a, NVFP4.block_size)
+    n, k_b = formats.check_quantized(fn, NVFP4, "b_q", b_q, "b_s", b_s)
+    if k_b != k:
+        raise ValueError(f"{fn}: a holds K = {k} but b_q holds K = {k_b} (b is [N, K], like a Linear weight)")
+    if b_q.device != a.device:
+        raise ValueError(f"{fn}: b_q is on {b_q.device} but a is on {a.device}")
+    formats.check_tensor_scale(fn, "b_ts", b_ts, a.device)
+    if bias is not None:
+        if bias.dtype not in formats.HIGH_PRECISION_DTYPES:
+            raise TypeError(f"{fn}: bias must be bfloat16, float16 or float32, got {bias.dtype}")
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"{fn}: bias must have shape [N] = [{n}], got {tuple(bias.shape)}")
+        if bias.device != a.device:
+            raise ValueError(f"{fn}: bias is on {bias.device} but a is on {a.device}")
+    return m, n, k
+
+
+@_op("nvfp4_weight_only_mm(Tensor a, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, str? backend) -> Tensor")
+def _nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend):
+    m, n, k = _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+    return select("nvfp4_weight_only_mm", a.device, m, n, k, backend).nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+
+
+@_nvfp4_weight_only_mm.register_fake
+def _(a, b_q, b_s, b_ts, bias, backend):
+    m, n, _ = _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+    return a.new_empty((m, n))
+
+
 # ----------------------------------------------------------------------------------------------
 # Public Python wrappers
 # ----------------------------------------------------------------------------------------------
@@ -271,3 +306,17 @@ def nvfp4_mm(
 ) -> Tensor:
     """a @ b.T for canonical NVFP4 a [M, K] and b [N, K] with their tensor scales; returns [M, N]."""
     return torch.ops.dq_kernels.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend)
+
+
+def nvfp4_weight_only_mm(
+    a: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    b_ts: Tensor,
+    bias: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """W4A16: a [M, K] (bf16/fp16/fp32, not quantized) @ b.T for a canonical NVFP4 weight b [N, K];
+    returns [M, N] of a's dtype. The activation keeps its precision, so the result differs from
+    ``nvfp4_mm`` on a quantized activation: callers opt in (``NVFP4Config(weight_only=True)``)."""
+    return torch.ops.dq_kernels.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend)

@@ -196,9 +196,9 @@ class NVFP4Weight(QuantizedWeight):
 
 
 def _weight_only_linear(x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None) -> torch.Tensor:
-    """W4A16: x [M, K] in high precision times the NVFP4 weight. For now the weight is dequantized
-    to x's dtype and F.linear runs; a dedicated weight-only op replaces this one call."""
-    return F.linear(x, w.dequantize(x.dtype), bias)
+    """W4A16: x [M, K] in high precision times the NVFP4 weight, through the weight-only op."""
+    backend = _op_backend(w.backend, "nvfp4_weight_only_mm")
+    return ops.nvfp4_weight_only_mm(x, w.qdata, w.scale, w.tensor_scale, bias, backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -291,3 +291,34 @@ def test_reference_stays_ieee_under_medium_matmul_precision():
     finally:
         torch.set_float32_matmul_precision(saved)
     assert torch.equal(exact, again)
+
+
+# ---------------------------------------------------------------------------------------------- W4A16
+
+
+@pytest.mark.parametrize("backend", ["reference", "torchao"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,n,k", [(1, 1000, 160), (16, 64, 4160), (77, 96, 96)])
+def test_nvfp4_weight_only_mm_matches_fp64(backend, dtype, m, n, k):
+    g = torch.Generator().manual_seed(m + n + k)
+    a = torch.randn(m, k, generator=g).to(dtype)
+    b_q, b_s, b_ts = dq.quantize_nvfp4(torch.randn(n, k, generator=g))
+    bias = torch.randn(n, generator=g).to(dtype)
+    ref = fp64_product(a.float(), dq.dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)) + bias.double()
+    out = dq.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend=backend)
+    assert out.shape == (m, n) and out.dtype == dtype
+    # the reference multiplies in float32; torchao's path in the activation's dtype
+    bound = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}[dtype]
+    assert rel_err(out, ref) < bound
+
+
+def test_opcheck_and_errors_of_nvfp4_weight_only_mm():
+    a = torch.randn(33, 96, dtype=torch.bfloat16)
+    b = dq.quantize_nvfp4(torch.randn(40, 96))
+    opcheck(torch.ops.dq_kernels.nvfp4_weight_only_mm.default, (a, *b, torch.randn(40), None), float8_inputs=True)
+    with pytest.raises(ValueError, match=r"a holds K = 64 but b_q holds K = 96"):
+        dq.nvfp4_weight_only_mm(torch.randn(3, 64), *b)
+    with pytest.raises(TypeError, match=r"a must be bfloat16, float16 or float32, got torch.int32"):
+        dq.nvfp4_weight_only_mm(torch.ones(3, 96, dtype=torch.int32), *b)
+    with pytest.raises(ValueError, match=r"a must be a 2-D \[M, K\] tensor"):
+        dq.nvfp4_weight_only_mm(torch.randn(2, 3, 96), *b)

@@ -76,7 +76,7 @@ def expected_linear(qw, x2d, bias):
         a_q, a_s = ops.quantize_mxfp8(x2d, qw.scaling)
         return ops.mxfp8_mm(a_q, a_s, qw.qdata, qw.scale, bias, x2d.dtype)
     if qw.weight_only:
-        return F.linear(x2d, qw.dequantize(x2d.dtype), bias)
+        return ops.nvfp4_weight_only_mm(x2d, qw.qdata, qw.scale, qw.tensor_scale, bias)
     a_q, a_s, a_ts = ops.quantize_nvfp4(x2d, qw.activation_scale)
     return ops.nvfp4_mm(a_q, a_s, a_ts, qw.qdata, qw.scale, qw.tensor_scale, bias, x2d.dtype)
 

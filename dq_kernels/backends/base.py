@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import torch
 
 # Op names, the same as the custom ops in dq_kernels.ops (without the namespace).
-OPS = ("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm")
-OP_FORMAT = {"quantize_mxfp8": "mxfp8", "mxfp8_mm": "mxfp8", "quantize_nvfp4": "nvfp4", "nvfp4_mm": "nvfp4"}
+OPS = ("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
+OP_FORMAT = {
+    "quantize_mxfp8": "mxfp8",
+    "mxfp8_mm": "mxfp8",
+    "quantize_nvfp4": "nvfp4",
+    "nvfp4_mm": "nvfp4",
+    "nvfp4_weight_only_mm": "nvfp4",
+}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -118,3 +124,6 @@ class Backend:
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype) -> torch.Tensor:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_mm")
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias) -> torch.Tensor:
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_weight_only_mm")

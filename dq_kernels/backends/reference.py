@@ -83,3 +83,7 @@ class ReferenceBackend(Backend):
         a = dequantize_nvfp4(a_q, a_s, a_ts, torch.float32)
         b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
         return _matmul_epilogue(a, b, bias, out_dtype)
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
+        b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
+        return _matmul_epilogue(a.float(), b, bias, a.dtype)

@@ -5,7 +5,8 @@
   then ``torch.mm``) elsewhere, CPU included.
 * NVFP4: torchao's W4A4 ``_scaled_mm`` path on compute capability >= 10.0; elsewhere torchao's
   weight-only path (it refuses NVFP4 activations below sm_100): the activation is dequantized by
-  us and ``F.linear`` runs torchao's weight dequantize + matmul.
+  us and ``F.linear`` runs torchao's weight dequantize + matmul. ``nvfp4_weight_only_mm`` (W4A16)
+  is that weight-only path on any device.
 * quantize: torchao's ``to_mx`` / ``nvfp4_quantize``, with its scales put into our swizzled layout.
 
 torchao is imported on first use, never at import time.
@@ -96,6 +97,11 @@ class TorchAOBackend(Backend):
             if bias is not None:
                 out = out + bias.to(out.dtype)
             return out.to(out_dtype)
-        a = formats.dequantize_nvfp4(a_q, a_s, a_ts, out_dtype)
-        bias = None if bias is None else bias.to(out_dtype)
-        return torch.nn.functional.linear(a, wrap(b_q, b_s, b_ts, out_dtype), bias)
+        return self.nvfp4_weight_only_mm(formats.dequantize_nvfp4(a_q, a_s, a_ts, out_dtype), b_q, b_s, b_ts, bias)
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
+        """torchao's NVFP4WeightOnlyConfig path: F.linear on an NVFP4Tensor weight."""
+        from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor
+
+        weight = NVFP4Tensor(b_q, b_s, 16, a.dtype, per_tensor_scale=b_ts.reshape(()), is_swizzled_scales=True)
+        return torch.nn.functional.linear(a, weight, None if bias is None else bias.to(a.dtype))

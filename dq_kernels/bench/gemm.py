@@ -26,7 +26,9 @@ from dq_kernels import formats
 from dq_kernels.bench import report, timing
 from dq_kernels.bench.shapes import Shape
 
-FORMATS = ("mxfp8", "nvfp4")
+FORMATS = ("mxfp8", "nvfp4", "nvfp4_w4a16")
+# the op that a format's rows time; nvfp4_w4a16 is the NVFP4 weight with the bf16 activation as is
+MM_OPS = {"mxfp8": "mxfp8_mm", "nvfp4": "nvfp4_mm", "nvfp4_w4a16": "nvfp4_weight_only_mm"}
 BASELINES = (("bf16", "cublas"), ("fp8", "cublas"))
 REFERENCE_BACKEND = "reference"
 SEED = 0
@@ -101,7 +103,7 @@ def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) 
     else:
         by_name = {s.name: s for s in statuses}
         chosen = [by_name[name] for name in names]
-    return [(fmt, s.name) for fmt in formats for s in chosen if f"{fmt}_mm" in s.ops]
+    return [(fmt, s.name) for fmt in formats for s in chosen if MM_OPS[fmt] in s.ops]
 
 
 def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,14 +157,25 @@ class ShapeCase:
             a8, sa = self._cached("fp8 a", lambda: to_fp8_tensorwise(self.a))
             b8, sb = self._cached("fp8 b", lambda: to_fp8_tensorwise(self.b))
             return functools.partial(torch._scaled_mm, a8, b8.t(), sa, sb, out_dtype=out_dtype)
+        if fmt == "nvfp4_w4a16":
+            b_q, b_s, b_ts = self.quantized("nvfp4")[3:]
+            return functools.partial(dq_kernels.nvfp4_weight_only_mm, self.a, b_q, b_s, b_ts, backend=backend)
         mm = dq_kernels.mxfp8_mm if fmt == "mxfp8" else dq_kernels.nvfp4_mm
         return functools.partial(mm, *self.quantized(fmt), out_dtype=out_dtype, backend=backend)
 
+    def _nvfp4_weight(self) -> torch.Tensor:
+        """b quantized to NVFP4 and decoded back to float32 [N, K]."""
+        b_q, b_s, b_ts = self.quantized("nvfp4")[3:]
+        return dq_kernels.dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
+
     def reference(self, fmt: str) -> torch.Tensor:
-        """What a row of ``fmt`` is compared with: float64 a @ b.T for the baselines, the reference
-        backend's float32 output on the same quantized operands for a block-scaled format."""
+        """What a row of ``fmt`` is compared with: float64 a @ b.T for the baselines (for
+        nvfp4_w4a16 with b decoded from NVFP4), the reference backend's float32 output on the same
+        quantized operands for a block-scaled format."""
         if fmt in ("bf16", "fp8"):
             return self._cached("exact", lambda: self.a.double() @ self.b.double().t())
+        if fmt == "nvfp4_w4a16":  # the bf16 activation times the dequantized weight, in float64
+            return self._cached("w4a16 exact", lambda: self.a.double() @ self._nvfp4_weight().double().t())
         return self._cached(f"{fmt} ref", lambda: self.call(fmt, REFERENCE_BACKEND, torch.float32)())
 
 
