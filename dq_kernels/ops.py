@@ -54,20 +54,26 @@ def _op(schema: str):
 def _check_mm(fn, fmt, a_q, a_s, b_q, b_s, bias, out_dtype) -> tuple[int, int, int]:
     """Check mm operands; return (M, N, K)."""
     m, k = formats.check_quantized(fn, fmt, "a_q", a_q, "a_s", a_s)
+    n = _check_weight_and_bias(fn, fmt, "a_q", a_q, k, b_q, b_s, bias)
+    formats.check_output_dtype(fn, out_dtype)
+    return m, n, k
+
+
+def _check_weight_and_bias(fn, fmt, a_name, a, k, b_q, b_s, bias) -> int:
+    """Check the weight b [N, K] (and bias [N]) against the activation ``a`` of K columns; return N."""
     n, k_b = formats.check_quantized(fn, fmt, "b_q", b_q, "b_s", b_s)
     if k_b != k:
-        raise ValueError(f"{fn}: a_q holds K = {k} but b_q holds K = {k_b} (b is [N, K], like a Linear weight)")
-    if b_q.device != a_q.device:
-        raise ValueError(f"{fn}: b_q is on {b_q.device} but a_q is on {a_q.device}")
-    formats.check_output_dtype(fn, out_dtype)
+        raise ValueError(f"{fn}: {a_name} holds K = {k} but b_q holds K = {k_b} (b is [N, K], like a Linear weight)")
+    if b_q.device != a.device:
+        raise ValueError(f"{fn}: b_q is on {b_q.device} but {a_name} is on {a.device}")
     if bias is not None:
         if bias.dtype not in formats.HIGH_PRECISION_DTYPES:
             raise TypeError(f"{fn}: bias must be bfloat16, float16 or float32, got {bias.dtype}")
         if tuple(bias.shape) != (n,):
             raise ValueError(f"{fn}: bias must have shape [N] = [{n}], got {tuple(bias.shape)}")
-        if bias.device != a_q.device:
-            raise ValueError(f"{fn}: bias is on {bias.device} but a_q is on {a_q.device}")
-    return m, n, k
+        if bias.device != a.device:
+            raise ValueError(f"{fn}: bias is on {bias.device} but {a_name} is on {a.device}")
+    return n
 
 
 def _rows_and_k(x: Tensor) -> tuple[int, int]:
@@ -218,19 +224,8 @@ def _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias):
     if not isinstance(a, Tensor) or a.dim() != 2:
         raise ValueError(f"{fn}: a must be a 2-D [M, K] tensor, got {type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))}")
     m, k = formats.check_high_precision(fn, "a", a, NVFP4.block_size)
-    n, k_b = formats.check_quantized(fn, NVFP4, "b_q", b_q, "b_s", b_s)
-    if k_b != k:
-        raise ValueError(f"{fn}: a holds K = {k} but b_q holds K = {k_b} (b is [N, K], like a Linear weight)")
-    if b_q.device != a.device:
-        raise ValueError(f"{fn}: b_q is on {b_q.device} but a is on {a.device}")
+    n = _check_weight_and_bias(fn, NVFP4, "a", a, k, b_q, b_s, bias)
     formats.check_tensor_scale(fn, "b_ts", b_ts, a.device)
-    if bias is not None:
-        if bias.dtype not in formats.HIGH_PRECISION_DTYPES:
-            raise TypeError(f"{fn}: bias must be bfloat16, float16 or float32, got {bias.dtype}")
-        if tuple(bias.shape) != (n,):
-            raise ValueError(f"{fn}: bias must have shape [N] = [{n}], got {tuple(bias.shape)}")
-        if bias.device != a.device:
-            raise ValueError(f"{fn}: bias is on {bias.device} but a is on {a.device}")
     return m, n, k
 
 
