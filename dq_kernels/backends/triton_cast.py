@@ -19,13 +19,12 @@ cast, which derives the tensor scale itself and writes it out.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec, installed
+from .base import Backend, BackendSpec, installed, triton_interpreted
 
 AMAX_TILE = 128  # the amax pass reads 128 x 128 tiles
 
@@ -63,11 +62,6 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def _interpreted() -> bool:
-    """Whether Triton runs kernels on its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _as_pairs(x2: torch.Tensor) -> torch.Tensor:
     """[M, K] -> [M, K / 2] int32 (16-bit floats) or int64 (float32) pairs of neighbouring elements;
     copies x first when its row stride or address does not allow the view."""
@@ -87,7 +81,7 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.T
     t = MXFP8_TILING
     mxfp8_kernel[_grid(t, s, 32)](
         x2, q.view(torch.uint8), s, m, k, x2.stride(0), s.shape[1] // 4, FLOOR=scaling == "floor",
-        BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=_interpreted(),
+        BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(),
         num_warps=t.warps,
     )
     return q, s
@@ -114,7 +108,7 @@ def quantize_nvfp4(
     nvfp4_kernel[_grid(t, s, 16)](
         xp, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, xp.stride(0), s.shape[1] // 4,
         DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, IS_BF16=x.dtype == torch.bfloat16,
-        BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=_interpreted(), num_warps=t.warps,
+        BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(), num_warps=t.warps,
     )
     return q, s, ts_out
 

@@ -11,12 +11,7 @@ scale buffer as bytes.
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def pow2_from_exponent_bits(biased):
-    """float32 2^(biased - 127) for biased in 0..254 (0 gives the subnormal 2^-127)."""
-    bits = tl.where(biased == 0, 0x00400000, biased << 23)
-    return bits.to(tl.float32, bitcast=True)
+from .triton_common import pow2_from_exponent_bits, swizzled_scale_offsets
 
 
 @triton.jit
@@ -68,15 +63,6 @@ def round_to_e4m3(y):
     rounded = (tl.abs(y) + magic) - magic
     signed = (rounded.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)  # keeps -0.0
     return tl.where(y != y, y, signed)
-
-
-@triton.jit
-def swizzled_scale_offsets(rows, blocks, tiles_per_row):
-    """[len(rows), len(blocks)] byte offsets of the scales (row, scale column) in the 128x4 swizzled
-    layout with tiles_per_row = padded scale columns / 4 (the formula of formats.to_blocked)."""
-    r = rows[:, None]
-    j = blocks[None, :]
-    return (r // 128) * tiles_per_row * 512 + (j // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + j % 4
 
 
 @triton.jit

@@ -27,17 +27,7 @@ time (tiles that share rows of B run close together, for the L2 cache).
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def tile_coordinates(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """(tile row, tile column) of linear tile index ``tile``: column-major within groups of GROUP_M
-    tile rows, the groups in order."""
-    tiles_per_group = GROUP_M * num_pid_n
-    first_m = (tile // tiles_per_group) * GROUP_M
-    group_rows = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (tile % tiles_per_group) % group_rows
-    pid_n = (tile % tiles_per_group) // group_rows
-    return pid_m, pid_n
+from .triton_common import tile_coordinates
 
 
 @triton.jit

@@ -1,0 +1,51 @@
+"""Triton helpers shared by the Triton backends' kernels: the one Triton implementation of the 128x4
+swizzled scale layout, of the element and scale decodes, and of the tile order. Importing this module imports triton.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pow2_from_exponent_bits(biased):
+    """float32 2^(biased - 127) for biased in 0..254 (0 gives the subnormal 2^-127)."""
+    bits = tl.where(biased == 0, 0x00400000, biased << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def decode_e8m0(e):
+    """E8M0 bytes (any integer type) -> float32 2^(e - 127): byte 0 is the subnormal 2^-127, 255 NaN."""
+    biased = e.to(tl.int32)
+    return tl.where(biased == 255, float("nan"), pow2_from_exponent_bits(biased))
+
+
+@triton.jit
+def decode_e2m1(codes):
+    """e2m1 codes 0..15 -> float32: codes 0..7 are {0, 0.5, 1, 1.5, 2, 3, 4, 6}, 8..15 their negatives
+    (8 is -0.0). Codes 2..7 are normal numbers whose float32 pattern is (code + 252) << 22."""
+    magnitude = (codes & 7).to(tl.int32)
+    normal = ((magnitude + 252) << 22).to(tl.float32, bitcast=True)
+    value = tl.where(magnitude < 2, magnitude.to(tl.float32) * 0.5, normal)
+    return tl.where((codes & 8) != 0, -value, value)
+
+
+@triton.jit
+def swizzled_scale_offsets(rows, blocks, tiles_per_row):
+    """[len(rows), len(blocks)] byte offsets of the scales (row, scale column) in the 128x4 swizzled
+    layout with tiles_per_row = padded scale columns / 4 (the formula of formats.to_blocked)."""
+    r = rows[:, None]
+    j = blocks[None, :]
+    return (r // 128) * tiles_per_row * 512 + (j // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + j % 4
+
+
+@triton.jit
+def tile_coordinates(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(tile row, tile column) of linear tile index ``tile``: column-major within groups of GROUP_M
+    tile rows, the groups in order."""
+    tiles_per_group = GROUP_M * num_pid_n
+    first_m = (tile // tiles_per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % tiles_per_group) % group_rows
+    pid_n = (tile % tiles_per_group) // group_rows
+    return pid_m, pid_n
