@@ -82,6 +82,30 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
                                int64_t M, int64_t K, int out_dtype, void* stream);
 
 /*
+ * Hopper MXFP8 GEMM (present only when the library was built with the sm90_gemm kernel family, i.e.
+ * with 90a in DQ_KERNELS_CUDA_ARCHS; the device code runs on compute capability 9.0 only),
+ * csrc/sm90_mxfp8_gemm.cu: FP8 wgmma per 32-wide K slice, each slice promoted into the float32
+ * accumulator with its two E8M0 block scales, so the result is the exact MXFP8 product up to the
+ * float32 accumulation order over the whole E8M0 range.
+ *
+ *   out[m, n] = sum_k A[m, k] * B[n, k] + bias[n]     (out = A @ B^T + bias)
+ *
+ *   a_q, b_q: float8_e4m3fn A [M, K] and B [N, K], row-major with K contiguous, not padded,
+ *             16-byte aligned.
+ *   a_s, b_s: E8M0 bytes, block 32, in the 128x4 swizzled layout for M (N) rows and K / 32 scale
+ *             columns, padding included, 16-byte aligned. The padding bytes are never used.
+ *   bias:     NULL or float32 [N], 16-byte aligned.
+ *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
+ *   M, N, K:  1 <= M, N, K <= INT32_MAX, K % 32 == 0, N % 8 == 0 and N <= 65535 * 128, else
+ *             DQ_ERR_BAD_SHAPE.
+ * The epilogue computes acc + bias in float32 and rounds once to the output dtype. Nothing is
+ * allocated. DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
+ */
+DQ_API int dq_sm90_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
+                            const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+                            void* stream);
+
+/*
  * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.
  * with 100a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device code runs on
  * compute capability 10.0 only). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.

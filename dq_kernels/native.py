@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LIBRARY_PATH",
+    "SM90_FAMILY",
     "SM100_FAMILY",
     "status",
     "build_info",
     "supports_device",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
+    "sm90_mxfp8_mm",
     "sm100_mxfp8_mm",
     "sm100_nvfp4_mm",
     "sm100_mm_plan",
@@ -38,7 +40,8 @@ __all__ = [
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
-SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions (CMakeLists.txt)
+SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
+SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
 # DQ_SM100_CONFIG_* of dq_kernels.h: the config argument of the sm100 GEMMs, and the name of each
 # resolved config (the tile of output one CTA or CTA pair computes).
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
@@ -70,6 +73,8 @@ def _library() -> _Native:
     try:
         _declare_functions(lib)
         info = json.loads(lib.dq_build_info().decode())
+        if info["families"].get(SM90_FAMILY):
+            _declare_sm90_functions(lib)
         if info["families"].get(SM100_FAMILY):
             _declare_sm100_functions(lib)
     except (AttributeError, ValueError) as e:  # a missing function or bad build info: a stale library
@@ -88,6 +93,13 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     lib.dq_build_info.restype = ctypes.c_char_p
     lib.dq_error_string.argtypes = [i32]
     lib.dq_error_string.restype = ctypes.c_char_p
+
+
+def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
+    """The dq_sm90_* functions, present when the sm90_gemm family was built."""
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.dq_sm90_mxfp8_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_mxfp8_mm.restype = i32
 
 
 def _declare_sm100_functions(lib: ctypes.CDLL) -> None:
@@ -245,20 +257,22 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# Blackwell GEMMs (the sm100_gemm family: CUTLASS block-scaled tcgen05 kernels, sm_100a only)
+# GEMMs: the sm90_gemm family (Hopper, sm_90a only) and the sm100_gemm family (CUTLASS block-scaled
+# tcgen05 kernels, sm_100a only)
 # ----------------------------------------------------------------------------------------------
 
+_FAMILY_ARCH = {SM90_FAMILY: "90a", SM100_FAMILY: "100a"}
 _SM100_OUT_CODES = {"float32": 0, "bfloat16": 1}  # DQ_FLOAT32, DQ_BFLOAT16 (no float16)
 
 
-def _sm100_library(fn: str) -> ctypes.CDLL:
+def _family_library(fn: str, family: str) -> ctypes.CDLL:
     native = _library()
     if native.lib is None:
         raise RuntimeError(f"dq_kernels.native.{fn}: the native library is unavailable: {native.reason}")
-    if not native.info["families"].get(SM100_FAMILY):
+    if not native.info["families"].get(family):
         raise RuntimeError(
-            f"dq_kernels.native.{fn}: the library was built without the {SM100_FAMILY} family "
-            "(DQ_KERNELS_CUDA_ARCHS must include 100a)"
+            f"dq_kernels.native.{fn}: the library was built without the {family} family "
+            f"(DQ_KERNELS_CUDA_ARCHS must include {_FAMILY_ARCH[family]})"
         )
     return native.lib
 
@@ -269,8 +283,8 @@ def _sm100_config(fn: str, config: str) -> int:
     return SM100_CONFIGS[config]
 
 
-def _sm100_mm_args(fn, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict):
-    """Checks the operands of an sm100 mm; returns (library, out dtype code, M, N, K)."""
+def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes):
+    """Checks the operands of a GEMM of ``family``; returns (library, out dtype code, M, N, K)."""
     import torch
 
     per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
@@ -282,15 +296,34 @@ def _sm100_mm_args(fn, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict):
         alignments["bias"] = 16
         if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
             raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
-    if out.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dq_kernels.native.{fn}: out must be float32 or bfloat16, got {out.dtype}")
-    _sm100_library(fn)
+    if out.dtype not in out_dtypes:
+        names = " or ".join(str(d).removeprefix("torch.") for d in out_dtypes)
+        raise ValueError(f"dq_kernels.native.{fn}: out must be {names}, got {out.dtype}")
+    _family_library(fn, family)
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
     if b_q.shape[1] * per_byte != k:
         raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
     _check_scales(fn, a_s, m, k // block)
     _check_scales(fn, b_s, n, k // block)
     return lib, code, m, n, k
+
+
+def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
+    """out = a @ b.T (+ bias) with the exact Hopper MXFP8 kernel (csrc/sm90_mxfp8_gemm.cu).
+
+    a_q: float8_e4m3fn [M, K]; b_q: float8_e4m3fn [N, K] (K % 32 == 0, N % 8 == 0); a_s, b_s: uint8
+    E8M0 scales in the 128x4 swizzled layout (round_up(rows, 128) * round_up(K / 32, 4) bytes, padding
+    included); bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All contiguous,
+    16-byte aligned, on one CUDA device of compute capability 9.0. Enqueued on the current stream.
+    """
+    import torch
+
+    fn = "sm90_mxfp8_mm"
+    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
+    _launch(fn, lib.dq_sm90_mxfp8_mm, out.device, *args)
 
 
 def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:
@@ -302,8 +335,10 @@ def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:
     contiguous, 16-byte aligned, on one CUDA device of compute capability 10.0. config: "auto",
     "1sm" or "2sm" (dq_kernels.h). Enqueued on the current stream.
     """
+    import torch
+
     fn = "sm100_mxfp8_mm"
-    lib, code, m, n, k = _sm100_mm_args(fn, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {})
+    lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, (torch.float32, torch.bfloat16))
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
     _launch(fn, lib.dq_sm100_mxfp8_mm, out.device, *args, _sm100_config(fn, config))
@@ -321,7 +356,8 @@ def sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, config: str = "aut
     import torch
 
     fn = "sm100_nvfp4_mm"
-    lib, code, m, n, k = _sm100_mm_args(fn, "nvfp4", a_q, a_s, b_q, b_s, bias, out, {"a_ts": a_ts, "b_ts": b_ts})
+    extra = {"a_ts": a_ts, "b_ts": b_ts}
+    lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, (torch.float32, torch.bfloat16))
     for name, ts in (("a_ts", a_ts), ("b_ts", b_ts)):
         if ts.dtype != torch.float32 or ts.numel() != 1:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
@@ -350,7 +386,7 @@ def sm100_mm_plan(
     import torch
 
     fn = "sm100_mm_plan"
-    lib = _sm100_library(fn)
+    lib = _family_library(fn, SM100_FAMILY)
     if fmt not in ("mxfp8", "nvfp4") or out_dtype not in _SM100_OUT_CODES:
         raise ValueError(f"dq_kernels.native.{fn}: fmt must be mxfp8 or nvfp4 and out_dtype float32 or bfloat16")
     block = 32 if fmt == "mxfp8" else 16

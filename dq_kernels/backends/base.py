@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,8 @@ class BackendUnavailableError(RuntimeError):
 class BackendSpec:
     """What a backend supports. The registry selects from it; tests skip from it.
 
-    ``capabilities``: CUDA compute capabilities it runs on (None: any). ``cpu``: whether it runs on
-    CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
+    ``capabilities``: CUDA compute capabilities it runs on (None: any); ``op_capabilities`` narrows
+    them for single ops, as (op, capabilities) pairs. ``cpu``: whether it runs on CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
     ``auto``: whether ``backend="auto"`` may pick it (comparison backends opt out).
     """
 
@@ -42,6 +43,7 @@ class BackendSpec:
     ops: tuple[str, ...]
     cpu: bool = False
     capabilities: tuple[tuple[int, int], ...] | None = None
+    op_capabilities: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
     auto: bool = True
     n_multiple: int = 1
     k_multiple: int = 1
@@ -50,19 +52,21 @@ class BackendSpec:
     def formats(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(OP_FORMAT[op] for op in self.ops))
 
-    def device_reason(self, device: torch.device) -> str | None:
-        """Why this backend cannot run on ``device`` at all, or None."""
+    def device_reason(self, device: torch.device, op: str | None = None) -> str | None:
+        """Why this backend cannot run on ``device`` at all (or, given ``op``, that op), or None."""
         if device.type == "cpu":
             return None if self.cpu else "runs on CUDA devices only"
         if device.type != "cuda":
             return f"does not run on {device.type} devices"
-        if self.capabilities is None:
+        wanted = dict(self.op_capabilities).get(op, self.capabilities)
+        if wanted is None:
             return None
         cc = capability(device)
-        if cc in self.capabilities:
+        if cc in wanted:
             return None
-        wanted = ", ".join(f"{a}.{b}" for a, b in self.capabilities)
-        return f"needs compute capability {wanted}; {device} has {cc[0]}.{cc[1]}"
+        names = ", ".join(f"{a}.{b}" for a, b in wanted)
+        what = f"{op} needs" if op in dict(self.op_capabilities) else "needs"
+        return f"{what} compute capability {names}; {device} has {cc[0]}.{cc[1]}"
 
     def shape_reason(self, op: str, m: int, n: int, k: int) -> str | None:
         """Why this backend cannot run mm op ``op`` for this shape, or None."""
@@ -79,6 +83,11 @@ class BackendSpec:
 def installed(module: str) -> bool:
     """Whether ``module`` can be imported (looked up once per process: the registry asks per call)."""
     return importlib.util.find_spec(module) is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton runs kernels on its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def aligned_16(t: torch.Tensor) -> torch.Tensor:
@@ -106,6 +115,10 @@ class Backend:
     def availability(self) -> tuple[bool, str]:
         """(True, "") when everything this backend needs is installed, else (False, why)."""
         return True, ""
+
+    def availability_on(self, device: torch.device) -> tuple[bool, str]:
+        """``availability()`` for one device, for backends whose build covers some devices only."""
+        return self.availability()
 
     def kernel_config(self, fmt: str, m: int, n: int, k: int) -> str:
         """The kernel configuration this backend would run for this shape ("" if it has none)."""
