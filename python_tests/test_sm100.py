@@ -80,7 +80,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-3}
 def test_registered_fastest_first():
     names = backends.backend_names()
     assert names.index("cutlass") < names.index("triton_sm100") < names.index("torchao") < names.index("reference")
-    assert backends.get_backend("cutlass").spec.capabilities == ((10, 0),)
+    assert backends.get_backend("cutlass").spec.capabilities == ((9, 0), (10, 0))  # 9.0: MXFP8 only (test_sm90)
     assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3))
     for name in SM100_BACKENDS:
         spec = backends.get_backend(name).spec
@@ -99,19 +99,25 @@ def test_explicit_choice_on_cpu_raises(name):
 @pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
 @pytest.mark.parametrize("name", SM100_BACKENDS)
 def test_explicit_choice_on_another_arch_raises_naming_the_capability(monkeypatch, name, capability):
+    if name == "cutlass" and capability == (9, 0):
+        pytest.skip("cutlass runs MXFP8 on Hopper too: test_sm90.py covers 9.0")
     fake_capability(monkeypatch, capability)
-    wanted = ", ".join(f"{a}.{b}" for a, b in backends.get_backend(name).spec.capabilities)
+    spec = backends.get_backend(name).spec
     have = f"{capability[0]}.{capability[1]}"
     for op in OPS:
+        wanted = ", ".join(f"{a}.{b}" for a, b in dict(spec.op_capabilities).get(op, spec.capabilities))
         with pytest.raises(BackendUnavailableError, match=rf"needs compute capability {wanted}; cuda:0 has {have}"):
             select(op, CUDA, 128, 1000, 256, name)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
 def test_auto_never_picks_them_on_another_arch(monkeypatch, capability):
+    """(On 9.0 the cutlass backend may take MXFP8 with its sm_90a kernel: test_sm90.py.)"""
     fake_capability(monkeypatch, capability)
     for op in OPS:
-        assert select(op, CUDA, 4096, 3072, 3072).spec.name not in SM100_BACKENDS
+        allowed = ("cutlass",) if capability == (9, 0) and op == "mxfp8_mm" else ()
+        picked = select(op, CUDA, 4096, 3072, 3072).spec.name
+        assert picked not in SM100_BACKENDS or picked in allowed
 
 
 def test_auto_picks_them_on_blackwell(monkeypatch):

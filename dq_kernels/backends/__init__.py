@@ -27,7 +27,9 @@ from .cutlass import CutlassBackend
 from .reference import ReferenceBackend
 from .torchao import TorchAOBackend
 from .triton_cast import TritonCastBackend
+from .triton_sm90 import TritonSm90Backend
 from .triton_sm100 import TritonSm100Backend
+from .triton_stock import TritonStockBackend
 
 __all__ = [
     "Backend",
@@ -48,7 +50,15 @@ logger = logging.getLogger("dq_kernels")
 # Registry order is auto's preference order: fastest first, the reference last.
 _REGISTRY: dict[str, Backend] = {
     b.spec.name: b
-    for b in (CutlassBackend(), TritonSm100Backend(), TritonCastBackend(), TorchAOBackend(), ReferenceBackend())
+    for b in (
+        TritonSm90Backend(),  # before cutlass: faster on Hopper (benchmarks/results/NOTES.md)
+        CutlassBackend(),
+        TritonSm100Backend(),
+        TritonCastBackend(),
+        TorchAOBackend(),
+        ReferenceBackend(),
+        TritonStockBackend(),
+    )
 }
 _CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("dq_kernels_backend", default=None)
 _LOGGED: set[tuple[str, str, str]] = set()
@@ -98,11 +108,16 @@ def available_backends() -> list[BackendStatus]:
         ok, why = backend.availability()
         if ok:
             devices = [d for d in (cuda_device, torch.device("cpu")) if d is not None and spec.device_reason(d) is None]
+            if cuda_device in devices and not backend.availability_on(cuda_device)[0]:
+                devices.remove(cuda_device)
             if devices:
                 why = "runs on " + " and ".join(str(d) for d in devices)
             else:
                 ok = False
-                why = spec.device_reason(cuda_device) if cuda_device is not None else "needs a CUDA device; none is present"
+                if cuda_device is None:
+                    why = "needs a CUDA device; none is present"
+                else:
+                    why = spec.device_reason(cuda_device) or backend.availability_on(cuda_device)[1]
         statuses.append(BackendStatus(spec.name, ok, why, spec.formats, spec.description, spec.ops))
     return statuses
 
@@ -111,9 +126,9 @@ def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: 
     spec = backend.spec
     if op not in spec.ops:
         return f"does not implement {op}"
-    reason = spec.device_reason(device) or spec.shape_reason(op, m, n, k)
+    reason = spec.device_reason(device, op) or spec.shape_reason(op, m, n, k)
     if reason is None:
-        ok, why = backend.availability()
+        ok, why = backend.availability_on(device)
         reason = None if ok else why
     return reason
 

@@ -1,0 +1,112 @@
+"""Triton GEMM kernels of the ``triton_sm90`` and ``triton_stock`` backends. Importing this module
+imports triton; the backends import it on first use only.
+
+Operands are canonical (see dq_kernels.formats): qdata row-major [rows, K / EPB] bytes (EPB elements
+per byte: 1 for MXFP8's e4m3, 2 for NVFP4's packed e2m1, element 2i in the low nibble); block
+scales as bytes in the 128x4 swizzled layout with ``tiles_per_row`` = round_up(K / VEC, 4) / 4
+512-byte tiles per 128 rows (VEC = 32 for MXFP8's E8M0 scales, 16 for NVFP4's e4m3 scales); out
+[M, N] row-major; bias None or float32 [N].
+"""
+
+import triton
+import triton.language as tl
+
+from .triton_common import decode_e2m1, decode_e8m0, swizzled_scale_offsets, tile_coordinates
+
+
+@triton.jit
+def decode_weight_tile(q, s, FORMAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr):
+    """[BLOCK_N, BLOCK_K] float32 values of a weight tile, without NVFP4's tensor scale: q is the
+    qdata tile ([BLOCK_N, BLOCK_K] e4m3 or [BLOCK_N, BLOCK_K / 2] packed e2m1 bytes), s its block
+    scale bytes [BLOCK_N, BLOCK_K / VEC]. Every value is exact in float32."""
+    if FORMAT == "mxfp8":
+        values = q.to(tl.float32)
+        scales = decode_e8m0(s)
+    else:
+        codes = q.to(tl.uint8, bitcast=True)
+        values = tl.join(decode_e2m1(codes & 0xF), decode_e2m1(codes >> 4)).reshape(BLOCK_N, BLOCK_K)
+        scales = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    scaled = values.reshape(BLOCK_N, BLOCK_K // VEC, VEC) * scales[:, :, None]
+    return scaled.reshape(BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def weight_decoded_mm_kernel(
+    a_desc, w_desc, w_s_ptr, alpha_a_ptr, alpha_b_ptr, bias_ptr, out_ptr,
+    M, N, K, tiles_per_row,
+    FORMAT: tl.constexpr, VEC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """out[M, N] = alpha * (a[M, K] @ decode(w)[N, K].T) + bias, computed as its transpose (the
+    mixed-input design).
+
+    a_desc: a TMA descriptor over the activation a [M, K] of DOT_DTYPE, bfloat16 or float16 (block
+    [BLOCK_M, BLOCK_K]): a bf16/fp16 activation as it is (W4A16), or the exact bf16 decode of a quantized one.
+    w_desc: a descriptor over the weight's qdata (block [BLOCK_N, BLOCK_K / EPB]); w_s_ptr its
+    scales. alpha = *alpha_a_ptr * *alpha_b_ptr, each pointer None for 1 (NVFP4's tensor scales).
+
+    Each program owns a [BLOCK_N, BLOCK_M] tile of out^T. It decodes its weight tile in registers to
+    a's dtype (exact: e4m3 x 2^k and e2m1 x e4m3 are bf16 values, and e2m1 x e4m3 are fp16 values;
+    MXFP8 only loses bits below bf16's subnormal grid, for scale bytes below 3 with nonzero data) and
+    feeds it to the dot as the left operand, which on Hopper is wgmma's register operand, so the
+    decoded weight never goes back through shared memory; the activation tile is the shared-memory
+    operand. Both tiles arrive by TMA, pipelined. Accumulation in float32; alpha, bias and one
+    rounding in the epilogue. INTERPRETED: Triton 3.9's interpreter computes bf16 dots wrongly, so
+    there both operands go to the dot as float32 (the same exact values, the same accumulation).
+    """
+    EPB: tl.constexpr = 1 if FORMAT == "mxfp8" else 2
+    pid_m, pid_n = tile_coordinates(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        # blocks past K hold zero data (TMA fill); their scale reads as 1, so padding bytes change nothing
+        blocks = k0 // VEC + tl.arange(0, BLOCK_K // VEC)
+        valid = blocks[None, :] < K // VEC
+        s = tl.load(w_s_ptr + swizzled_scale_offsets(rows_n, blocks, tiles_per_row), mask=valid, other=127 if FORMAT == "mxfp8" else 0x38)
+        q = w_desc.load([pid_n * BLOCK_N, k0 // EPB])
+        w = decode_weight_tile(q, s, FORMAT, BLOCK_N, BLOCK_K, VEC).to(DOT_DTYPE)
+        a = a_desc.load([pid_m * BLOCK_M, k0])
+        if INTERPRETED:
+            acc = tl.dot(w.to(tl.float32), a.to(tl.float32).T, acc)
+        else:
+            acc = tl.dot(w, a.T, acc)
+    if alpha_a_ptr is not None:
+        acc *= tl.load(alpha_a_ptr)
+    if alpha_b_ptr is not None:
+        acc *= tl.load(alpha_b_ptr)
+    if bias_ptr is not None:
+        acc += tl.load(bias_ptr + rows_n, mask=rows_n < N, other=0.0)[:, None]
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    out_mask = (rows_n[:, None] < N) & (rows_m[None, :] < M)
+    tl.store(out_ptr + rows_m[None, :] * N + rows_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def mxfp8_dot_scaled_mm_kernel(
+    a_q_ptr, a_s_ptr, b_q_ptr, b_s_ptr, bias_ptr, out_ptr,
+    M, N, K, tiles_per_row,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """out[M, N] = a @ b.T + bias with Triton's stock ``tl.dot_scaled`` (the ``triton_stock``
+    comparison backend): plain pointer loads of both MXFP8 operands and their scales, one
+    ``tl.dot_scaled(..., "e4m3", ...)`` per K step. What Triton makes of it depends on the GPU
+    (on Hopper it upcasts both operands to bf16 before a bf16 MMA)."""
+    pid_m, pid_n = tile_coordinates(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    SCALES: tl.constexpr = BLOCK_K // 32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        blocks = k0 // 32 + tl.arange(0, SCALES)
+        valid = blocks[None, :] < K // 32
+        a = tl.load(a_q_ptr + rows_m[:, None] * K + ks[None, :], mask=(rows_m[:, None] < M) & (ks[None, :] < K), other=0.0)
+        b = tl.load(b_q_ptr + rows_n[:, None] * K + ks[None, :], mask=(rows_n[:, None] < N) & (ks[None, :] < K), other=0.0)
+        a_e = tl.load(a_s_ptr + swizzled_scale_offsets(rows_m, blocks, tiles_per_row), mask=valid, other=127)
+        b_e = tl.load(b_s_ptr + swizzled_scale_offsets(rows_n, blocks, tiles_per_row), mask=valid, other=127)
+        acc = tl.dot_scaled(a, a_e, "e4m3", b.T, b_e, "e4m3", acc)
+    if bias_ptr is not None:
+        acc += tl.load(bias_ptr + rows_n, mask=rows_n < N, other=0.0)[None, :]
+    out_mask = (rows_m[:, None] < M) & (rows_n[None, :] < N)
+    tl.store(out_ptr + rows_m[:, None] * N + rows_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)

@@ -1,0 +1,181 @@
+"""The ``triton_sm90`` backend: the readable, hackable Hopper GEMMs in Triton (compute capability 9.0),
+for MXFP8 (``mxfp8_mm``), NVFP4 (``nvfp4_mm``, W4A4) and the NVFP4 weight-only W4A16 product
+(``nvfp4_weight_only_mm``).
+
+Hopper has no block-scaled MMA, and Triton's stock ``tl.dot_scaled`` decodes both operands to bf16
+inside the MMA loop there (see the ``triton_stock`` backend). This backend uses the mixed-input
+design instead (``triton_mm_kernels.weight_decoded_mm_kernel``):
+
+1. the activation is bf16 (or fp16): for W4A16 the caller's activation as it is; for MXFP8 and W4A4
+   the exact decode of the quantized activation by the native dequantize kernel (one memory-bound
+   pass over [M, K]; NVFP4 without its tensor scale, which goes to the epilogue);
+2. the GEMM computes out^T = decode(w) @ a^T: the weight tile arrives by TMA, is decoded in
+   registers and is the dot's left operand, which Hopper's wgmma reads from registers, so only one
+   operand is transformed and it never round-trips through shared memory. NVFP4 tensor scales
+   multiply the float32 accumulator in the epilogue.
+
+Exactness: e2m1 x e4m3 is always a bfloat16 (and float16) value, so NVFP4 products are exact up to
+float32 accumulation order. e4m3 x 2^(e - 127) is a bfloat16 value unless it falls below bfloat16's
+subnormal grid, which needs an MXFP8 scale byte below 3 (block amax under about 2^-116) with nonzero
+data; the ``cutlass`` backend (FP8 wgmma + per-32 promotion) is exact over the whole E8M0 range.
+W4A16 with a float32 activation is computed by the reference path (the kernel's dots are bf16/fp16).
+
+Tiles per shape (``tiles_for``, a fixed heuristic: nothing is tuned in the call path).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .. import formats, native
+from .base import Backend, BackendSpec, aligned_16, installed, triton_interpreted
+from .reference import ReferenceBackend
+
+
+@dataclass(frozen=True)
+class Tiles:
+    block_n: int  # weight rows per program (the dot's M)
+    block_m: int  # activation rows per program (the dot's N)
+    block_k: int
+    num_stages: int
+    num_warps: int
+    group_m: int = 8
+
+    def __str__(self) -> str:
+        return f"{self.block_n}x{self.block_m}x{self.block_k}, {self.num_stages} stages, {self.num_warps} warps"
+
+
+def tiles_for(fmt: str, m: int) -> Tiles:
+    """The tile configuration for M activation rows (picked from a sweep on an H100, recorded in
+    benchmarks/results/NOTES.md): narrow activation tiles for small M, where the weight stream is
+    the whole cost; wide ones from M = 128 on."""
+    if fmt == "mxfp8":
+        if m <= 16:
+            return Tiles(64, 16, 128, 6, 4)
+        if m <= 64:
+            return Tiles(64, 64, 128, 4, 4)
+        return Tiles(128, 128, 64, 4, 8)
+    if m <= 16:
+        return Tiles(64, 16, 256, 4, 4)
+    if m <= 64:
+        return Tiles(64, 64, 256, 4, 4)
+    if m <= 512:
+        return Tiles(128, 128, 128, 3, 8)
+    return Tiles(128, 256, 128, 2, 8)
+
+
+@functools.cache
+def _kernel():
+    """The Triton kernel, imported (and so triton itself) on first use, never at package import."""
+    from . import triton_mm_kernels
+
+    return triton_mm_kernels.weight_decoded_mm_kernel
+
+
+def _native_decodes(t: torch.Tensor) -> bool:
+    return t.is_cuda and native.supports_device(t.device)[0]
+
+
+def decode_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """A quantized activation -> bfloat16 [M, K], exact (MXFP8: within the domain in the module
+    docstring; NVFP4: e2m1 x e4m3 without the tensor scale). The native kernel on a GPU it
+    supports, ``formats`` elsewhere (CPU tensors, the interpreter)."""
+    m, k = a_q.shape[0], a_q.shape[1] * formats.FORMATS[fmt].elements_per_byte
+    one = torch.ones((), dtype=torch.float32, device=a_q.device)
+    if _native_decodes(a_q):
+        out = torch.empty(m, k, dtype=torch.bfloat16, device=a_q.device)
+        if fmt == "mxfp8":
+            native.dequantize_mxfp8(a_q, a_s, out)
+        else:
+            native.dequantize_nvfp4(a_q, a_s, one, out)
+        return out
+    if fmt == "mxfp8":
+        return formats.dequantize_mxfp8(a_q, a_s, torch.bfloat16)
+    return formats.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
+
+
+def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias, out):
+    """(positional arguments, constexpr keywords, launch options, grid) of
+    ``weight_decoded_mm_kernel`` for ``weight_decoded_mm``'s operands and ``out`` [M, N]. The tests
+    compile the kernel ahead of time from these same arguments."""
+    import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    f = formats.FORMATS[fmt]
+    m, k = a.shape
+    n = w_q.shape[0]
+    t = tiles_for(fmt, m)
+    tiles_per_row = formats.round_up(k // f.block_size, 4) // 4
+    args = (
+        TensorDescriptor.from_tensor(a, [t.block_m, t.block_k]),
+        TensorDescriptor.from_tensor(w_q, [t.block_n, t.block_k // f.elements_per_byte]),
+        w_s.view(torch.uint8), alpha_a, alpha_b, bias, out, m, n, k, tiles_per_row,
+    )  # fmt: skip
+    constexprs = dict(
+        FORMAT=fmt,
+        VEC=f.block_size,
+        DOT_DTYPE=tl.float16 if a.dtype == torch.float16 else tl.bfloat16,
+        BLOCK_N=t.block_n,
+        BLOCK_M=t.block_m,
+        BLOCK_K=t.block_k,
+        GROUP_M=t.group_m,
+        INTERPRETED=triton_interpreted(),
+    )
+    grid = (-(-m // t.block_m) * -(-n // t.block_n),)
+    return args, constexprs, dict(num_stages=t.num_stages, num_warps=t.num_warps), grid
+
+
+def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias, out_dtype) -> torch.Tensor:
+    """out [M, N] = alpha_a * alpha_b * (a @ decode(w).T) + bias for a bfloat16/float16 activation
+    a [M, K] and a canonical weight of format ``fmt`` (w_q [N, K / EPB], w_s swizzled); alpha_a,
+    alpha_b None or one float32 each (NVFP4 tensor scales); bias None or float32 [N]. Runs on CPU
+    tensors under TRITON_INTERPRET=1."""
+    a, w_q = aligned_16(a.contiguous()), aligned_16(w_q)  # TMA descriptors
+    alpha_a = None if alpha_a is None else alpha_a.reshape(()).to(torch.float32)
+    alpha_b = None if alpha_b is None else alpha_b.reshape(()).to(torch.float32)
+    out = torch.empty(a.shape[0], w_q.shape[0], dtype=out_dtype, device=a.device)
+    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha_a, alpha_b, bias, out)
+    _kernel()[grid](*args, **constexprs, **options)
+    return out
+
+
+def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.to(torch.float32).contiguous()
+
+
+class TritonSm90Backend(Backend):
+    spec = BackendSpec(
+        name="triton_sm90",
+        description=(
+            "Triton mixed-input GEMMs for Hopper: the weight decoded in registers as wgmma's register "
+            "operand, the activation bf16 (MXFP8, NVFP4 W4A4, NVFP4 W4A16)"
+        ),
+        ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
+        capabilities=((9, 0),),
+        n_multiple=8,
+        k_multiple=32,
+    )
+
+    def availability(self):
+        if not installed("triton"):
+            return False, "triton is not installed (pip install 'triton>=3.6')"
+        return True, ""
+
+    def kernel_config(self, fmt, m, n, k):
+        return str(tiles_for("mxfp8" if fmt == "mxfp8" else "nvfp4", m))
+
+    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
+        a = decode_activation("mxfp8", a_q, a_s)
+        return weight_decoded_mm("mxfp8", a, b_q, b_s, None, None, _float32_bias(bias), out_dtype)
+
+    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        a = decode_activation("nvfp4", a_q, a_s)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts, b_ts, _float32_bias(bias), out_dtype)
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
+        if a.dtype == torch.float32:  # the kernel's dots are bf16/fp16
+            return ReferenceBackend().nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, _float32_bias(bias), a.dtype)
