@@ -242,11 +242,15 @@ def test_triton_sm90_decoded_weight_is_the_wgmma_register_operand(fmt, m):
 @pytest.mark.gpu
 @pytest.mark.skipif(not on_hopper(), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m, n, k", ODD_SHAPES + [(4096, 3072, 3072)])
+@pytest.mark.parametrize("m, n, k", ODD_SHAPES + [(4096, 3072, 3072), (64, 1024, 3072), (16, 18432, 3072), (16, 3072, 3072)])
 def test_triton_sm90_exact_on_hopper(m, n, k, out_dtype):
-    operands = extreme_pair(m, n, k, seed=m * n, lowest_byte=3)
-    out = run("triton_sm90", *operands, out_dtype=out_dtype)
-    assert relative_error(out, oracle(*operands)) < TOLERANCE[out_dtype]
+    """Every tile configuration tiles_for picks, three launches each (a wrong configuration once
+    passed a single launch and failed the next)."""
+    operands = [t.to(CUDA) for t in extreme_pair(m, n, k, seed=m * n, lowest_byte=3)]
+    expected = oracle(*operands)
+    for _ in range(3):
+        out = run("triton_sm90", *operands, out_dtype=out_dtype)
+        assert relative_error(out, expected) < TOLERANCE[out_dtype]
 
 
 @pytest.mark.gpu
@@ -322,7 +326,7 @@ def test_nvfp4_ops_on_hopper(m, n, k):
     (a_q, a_s, a_ts), (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
     expected = nvfp4_oracle((a_q, a_s, a_ts), (b_q, b_s, b_ts), bias)
-    for backend in ("triton_sm90", "auto"):
+    for backend in ("triton_sm90", "auto", "triton_sm90", "triton_sm90"):  # repeated launches: see above
         out = dq.ops.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias=bias, out_dtype=torch.float32, backend=backend)
         assert relative_error(out, expected) < NVFP4_TOLERANCE
     out = dq.ops.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias=bias, out_dtype=torch.bfloat16, backend="triton_sm90")
@@ -331,3 +335,27 @@ def test_nvfp4_ops_on_hopper(m, n, k):
     out = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias, backend="triton_sm90")
     assert out.dtype == torch.bfloat16
     assert relative_error(out, nvfp4_oracle(a, (b_q, b_s, b_ts), bias)) < 4e-3
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_sm90_split_k(monkeypatch, fmt):
+    """The split-K path (atomics into a float32 buffer, epilogue on the host) gives the same product."""
+    pytest.importorskip("triton")
+    block_k = 128 if fmt == "mxfp8" else 256
+    monkeypatch.setattr(triton_sm90, "tiles_for", lambda f, m, n, k: triton_sm90.Tiles(64, 16, block_k, 2, 4, split_k=3))
+    device = run_device()
+    m, n, k = 5, 72, 5 * block_k - 32  # 5 K steps over 3 splits, the last one partial
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(6))
+    if fmt == "mxfp8":
+        operands = [t.to(device) for t in extreme_pair(m, n, k, seed=7, lowest_byte=3)]
+        a = triton_sm90.decode_activation("mxfp8", *operands[:2])
+        out = triton_sm90.weight_decoded_mm("mxfp8", a, *operands[2:], None, None, bias.to(device), torch.bfloat16)
+        expected = oracle(*operands, bias)
+    else:
+        (a_q, a_s, a_ts), b = nvfp4_operands(m, n, k, seed=7)
+        b_q, b_s, b_ts = (t.to(device) for t in b)
+        a = triton_sm90.decode_activation("nvfp4", a_q.to(device), a_s.to(device))
+        out = triton_sm90.weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts.to(device), b_ts, bias.to(device), torch.bfloat16)
+        expected = nvfp4_oracle((a_q, a_s, a_ts), b, bias)
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, expected) < TOLERANCE[torch.bfloat16]

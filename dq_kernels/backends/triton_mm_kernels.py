@@ -31,12 +31,22 @@ def decode_weight_tile(q, s, FORMAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def load_weight_scales(w_s_ptr, rows_n, k0, K, tiles_per_row, FORMAT: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr):
+    """The [len(rows_n), BLOCK_K / VEC] scale bytes of the K step at k0. Blocks past K (TMA fills
+    their data with zeros) read as the scale 1, so padding bytes (NaN, say) change nothing."""
+    blocks = k0 // VEC + tl.arange(0, BLOCK_K // VEC)
+    valid = blocks[None, :] < K // VEC
+    one = 127 if FORMAT == "mxfp8" else 0x38  # E8M0 and e4m3 bytes of 1.0
+    return tl.load(w_s_ptr + swizzled_scale_offsets(rows_n, blocks, tiles_per_row), mask=valid, other=one)
+
+
+@triton.jit
 def weight_decoded_mm_kernel(
     a_desc, w_desc, w_s_ptr, alpha_a_ptr, alpha_b_ptr, bias_ptr, out_ptr,
     M, N, K, tiles_per_row,
     FORMAT: tl.constexpr, VEC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    SPLIT_K: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """out[M, N] = alpha * (a[M, K] @ decode(w)[N, K].T) + bias, computed as its transpose (the
     mixed-input design).
@@ -52,18 +62,24 @@ def weight_decoded_mm_kernel(
     feeds it to the dot as the left operand, which on Hopper is wgmma's register operand, so the
     decoded weight never goes back through shared memory; the activation tile is the shared-memory
     operand. Both tiles arrive by TMA, pipelined. Accumulation in float32; alpha, bias and one
-    rounding in the epilogue. INTERPRETED: Triton 3.9's interpreter computes bf16 dots wrongly, so
+    rounding in the epilogue.
+
+    SPLIT_K > 1 (small M, where one program's chain of K steps is the latency to hide): program
+    axis 1 takes the K steps s, s + SPLIT_K, ... and adds its float32 partial sum into out_ptr, a
+    zeroed float32 [M, N] buffer, with atomics; alpha and bias are then the caller's (the
+    partial sums add in any order, so results may differ in the last bits between runs). INTERPRETED: Triton 3.9's interpreter computes bf16 dots wrongly, so
     there both operands go to the dot as float32 (the same exact values, the same accumulation).
     """
     EPB: tl.constexpr = 1 if FORMAT == "mxfp8" else 2
     pid_m, pid_n = tile_coordinates(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        # blocks past K hold zero data (TMA fill); their scale reads as 1, so padding bytes change nothing
-        blocks = k0 // VEC + tl.arange(0, BLOCK_K // VEC)
-        valid = blocks[None, :] < K // VEC
-        s = tl.load(w_s_ptr + swizzled_scale_offsets(rows_n, blocks, tiles_per_row), mask=valid, other=127 if FORMAT == "mxfp8" else 0x38)
+    # The scale gather is a plain load that Triton does not pipeline: it is issued a K step ahead.
+    k_first = tl.program_id(1) * BLOCK_K
+    s_next = load_weight_scales(w_s_ptr, rows_n, k_first, K, tiles_per_row, FORMAT, BLOCK_K, VEC)
+    for k0 in range(k_first, K, BLOCK_K * SPLIT_K):
+        s = s_next
+        s_next = load_weight_scales(w_s_ptr, rows_n, k0 + BLOCK_K * SPLIT_K, K, tiles_per_row, FORMAT, BLOCK_K, VEC)
         q = w_desc.load([pid_n * BLOCK_N, k0 // EPB])
         w = decode_weight_tile(q, s, FORMAT, BLOCK_N, BLOCK_K, VEC).to(DOT_DTYPE)
         a = a_desc.load([pid_m * BLOCK_M, k0])
@@ -71,15 +87,19 @@ def weight_decoded_mm_kernel(
             acc = tl.dot(w.to(tl.float32), a.to(tl.float32).T, acc)
         else:
             acc = tl.dot(w, a.T, acc)
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    out_mask = (rows_n[:, None] < N) & (rows_m[None, :] < M)
+    out_offsets = rows_m[None, :] * N + rows_n[:, None]
+    if SPLIT_K > 1:
+        tl.atomic_add(out_ptr + out_offsets, acc, mask=out_mask, sem="relaxed")
+        return
     if alpha_a_ptr is not None:
         acc *= tl.load(alpha_a_ptr)
     if alpha_b_ptr is not None:
         acc *= tl.load(alpha_b_ptr)
     if bias_ptr is not None:
         acc += tl.load(bias_ptr + rows_n, mask=rows_n < N, other=0.0)[:, None]
-    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    out_mask = (rows_n[:, None] < N) & (rows_m[None, :] < M)
-    tl.store(out_ptr + rows_m[None, :] * N + rows_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit

@@ -42,29 +42,34 @@ class Tiles:
     block_k: int
     num_stages: int
     num_warps: int
+    split_k: int = 1  # programs sharing one output tile, each a 1 / split_k of the K steps
     group_m: int = 8
 
     def __str__(self) -> str:
-        return f"{self.block_n}x{self.block_m}x{self.block_k}, {self.num_stages} stages, {self.num_warps} warps"
+        split = f", split-K {self.split_k}" if self.split_k > 1 else ""
+        return f"{self.block_n}x{self.block_m}x{self.block_k}, {self.num_stages} stages, {self.num_warps} warps{split}"
 
 
-def tiles_for(fmt: str, m: int) -> Tiles:
-    """The tile configuration for M activation rows (picked from a sweep on an H100, recorded in
-    benchmarks/results/NOTES.md): narrow activation tiles for small M, where the weight stream is
-    the whole cost; wide ones from M = 128 on."""
-    if fmt == "mxfp8":
-        if m <= 16:
-            return Tiles(64, 16, 128, 6, 4)
-        if m <= 64:
-            return Tiles(64, 64, 128, 4, 4)
-        return Tiles(128, 128, 64, 4, 8)
-    if m <= 16:
-        return Tiles(64, 16, 256, 4, 4)
-    if m <= 64:
-        return Tiles(64, 64, 256, 4, 4)
-    if m <= 512:
-        return Tiles(128, 128, 128, 3, 8)
-    return Tiles(128, 256, 128, 2, 8)
+def tiles_for(fmt: str, m: int, n: int, k: int) -> Tiles:
+    """The tile configuration for an [m, k] x [n, k]^T product (picked from sweeps on an H100,
+    recorded in benchmarks/results/NOTES.md): from M = 128 on, wide tiles; for small M, where the
+    weight stream is the whole cost, narrow activation tiles and, when N gives too few weight tiles
+    to fill the GPU, split-K (MXFP8: about 3 programs per SM of an H100; NVFP4, whose decode is the
+    bottleneck there, 4 times more)."""
+    if m > 64:
+        if fmt == "mxfp8":
+            # (128 x 128 x 64 with 4 stages was 10% faster but gave wrong results at 4096 x 3072 x
+            # 3072 on the H100 with Triton 3.6, while the interpreter agreed with the reference)
+            return Tiles(128, 128, 128, 3, 8)
+        return Tiles(128, 128, 128, 3, 8) if m <= 512 else Tiles(128, 256, 128, 2, 8)
+    block_k = 128 if fmt == "mxfp8" else 256
+    block_m = 16 if m <= 16 else 64
+    weight_tiles = -(-n // 64)
+    wanted = (396 if fmt == "mxfp8" else 1584) // weight_tiles
+    split_k = 1
+    while split_k * 2 <= min(wanted, 8, k // block_k):
+        split_k *= 2
+    return Tiles(64, block_m, block_k, 4 if fmt == "mxfp8" else 3, 4, split_k)
 
 
 @functools.cache
@@ -107,7 +112,7 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias
     f = formats.FORMATS[fmt]
     m, k = a.shape
     n = w_q.shape[0]
-    t = tiles_for(fmt, m)
+    t = tiles_for(fmt, m, n, k)
     tiles_per_row = formats.round_up(k // f.block_size, 4) // 4
     args = (
         TensorDescriptor.from_tensor(a, [t.block_m, t.block_k]),
@@ -122,9 +127,10 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias
         BLOCK_M=t.block_m,
         BLOCK_K=t.block_k,
         GROUP_M=t.group_m,
+        SPLIT_K=t.split_k,
         INTERPRETED=triton_interpreted(),
     )
-    grid = (-(-m // t.block_m) * -(-n // t.block_n),)
+    grid = (-(-m // t.block_m) * -(-n // t.block_n), t.split_k)
     return args, constexprs, dict(num_stages=t.num_stages, num_warps=t.num_warps), grid
 
 
@@ -136,10 +142,22 @@ def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bia
     a, w_q = aligned_16(a.contiguous()), aligned_16(w_q)  # TMA descriptors
     alpha_a = None if alpha_a is None else alpha_a.reshape(()).to(torch.float32)
     alpha_b = None if alpha_b is None else alpha_b.reshape(()).to(torch.float32)
-    out = torch.empty(a.shape[0], w_q.shape[0], dtype=out_dtype, device=a.device)
-    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha_a, alpha_b, bias, out)
+    m, n = a.shape[0], w_q.shape[0]
+    if tiles_for(fmt, m, n, a.shape[1]).split_k == 1:
+        out = torch.empty(m, n, dtype=out_dtype, device=a.device)
+        args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha_a, alpha_b, bias, out)
+        _kernel()[grid](*args, **constexprs, **options)
+        return out
+    # split-K: float32 partial sums added into a zeroed buffer, then alpha, bias and one rounding
+    partial_sums = torch.zeros(m, n, dtype=torch.float32, device=a.device)
+    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, None, None, None, partial_sums)
     _kernel()[grid](*args, **constexprs, **options)
-    return out
+    for alpha in (alpha_a, alpha_b):
+        if alpha is not None:
+            partial_sums *= alpha
+    if bias is not None:
+        partial_sums += bias
+    return partial_sums.to(out_dtype)
 
 
 def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -165,7 +183,7 @@ class TritonSm90Backend(Backend):
         return True, ""
 
     def kernel_config(self, fmt, m, n, k):
-        return str(tiles_for("mxfp8" if fmt == "mxfp8" else "nvfp4", m))
+        return str(tiles_for("mxfp8" if fmt == "mxfp8" else "nvfp4", m, n, k))
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         a = decode_activation("mxfp8", a_q, a_s)
