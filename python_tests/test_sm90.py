@@ -212,7 +212,7 @@ if fmt == "mxfp8":
 else:
     b_q, b_s, alpha = formats.quantize_nvfp4(torch.randn(n, k))
 out = torch.empty(m, n, dtype=torch.bfloat16)
-args, constexprs, options, grid = triton_sm90.kernel_arguments(fmt, a, b_q, b_s, None, alpha, torch.randn(n), out)
+args, constexprs, options, grid = triton_sm90.kernel_arguments(fmt, a, b_q, b_s, alpha, torch.randn(n), out)
 kernel = triton_sm90._kernel()
 signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
 signature.update({name: "constexpr" for name in constexprs})

@@ -102,7 +102,7 @@ def decode_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.T
     return formats.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
 
 
-def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias, out):
+def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
     """(positional arguments, constexpr keywords, launch options, grid) of
     ``weight_decoded_mm_kernel`` for ``weight_decoded_mm``'s operands and ``out`` [M, N]. The tests
     compile the kernel ahead of time from these same arguments."""
@@ -117,7 +117,7 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias
     args = (
         TensorDescriptor.from_tensor(a, [t.block_m, t.block_k]),
         TensorDescriptor.from_tensor(w_q, [t.block_n, t.block_k // f.elements_per_byte]),
-        w_s.view(torch.uint8), alpha_a, alpha_b, bias, out, m, n, k, tiles_per_row,
+        w_s.view(torch.uint8), alpha, bias, out, m, n, k, tiles_per_row,
     )  # fmt: skip
     constexprs = dict(
         FORMAT=fmt,
@@ -140,21 +140,20 @@ def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bia
     alpha_b None or one float32 each (NVFP4 tensor scales); bias None or float32 [N]. Runs on CPU
     tensors under TRITON_INTERPRET=1."""
     a, w_q = aligned_16(a.contiguous()), aligned_16(w_q)  # TMA descriptors
-    alpha_a = None if alpha_a is None else alpha_a.reshape(()).to(torch.float32)
-    alpha_b = None if alpha_b is None else alpha_b.reshape(()).to(torch.float32)
+    alphas = [t.reshape(()).to(torch.float32) for t in (alpha_a, alpha_b) if t is not None]
+    alpha = None if not alphas else alphas[0] if len(alphas) == 1 else alphas[0] * alphas[1]
     m, n = a.shape[0], w_q.shape[0]
     if tiles_for(fmt, m, n, a.shape[1]).split_k == 1:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
-        args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha_a, alpha_b, bias, out)
+        args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha, bias, out)
         _kernel()[grid](*args, **constexprs, **options)
         return out
     # split-K: float32 partial sums added into a zeroed buffer, then alpha, bias and one rounding
     partial_sums = torch.zeros(m, n, dtype=torch.float32, device=a.device)
-    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, None, None, None, partial_sums)
+    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, None, None, partial_sums)
     _kernel()[grid](*args, **constexprs, **options)
-    for alpha in (alpha_a, alpha_b):
-        if alpha is not None:
-            partial_sums *= alpha
+    if alpha is not None:
+        partial_sums *= alpha
     if bias is not None:
         partial_sums += bias
     return partial_sums.to(out_dtype)
