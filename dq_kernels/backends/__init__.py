@@ -149,7 +149,7 @@ def select(op: str, device: torch.device, m: int, n: int, k: int, requested: str
                 )
             return backend
     for backend in _REGISTRY.values():
-        if not backend.spec.auto:
+        if not backend.spec.auto or op in backend.spec.explicit_only_ops:
             continue
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:

@@ -172,6 +172,9 @@ class TritonSm90Backend(Backend):
         ),
         ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0),),
+        # W4A4 gave a wrong result (2e-2 relative) in one GPU test at 77 x 256 x 4160 that the same
+        # kernel and operands passed in isolation; until that is understood auto does not pick it.
+        explicit_only_ops=("nvfp4_mm",),
         n_multiple=8,
         k_multiple=32,
     )
