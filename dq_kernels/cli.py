@@ -3,6 +3,7 @@
     dq-kernels info                      the GPU, versions, native library and backends
     dq-kernels bench gemm [options]      GEMM time and error for every format x backend
     dq-kernels bench quant [options]     activation-cast bandwidth against torchao's casts
+    dq-kernels bench model MODEL [...]   diffusion-transformer steps end to end per format
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import dq_kernels
 import dq_kernels.backends
 import dq_kernels.native
-from dq_kernels.bench import gemm, quant, report, timing
+from dq_kernels.bench import gemm, model, quant, report, timing
 from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -125,6 +126,66 @@ def _bench_quant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolution_arg(text: str) -> tuple[int, ...]:
+    parts = text.lower().split("x")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"bad resolution {text!r}: expected HxW (images) or FxHxW (video frames)")
+    return tuple(int(p) for p in parts)
+
+
+def _add_model_parser(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "model",
+        help="diffusion-transformer denoising steps end to end: latency, memory, error vs bf16",
+        description="Time a diffusion transformer's denoising steps for each format, backend and compile mode.",
+        epilog=textwrap.fill(" ".join(model.__doc__.split("\n\n")[1].split()), 100),
+    )
+    p.add_argument("models", nargs="+", choices=list(model.MODELS), metavar="MODEL",
+                   help=f"one or more of: {', '.join(model.MODELS)}")
+    p.add_argument("--checkpoint", metavar="PATH", help="load the transformer from this diffusers folder "
+                                                        "instead of random weights (one model only)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default: 1)")
+    p.add_argument("--resolution", type=_resolution_arg, metavar="HxW",
+                   help="HxW, or FxHxW for video (default: each model's, e.g. 1024x1024 for flux)")
+    p.add_argument("--steps", type=int, default=8,
+                   help=f"denoising steps per configuration, the first {model.WARMUP_STEPS} untimed (default: 8)")
+    p.add_argument("--formats", choices=model.FORMATS, nargs="+", default=list(model.FORMATS),
+                   help="formats (default: all; bf16 always runs: it is the reference)")
+    p.add_argument("--backends", choices=model.BACKENDS, nargs="+", default=list(model.BACKENDS),
+                   help="backends for mxfp8 and nvfp4 (default: auto torchao)")
+    p.add_argument("--compile", choices=model.COMPILE_MODES, nargs="+", default=["none"],
+                   help="compile modes (default: none)")
+    p.add_argument("--tiny", action="store_true", help="1 + 1 layer models: a smoke test of the whole path, "
+                                                      "also on a machine without a GPU (times mean nothing)")
+    p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write PNG charts of step latency (PATH) and weight memory "
+                                                    "(PATH with -memory before the suffix)")
+    p.set_defaults(run=_bench_model)
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    if args.checkpoint and len(args.models) != 1:
+        print("--checkpoint needs exactly one model")
+        return 2
+    if not torch.cuda.is_available() and not args.tiny:
+        print("No CUDA device: full-size models need a GPU. Add --tiny for a smoke test on the CPU.")
+        return 2
+    rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
+                     args.compile, tiny=args.tiny, checkpoint=args.checkpoint)
+    print(model.table(rows))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    timing_method = ("wall clock around each denoising step, CUDA synchronized before and after; median of the "
+                     f"steps after the first {model.WARMUP_STEPS}")
+    header = report.json_header(device, args.command_line, timing_method)
+    if args.json:
+        report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})
+        print(f"wrote {args.json}")
+    if args.plot:
+        model.plot(rows, args.plot, device, header["date"])
+        print(f"wrote {args.plot} and its -memory chart")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq-kernels", description="MXFP8 and NVFP4 GEMM kernels: info and benchmarks.")
     parser.add_argument("--version", action="version", version=f"dq_kernels {dq_kernels.__version__}")
@@ -136,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     _add_gemm_parser(benches)
     _add_quant_parser(benches)
+    _add_model_parser(benches)
     return parser
 
 

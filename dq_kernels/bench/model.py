@@ -1,0 +1,376 @@
+"""``dq-kernels bench model``: diffusion-transformer denoising steps end to end, per format, backend
+and compile mode.
+
+For each model and batch: the real-size transformer is built from its published config with seeded
+random weights (the same weights for every configuration; ``--checkpoint`` loads real ones
+instead), fed inputs whose token counts follow from the resolution, and driven through a short
+flow-matching denoising loop (Euler steps from sigma 1 to 0; classifier-free guidance as the model's
+pipeline does it: QwenImage's true CFG runs two forwards per step, LTX-2 doubles the batch). Every
+configuration starts from the same noise and conditioning, so the final latents are comparable:
+``rel_err`` and ``cosine`` compare each with the bf16 eager run, after all steps, so drift shows.
+
+Configurations: ``bf16`` (the baseline), ``mxfp8`` and ``nvfp4`` (our weight subclasses with the
+model's preset, on ``auto`` or on ``torchao``'s stock kernels), and ``fp8_rowwise`` (TorchAO's
+``Float8DynamicActivationFloat8WeightConfig`` with per-row scales, the best 8-bit option on Hopper
+today, same layer selection). Compile modes: ``none``; ``regional`` (``compile_repeated_blocks``,
+fullgraph); ``regional-cudagraphs`` (the same with ``mode="reduce-overhead"``).
+
+Per configuration: step latency (median over the steps after ``WARMUP_STEPS``), speedup against bf16
+in the same compile mode, peak GPU memory, transformer weight memory, error against bf16, and
+compile time (the warm-up steps' time beyond the median). Without a CUDA device only ``--tiny``
+runs (1 + 1 layers, for a smoke test of the whole path on the CPU; nothing is timed meaningfully).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from tqdm import tqdm
+
+import dq_kernels
+from dq_kernels import diffusers as dqd
+from dq_kernels.bench import report
+
+FORMATS = ("bf16", "mxfp8", "nvfp4", "fp8_rowwise")
+BACKENDS = ("auto", "torchao")
+COMPILE_MODES = ("none", "regional", "regional-cudagraphs")
+WARMUP_STEPS = 2
+GUIDANCE = 4.0
+SEED = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The models
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One diffusers transformer: how to build it and feed it.
+
+    config / tiny_config: constructor arguments (published checkpoint / 1 + 1 layers for smoke tests).
+    inputs(batch, resolution, tiny, device, generator) -> (forward kwargs without the latent, latent
+        [batch, tokens, channels]); resolution is (height, width) or (frames, height, width).
+    cfg: "none", "two_forwards" (a second forward with the negative conditioning, QwenImage's true
+        CFG) or "double_batch" (conditional and unconditional halves in one forward, LTX-2).
+    """
+
+    name: str
+    class_name: str
+    config: dict
+    tiny_config: dict
+    default_resolution: tuple[int, ...]
+    tiny_resolution: tuple[int, ...]
+    inputs: Callable
+    cfg: str = "none"
+    latent_key: str = "hidden_states"
+    negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
+
+
+def _randn(g, device, *shape):
+    return torch.randn(*shape, generator=g, device=device, dtype=torch.bfloat16)
+
+
+def _flux_inputs(batch, resolution, tiny, device, g):
+    """FLUX.1-dev: 8x VAE, 2x2 patches packed to 64 channels; 512 T5 tokens (8 in --tiny)."""
+    height, width = resolution
+    h, w = height // 16, width // 16
+    channels, text, text_dim, pooled = (32, 8, 64, 64) if tiny else (64, 512, 4096, 768)
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(h * 1.0), torch.arange(w * 1.0), indexing="ij"), -1)
+    kwargs = dict(
+        encoder_hidden_states=_randn(g, device, batch, text, text_dim),
+        pooled_projections=_randn(g, device, batch, pooled),
+        img_ids=ids.reshape(h * w, 3).to(device),
+        txt_ids=torch.zeros(text, 3, device=device),
+        guidance=torch.full((batch,), 3.5, device=device),
+    )
+    return kwargs, _randn(g, device, batch, h * w, channels)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "flux": ModelSpec(
+        "flux",
+        "FluxTransformer2DModel",
+        # black-forest-labs/FLUX.1-dev transformer/config.json
+        config=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                    guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        tiny_config=dict(patch_size=1, in_channels=32, num_layers=1, num_single_layers=1, attention_head_dim=32,
+                         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64,
+                         guidance_embeds=True, axes_dims_rope=(8, 12, 12)),
+        default_resolution=(1024, 1024),
+        tiny_resolution=(64, 64),
+        inputs=_flux_inputs,
+    ),
+}
+
+
+def build(spec: ModelSpec, tiny: bool, device: str, checkpoint: str | None = None) -> torch.nn.Module:
+    """The bf16 transformer in eval mode on ``device``: from ``checkpoint`` (a diffusers folder, or
+    one holding a ``transformer`` subfolder) or with seeded random weights (the same every call)."""
+    import diffusers
+
+    cls = getattr(diffusers, spec.class_name)
+    if checkpoint:
+        try:
+            model = cls.from_pretrained(checkpoint, subfolder="transformer", torch_dtype=torch.bfloat16)
+        except (OSError, EnvironmentError):
+            model = cls.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
+        return model.to(device).eval()
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        model = cls(**(spec.tiny_config if tiny else spec.config)).to(torch.bfloat16)
+    return model.eval()
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; a quantized weight subclass counts its inner tensors (qdata, scales)."""
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in names)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(tensor_bytes(t) for t in model.state_dict().values())
+
+
+def preset_for(spec: ModelSpec, tiny: bool) -> dqd.Preset:
+    """The model's preset; for --tiny models its size rule lowered to 32 features, so that the
+    narrow layers of a tiny model are quantized as the wide ones of the real model would be."""
+    preset = dqd.PRESETS[spec.name]
+    return dataclasses.replace(preset, min_features=32) if tiny else preset
+
+
+def apply_format(model: torch.nn.Module, spec: ModelSpec, fmt: str, backend: str, tiny: bool = False) -> None:
+    """Quantize ``model`` in place for configuration (fmt, backend), with the model's preset."""
+    if fmt == "bf16":
+        return
+    preset = preset_for(spec, tiny)
+    if fmt in ("mxfp8", "nvfp4"):
+        dqd.quantize(model, fmt, preset=preset, backend=backend, verbose=False)
+        return
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def keep_bf16(module, name):
+        return not isinstance(module, torch.nn.Linear) or preset.skip_reason(name, module) is not None
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(model, config, filter_fn=lambda module, name: not keep_bf16(module, name))
+
+
+def apply_compile(model: torch.nn.Module, mode: str) -> None:
+    if mode == "regional":
+        model.compile_repeated_blocks(fullgraph=True)
+    elif mode == "regional-cudagraphs":
+        model.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+
+
+# ----------------------------------------------------------------------------------------------
+# The denoising loop
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """One (model, batch)'s fixed inputs: conditioning, negative conditioning, initial noise."""
+
+    kwargs: dict
+    negative: dict
+    noise: torch.Tensor
+
+
+def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str) -> Inputs:
+    g = torch.Generator(device=device).manual_seed(SEED + 1)
+    kwargs, noise = spec.inputs(batch, resolution, tiny, device, g)
+    negative = {key: torch.zeros_like(kwargs[key]) for key in spec.negative_keys}
+    return Inputs(kwargs, negative, noise)
+
+
+def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    batch = x.shape[0]
+    timestep = torch.full((batch,), sigma, device=x.device, dtype=torch.float32)
+    if spec.cfg == "double_batch":
+        both = {k: torch.cat([v, inputs.negative.get(k, v)]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v
+                for k, v in inputs.kwargs.items()}
+        out = model(**{spec.latent_key: torch.cat([x, x])}, timestep=torch.cat([timestep, timestep]), **both,
+                    return_dict=False)[0]
+        cond, uncond = out.chunk(2)
+        return uncond + GUIDANCE * (cond - uncond)
+    cond = model(**{spec.latent_key: x}, timestep=timestep, **inputs.kwargs, return_dict=False)[0]
+    if spec.cfg == "two_forwards":
+        uncond = model(**{spec.latent_key: x}, timestep=timestep, **{**inputs.kwargs, **inputs.negative},
+                       return_dict=False)[0]
+        return uncond + GUIDANCE * (cond - uncond)
+    return cond
+
+
+def denoise(model, spec: ModelSpec, inputs: Inputs, steps: int, progress: tqdm | None = None):
+    """(final latent, per-step seconds): ``steps`` Euler steps of x += (sigma_next - sigma) * v."""
+    x = inputs.noise.clone()
+    sigmas = [1.0 - i / steps for i in range(steps + 1)]
+    seconds = []
+    for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        v = _velocity(model, spec, inputs, x, sigma)
+        x = (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        if progress is not None:
+            progress.update()
+    return x, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    model: str
+    format: str
+    backend: str
+    batch: int
+    compile: str
+    step_ms: float
+    speedup_vs_bf16: float | None
+    peak_gib: float | None
+    weights_gib: float
+    rel_err: float
+    cosine: float
+    compile_s: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    out, ref = out.double().flatten().cpu(), ref.double().flatten().cpu()
+    cosine = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
+    return ((out - ref).norm() / ref.norm()).item(), cosine
+
+
+def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str]]:
+    """(format, backend) pairs: bf16 and fp8_rowwise once (backend "-"), ours once per backend."""
+    pairs = []
+    for fmt in formats:
+        if fmt in ("bf16", "fp8_rowwise"):
+            pairs.append((fmt, "-" if fmt == "bf16" else "torchao"))
+        else:
+            pairs.extend((fmt, backend) for backend in backends)
+    return pairs
+
+
+def run(
+    models: Sequence[str],
+    batches: Sequence[int],
+    resolution: tuple[int, ...] | None,
+    steps: int,
+    formats: Sequence[str],
+    backends: Sequence[str],
+    compile_modes: Sequence[str],
+    tiny: bool = False,
+    checkpoint: str | None = None,
+) -> list[Row]:
+    """Every model x batch x configuration x compile mode; see the module docstring."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not tiny:
+        raise ValueError("bench model: without a CUDA device only --tiny runs (full-size models need a GPU)")
+    if steps <= WARMUP_STEPS:
+        raise ValueError(f"bench model: --steps must be more than the {WARMUP_STEPS} warm-up steps")
+    formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
+    pairs = configurations(formats, backends)
+    total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps
+    rows: list[Row] = []
+    with torch.inference_mode(), tqdm(total=total, desc="bench model", unit="step") as progress:
+        for name in models:
+            spec = MODELS[name]
+            res = resolution or (spec.tiny_resolution if tiny else spec.default_resolution)
+            for batch in batches:
+                inputs = make_inputs(spec, batch, res, tiny, device)
+                reference = None
+                bf16_ms: dict[str, float] = {}
+                for fmt, backend in pairs:
+                    for mode in compile_modes:
+                        progress.set_postfix_str(f"{name} b{batch} {fmt}/{backend} {mode}")
+                        row, latent = _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device,
+                                               checkpoint, progress)
+                        if reference is None:  # bf16 in the first compile mode asked for (eager by default)
+                            reference = latent
+                        row.rel_err, row.cosine = compare(latent, reference)
+                        if fmt == "bf16":
+                            bf16_ms[mode] = row.step_ms
+                        row.speedup_vs_bf16 = bf16_ms[mode] / row.step_ms if mode in bf16_ms else None
+                        rows.append(row)
+                        tqdm.write(f"  {name} batch {batch} {fmt}/{backend} {mode}: {row.step_ms:.1f} ms/step, "
+                                   f"rel err {row.rel_err:.4f}")
+    return rows
+
+
+def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, checkpoint, progress):
+    model = build(spec, tiny, device, checkpoint)
+    apply_format(model, spec, fmt, backend, tiny)
+    weights = weight_bytes(model)
+    apply_compile(model, mode)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    latent, seconds = denoise(model, spec, inputs, steps, progress)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    measured = seconds[WARMUP_STEPS:]
+    step_ms = statistics.median(measured) * 1e3
+    compile_s = max(0.0, sum(seconds[:WARMUP_STEPS]) - WARMUP_STEPS * step_ms / 1e3) if mode != "none" else None
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    row = Row(spec.name, fmt, backend, batch, mode, step_ms, None, peak, weights / 2**30, 0.0, 1.0, compile_s)
+    return row, latent
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Row]) -> str:
+    headers = ("model", "batch", "format", "backend", "compile", "ms/step", "x bf16", "peak GiB", "weights GiB",
+               "rel err", "cosine", "compile s")
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.model, r.batch), []).append([
+            r.model, str(r.batch), r.format, r.backend, r.compile, f"{r.step_ms:.1f}",
+            "-" if r.speedup_vs_bf16 is None else f"{r.speedup_vs_bf16:.2f}",
+            "-" if r.peak_gib is None else f"{r.peak_gib:.2f}", f"{r.weights_gib:.2f}",
+            f"{r.rel_err:.4f}", f"{r.cosine:.5f}", "-" if r.compile_s is None else f"{r.compile_s:.0f}",
+        ])  # fmt: skip
+    return report.format_table(headers, list(groups.values()), right_aligned=range(5, 12))
+
+
+def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
+    """PNG: step latency (ms) and weight memory (GiB) per configuration, one group per (model, batch,
+    compile mode); two files: ``path`` (latency) and ``path`` with ``-memory`` before the suffix."""
+    groups = list(dict.fromkeys(f"{r.model} b{r.batch} {r.compile}" for r in rows))
+    names = list(dict.fromkeys(f"{r.format}/{r.backend}" for r in rows))
+    by_key = {(f"{r.model} b{r.batch} {r.compile}", f"{r.format}/{r.backend}"): r for r in rows}
+
+    def series(value):
+        return {n: [value(by_key[(g, n)]) if (g, n) in by_key else None for g in groups] for n in names}
+
+    report.plot_grouped_bars(path, groups, series(lambda r: r.step_ms),
+                             f"Diffusion transformer step latency - {device}, {date}", "ms per denoising step")
+    stem, dot, suffix = path.rpartition(".")
+    memory_path = f"{stem}-memory.{suffix}" if dot else f"{path}-memory"
+    report.plot_grouped_bars(memory_path, groups, series(lambda r: r.weights_gib),
+                             f"Transformer weight memory - {device}, {date}", "GiB")

@@ -1,0 +1,68 @@
+"""``dq-kernels bench model`` on tiny models (CPU CI): every configuration runs through the
+denoising loop, rows carry the documented fields, errors are measured against bf16, and the JSON,
+table and charts are written. Times on the CPU mean nothing and are not checked."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from dq_kernels import cli  # noqa: E402
+from dq_kernels.bench import model  # noqa: E402
+
+ROW_KEYS = {"model", "format", "backend", "batch", "compile", "step_ms", "speedup_vs_bf16", "peak_gib",
+            "weights_gib", "rel_err", "cosine"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(model.MODELS))
+def test_tiny_model_every_configuration(name):
+    rows = model.run([name], [1, 2], None, 3, ["mxfp8", "nvfp4"], ["auto", "torchao"], ["none"], tiny=True)
+    assert [(r.format, r.backend, r.batch) for r in rows] == [
+        (f, b, batch) for batch in (1, 2) for f, b in (("bf16", "-"), ("mxfp8", "auto"), ("mxfp8", "torchao"),
+                                                       ("nvfp4", "auto"), ("nvfp4", "torchao"))
+    ]
+    for r in rows:
+        assert ROW_KEYS <= set(r.to_json())
+        if r.format == "bf16":
+            assert r.rel_err == 0 and r.speedup_vs_bf16 == 1
+        else:  # quantized: close to bf16, but not equal (the tiny preset quantizes the narrow layers)
+            assert 0 < r.rel_err < 0.2 and r.cosine > 0.98
+    weights = {(r.format, r.batch): r.weights_gib for r in rows}
+    assert weights[("mxfp8", 1)] < weights[("bf16", 1)] and weights[("nvfp4", 1)] < weights[("mxfp8", 1)]
+
+
+def test_auto_and_torchao_agree_on_the_denoised_latent():
+    """Both backends run the same quantized operands: their final latents differ only by the
+    accumulation order of the products (torchao EMULATED vs our reference on the CPU)."""
+    rows = model.run(["flux"], [1], None, 3, ["mxfp8"], ["auto", "torchao"], ["none"], tiny=True)
+    auto, torchao = (r for r in rows if r.format == "mxfp8")
+    assert auto.rel_err == pytest.approx(torchao.rel_err, rel=0.2)
+
+
+def test_cli_writes_json_table_and_charts(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    plot = tmp_path / "model.png"
+    code = cli.main(["bench", "model", "flux", "--tiny", "--steps", "3", "--formats", "nvfp4", "--backends", "auto",
+                     "--json", str(out), "--plot", str(plot)])  # fmt: skip
+    assert code == 0
+    document = json.loads(out.read_text())
+    assert document["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())
+    assert [r["format"] for r in document["rows"]] == ["bf16", "nvfp4"]
+    assert plot.is_file() and (tmp_path / "model-memory.png").is_file()
+    assert "ms/step" in capsys.readouterr().out
+
+
+def test_full_size_needs_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert cli.main(["bench", "model", "flux"]) == 2
+    assert "--tiny" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--tiny"):
+        model.run(["flux"], [1], None, 3, ["mxfp8"], ["auto"], ["none"])
+
+
+def test_steps_must_exceed_the_warm_up():
+    with pytest.raises(ValueError, match="warm-up"):
+        model.run(["flux"], [1], None, model.WARMUP_STEPS, ["mxfp8"], ["auto"], ["none"], tiny=True)
