@@ -5,7 +5,8 @@ For each model and batch: the real-size transformer is built from its published 
 random weights (the same weights for every configuration; ``--checkpoint`` loads real ones
 instead), fed inputs whose token counts follow from the resolution, and driven through a short
 flow-matching denoising loop (Euler steps from sigma 1 to 0; classifier-free guidance as the model's
-pipeline does it: QwenImage's true CFG runs two forwards per step, LTX-2 doubles the batch). Every
+pipeline does it: QwenImage's true CFG runs two forwards per step, LTX-2 doubles the batch; for
+LTX-2 only the video latent is stepped, the audio tokens are fixed inputs). Every
 configuration starts from the same noise and conditioning, so the final latents are comparable:
 ``rel_err`` and ``cosine`` compare each with the bf16 eager run, after all steps, so drift shows.
 
@@ -71,6 +72,12 @@ class ModelSpec:
     cfg: str = "none"
     latent_key: str = "hidden_states"
     negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
+    time_kwargs: Callable = None  # (sigma, latent, kwargs) -> the timestep arguments; default below
+
+
+def _timestep(sigma: float, x: torch.Tensor, kwargs: dict) -> dict:
+    """timestep = sigma for each batch element (FLUX and QwenImage scale it by 1000 inside)."""
+    return {"timestep": torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)}
 
 
 def _randn(g, device, *shape):
@@ -93,6 +100,45 @@ def _flux_inputs(batch, resolution, tiny, device, g):
     return kwargs, _randn(g, device, batch, h * w, channels)
 
 
+def _qwenimage_inputs(batch, resolution, tiny, device, g):
+    """QwenImage: 8x VAE, 16 latent channels packed 2x2 to 64; a 128-token prompt (8 in --tiny)."""
+    height, width = resolution
+    h, w = height // 16, width // 16
+    text, text_dim = (8, 64) if tiny else (128, 3584)
+    kwargs = dict(
+        encoder_hidden_states=_randn(g, device, batch, text, text_dim),
+        encoder_hidden_states_mask=torch.ones(batch, text, device=device),
+        img_shapes=[(1, h, w)] * batch,
+    )
+    return kwargs, _randn(g, device, batch, h * w, 64)
+
+
+def _ltx2_inputs(batch, resolution, tiny, device, g):
+    """LTX-2: 32x spatial and 8x temporal VAE, 128 latent channels, patch 1; audio at 25 latent
+    frames per second of video at 24 fps; 1024 text tokens per stream (8 in --tiny)."""
+    frames, height, width = resolution
+    f, h, w = (frames - 1) // 8 + 1, height // 32, width // 32
+    audio_frames = round(frames / 24 * 25)
+    channels, text, text_dim = (32, 8, 64) if tiny else (128, 1024, 3840)
+    kwargs = dict(
+        audio_hidden_states=_randn(g, device, batch, audio_frames, channels),
+        encoder_hidden_states=_randn(g, device, batch, text, text_dim),
+        audio_encoder_hidden_states=_randn(g, device, batch, text, text_dim),
+        num_frames=f,
+        height=h,
+        width=w,
+        audio_num_frames=audio_frames,
+    )
+    return kwargs, _randn(g, device, batch, f * h * w, channels)
+
+
+def _ltx2_timesteps(sigma: float, x: torch.Tensor, kwargs: dict) -> dict:
+    """LTX-2 takes per-token timesteps on a 0..1000 scale, for the video and the audio tokens."""
+    audio = kwargs["audio_hidden_states"].shape[1]
+    return {"timestep": torch.full(x.shape[:2], 1000 * sigma, device=x.device),
+            "audio_timestep": torch.full((x.shape[0], audio), 1000 * sigma, device=x.device)}
+
+
 MODELS: dict[str, ModelSpec] = {
     "flux": ModelSpec(
         "flux",
@@ -107,6 +153,42 @@ MODELS: dict[str, ModelSpec] = {
         default_resolution=(1024, 1024),
         tiny_resolution=(64, 64),
         inputs=_flux_inputs,
+    ),
+    "qwenimage": ModelSpec(
+        "qwenimage",
+        "QwenImageTransformer2DModel",
+        # Qwen/Qwen-Image transformer/config.json (as copied in third-party code; the hub file itself
+        # was not read): 60 layers, 24 heads of 128, 3584-wide text states
+        config=dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                    axes_dims_rope=(16, 56, 56)),
+        tiny_config=dict(patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=32,
+                         num_attention_heads=2, joint_attention_dim=64, axes_dims_rope=(8, 12, 12)),
+        default_resolution=(1024, 1024),
+        tiny_resolution=(64, 64),
+        inputs=_qwenimage_inputs,
+        cfg="two_forwards",
+        negative_keys=("encoder_hidden_states",),
+    ),
+    "ltx2": ModelSpec(
+        "ltx2",
+        "LTX2VideoTransformer3DModel",
+        # diffusers' conversion preset for Lightricks/LTX-2 (the hub config.json was not read): 48
+        # layers; video 32 heads of 128, audio 32 heads of 64; 3840-wide captions; split RoPE
+        config=dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+                    attention_head_dim=128, cross_attention_dim=4096, audio_in_channels=128,
+                    audio_out_channels=128, audio_num_attention_heads=32, audio_attention_head_dim=64,
+                    audio_cross_attention_dim=2048, num_layers=48, caption_channels=3840, rope_type="split"),
+        tiny_config=dict(in_channels=32, out_channels=32, num_attention_heads=2, attention_head_dim=32,
+                         cross_attention_dim=64, audio_in_channels=32, audio_out_channels=32,
+                         audio_num_attention_heads=2, audio_attention_head_dim=32, audio_cross_attention_dim=64,
+                         num_layers=1, caption_channels=64),
+        default_resolution=(121, 512, 768),
+        tiny_resolution=(9, 64, 64),
+        inputs=_ltx2_inputs,
+        cfg="double_batch",
+        negative_keys=("encoder_hidden_states", "audio_encoder_hidden_states"),
+        time_kwargs=_ltx2_timesteps,
     ),
 }
 
@@ -195,18 +277,20 @@ def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str
 
 def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, sigma: float) -> torch.Tensor:
     batch = x.shape[0]
-    timestep = torch.full((batch,), sigma, device=x.device, dtype=torch.float32)
+    kwargs = {**inputs.kwargs, **(spec.time_kwargs or _timestep)(sigma, x, inputs.kwargs)}
     if spec.cfg == "double_batch":
-        both = {k: torch.cat([v, inputs.negative.get(k, v)]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v
-                for k, v in inputs.kwargs.items()}
-        out = model(**{spec.latent_key: torch.cat([x, x])}, timestep=torch.cat([timestep, timestep]), **both,
+        def doubled(key, value):
+            if not (torch.is_tensor(value) and value.shape[:1] == (batch,)):
+                return value
+            return torch.cat([value, inputs.negative.get(key, value)])
+
+        out = model(**{spec.latent_key: torch.cat([x, x])}, **{k: doubled(k, v) for k, v in kwargs.items()},
                     return_dict=False)[0]
         cond, uncond = out.chunk(2)
         return uncond + GUIDANCE * (cond - uncond)
-    cond = model(**{spec.latent_key: x}, timestep=timestep, **inputs.kwargs, return_dict=False)[0]
+    cond = model(**{spec.latent_key: x}, **kwargs, return_dict=False)[0]
     if spec.cfg == "two_forwards":
-        uncond = model(**{spec.latent_key: x}, timestep=timestep, **{**inputs.kwargs, **inputs.negative},
-                       return_dict=False)[0]
+        uncond = model(**{spec.latent_key: x}, **{**kwargs, **inputs.negative}, return_dict=False)[0]
         return uncond + GUIDANCE * (cond - uncond)
     return cond
 
