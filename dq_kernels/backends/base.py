@@ -142,3 +142,12 @@ class Backend:
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias) -> torch.Tensor:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_weight_only_mm")
+
+
+class TritonBackend(Backend):
+    """A backend whose kernels are written in Triton: available when triton is installed."""
+
+    def availability(self) -> tuple[bool, str]:
+        if not installed("triton"):
+            return False, "triton is not installed (pip install 'triton>=3.6')"
+        return True, ""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec, installed, triton_interpreted
+from .base import BackendSpec, TritonBackend, triton_interpreted
 
 AMAX_TILE = 128  # the amax pass reads 128 x 128 tiles
 
@@ -113,18 +113,13 @@ def quantize_nvfp4(
     return q, s, ts_out
 
 
-class TritonCastBackend(Backend):
+class TritonCastBackend(TritonBackend):
     spec = BackendSpec(
         name="triton_cast",
         description="Triton cast kernels: one pass to qdata + swizzled scales (bit-identical to the reference)",
         ops=("quantize_mxfp8", "quantize_nvfp4"),
         capabilities=((8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1)),
     )
-
-    def availability(self):
-        if not installed("triton"):
-            return False, "triton is not installed"
-        return True, ""
 
     def quantize_mxfp8(self, x, scaling):
         return quantize_mxfp8(x, scaling)

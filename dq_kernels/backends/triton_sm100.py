@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec, aligned_16, installed
+from .base import BackendSpec, TritonBackend, aligned_16
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def block_scaled_mm(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out_dtype, n
     return out
 
 
-class TritonSm100Backend(Backend):
+class TritonSm100Backend(TritonBackend):
     spec = BackendSpec(
         name="triton_sm100",
         description="Triton tl.dot_scaled GEMMs on the tcgen05 block-scaled MMA (sm_100 / sm_103)",
@@ -123,11 +123,6 @@ class TritonSm100Backend(Backend):
         n_multiple=8,
         k_multiple=32,
     )
-
-    def availability(self):
-        if not installed("triton"):
-            return False, "triton is not installed (pip install 'triton>=3.6')"
-        return True, ""
 
     def kernel_config(self, fmt, m, n, k):
         t = TILES[fmt]

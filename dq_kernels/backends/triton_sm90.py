@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import formats, native
-from .base import Backend, BackendSpec, aligned_16, installed, triton_interpreted
+from .base import BackendSpec, TritonBackend, aligned_16, triton_interpreted
 from .reference import ReferenceBackend
 
 
@@ -163,7 +163,7 @@ def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.to(torch.float32).contiguous()
 
 
-class TritonSm90Backend(Backend):
+class TritonSm90Backend(TritonBackend):
     spec = BackendSpec(
         name="triton_sm90",
         description=(
@@ -178,11 +178,6 @@ class TritonSm90Backend(Backend):
         n_multiple=8,
         k_multiple=32,
     )
-
-    def availability(self):
-        if not installed("triton"):
-            return False, "triton is not installed (pip install 'triton>=3.6')"
-        return True, ""
 
     def kernel_config(self, fmt, m, n, k):
         return str(tiles_for("mxfp8" if fmt == "mxfp8" else "nvfp4", m, n, k))

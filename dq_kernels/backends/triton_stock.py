@@ -14,7 +14,7 @@ import functools
 import torch
 
 from .. import formats
-from .base import Backend, BackendSpec, installed
+from .base import BackendSpec, TritonBackend
 
 BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, NUM_STAGES, NUM_WARPS = 128, 128, 128, 8, 3, 8
 
@@ -41,7 +41,7 @@ def dot_scaled_mm(a_q, a_s, b_q, b_s, bias, out_dtype) -> torch.Tensor:
     return out
 
 
-class TritonStockBackend(Backend):
+class TritonStockBackend(TritonBackend):
     spec = BackendSpec(
         name="triton_stock",
         description="Triton's stock tl.dot_scaled on MXFP8 (comparison only; byte-0 scales read as 0 on Hopper)",
@@ -51,11 +51,6 @@ class TritonStockBackend(Backend):
         n_multiple=8,
         k_multiple=32,
     )
-
-    def availability(self):
-        if not installed("triton"):
-            return False, "triton is not installed (pip install 'triton>=3.6')"
-        return True, ""
 
     def kernel_config(self, fmt, m, n, k):
         return f"{BLOCK_M}x{BLOCK_N}x{BLOCK_K}, {NUM_STAGES} stages, {NUM_WARPS} warps"
