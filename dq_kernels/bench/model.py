@@ -14,7 +14,8 @@ Configurations: ``bf16`` (the baseline), ``mxfp8`` and ``nvfp4`` (our weight sub
 model's preset, on ``auto`` or on ``torchao``'s stock kernels), and ``fp8_rowwise`` (TorchAO's
 ``Float8DynamicActivationFloat8WeightConfig`` with per-row scales, the best 8-bit option on Hopper
 today, same layer selection). Compile modes: ``none``; ``regional`` (``compile_repeated_blocks``,
-fullgraph); ``regional-cudagraphs`` (the same with ``mode="reduce-overhead"``).
+fullgraph); ``regional-cudagraphs`` (the same, with each whole denoising step captured in one CUDA
+graph after the warm-up and replayed).
 
 Per configuration: step latency (median over the steps after ``WARMUP_STEPS``), speedup against bf16
 in the same compile mode, peak GPU memory, transformer weight memory, error against bf16, and
@@ -248,10 +249,11 @@ def apply_format(model: torch.nn.Module, spec: ModelSpec, fmt: str, backend: str
 
 
 def apply_compile(model: torch.nn.Module, mode: str) -> None:
-    if mode == "regional":
+    """Regional compile for both compiled modes; the CUDA graph of regional-cudagraphs is captured by
+    ``denoise`` around the whole step (inductor's own cudagraphs, mode="reduce-overhead", replay
+    each repeated block's graph over the previous block's outputs and fail)."""
+    if mode in ("regional", "regional-cudagraphs"):
         model.compile_repeated_blocks(fullgraph=True)
-    elif mode == "regional-cudagraphs":
-        model.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,9 +277,10 @@ def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str
     return Inputs(kwargs, negative, noise)
 
 
-def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, time: dict) -> torch.Tensor:
+    """The guided velocity at latent x; ``time`` holds the timestep tensors of this step."""
     batch = x.shape[0]
-    kwargs = {**inputs.kwargs, **(spec.time_kwargs or _timestep)(sigma, x, inputs.kwargs)}
+    kwargs = {**inputs.kwargs, **time}
     if spec.cfg == "double_batch":
         def doubled(key, value):
             if not (torch.is_tensor(value) and value.shape[:1] == (batch,)):
@@ -295,16 +298,46 @@ def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, sigma: fl
     return cond
 
 
-def denoise(model, spec: ModelSpec, inputs: Inputs, steps: int, progress: tqdm | None = None):
-    """(final latent, per-step seconds): ``steps`` Euler steps of x += (sigma_next - sigma) * v."""
+class GraphedVelocity:
+    """The velocity function captured once in a CUDA graph (after the warm-up steps have compiled
+    everything) and replayed: the latent and the timestep tensors are copied into static buffers."""
+
+    def __init__(self, model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, time: dict):
+        self.x = x.clone()
+        self.time = {k: v.clone() for k, v in time.items()}
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.v = _velocity(model, spec, inputs, self.x, self.time)
+
+    def __call__(self, x: torch.Tensor, time: dict) -> torch.Tensor:
+        self.x.copy_(x)
+        for key, value in time.items():
+            self.time[key].copy_(value)
+        self.graph.replay()
+        return self.v
+
+
+def denoise(model, spec: ModelSpec, inputs: Inputs, steps: int, progress: tqdm | None = None,
+            cuda_graph: bool = False):
+    """(final latent, per-step seconds): ``steps`` Euler steps of x += (sigma_next - sigma) * v.
+    cuda_graph: the last warm-up step captures the step's forwards in a CUDA graph, and every step
+    from there on replays it."""
     x = inputs.noise.clone()
     sigmas = [1.0 - i / steps for i in range(steps + 1)]
+    time_kwargs = spec.time_kwargs or _timestep
+    graphed = None
     seconds = []
-    for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas, sigmas[1:])):
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        v = _velocity(model, spec, inputs, x, sigma)
+        step_time = time_kwargs(sigma, x, inputs.kwargs)
+        if cuda_graph and i >= WARMUP_STEPS - 1:
+            if graphed is None:
+                graphed = GraphedVelocity(model, spec, inputs, x, step_time)
+            v = graphed(x, step_time)
+        else:
+            v = _velocity(model, spec, inputs, x, step_time)
         x = (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
         if x.is_cuda:
             torch.cuda.synchronize()
@@ -411,7 +444,7 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
     apply_compile(model, mode)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    latent, seconds = denoise(model, spec, inputs, steps, progress)
+    latent, seconds = denoise(model, spec, inputs, steps, progress, cuda_graph=mode == "regional-cudagraphs")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     measured = seconds[WARMUP_STEPS:]
     step_ms = statistics.median(measured) * 1e3
