@@ -42,10 +42,10 @@ enum {
 enum {
   DQ_OK = 0,
   DQ_ERR_NULL_POINTER = -1, /* a tensor pointer is NULL */
-  DQ_ERR_BAD_SHAPE = -2,    /* M < 1, K < 1, K not a multiple of the block size, or M * K overflows */
+  DQ_ERR_BAD_SHAPE = -2,    /* a dimension out of the range the function documents (block multiples, limits) */
   DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not one the function supports */
   DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
-  DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement refused it) */
+  DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it) */
   DQ_ERR_BAD_CONFIG = -6,   /* config is not one of the DQ_SM100_CONFIG_* values */
   DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
 };
@@ -85,8 +85,9 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  * Hopper MXFP8 GEMM (present only when the library was built with the sm90_gemm kernel family, i.e.
  * with 90a in DQ_KERNELS_CUDA_ARCHS; the device code runs on compute capability 9.0 only),
  * csrc/sm90_mxfp8_gemm.cu: FP8 wgmma per 32-wide K slice, each slice promoted into the float32
- * accumulator with its two E8M0 block scales, so the result is the exact MXFP8 product up to the
- * float32 accumulation order over the whole E8M0 range.
+ * accumulator with its two E8M0 block scales: the MXFP8 product up to the float32 accumulation
+ * order and the wgmma's FP8 summation of each slice (about 5e-5 relative), scale bytes 0 and 254
+ * included, while ea + eb <= 381 for every pair of block scales (else the scale product is inf).
  *
  *   out[m, n] = sum_k A[m, k] * B[n, k] + bias[n]     (out = A @ B^T + bias)
  *
@@ -96,8 +97,8 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *             columns, padding included, 16-byte aligned. The padding bytes are never used.
  *   bias:     NULL or float32 [N], 16-byte aligned.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
- *   M, N, K:  1 <= M, N, K <= INT32_MAX, K % 32 == 0, N % 8 == 0 and N <= 65535 * 128, else
- *             DQ_ERR_BAD_SHAPE.
+ *   M, N, K:  1 <= M, N <= INT32_MAX - 128, 1 <= K <= INT32_MAX, K % 32 == 0, N % 8 == 0 and
+ *             N <= 65535 * 128, else DQ_ERR_BAD_SHAPE.
  * The epilogue computes acc + bias in float32 and rounds once to the output dtype. Nothing is
  * allocated. DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */

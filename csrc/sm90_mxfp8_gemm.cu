@@ -5,9 +5,11 @@
 // Hopper has no block-scaled MMA, but its FP8 wgmma (m64nNk32) covers exactly one MX block of 32
 // along K. So each 32-wide K slice runs one wgmma into a fresh float32 "partial" accumulator, and
 // the partial is then added into the main accumulator scaled by its two block scales on the CUDA
-// cores ("promotion"): acc = fma(partial, sa[m] * sb[n], acc). That is the MXFP8 product itself,
-// exact up to the float32 accumulation order, over the whole E8M0 range (scale bytes 0 and 254
-// included). Promotion costs two float32 instructions per accumulator element per 32 K, twice the
+// cores ("promotion"): acc = fma(partial, sa[m] * sb[n], acc). That is the MXFP8 product up to the
+// float32 accumulation order and the wgmma's own summation of a slice's 32 products (less precise
+// than float32: 4.5e-5 relative to the float32 reference at 4096 x 3072 x 3072), with scale bytes 0
+// and 254 included, as long as each scale product 2^(ea + eb - 254) is a float32: ea + eb <= 381
+// (beyond, it is inf and so is the result; no real tensor has two scales above 2^63). Promotion costs two float32 instructions per accumulator element per 32 K, twice the
 // tensor-core time of the slice, so the design's ceiling is the bf16 wgmma rate; it gets near it
 // only if the promotions never leave the tensor cores idle:
 //   - each consumer warpgroup splits its 64 x 128 output into two 64-column halves, each a
@@ -319,9 +321,9 @@ int make_operand_map(CUtensorMap* map, const uint8_t* base, int64_t rows, int64_
 template <typename Out>
 int launch(const CUtensorMap& a_map, const CUtensorMap& b_map, const Problem& p, void* out, cudaStream_t stream) {
   auto kernel = mxfp8_gemm_kernel<Out>;
-  static const cudaError_t attribute_set =  // once per process (per device: set on the first one used)
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-  if (attribute_set != cudaSuccess) return attribute_set;
+  // The attribute belongs to the current device's context: set it on every launch (it is cheap).
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
+    return e;
   const dim3 grid((p.M + kTileM - 1) / kTileM, (p.N + kTileN - 1) / kTileN);
   kernel<<<grid, kThreads, kSharedBytes, stream>>>(a_map, b_map, p, static_cast<Out*>(out));
   return cudaGetLastError();
@@ -337,8 +339,9 @@ extern "C" int dq_sm90_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const ui
                                 void* stream) {
   using namespace dq::sm90;
   if (!a_q || !a_s || !b_q || !b_s || !out) return DQ_ERR_NULL_POINTER;
-  if (M < 1 || N < 1 || K < kBlock || K % kBlock != 0 || N % 8 != 0 || M > INT32_MAX || N > INT32_MAX ||
-      K > INT32_MAX || (M + kTileM - 1) / kTileM > INT32_MAX || (N + kTileN - 1) / kTileN > 65535)
+  // Tile coordinates and row indices are int: keep M and N a tile below INT32_MAX.
+  if (M < 1 || N < 1 || K < kBlock || K % kBlock != 0 || N % 8 != 0 || M > INT32_MAX - kTileM ||
+      N > INT32_MAX - kTileN || K > INT32_MAX || (N + kTileN - 1) / kTileN > 65535)
     return DQ_ERR_BAD_SHAPE;
   for (const void* ptr : {static_cast<const void*>(a_q), static_cast<const void*>(a_s),
                           static_cast<const void*>(b_q), static_cast<const void*>(b_s),

@@ -170,6 +170,14 @@ def _bench_model(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available() and not args.tiny:
         print("No CUDA device: full-size models need a GPU. Add --tiny for a smoke test on the CPU.")
         return 2
+    try:
+        for name in args.models:
+            model.check_resolution(model.MODELS[name], args.resolution)
+        if args.tiny and args.checkpoint:
+            raise ValueError("--tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
+    except ValueError as err:
+        print(err)
+        return 2
     rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
                      args.compile, tiny=args.tiny, checkpoint=args.checkpoint)
     print(model.table(rows))

@@ -300,7 +300,14 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
         names = " or ".join(str(d).removeprefix("torch.") for d in out_dtypes)
         raise ValueError(f"dq_kernels.native.{fn}: out must be {names}, got {out.dtype}")
     _family_library(fn, family)
+    for name in ("a_q", "b_q"):
+        if tensors[name].element_size() != 1:
+            raise ValueError(f"dq_kernels.native.{fn}: {name} must hold bytes (float8 or uint8), got {tensors[name].dtype}")
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
+    if out.is_cuda:
+        ok, why = supports_device(out.device, family)
+        if not ok:
+            raise ValueError(f"dq_kernels.native.{fn}: {why}")
     if b_q.shape[1] * per_byte != k:
         raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
     _check_scales(fn, a_s, m, k // block)

@@ -191,7 +191,7 @@ def test_triton_kernels_interpreted(name, m, n, k):
     the domain where both kernels are exact (triton_sm90 decodes to bf16; the stock kernel reads byte
     0 as zero on Hopper)."""
     pytest.importorskip("triton")
-    device = CUDA if on_hopper() else torch.device("cpu")
+    device = run_device()
     operands = [t.to(device) for t in extreme_pair(m, n, k, seed=k, lowest_byte=3)]
     bias = torch.randn(n, generator=torch.Generator().manual_seed(2))
     out = triton_run(name, *operands, bias, torch.float32)
@@ -289,7 +289,12 @@ def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
 
 
 def run_device():
-    return CUDA if on_hopper() else torch.device("cpu")
+    """Where the Triton kernel tests run: the H100, else the interpreter on the CPU (skip on other GPUs)."""
+    if on_hopper():
+        return CUDA
+    if not base.triton_interpreted():
+        pytest.skip("triton_sm90 runs on sm_90 or under TRITON_INTERPRET=1; this machine has another GPU")
+    return torch.device("cpu")
 
 
 @pytest.mark.parametrize("m, n, k", [(77, 136, 160), (5, 72, 256), (129, 64, 512)])
@@ -333,10 +338,16 @@ def test_nvfp4_weight_only_on_hopper(m, n, k):
         assert relative_error(out, expected) < 4e-3
 
 
+W4A4_SHAPES = [
+    pytest.param(*shape, marks=pytest.mark.xfail(strict=False, reason="known issue: wrong (2e-2) in the GPU suite, right in isolation"))
+    if shape == (77, 256, 4160) else shape
+    for shape in ODD_SHAPES + [(4096, 3072, 3072), (16, 18432, 3072)]
+]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not on_hopper(), reason="needs an sm_90 GPU")
-@pytest.mark.xfail(strict=False, reason="known issue: one W4A4 result at 77x256x4160 was wrong (2e-2) in the GPU suite")
-@pytest.mark.parametrize("m, n, k", ODD_SHAPES + [(4096, 3072, 3072), (16, 18432, 3072)])
+@pytest.mark.parametrize("m, n, k", W4A4_SHAPES)
 def test_nvfp4_w4a4_on_hopper(m, n, k):
     """W4A4 through the op with triton_sm90 named explicitly (auto does not pick it: see the spec),
     fp32 and bf16 output, repeated launches."""

@@ -8,8 +8,9 @@ A call runs on the backend named by, in this order: the call's ``backend=`` argu
 * A backend named by ``use_backend`` or the environment applies to the ops it implements, with the
   same strictness; ops it does not implement (say, quantize for a GEMM-only backend) go to auto.
 * ``auto`` takes the first backend, in registry order (fastest first), whose spec allows the op,
-  device and shape and whose dependencies are installed. When it passes over a backend that would
-  suit this device but cannot run, it logs why once.
+  device and shape (and does not list the op in ``explicit_only_ops``) and whose dependencies are
+  installed. When it passes over a backend that would suit this device but cannot run, it logs
+  why once.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ __all__ = [
 ENV_BACKEND = "DQ_KERNELS_BACKEND"
 logger = logging.getLogger("dq_kernels")
 
-# Registry order is auto's preference order: fastest first, the reference last.
+# Registry order is auto's preference order: fastest first, the reference last among those auto may
+# pick (triton_stock, a comparison backend, comes after it and auto never takes it).
 _REGISTRY: dict[str, Backend] = {
     b.spec.name: b
     for b in (
@@ -112,6 +114,9 @@ def available_backends() -> list[BackendStatus]:
                 devices.remove(cuda_device)
             if devices:
                 why = "runs on " + " and ".join(str(d) for d in devices)
+                if cuda_device in devices:
+                    limits = [spec.device_reason(cuda_device, op) for op in spec.ops if op in dict(spec.op_capabilities)]
+                    why += "".join(f"; {limit}" for limit in limits if limit)
             else:
                 ok = False
                 if cuda_device is None:
@@ -154,7 +159,7 @@ def select(op: str, device: torch.device, m: int, n: int, k: int, requested: str
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:
             return backend
-        if backend.spec.device_reason(device) is None and op in backend.spec.ops:
+        if backend.spec.device_reason(device, op) is None and op in backend.spec.ops:
             _log_once(op, backend.spec.name, reason)
     raise BackendUnavailableError(f"no dq_kernels backend can run {op} on {device} (M={m}, N={n}, K={k})")
 

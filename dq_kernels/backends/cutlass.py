@@ -5,16 +5,19 @@
   ``kind::mxf4nvf4``) on the canonical operands as they are (the 128x4 swizzled scales are
   CUTLASS's own scale layout). Compile-verified only.
 - 9.0 (the ``sm90_gemm`` family, built for sm_90a): ``csrc/sm90_mxfp8_gemm.cu``, MXFP8 only: FP8
-  wgmma per 32-wide K slice with the block scales applied on the CUDA cores, exact (see the file).
+  wgmma per 32-wide K slice with the block scales applied on the CUDA cores; exact over the E8M0
+  range up to accumulation order and the wgmma's FP8 summation (see the file for the bounds).
 
 out = alpha * (a @ b.T) + bias, accumulated in float32, with alpha = a_ts * b_ts for NVFP4 (read on
-the device, so CUDA graphs see no host synchronization) and 1 for MXFP8. The kernels write bfloat16
-or float32; a float16 output is the float32 result cast once, which is how the reference rounds it
-too. The bias goes in as float32 (exact for every bias dtype; the reference adds it in float32).
+the device, so CUDA graphs see no host synchronization) and 1 for MXFP8. The bias goes in as
+float32 (exact for every bias dtype; the reference adds it in float32). Output: the sm_90a kernel
+writes bfloat16, float16 or float32; the sm_100a kernels bfloat16 or float32, and a float16 output
+is their float32 result cast once, which is how the reference rounds it too.
 
-Shape limits (the spec's data, matching what CUTLASS's ``can_implement`` accepts, which
-``python_tests/test_sm100.py`` checks): K % 32 == 0 (NVFP4 rows of K / 2 bytes must be 16-byte
-multiples for TMA; MXFP8's block is 32 anyway) and N % 8 == 0 (out rows for the TMA store).
+Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a these match what
+CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
+bytes must be 16-byte multiples for TMA, out rows for the TMA store). The sm_90a kernel also needs
+N <= 65535 * 128 (grid rows), which no model layer approaches.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from .. import native
 from . import base
-from .base import Backend, BackendSpec, aligned_16
+from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
@@ -36,15 +39,11 @@ def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device)
     return torch.empty(m, n, dtype=dtype, device=device)
 
 
-def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else aligned_16(bias.to(torch.float32).contiguous())
-
-
 class CutlassBackend(Backend):
     spec = BackendSpec(
         name="cutlass",
         description=(
-            "native CuTe/CUTLASS GEMMs: sm_90a exact MXFP8 (FP8 wgmma + per-32 promotion); sm_100a "
+            "native CuTe/CUTLASS GEMMs: sm_90a MXFP8 (FP8 wgmma + per-32 promotion); sm_100a "
             "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only)"
         ),
         ops=("mxfp8_mm", "nvfp4_mm"),
@@ -75,12 +74,13 @@ class CutlassBackend(Backend):
         return True, ""
 
     def kernel_config(self, fmt, m, n, k):
+        """The config for the current CUDA device (sm_90a: its one tile, MXFP8 only), else sm_100a's."""
         if torch.cuda.is_available() and base.capability(torch.device("cuda")) == (9, 0):
-            return SM90_CONFIG
+            return SM90_CONFIG if fmt == "mxfp8" else ""
         return native.sm100_mm_plan(fmt, m, n, k).config
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
-        operands = (aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), _float32_bias(bias))
+        operands = (aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias))
         if base.capability(a_q.device) == (9, 0):
             out = torch.empty(a_q.shape[0], b_q.shape[0], dtype=out_dtype, device=a_q.device)
             native.sm90_mxfp8_mm(*operands, out)
@@ -93,6 +93,6 @@ class CutlassBackend(Backend):
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         native.sm100_nvfp4_mm(
-            aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, _float32_bias(bias), out
+            aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, float32_bias(bias), out
         )
         return out.to(out_dtype)

@@ -17,7 +17,7 @@ design instead (``triton_mm_kernels.weight_decoded_mm_kernel``):
 Exactness: e2m1 x e4m3 is always a bfloat16 (and float16) value, so NVFP4 products are exact up to
 float32 accumulation order. e4m3 x 2^(e - 127) is a bfloat16 value unless it falls below bfloat16's
 subnormal grid, which needs an MXFP8 scale byte below 3 (block amax under about 2^-116) with nonzero
-data; the ``cutlass`` backend (FP8 wgmma + per-32 promotion) is exact over the whole E8M0 range.
+data; the ``cutlass`` backend (FP8 wgmma + per-32 promotion) also covers scale bytes 0 to 2.
 W4A16 with a float32 activation is computed by the reference path (the kernel's dots are bf16/fp16).
 
 Tiles per shape (``tiles_for``, a fixed heuristic: nothing is tuned in the call path).
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import formats, native
-from .base import BackendSpec, TritonBackend, aligned_16, triton_interpreted
-from .reference import ReferenceBackend
+from .. import formats
+from . import reference
+from .base import BackendSpec, TritonBackend, aligned_16, float32_bias, triton_interpreted
 
 
 @dataclass(frozen=True)
@@ -80,26 +80,14 @@ def _kernel():
     return triton_mm_kernels.weight_decoded_mm_kernel
 
 
-def _native_decodes(t: torch.Tensor) -> bool:
-    return t.is_cuda and native.supports_device(t.device)[0]
-
-
 def decode_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
     """A quantized activation -> bfloat16 [M, K], exact (MXFP8: within the domain in the module
-    docstring; NVFP4: e2m1 x e4m3 without the tensor scale). The native kernel on a GPU it
-    supports, ``formats`` elsewhere (CPU tensors, the interpreter)."""
-    m, k = a_q.shape[0], a_q.shape[1] * formats.FORMATS[fmt].elements_per_byte
-    one = torch.ones((), dtype=torch.float32, device=a_q.device)
-    if _native_decodes(a_q):
-        out = torch.empty(m, k, dtype=torch.bfloat16, device=a_q.device)
-        if fmt == "mxfp8":
-            native.dequantize_mxfp8(a_q, a_s, out)
-        else:
-            native.dequantize_nvfp4(a_q, a_s, one, out)
-        return out
+    docstring; NVFP4: e2m1 x e4m3 without the tensor scale): the reference backend's decode, which
+    runs the native kernel where it can (CPU tensors and the interpreter: ``formats``)."""
     if fmt == "mxfp8":
-        return formats.dequantize_mxfp8(a_q, a_s, torch.bfloat16)
-    return formats.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
+        return reference.dequantize_mxfp8(a_q, a_s, torch.bfloat16)
+    one = torch.ones((), dtype=torch.float32, device=a_q.device)
+    return reference.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
 
 
 def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
@@ -159,10 +147,6 @@ def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bia
     return partial_sums.to(out_dtype)
 
 
-def _float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else bias.to(torch.float32).contiguous()
-
-
 class TritonSm90Backend(TritonBackend):
     spec = BackendSpec(
         name="triton_sm90",
@@ -184,13 +168,13 @@ class TritonSm90Backend(TritonBackend):
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         a = decode_activation("mxfp8", a_q, a_s)
-        return weight_decoded_mm("mxfp8", a, b_q, b_s, None, None, _float32_bias(bias), out_dtype)
+        return weight_decoded_mm("mxfp8", a, b_q, b_s, None, None, float32_bias(bias), out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         a = decode_activation("nvfp4", a_q, a_s)
-        return weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts, b_ts, _float32_bias(bias), out_dtype)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts, b_ts, float32_bias(bias), out_dtype)
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernel's dots are bf16/fp16
-            return ReferenceBackend().nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, _float32_bias(bias), a.dtype)
+            return reference.ReferenceBackend().nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, float32_bias(bias), a.dtype)

@@ -14,7 +14,7 @@ import functools
 import torch
 
 from .. import formats
-from .base import BackendSpec, TritonBackend
+from .base import BackendSpec, TritonBackend, float32_bias
 
 BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, NUM_STAGES, NUM_WARPS = 128, 128, 128, 8, 3, 8
 
@@ -56,5 +56,4 @@ class TritonStockBackend(TritonBackend):
         return f"{BLOCK_M}x{BLOCK_N}x{BLOCK_K}, {NUM_STAGES} stages, {NUM_WARPS} warps"
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
-        bias = None if bias is None else bias.to(torch.float32).contiguous()
-        return dot_scaled_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+        return dot_scaled_mm(a_q, a_s, b_q, b_s, float32_bias(bias), out_dtype)

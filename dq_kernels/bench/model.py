@@ -8,7 +8,8 @@ flow-matching denoising loop (Euler steps from sigma 1 to 0; classifier-free gui
 pipeline does it: QwenImage's true CFG runs two forwards per step, LTX-2 doubles the batch; for
 LTX-2 only the video latent is stepped, the audio tokens are fixed inputs). Every
 configuration starts from the same noise and conditioning, so the final latents are comparable:
-``rel_err`` and ``cosine`` compare each with the bf16 eager run, after all steps, so drift shows.
+``rel_err`` and ``cosine`` compare each with the bf16 run in the first compile mode asked for (eager
+by default), after all steps, so drift shows.
 
 Configurations: ``bf16`` (the baseline), ``mxfp8`` and ``nvfp4`` (our weight subclasses with the
 model's preset, on ``auto`` or on ``torchao``'s stock kernels), and ``fp8_rowwise`` (TorchAO's
@@ -391,6 +392,13 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
     return pairs
 
 
+def check_resolution(spec: ModelSpec, resolution: tuple[int, ...] | None) -> None:
+    """ValueError unless ``resolution`` has the model's rank: HxW for images, FxHxW for video."""
+    if resolution is not None and len(resolution) != len(spec.default_resolution):
+        form = "FxHxW (frames, height, width)" if len(spec.default_resolution) == 3 else "HxW"
+        raise ValueError(f"bench model: {spec.name} takes a resolution {form}, got {'x'.join(map(str, resolution))}")
+
+
 def run(
     models: Sequence[str],
     batches: Sequence[int],
@@ -408,6 +416,10 @@ def run(
         raise ValueError("bench model: without a CUDA device only --tiny runs (full-size models need a GPU)")
     if steps <= WARMUP_STEPS:
         raise ValueError(f"bench model: --steps must be more than the {WARMUP_STEPS} warm-up steps")
+    if tiny and checkpoint:
+        raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
+    for name in models:
+        check_resolution(MODELS[name], resolution)
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
     total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps
