@@ -304,10 +304,9 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
         if tensors[name].element_size() != 1:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must hold bytes (float8 or uint8), got {tensors[name].dtype}")
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
-    if out.is_cuda:
-        ok, why = supports_device(out.device, family)
-        if not ok:
-            raise ValueError(f"dq_kernels.native.{fn}: {why}")
+    capability = torch.cuda.get_device_capability(out.device)
+    if not any(_arch_runs_on(arch, capability) for arch in _library().info["families"][family]):
+        raise ValueError(f"dq_kernels.native.{fn}: {supports_device(out.device, family)[1]}")
     if b_q.shape[1] * per_byte != k:
         raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
     _check_scales(fn, a_s, m, k // block)

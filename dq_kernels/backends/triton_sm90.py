@@ -86,6 +86,7 @@ def decode_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.T
     runs the native kernel where it can (CPU tensors and the interpreter: ``formats``)."""
     if fmt == "mxfp8":
         return reference.dequantize_mxfp8(a_q, a_s, torch.bfloat16)
+    # made per call: a cached tensor first made during CUDA-graph capture would hold no value eagerly
     one = torch.ones((), dtype=torch.float32, device=a_q.device)
     return reference.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -242,11 +242,10 @@ def apply_format(model: torch.nn.Module, spec: ModelSpec, fmt: str, backend: str
         return
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    def keep_bf16(module, name):
-        return not isinstance(module, torch.nn.Linear) or preset.skip_reason(name, module) is not None
+    def quantized(module, name):
+        return isinstance(module, torch.nn.Linear) and preset.skip_reason(name, module) is None
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    quantize_(model, config, filter_fn=lambda module, name: not keep_bf16(module, name))
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=quantized)
 
 
 def apply_compile(model: torch.nn.Module, mode: str) -> None:
@@ -367,12 +366,9 @@ class Row:
     rel_err: float
     cosine: float
     compile_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d.update(d.pop("extra"))
-        return d
+        return asdict(self)
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
