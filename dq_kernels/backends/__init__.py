@@ -8,8 +8,7 @@ A call runs on the backend named by, in this order: the call's ``backend=`` argu
 * A backend named by ``use_backend`` or the environment applies to the ops it implements, with the
   same strictness; ops it does not implement (say, quantize for a GEMM-only backend) go to auto.
 * ``auto`` takes the first backend, in registry order (fastest first), whose spec allows the op,
-  device and shape (and does not list the op in ``explicit_only_ops``) and whose dependencies are
-  installed. When it passes over a backend that would suit this device but cannot run, it logs
+  device and shape and whose dependencies are installed. When it passes over a backend that would suit this device but cannot run, it logs
   why once.
 """
 
@@ -154,7 +153,7 @@ def select(op: str, device: torch.device, m: int, n: int, k: int, requested: str
                 )
             return backend
     for backend in _REGISTRY.values():
-        if not backend.spec.auto or op in backend.spec.explicit_only_ops:
+        if not backend.spec.auto:
             continue
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:

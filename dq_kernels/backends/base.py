@@ -35,8 +35,7 @@ class BackendSpec:
 
     ``capabilities``: CUDA compute capabilities it runs on (None: any); ``op_capabilities`` narrows
     them for single ops, as (op, capabilities) pairs. ``cpu``: whether it runs on CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
-    ``auto``: whether ``backend="auto"`` may pick it (comparison backends opt out);
-    ``explicit_only_ops``: ops auto must not pick it for (run only when named explicitly).
+    ``auto``: whether ``backend="auto"`` may pick it (comparison backends opt out).
     """
 
     name: str
@@ -46,7 +45,6 @@ class BackendSpec:
     capabilities: tuple[tuple[int, int], ...] | None = None
     op_capabilities: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
     auto: bool = True
-    explicit_only_ops: tuple[str, ...] = ()
     n_multiple: int = 1
     k_multiple: int = 1
 

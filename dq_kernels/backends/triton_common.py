@@ -21,13 +21,12 @@ def decode_e8m0(e):
 
 
 @triton.jit
-def decode_e2m1(codes):
-    """e2m1 codes 0..15 -> float32: codes 0..7 are {0, 0.5, 1, 1.5, 2, 3, 4, 6}, 8..15 their negatives
-    (8 is -0.0). Codes 2..7 are normal numbers whose float32 pattern is (code + 252) << 22."""
-    magnitude = (codes & 7).to(tl.int32)
-    normal = ((magnitude + 252) << 22).to(tl.float32, bitcast=True)
-    value = tl.where(magnitude < 2, magnitude.to(tl.float32) * 0.5, normal)
-    return tl.where((codes & 8) != 0, -value, value)
+def e2m1_as_e4m3(codes):
+    """e2m1 codes 0..15 (uint8) -> the float8_e4m3fn bytes of their values / 64: codes 0..7 are
+    {0, 0.5, 1, 1.5, 2, 3, 4, 6}, 8..15 their negatives (8 is -0.0). Moving the exponent and mantissa
+    bits (s e e m -> s 0 0 e e m 0 0) is exact: both formats' subnormals have the exponent of their
+    smallest normals, which differ by 2^6."""
+    return ((codes & 7) << 2) | ((codes & 8) << 4)
 
 
 @triton.jit

@@ -11,7 +11,7 @@ scales as bytes in the 128x4 swizzled layout with ``tiles_per_row`` = round_up(K
 import triton
 import triton.language as tl
 
-from .triton_common import decode_e2m1, decode_e8m0, swizzled_scale_offsets, tile_coordinates
+from .triton_common import decode_e8m0, e2m1_as_e4m3, swizzled_scale_offsets, tile_coordinates
 
 
 @triton.jit
@@ -24,25 +24,40 @@ def decode_weight_tile(q, s, FORMAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_
         scales = decode_e8m0(s)
     else:
         codes = q.to(tl.uint8, bitcast=True)
-        values = tl.join(decode_e2m1(codes & 0xF), decode_e2m1(codes >> 4)).reshape(BLOCK_N, BLOCK_K)
-        scales = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        # each e2m1 code as the e4m3 of its value / 64, which the GPU converts in one instruction per pair
+        values = tl.join(e2m1_as_e4m3(codes & 0xF), e2m1_as_e4m3(codes >> 4)).reshape(BLOCK_N, BLOCK_K)
+        values = values.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        scales = s.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 64.0
     scaled = values.reshape(BLOCK_N, BLOCK_K // VEC, VEC) * scales[:, :, None]
     return scaled.reshape(BLOCK_N, BLOCK_K)
 
 
 @triton.jit
-def load_weight_scales(w_s_ptr, rows_n, k0, K, tiles_per_row, FORMAT: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr):
-    """The [len(rows_n), BLOCK_K / VEC] scale bytes of the K step at k0. Blocks past K (TMA fills
-    their data with zeros) read as the scale 1, so padding bytes (NaN, say) change nothing."""
-    blocks = k0 // VEC + tl.arange(0, BLOCK_K // VEC)
-    valid = blocks[None, :] < K // VEC
+def load_weight_scales(s_desc, row0, k0, K, tiles_per_row, FORMAT: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, VEC: tl.constexpr):
+    """The scale bytes [BLOCK_N, BLOCK_K / VEC] of weight rows row0 .. row0 + BLOCK_N (row0 a multiple
+    of BLOCK_N, which is 64 or 128) in the K step at k0, by TMA, so that Triton pipelines them with the
+    tiles.
+
+    s_desc is a descriptor over the swizzled scales viewed as rows of 16 bytes (block [32 * T, 16]):
+    a 512-byte tile of the layout (128 rows x 4 scale columns) is 32 such rows, byte (r % 32,
+    4 * ((r % 128) // 32) + j % 4), and the T = BLOCK_K / (4 * VEC) tiles of one K step are
+    consecutive. Blocks past K read as the scale 1, so padding bytes (NaN, say) change nothing."""
+    T: tl.constexpr = BLOCK_K // (4 * VEC)
+    tile = (row0 // 128) * tiles_per_row + k0 // (4 * VEC)
+    raw = s_desc.load([tile * 32, 0])
+    s = raw.reshape(T, 32, 4, 4).permute(2, 1, 0, 3).reshape(128, 4 * T)  # [row % 128, block]
+    if BLOCK_N == 64:
+        low, high = s.reshape(2, 64, 4 * T).permute(1, 2, 0).split()
+        s = tl.where(row0 % 128 == 0, low, high)
+    blocks = k0 // VEC + tl.arange(0, 4 * T)
     one = 127 if FORMAT == "mxfp8" else 0x38  # E8M0 and e4m3 bytes of 1.0
-    return tl.load(w_s_ptr + swizzled_scale_offsets(rows_n, blocks, tiles_per_row), mask=valid, other=one)
+    return tl.where(blocks[None, :] < K // VEC, s, one).to(tl.uint8)
 
 
 @triton.jit
 def weight_decoded_mm_kernel(
-    a_desc, w_desc, w_s_ptr, alpha_ptr, bias_ptr, out_ptr,
+    a_desc, w_desc, s_desc, alpha_ptr, bias_ptr, out_ptr,
     M, N, K, tiles_per_row,
     FORMAT: tl.constexpr, VEC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -53,8 +68,8 @@ def weight_decoded_mm_kernel(
 
     a_desc: a TMA descriptor over the activation a [M, K] of DOT_DTYPE, bfloat16 or float16 (block
     [BLOCK_M, BLOCK_K]): a bf16/fp16 activation as it is (W4A16), or the exact bf16 decode of a quantized one.
-    w_desc: a descriptor over the weight's qdata (block [BLOCK_N, BLOCK_K / EPB]); w_s_ptr its
-    scales as bytes (uint8). alpha_ptr: None (1) or one float32, NVFP4's product of tensor scales.
+    w_desc: a descriptor over the weight's qdata (block [BLOCK_N, BLOCK_K / EPB]); s_desc one over
+    its scales (see load_weight_scales). alpha_ptr: None (1) or one float32, NVFP4's product of tensor scales.
 
     Each program owns a [BLOCK_N, BLOCK_M] tile of out^T. It decodes its weight tile in registers to
     a's dtype (exact: e4m3 x 2^k and e2m1 x e4m3 are bf16 values, and e2m1 x e4m3 are fp16 values;
@@ -76,17 +91,8 @@ def weight_decoded_mm_kernel(
     pid_m, pid_n = tile_coordinates(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    # The scale gather is a plain load that Triton does not pipeline. For MXFP8 it is issued a K
-    # step ahead, in a loop-carried register (20% faster on the H100); for NVFP4 that made Triton 3.6
-    # return NaN on the H100 when alpha and bias were loaded too, so there it stays in its K step.
-    k_first = tl.program_id(1) * BLOCK_K
-    s_next = load_weight_scales(w_s_ptr, rows_n, k_first, K, tiles_per_row, FORMAT, BLOCK_K, VEC)
-    for k0 in range(k_first, K, BLOCK_K * SPLIT_K):
-        if FORMAT == "mxfp8":
-            s = s_next
-            s_next = load_weight_scales(w_s_ptr, rows_n, k0 + BLOCK_K * SPLIT_K, K, tiles_per_row, FORMAT, BLOCK_K, VEC)
-        else:
-            s = load_weight_scales(w_s_ptr, rows_n, k0, K, tiles_per_row, FORMAT, BLOCK_K, VEC)
+    for k0 in range(tl.program_id(1) * BLOCK_K, K, BLOCK_K * SPLIT_K):
+        s = load_weight_scales(s_desc, pid_n * BLOCK_N, k0, K, tiles_per_row, FORMAT, BLOCK_N, BLOCK_K, VEC)
         q = w_desc.load([pid_n * BLOCK_N, k0 // EPB])
         w = decode_weight_tile(q, s, FORMAT, BLOCK_N, BLOCK_K, VEC).to(DOT_DTYPE)
         a = a_desc.load([pid_m * BLOCK_M, k0])

@@ -103,10 +103,13 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
     n = w_q.shape[0]
     t = tiles_for(fmt, m, n, k)
     tiles_per_row = formats.round_up(k // f.block_size, 4) // 4
+    scale_rows = w_s.view(torch.uint8).reshape(-1, 16)  # a 512-byte tile of the layout is 32 rows
+    scale_tiles_per_step = t.block_k // (4 * f.block_size)
     args = (
         TensorDescriptor.from_tensor(a, [t.block_m, t.block_k]),
         TensorDescriptor.from_tensor(w_q, [t.block_n, t.block_k // f.elements_per_byte]),
-        w_s.view(torch.uint8), alpha, bias, out, m, n, k, tiles_per_row,
+        TensorDescriptor.from_tensor(scale_rows, [32 * scale_tiles_per_step, 16]),
+        alpha, bias, out, m, n, k, tiles_per_row,
     )  # fmt: skip
     constexprs = dict(
         FORMAT=fmt,
@@ -128,7 +131,7 @@ def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bia
     a [M, K] and a canonical weight of format ``fmt`` (w_q [N, K / EPB], w_s swizzled); alpha_a,
     alpha_b None or one float32 each (NVFP4 tensor scales); bias None or float32 [N]. Runs on CPU
     tensors under TRITON_INTERPRET=1."""
-    a, w_q = aligned_16(a.contiguous()), aligned_16(w_q)  # TMA descriptors
+    a, w_q, w_s = aligned_16(a.contiguous()), aligned_16(w_q), aligned_16(w_s.contiguous())  # TMA descriptors
     alphas = [t.reshape(()).to(torch.float32) for t in (alpha_a, alpha_b) if t is not None]
     alpha = None if not alphas else alphas[0] if len(alphas) == 1 else alphas[0] * alphas[1]
     m, n = a.shape[0], w_q.shape[0]
@@ -157,9 +160,6 @@ class TritonSm90Backend(TritonBackend):
         ),
         ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0),),
-        # W4A4 gave a wrong result (2e-2 relative) in one GPU test at 77 x 256 x 4160 that the same
-        # kernel and operands passed in isolation; until that is understood auto does not pick it.
-        explicit_only_ops=("nvfp4_mm",),
         n_multiple=8,
         k_multiple=32,
     )
