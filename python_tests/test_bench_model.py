@@ -5,6 +5,8 @@ GPU) and the compiled modes. Times on the CPU mean nothing and are not checked."
 
 import json
 
+import weakref
+
 import pytest
 import torch
 
@@ -73,3 +75,20 @@ def test_bad_arguments_are_refused(capsys):
 def test_steps_must_exceed_the_warm_up():
     with pytest.raises(ValueError, match="warm-up"):
         model.run(["flux"], [1], None, model.WARMUP_STEPS, ["mxfp8"], ["auto"], ["none"], tiny=True)
+
+
+def test_each_configuration_frees_the_previous_model(monkeypatch):
+    """peak_gib must count one model: when a configuration builds its model, the previous
+    configuration's model (compiled ones included: dynamo's caches hold on to them) is gone."""
+    built = []
+    original = model.build
+
+    def build(*args, **kwargs):
+        assert all(ref() is None for ref in built), "a previous configuration's model is still alive"
+        module = original(*args, **kwargs)
+        built.append(weakref.ref(module))
+        return module
+
+    monkeypatch.setattr(model, "build", build)
+    model.run(["flux"], [1], None, 3, ["mxfp8"], ["auto"], ["regional", "none"], tiny=True)
+    assert len(built) == 4

@@ -224,10 +224,11 @@ print("\n".join(line.strip() for line in ptx.splitlines() if "wgmma.mma_async" i
 
 
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-@pytest.mark.parametrize("m", [1, 64, 4096])
-def test_triton_sm90_decoded_weight_is_the_wgmma_register_operand(fmt, m):
-    """Compiled for sm_90 (no GPU needed): every MMA is a bf16 wgmma whose A operand (the decoded
-    weight) is a register list, not a shared-memory descriptor."""
+@pytest.mark.parametrize("m", [1, 64, 512, 4096])
+def test_triton_sm90_mma_is_a_bf16_wgmma_with_the_chosen_weight_operand(fmt, m):
+    """Compiled for sm_90 (no GPU needed): every MMA is a bf16 wgmma. Where the tiles keep the
+    decoded weight in registers, its A operand is a register list; otherwise both operands are
+    shared-memory descriptors."""
     pytest.importorskip("triton")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(dq.__file__).parents[1]), env.get("PYTHONPATH", "")])
@@ -235,8 +236,9 @@ def test_triton_sm90_decoded_weight_is_the_wgmma_register_operand(fmt, m):
     assert result.returncode == 0, result.stderr[-4000:]
     wgmmas = result.stdout.strip().splitlines()
     assert wgmmas
+    a_operand = r"\{%r\d+" if triton_sm90.tiles_for(fmt, m, 3072, 3072).weight_in_registers else r"%rd\d+"
     for line in wgmmas:
-        assert re.match(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16 \{[^}]*\}, \{%r\d+", line), line
+        assert re.match(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16 \{[^}]*\}, " + a_operand, line), line
 
 
 @pytest.mark.gpu
@@ -359,14 +361,24 @@ def test_nvfp4_w4a4_on_hopper(m, n, k):
     assert relative_error(out, expected) < 4e-3
 
 
+TILE_VARIANTS = {  # (format, variant) -> tiles; NVFP4 in 64-wide K steps, MXFP8 in 128-wide ones
+    "split-K": lambda block_k: triton_sm90.Tiles(64, 16, block_k, 2, 4, split_k=3),
+    "weight via shared memory": lambda block_k: triton_sm90.Tiles(128, 64, block_k, 2, 4, weight_in_registers=False),
+}
+
+
+@pytest.mark.parametrize("variant", list(TILE_VARIANTS))
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_triton_sm90_split_k(monkeypatch, fmt):
-    """The split-K path (atomics into a float32 buffer, epilogue on the host) gives the same product."""
+def test_triton_sm90_tile_variants(monkeypatch, fmt, variant):
+    """The split-K path (atomics into a float32 buffer, epilogue on the host) and the large-M dot
+    (decoded weight through shared memory) give the same product, on shapes that leave partial
+    tiles in every dimension."""
     pytest.importorskip("triton")
-    block_k = 128 if fmt == "mxfp8" else 256
-    monkeypatch.setattr(triton_sm90, "tiles_for", lambda f, m, n, k: triton_sm90.Tiles(64, 16, block_k, 2, 4, split_k=3))
+    block_k = 128 if fmt == "mxfp8" else 64
+    tiles = TILE_VARIANTS[variant](block_k)
+    monkeypatch.setattr(triton_sm90, "tiles_for", lambda f, m, n, k: tiles)
     device = run_device()
-    m, n, k = 5, 72, 5 * block_k - 32  # 5 K steps over 3 splits, the last one partial
+    m, n, k = 77, 136, 5 * block_k - 32  # 5 K steps (over 3 splits), the last one partial
     bias = torch.randn(n, generator=torch.Generator().manual_seed(6))
     if fmt == "mxfp8":
         operands = [t.to(device) for t in extreme_pair(m, n, k, seed=7, lowest_byte=3)]

@@ -43,6 +43,7 @@ def load_weight_scales(s_desc, row0, k0, K, tiles_per_row, FORMAT: tl.constexpr,
     a 512-byte tile of the layout (128 rows x 4 scale columns) is 32 such rows, byte (r % 32,
     4 * ((r % 128) // 32) + j % 4), and the T = BLOCK_K / (4 * VEC) tiles of one K step are
     consecutive. Blocks past K read as the scale 1, so padding bytes (NaN, say) change nothing."""
+    tl.static_assert(BLOCK_K % (4 * VEC) == 0, "a K step covers whole 512-byte scale tiles")
     T: tl.constexpr = BLOCK_K // (4 * VEC)
     tile = (row0 // 128) * tiles_per_row + k0 // (4 * VEC)
     raw = s_desc.load([tile * 32, 0])
@@ -61,23 +62,28 @@ def weight_decoded_mm_kernel(
     M, N, K, tiles_per_row,
     FORMAT: tl.constexpr, VEC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    SPLIT_K: tl.constexpr, WEIGHT_IN_REGISTERS: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
-    """out[M, N] = alpha * (a[M, K] @ decode(w)[N, K].T) + bias, computed as its transpose (the
-    mixed-input design).
+    """out[M, N] = alpha * (a[M, K] @ decode(w)[N, K].T) + bias: the mixed-input design.
 
     a_desc: a TMA descriptor over the activation a [M, K] of DOT_DTYPE, bfloat16 or float16 (block
     [BLOCK_M, BLOCK_K]): a bf16/fp16 activation as it is (W4A16), or the exact bf16 decode of a quantized one.
     w_desc: a descriptor over the weight's qdata (block [BLOCK_N, BLOCK_K / EPB]); s_desc one over
     its scales (see load_weight_scales). alpha_ptr: None (1) or one float32, NVFP4's product of tensor scales.
 
-    Each program owns a [BLOCK_N, BLOCK_M] tile of out^T. It decodes its weight tile in registers to
-    a's dtype (exact: e4m3 x 2^k and e2m1 x e4m3 are bf16 values, and e2m1 x e4m3 are fp16 values;
-    MXFP8 only loses bits below bf16's subnormal grid, for scale bytes below 3 with nonzero data) and
-    feeds it to the dot as the left operand, which on Hopper is wgmma's register operand, so the
-    decoded weight never goes back through shared memory; the activation tile is the shared-memory
-    operand. Both tiles arrive by TMA, pipelined. Accumulation in float32; alpha, bias and one
-    rounding in the epilogue.
+    Each program owns a [BLOCK_M, BLOCK_N] tile of out. Both tiles arrive by TMA, pipelined; the
+    weight tile is decoded in registers to a's dtype (exact: e4m3 x 2^k and e2m1 x e4m3 are bf16
+    values, and e2m1 x e4m3 are fp16 values; MXFP8 only loses bits below bf16's subnormal grid, for
+    scale bytes below 3 with nonzero data) and multiplied with one of two dots:
+
+    - WEIGHT_IN_REGISTERS: the transposed product decode(w) @ a^T, whose left operand is wgmma's
+      register operand on Hopper, so the decoded weight never goes through shared memory. The only
+      dot with a narrow activation tile (wgmma's N can be 16; its M is at least 64): small M.
+    - otherwise a @ decode(w)^T: Triton stores the decoded weight in shared memory and both wgmma
+      operands come from there. Faster for large M with Triton 3.6, whose register-operand wgmmas
+      ptxas serializes (see benchmarks/results/NOTES.md).
+
+    Accumulation in float32; alpha, bias and one rounding in the epilogue.
 
     SPLIT_K > 1 (small M, where one program's chain of K steps is the latency to hide): program
     axis 1 takes the K steps s, s + SPLIT_K, ... and adds its float32 partial sum into out_ptr, a
@@ -89,27 +95,34 @@ def weight_decoded_mm_kernel(
     """
     EPB: tl.constexpr = 1 if FORMAT == "mxfp8" else 2
     pid_m, pid_n = tile_coordinates(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if WEIGHT_IN_REGISTERS:
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # out^T
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(tl.program_id(1) * BLOCK_K, K, BLOCK_K * SPLIT_K):
         s = load_weight_scales(s_desc, pid_n * BLOCK_N, k0, K, tiles_per_row, FORMAT, BLOCK_N, BLOCK_K, VEC)
         q = w_desc.load([pid_n * BLOCK_N, k0 // EPB])
         w = decode_weight_tile(q, s, FORMAT, BLOCK_N, BLOCK_K, VEC).to(DOT_DTYPE)
         a = a_desc.load([pid_m * BLOCK_M, k0])
         if INTERPRETED:
-            acc = tl.dot(w.to(tl.float32), a.to(tl.float32).T, acc)
+            w, a = w.to(tl.float32), a.to(tl.float32)
+        if WEIGHT_IN_REGISTERS:
+            acc_t = tl.dot(w, a.T, acc_t)
         else:
-            acc = tl.dot(w, a.T, acc)
+            acc = tl.dot(a, w.T, acc)
+    if WEIGHT_IN_REGISTERS:
+        acc = acc_t.T
     rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    out_mask = (rows_n[:, None] < N) & (rows_m[None, :] < M)
-    out_offsets = rows_m[None, :] * N + rows_n[:, None]
+    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    out_mask = (rows_m[:, None] < M) & (rows_n[None, :] < N)
+    out_offsets = rows_m[:, None] * N + rows_n[None, :]
     if SPLIT_K > 1:
         tl.atomic_add(out_ptr + out_offsets, acc, mask=out_mask, sem="relaxed")
         return
     if alpha_ptr is not None:
         acc *= tl.load(alpha_ptr)
     if bias_ptr is not None:
-        acc += tl.load(bias_ptr + rows_n, mask=rows_n < N, other=0.0)[:, None]
+        acc += tl.load(bias_ptr + rows_n, mask=rows_n < N, other=0.0)[None, :]
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 

@@ -9,10 +9,11 @@ design instead (``triton_mm_kernels.weight_decoded_mm_kernel``):
 1. the activation is bf16 (or fp16): for W4A16 the caller's activation as it is; for MXFP8 and W4A4
    the exact decode of the quantized activation by the native dequantize kernel (one memory-bound
    pass over [M, K]; NVFP4 without its tensor scale, which goes to the epilogue);
-2. the GEMM computes out^T = decode(w) @ a^T: the weight tile arrives by TMA, is decoded in
-   registers and is the dot's left operand, which Hopper's wgmma reads from registers, so only one
-   operand is transformed and it never round-trips through shared memory. NVFP4 tensor scales
-   multiply the float32 accumulator in the epilogue.
+2. the GEMM decodes each weight tile (arrived by TMA with its scales) in registers: only one operand
+   is transformed. For small M it computes out^T = decode(w) @ a^T, where the decoded tile is
+   wgmma's register operand; for large M, a @ decode(w)^T with the decoded tile stored to shared
+   memory, which is faster with Triton 3.6 (ptxas serializes its register-operand wgmmas). NVFP4
+   tensor scales multiply the float32 accumulator in the epilogue.
 
 Exactness: e2m1 x e4m3 is always a bfloat16 (and float16) value, so NVFP4 products are exact up to
 float32 accumulation order. e4m3 x 2^(e - 127) is a bfloat16 value unless it falls below bfloat16's
@@ -43,25 +44,28 @@ class Tiles:
     num_stages: int
     num_warps: int
     split_k: int = 1  # programs sharing one output tile, each a 1 / split_k of the K steps
+    weight_in_registers: bool = True  # the decoded weight as wgmma's register operand, else via shared memory
     group_m: int = 8
 
     def __str__(self) -> str:
         split = f", split-K {self.split_k}" if self.split_k > 1 else ""
-        return f"{self.block_n}x{self.block_m}x{self.block_k}, {self.num_stages} stages, {self.num_warps} warps{split}"
+        operand = "weight in registers" if self.weight_in_registers else "weight via shared memory"
+        return f"{self.block_n}x{self.block_m}x{self.block_k}, {self.num_stages} stages, {self.num_warps} warps{split}, {operand}"
 
 
 def tiles_for(fmt: str, m: int, n: int, k: int) -> Tiles:
     """The tile configuration for an [m, k] x [n, k]^T product (picked from sweeps on an H100,
-    recorded in benchmarks/results/NOTES.md): from M = 128 on, wide tiles; for small M, where the
+    recorded in benchmarks/results/NOTES.md): from M = 65 on, wide tiles, and above M = 512 the
+    weight through shared memory; for small M, where the
     weight stream is the whole cost, narrow activation tiles and, when N gives too few weight tiles
     to fill the GPU, split-K (MXFP8: about 3 programs per SM of an H100; NVFP4, whose decode is the
     bottleneck there, 4 times more)."""
-    if m > 64:
+    if m > 512:  # the weight through shared memory: 8-18% faster at M = 4096 (not at M = 512)
         if fmt == "mxfp8":
-            # (128 x 128 x 64 with 4 stages was 10% faster but gave wrong results at 4096 x 3072 x
-            # 3072 on the H100 with Triton 3.6, while the interpreter agreed with the reference)
-            return Tiles(128, 128, 128, 3, 8)
-        return Tiles(128, 128, 128, 3, 8) if m <= 512 else Tiles(128, 256, 128, 2, 8)
+            return Tiles(128, 128, 128, 2, 8, weight_in_registers=False)
+        return Tiles(128, 256, 64, 4, 8, weight_in_registers=False)
+    if m > 64:
+        return Tiles(128, 128, 128, 3, 8)
     block_k = 128 if fmt == "mxfp8" else 256
     block_m = 16 if m <= 16 else 64
     weight_tiles = -(-n // 64)
@@ -120,6 +124,7 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
         BLOCK_K=t.block_k,
         GROUP_M=t.group_m,
         SPLIT_K=t.split_k,
+        WEIGHT_IN_REGISTERS=t.weight_in_registers,
         INTERPRETED=triton_interpreted(),
     )
     grid = (-(-m // t.block_m) * -(-n // t.block_n), t.split_k)

@@ -27,6 +27,7 @@ runs (1 + 1 layers, for a smoke test of the whole path on the CPU; nothing is ti
 from __future__ import annotations
 
 import dataclasses
+import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -458,6 +459,9 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
     step_ms = statistics.median(measured) * 1e3
     compile_s = max(0.0, sum(seconds[:WARMUP_STEPS]) - WARMUP_STEPS * step_ms / 1e3) if mode != "none" else None
     del model
+    if mode != "none":
+        torch._dynamo.reset()  # its caches keep the compiled model alive (seen as peak memory of the next ones)
+    gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     row = Row(spec.name, fmt, backend, batch, mode, step_ms, None, peak, weights / 2**30, 0.0, 1.0, compile_s)
