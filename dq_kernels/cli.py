@@ -172,7 +172,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         return 2
     try:
         for name in args.models:
-            model.check_resolution(model.MODELS[name], args.resolution)
+            model.check_arguments(model.MODELS[name], args.resolution, args.compile)
         if args.tiny and args.checkpoint:
             raise ValueError("--tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
     except ValueError as err:

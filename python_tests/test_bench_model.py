@@ -70,6 +70,11 @@ def test_bad_arguments_are_refused(capsys):
     assert cli.main(["bench", "model", "ltx2", "--tiny", "--resolution", "64x64"]) == 2
     assert "FxHxW" in capsys.readouterr().out
     assert cli.main(["bench", "model", "flux", "--tiny", "--checkpoint", "/nonexistent"]) == 2
+    capsys.readouterr()
+    # their diffusers forwards copy host values to the GPU every call: no whole-step CUDA graph
+    for name in ("qwenimage", "ltx2"):
+        assert cli.main(["bench", "model", name, "--tiny", "--compile", "regional-cudagraphs"]) == 2
+        assert "use --compile regional" in capsys.readouterr().out
 
 
 def test_steps_must_exceed_the_warm_up():

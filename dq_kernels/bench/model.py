@@ -63,6 +63,8 @@ class ModelSpec:
         [batch, tokens, channels]); resolution is (height, width) or (frames, height, width).
     cfg: "none", "two_forwards" (a second forward with the negative conditioning, QwenImage's true
         CFG) or "double_batch" (conditional and unconditional halves in one forward, LTX-2).
+    cuda_graph_blocker: why a whole denoising step cannot be captured in one CUDA graph
+        (regional-cudagraphs), or None when it can.
     """
 
     name: str
@@ -76,6 +78,7 @@ class ModelSpec:
     latent_key: str = "hidden_states"
     negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
     time_kwargs: Callable = None  # (sigma, latent, kwargs) -> the timestep arguments; default below
+    cuda_graph_blocker: str | None = None
 
 
 def _timestep(sigma: float, x: torch.Tensor, kwargs: dict) -> dict:
@@ -172,6 +175,8 @@ MODELS: dict[str, ModelSpec] = {
         inputs=_qwenimage_inputs,
         cfg="two_forwards",
         negative_keys=("encoder_hidden_states",),
+        cuda_graph_blocker="its forward copies a host value to the GPU on every call (diffusers 0.42, "
+        "compute_text_seq_len_from_mask), which CUDA graph capture refuses",
     ),
     "ltx2": ModelSpec(
         "ltx2",
@@ -192,6 +197,8 @@ MODELS: dict[str, ModelSpec] = {
         cfg="double_batch",
         negative_keys=("encoder_hidden_states", "audio_encoder_hidden_states"),
         time_kwargs=_ltx2_timesteps,
+        cuda_graph_blocker="its forward builds the position coordinates from host values on every call "
+        "(diffusers 0.42, prepare_video_coords), which CUDA graph capture refuses",
     ),
 }
 
@@ -389,11 +396,15 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
     return pairs
 
 
-def check_resolution(spec: ModelSpec, resolution: tuple[int, ...] | None) -> None:
-    """ValueError unless ``resolution`` has the model's rank: HxW for images, FxHxW for video."""
+def check_arguments(spec: ModelSpec, resolution: tuple[int, ...] | None, compile_modes: Sequence[str]) -> None:
+    """ValueError unless ``resolution`` has the model's rank (HxW for images, FxHxW for video) and the
+    model's step can be captured in a CUDA graph when regional-cudagraphs is asked for."""
     if resolution is not None and len(resolution) != len(spec.default_resolution):
         form = "FxHxW (frames, height, width)" if len(spec.default_resolution) == 3 else "HxW"
         raise ValueError(f"bench model: {spec.name} takes a resolution {form}, got {'x'.join(map(str, resolution))}")
+    if "regional-cudagraphs" in compile_modes and spec.cuda_graph_blocker:
+        raise ValueError(f"bench model: --compile regional-cudagraphs does not work for {spec.name}: "
+                         f"{spec.cuda_graph_blocker}; use --compile regional")
 
 
 def run(
@@ -416,7 +427,7 @@ def run(
     if tiny and checkpoint:
         raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
     for name in models:
-        check_resolution(MODELS[name], resolution)
+        check_arguments(MODELS[name], resolution, compile_modes)
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
     total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps
