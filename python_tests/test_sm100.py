@@ -408,6 +408,8 @@ def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_d
 @pytest.mark.parametrize("name", SM100_BACKENDS)
 def test_on_blackwell_against_fp64(name, fmt, m, n, k, out_dtype):
     device = torch.device("cuda", torch.cuda.current_device())
+    if torch.cuda.get_device_capability(device)[0] != 10:  # cutlass also runs MXFP8 on Hopper: test_sm90
+        pytest.skip("needs a Blackwell GPU (compute capability 10.x)")
     backend = backends.get_backend(name)
     reason = backend.spec.device_reason(device) or backend.spec.shape_reason(f"{fmt}_mm", m, n, k)
     reason = reason or (None if backend.availability()[0] else backend.availability()[1])
