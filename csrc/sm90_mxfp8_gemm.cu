@@ -284,6 +284,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const UnitScales u = load_scales(tables, kSlices - 1, 1, warp, lane);
     cute::warpgroup_wait<0>();
+    // decode_scales read the stage's scale bytes through the generic proxy; the producer's next
+    // bulk copies into the stage write through the async proxy: order them across proxies.
+    cutlass::arch::fence_view_async_shared();
     if (lane == 0) smem.empty[s].arrive();  // every wgmma reading the stage is done
     promote(acc + kHalfRegs, partial[1], u);
   }
