@@ -361,9 +361,12 @@ def test_nvfp4_w4a4_on_hopper(m, n, k):
     assert relative_error(out, expected) < 4e-3
 
 
-TILE_VARIANTS = {  # (format, variant) -> tiles; NVFP4 in 64-wide K steps, MXFP8 in 128-wide ones
-    "split-K": lambda block_k: triton_sm90.Tiles(64, 16, block_k, 2, 4, split_k=3),
-    "weight via shared memory": lambda block_k: triton_sm90.Tiles(128, 64, block_k, 2, 4, weight_in_registers=False),
+TILE_VARIANTS = {  # variant -> {format: tiles}, as tiles_for picks them (split-K: 3 splits to leave a remainder)
+    "split-K": {"mxfp8": triton_sm90.Tiles(64, 16, 128, 4, 4, split_k=3), "nvfp4": triton_sm90.Tiles(64, 16, 256, 3, 4, split_k=3)},
+    "weight via shared memory": {
+        "mxfp8": triton_sm90.Tiles(128, 128, 128, 2, 8, weight_in_registers=False),
+        "nvfp4": triton_sm90.Tiles(128, 256, 64, 4, 8, weight_in_registers=False),
+    },
 }
 
 
@@ -374,11 +377,10 @@ def test_triton_sm90_tile_variants(monkeypatch, fmt, variant):
     (decoded weight through shared memory) give the same product, on shapes that leave partial
     tiles in every dimension."""
     pytest.importorskip("triton")
-    block_k = 128 if fmt == "mxfp8" else 64
-    tiles = TILE_VARIANTS[variant](block_k)
+    tiles = TILE_VARIANTS[variant][fmt]
     monkeypatch.setattr(triton_sm90, "tiles_for", lambda f, m, n, k: tiles)
     device = run_device()
-    m, n, k = 77, 136, 5 * block_k - 32  # 5 K steps (over 3 splits), the last one partial
+    m, n, k = 77, 136, 5 * tiles.block_k - 32  # 5 K steps (over 3 splits), the last one partial
     bias = torch.randn(n, generator=torch.Generator().manual_seed(6))
     if fmt == "mxfp8":
         operands = [t.to(device) for t in extreme_pair(m, n, k, seed=7, lowest_byte=3)]

@@ -8,8 +8,8 @@ A call runs on the backend named by, in this order: the call's ``backend=`` argu
 * A backend named by ``use_backend`` or the environment applies to the ops it implements, with the
   same strictness; ops it does not implement (say, quantize for a GEMM-only backend) go to auto.
 * ``auto`` takes the first backend, in registry order (fastest first), whose spec allows the op,
-  device and shape and whose dependencies are installed. When it passes over a backend that would suit this device but cannot run, it logs
-  why once.
+  device and shape and whose dependencies are installed. When it passes over a backend that would
+  suit this device but cannot run, it logs why once.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Triton helpers shared by the Triton backends' kernels: the one Triton implementation of the 128x4
-swizzled scale layout, of the element and scale decodes, and of the tile order. Importing this module imports triton.
+swizzled scale layout as byte offsets (``triton_mm_kernels.load_weight_scales`` reads whole 512-byte
+tiles by TMA and un-swizzles them with the same [32, 4, 4] tile shape), of the scale decode and of
+the tile order. Importing this module imports triton.
 """
 
 import triton

@@ -42,7 +42,10 @@ def load_weight_scales(s_desc, row0, k0, K, tiles_per_row, FORMAT: tl.constexpr,
     s_desc is a descriptor over the swizzled scales viewed as rows of 16 bytes (block [32 * T, 16]):
     a 512-byte tile of the layout (128 rows x 4 scale columns) is 32 such rows, byte (r % 32,
     4 * ((r % 128) // 32) + j % 4), and the T = BLOCK_K / (4 * VEC) tiles of one K step are
-    consecutive. Blocks past K read as the scale 1, so padding bytes (NaN, say) change nothing."""
+    consecutive (in a last, partial K step the ones past the row block's end belong to the next row
+    block, or lie past the tensor and read as zeros). Blocks past K read as the scale 1, so those and
+    padding bytes (NaN, say) change nothing."""
+    tl.static_assert(BLOCK_N == 64 or BLOCK_N == 128, "a weight tile covers one half or all of a 128-row scale tile")
     tl.static_assert(BLOCK_K % (4 * VEC) == 0, "a K step covers whole 512-byte scale tiles")
     T: tl.constexpr = BLOCK_K // (4 * VEC)
     tile = (row0 // 128) * tiles_per_row + k0 // (4 * VEC)

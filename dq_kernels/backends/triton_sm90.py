@@ -160,8 +160,8 @@ class TritonSm90Backend(TritonBackend):
     spec = BackendSpec(
         name="triton_sm90",
         description=(
-            "Triton mixed-input GEMMs for Hopper: the weight decoded in registers as wgmma's register "
-            "operand, the activation bf16 (MXFP8, NVFP4 W4A4, NVFP4 W4A16)"
+            "Triton mixed-input GEMMs for Hopper: the weight decoded in registers (then wgmma's register "
+            "operand, or through shared memory for large M), the activation bf16 (MXFP8, NVFP4 W4A4, W4A16)"
         ),
         ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0),),

@@ -16,7 +16,8 @@ model's preset, on ``auto`` or on ``torchao``'s stock kernels), and ``fp8_rowwis
 ``Float8DynamicActivationFloat8WeightConfig`` with per-row scales, the best 8-bit option on Hopper
 today, same layer selection). Compile modes: ``none``; ``regional`` (``compile_repeated_blocks``,
 fullgraph); ``regional-cudagraphs`` (the same, with each whole denoising step captured in one CUDA
-graph after the warm-up and replayed).
+graph after the warm-up and replayed; refused for models whose forward copies host values to the
+GPU on every call, which capture cannot take: QwenImage and LTX-2 in diffusers 0.42).
 
 Per configuration: step latency (median over the steps after ``WARMUP_STEPS``), speedup against bf16
 in the same compile mode, peak GPU memory, transformer weight memory, error against bf16, and
