@@ -116,6 +116,7 @@ def _declare_sm100_functions(lib: ctypes.CDLL) -> None:
 def _reset() -> None:
     """Forget the loaded library (or the reason it is unavailable); the next call looks again."""
     _library.cache_clear()
+    _family_runs_on.cache_clear()
 
 
 def status() -> tuple[bool, str]:
@@ -145,12 +146,21 @@ def _arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 
 def supports_device(device: torch.device | str | int, family: str = "dequantize") -> tuple[bool, str]:
     """(True, why) if the library is available and has ``family`` code for this CUDA device, else
-    (False, why not). Queries the device's compute capability (initializes CUDA)."""
+    (False, why not). Queries the device's compute capability (initializes CUDA) the first time for
+    each (device, family); the answer is kept until the library is reloaded."""
     import torch
 
     device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     if device.type != "cuda":
         return False, f"{device} is not a CUDA device"
+    return _family_runs_on(device.index if device.index is not None else torch.cuda.current_device(), family)
+
+
+@functools.cache
+def _family_runs_on(device_index: int, family: str) -> tuple[bool, str]:
+    import torch
+
+    device = torch.device("cuda", device_index)
     native = _library()
     if native.lib is None:
         return False, native.reason
@@ -166,13 +176,18 @@ def supports_device(device: torch.device | str | int, family: str = "dequantize"
 
 
 def _check_operands(
-    fn: str, tensors: dict[str, torch.Tensor], out: torch.Tensor, shape: tuple[int, int], alignments: dict[str, int]
+    fn: str, tensors: dict[str, torch.Tensor], out: torch.Tensor, shape: tuple[int, int], alignments: dict[str, int],
+    out_dtypes: tuple[torch.dtype, ...] | None = None,
 ) -> tuple[ctypes.CDLL, int]:
     """(the loaded library, the out_dtype code of ``out``), after checking that every tensor is a
-    contiguous CUDA tensor on out's device, ``out`` has ``shape`` and an output dtype, and each named
-    tensor's data pointer has its alignment in bytes."""
+    contiguous CUDA tensor on out's device, ``out`` has ``shape`` and one of ``out_dtypes`` (default:
+    float32, bfloat16, float16), and each named tensor's data pointer has its alignment in bytes."""
     import torch
 
+    codes = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # DQ_FLOAT32, DQ_BFLOAT16, DQ_FLOAT16
+    if out.dtype not in (out_dtypes or codes):
+        names = " or ".join(str(d).removeprefix("torch.") for d in (out_dtypes or codes))
+        raise ValueError(f"dq_kernels.native.{fn}: out must be {names}, got {out.dtype}")
     native = _library()
     if native.lib is None:
         raise RuntimeError(f"dq_kernels.native.{fn}: the native library is unavailable: {native.reason}")
@@ -185,9 +200,6 @@ def _check_operands(
             raise ValueError(f"dq_kernels.native.{fn}: {name} must be contiguous, got strides {t.stride()}")
     if tuple(out.shape) != shape:
         raise ValueError(f"dq_kernels.native.{fn}: out must have shape {shape}, got {tuple(out.shape)}")
-    codes = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # DQ_FLOAT32, DQ_BFLOAT16, DQ_FLOAT16
-    if out.dtype not in codes:
-        raise ValueError(f"dq_kernels.native.{fn}: out must be float32, bfloat16 or float16, got {out.dtype}")
     for name, alignment in alignments.items():
         if tensors[name].data_ptr() % alignment != 0:
             raise ValueError(f"dq_kernels.native.{fn}: {name}.data_ptr() must be {alignment}-byte aligned")
@@ -296,17 +308,14 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
         alignments["bias"] = 16
         if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
             raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
-    if out.dtype not in out_dtypes:
-        names = " or ".join(str(d).removeprefix("torch.") for d in out_dtypes)
-        raise ValueError(f"dq_kernels.native.{fn}: out must be {names}, got {out.dtype}")
     _family_library(fn, family)
     for name in ("a_q", "b_q"):
         if tensors[name].element_size() != 1:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must hold bytes (float8 or uint8), got {tensors[name].dtype}")
-    lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
-    capability = torch.cuda.get_device_capability(out.device)
-    if not any(_arch_runs_on(arch, capability) for arch in _library().info["families"][family]):
-        raise ValueError(f"dq_kernels.native.{fn}: {supports_device(out.device, family)[1]}")
+    lib, code = _check_operands(fn, tensors, out, (m, n), alignments, out_dtypes)
+    runs, why = supports_device(out.device, family)
+    if not runs:
+        raise ValueError(f"dq_kernels.native.{fn}: {why}")
     if b_q.shape[1] * per_byte != k:
         raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
     _check_scales(fn, a_s, m, k // block)
