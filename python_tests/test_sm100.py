@@ -99,25 +99,28 @@ def test_explicit_choice_on_cpu_raises(name):
 @pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
 @pytest.mark.parametrize("name", SM100_BACKENDS)
 def test_explicit_choice_on_another_arch_raises_naming_the_capability(monkeypatch, name, capability):
-    if name == "cutlass" and capability == (9, 0):
-        pytest.skip("cutlass runs MXFP8 on Hopper too: test_sm90.py covers 9.0")
+    """Every op the spec does not allow on this capability raises with the spec's reason, which
+    names the capabilities it needs (cutlass runs MXFP8 on 9.0 too: test_sm90.py covers that)."""
     fake_capability(monkeypatch, capability)
     spec = backends.get_backend(name).spec
     have = f"{capability[0]}.{capability[1]}"
     for op in OPS:
-        wanted = ", ".join(f"{a}.{b}" for a, b in dict(spec.op_capabilities).get(op, spec.capabilities))
-        with pytest.raises(BackendUnavailableError, match=rf"needs compute capability {wanted}; cuda:0 has {have}"):
+        reason = spec.device_reason(CUDA, op)
+        if reason is None:
+            continue
+        wanted = ", ".join(f"{a}.{b}" for a, b in spec.capabilities_for(op))
+        assert f"needs compute capability {wanted}; cuda:0 has {have}" in reason
+        with pytest.raises(BackendUnavailableError, match=re.escape(reason)):
             select(op, CUDA, 128, 1000, 256, name)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 9), (12, 0)])
 def test_auto_never_picks_them_on_another_arch(monkeypatch, capability):
-    """(On 9.0 the cutlass backend may take MXFP8 with its sm_90a kernel: test_sm90.py.)"""
+    """Auto picks them only for ops their spec allows on this capability (cutlass: MXFP8 on 9.0)."""
     fake_capability(monkeypatch, capability)
     for op in OPS:
-        allowed = ("cutlass",) if capability == (9, 0) and op == "mxfp8_mm" else ()
         picked = select(op, CUDA, 4096, 3072, 3072).spec.name
-        assert picked not in SM100_BACKENDS or picked in allowed
+        assert picked not in SM100_BACKENDS or backends.get_backend(picked).spec.device_reason(CUDA, op) is None
 
 
 def test_auto_picks_them_on_blackwell(monkeypatch):

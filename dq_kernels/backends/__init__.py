@@ -109,19 +109,20 @@ def available_backends() -> list[BackendStatus]:
         ok, why = backend.availability()
         if ok:
             devices = [d for d in (cuda_device, torch.device("cpu")) if d is not None and spec.device_reason(d) is None]
-            if cuda_device in devices and not backend.availability_on(cuda_device)[0]:
+            on_cuda = backend.availability_on(cuda_device) if cuda_device in devices else None
+            if on_cuda is not None and not on_cuda[0]:
                 devices.remove(cuda_device)
             if devices:
                 why = "runs on " + " and ".join(str(d) for d in devices)
                 if cuda_device in devices:
-                    limits = [spec.device_reason(cuda_device, op) for op in spec.ops if op in dict(spec.op_capabilities)]
+                    limits = [spec.device_reason(cuda_device, op) for op in spec.ops]
                     why += "".join(f"; {limit}" for limit in limits if limit)
             else:
                 ok = False
                 if cuda_device is None:
                     why = "needs a CUDA device; none is present"
                 else:
-                    why = spec.device_reason(cuda_device) or backend.availability_on(cuda_device)[1]
+                    why = spec.device_reason(cuda_device) or on_cuda[1]
         statuses.append(BackendStatus(spec.name, ok, why, spec.formats, spec.description, spec.ops))
     return statuses
 

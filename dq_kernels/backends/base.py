@@ -52,20 +52,24 @@ class BackendSpec:
     def formats(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(OP_FORMAT[op] for op in self.ops))
 
+    def capabilities_for(self, op: str | None) -> tuple[tuple[int, int], ...] | None:
+        """The compute capabilities ``op`` runs on (the backend's unless ``op_capabilities`` narrows them)."""
+        return dict(self.op_capabilities).get(op, self.capabilities)
+
     def device_reason(self, device: torch.device, op: str | None = None) -> str | None:
         """Why this backend cannot run on ``device`` at all (or, given ``op``, that op), or None."""
         if device.type == "cpu":
             return None if self.cpu else "runs on CUDA devices only"
         if device.type != "cuda":
             return f"does not run on {device.type} devices"
-        wanted = dict(self.op_capabilities).get(op, self.capabilities)
+        wanted = self.capabilities_for(op)
         if wanted is None:
             return None
         cc = capability(device)
         if cc in wanted:
             return None
         names = ", ".join(f"{a}.{b}" for a, b in wanted)
-        what = f"{op} needs" if op in dict(self.op_capabilities) else "needs"
+        what = f"{op} needs" if wanted is not self.capabilities else "needs"
         return f"{what} compute capability {names}; {device} has {cc[0]}.{cc[1]}"
 
     def shape_reason(self, op: str, m: int, n: int, k: int) -> str | None:

@@ -34,8 +34,9 @@ SM90_CONFIG = "sm90_128x128x128_ws2"  # the one tile of csrc/sm90_mxfp8_gemm.cu:
 
 
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The [m, n] output buffer the kernels write: out_dtype, or float32 for a float16 output."""
-    dtype = torch.float32 if out_dtype == torch.float16 else out_dtype
+    """The [m, n] output buffer the kernels write: out_dtype, or float32 for a float16 output on
+    sm_100a (whose kernels write no float16; the sm_90a kernel does)."""
+    dtype = torch.float32 if out_dtype == torch.float16 and base.capability(device) != (9, 0) else out_dtype
     return torch.empty(m, n, dtype=dtype, device=device)
 
 
@@ -81,12 +82,9 @@ class CutlassBackend(Backend):
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         operands = (aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias))
-        if base.capability(a_q.device) == (9, 0):
-            out = torch.empty(a_q.shape[0], b_q.shape[0], dtype=out_dtype, device=a_q.device)
-            native.sm90_mxfp8_mm(*operands, out)
-            return out
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        native.sm100_mxfp8_mm(*operands, out)
+        mm = native.sm90_mxfp8_mm if base.capability(a_q.device) == (9, 0) else native.sm100_mxfp8_mm
+        mm(*operands, out)
         return out.to(out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
