@@ -8,6 +8,7 @@ float32 output 1e-4, bfloat16 output 4e-3.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -212,7 +213,8 @@ if fmt == "mxfp8":
 else:
     b_q, b_s, alpha = formats.quantize_nvfp4(torch.randn(n, k))
 out = torch.empty(m, n, dtype=torch.bfloat16)
-args, constexprs, options, grid = triton_sm90.kernel_arguments(fmt, a, b_q, b_s, alpha, torch.randn(n), out)
+tiles = triton_sm90.tiles_for(fmt, m, n, k)
+args, constexprs, options, grid = triton_sm90.kernel_arguments(fmt, a, b_q, b_s, alpha, torch.randn(n).bfloat16(), out, tiles)
 kernel = triton_sm90._kernel()
 signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
 signature.update({name: "constexpr" for name in constexprs})
@@ -378,12 +380,9 @@ def test_nvfp4_w4a4_on_hopper(m, n, k):
     assert relative_error(out, expected) < 4e-3
 
 
-TILE_VARIANTS = {  # variant -> {format: tiles}, as tiles_for picks them (split-K: 3 splits to leave a remainder)
-    "split-K": {"mxfp8": triton_sm90.Tiles(64, 16, 128, 4, 4, split_k=3), "nvfp4": triton_sm90.Tiles(64, 16, 256, 3, 4, split_k=3)},
-    "weight via shared memory": {
-        "mxfp8": triton_sm90.Tiles(128, 128, 128, 2, 8, weight_in_registers=False),
-        "nvfp4": triton_sm90.Tiles(128, 256, 64, 4, 8, weight_in_registers=False),
-    },
+TILE_VARIANTS = {  # variant -> format -> the tiles tiles_for picks (split-K: 3 splits, to leave a remainder)
+    "split-K": lambda fmt: dataclasses.replace(triton_sm90.tiles_for(fmt, 16, 3072, 3072), split_k=3),
+    "weight via shared memory": lambda fmt: triton_sm90.tiles_for(fmt, 4096, 3072, 3072),
 }
 
 
@@ -394,11 +393,12 @@ def test_triton_sm90_tile_variants(monkeypatch, fmt, variant):
     (decoded weight through shared memory) give the same product, on shapes that leave partial
     tiles in every dimension."""
     pytest.importorskip("triton")
-    tiles = TILE_VARIANTS[variant][fmt]
+    tiles = TILE_VARIANTS[variant](fmt)
+    assert tiles.split_k == 3 or not tiles.weight_in_registers
     monkeypatch.setattr(triton_sm90, "tiles_for", lambda f, m, n, k: tiles)
     device = run_device()
     m, n, k = 77, 136, 5 * tiles.block_k - 32  # 5 K steps (over 3 splits), the last one partial
-    bias = torch.randn(n, generator=torch.Generator().manual_seed(6))
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(6)).bfloat16()  # a model's bias dtype
     if fmt == "mxfp8":
         operands = [t.to(device) for t in extreme_pair(m, n, k, seed=7, lowest_byte=3)]
         a = triton_sm90.decode_activation("mxfp8", *operands[:2])

@@ -5,7 +5,7 @@ Operands are canonical (see dq_kernels.formats): qdata row-major [rows, K / EPB]
 per byte: 1 for MXFP8's e4m3, 2 for NVFP4's packed e2m1, element 2i in the low nibble); block
 scales as bytes in the 128x4 swizzled layout with ``tiles_per_row`` = round_up(K / VEC, 4) / 4
 512-byte tiles per 128 rows (VEC = 32 for MXFP8's E8M0 scales, 16 for NVFP4's e4m3 scales); out
-[M, N] row-major; bias None or float32 [N].
+[M, N] row-major; bias None or [N] of any float dtype (added in float32).
 """
 
 import triton

@@ -33,7 +33,7 @@ import torch
 
 from .. import formats
 from . import reference
-from .base import BackendSpec, TritonBackend, aligned_16, float32_bias, triton_interpreted
+from .base import BackendSpec, TritonBackend, aligned_16, triton_interpreted
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,17 @@ def decode_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.T
     return reference.dequantize_nvfp4(a_q, a_s, one, torch.bfloat16)
 
 
-def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
+def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out, t: Tiles):
     """(positional arguments, constexpr keywords, launch options, grid) of
-    ``weight_decoded_mm_kernel`` for ``weight_decoded_mm``'s operands and ``out`` [M, N]. The tests
-    compile the kernel ahead of time from these same arguments."""
+    ``weight_decoded_mm_kernel`` for ``weight_decoded_mm``'s operands, ``out`` [M, N] and tiles
+    ``t``. The tests compile the kernel ahead of time from these same arguments."""
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     f = formats.FORMATS[fmt]
     m, k = a.shape
     n = w_q.shape[0]
-    t = tiles_for(fmt, m, n, k)
-    tiles_per_row = formats.round_up(k // f.block_size, 4) // 4
+    tiles_per_row = f.scale_shape(n, k)[1] // 4
     scale_rows = w_s.view(torch.uint8).reshape(-1, 16)  # a 512-byte tile of the layout is 32 rows
     scale_tiles_per_step = t.block_k // (4 * f.block_size)
     args = (
@@ -134,26 +133,31 @@ def kernel_arguments(fmt: str, a: torch.Tensor, w_q, w_s, alpha, bias, out):
 def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bias, out_dtype) -> torch.Tensor:
     """out [M, N] = alpha_a * alpha_b * (a @ decode(w).T) + bias for a bfloat16/float16 activation
     a [M, K] and a canonical weight of format ``fmt`` (w_q [N, K / EPB], w_s swizzled); alpha_a,
-    alpha_b None or one float32 each (NVFP4 tensor scales); bias None or float32 [N]. Runs on CPU
-    tensors under TRITON_INTERPRET=1."""
+    alpha_b None or one float32 each (NVFP4 tensor scales); bias None or [N] of any float dtype
+    (added in float32). Runs on CPU tensors under TRITON_INTERPRET=1."""
     a, w_q, w_s = aligned_16(a.contiguous()), aligned_16(w_q), aligned_16(w_s.contiguous())  # TMA descriptors
+    bias = None if bias is None else bias.contiguous()
     alphas = [t.reshape(()).to(torch.float32) for t in (alpha_a, alpha_b) if t is not None]
     alpha = None if not alphas else alphas[0] if len(alphas) == 1 else alphas[0] * alphas[1]
     m, n = a.shape[0], w_q.shape[0]
-    if tiles_for(fmt, m, n, a.shape[1]).split_k == 1:
+    t = tiles_for(fmt, m, n, a.shape[1])
+    if t.split_k == 1:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
-        args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha, bias, out)
+        args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, alpha, bias, out, t)
         _kernel()[grid](*args, **constexprs, **options)
         return out
     # split-K: float32 partial sums added into a zeroed buffer, then alpha, bias and one rounding
     partial_sums = torch.zeros(m, n, dtype=torch.float32, device=a.device)
-    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, None, None, partial_sums)
+    args, constexprs, options, grid = kernel_arguments(fmt, a, w_q, w_s, None, None, partial_sums, t)
     _kernel()[grid](*args, **constexprs, **options)
     if alpha is not None:
         partial_sums *= alpha
     if bias is not None:
         partial_sums += bias
     return partial_sums.to(out_dtype)
+
+
+_REFERENCE = reference.ReferenceBackend()  # W4A16 with a float32 activation
 
 
 class TritonSm90Backend(TritonBackend):
@@ -174,13 +178,13 @@ class TritonSm90Backend(TritonBackend):
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         a = decode_activation("mxfp8", a_q, a_s)
-        return weight_decoded_mm("mxfp8", a, b_q, b_s, None, None, float32_bias(bias), out_dtype)
+        return weight_decoded_mm("mxfp8", a, b_q, b_s, None, None, bias, out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         a = decode_activation("nvfp4", a_q, a_s)
-        return weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts, b_ts, float32_bias(bias), out_dtype)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, a_ts, b_ts, bias, out_dtype)
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernel's dots are bf16/fp16
-            return reference.ReferenceBackend().nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, float32_bias(bias), a.dtype)
+            return _REFERENCE.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, bias, a.dtype)

@@ -14,7 +14,7 @@ import functools
 import torch
 
 from .. import formats
-from .base import BackendSpec, TritonBackend, float32_bias
+from .base import BackendSpec, TritonBackend
 
 BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, NUM_STAGES, NUM_WARPS = 128, 128, 128, 8, 3, 8
 
@@ -27,15 +27,15 @@ def _kernel():
 
 
 def dot_scaled_mm(a_q, a_s, b_q, b_s, bias, out_dtype) -> torch.Tensor:
-    """out [M, N] = a @ b.T + bias for canonical MXFP8 operands; bias None or float32 [N]. Runs on CPU
-    tensors under TRITON_INTERPRET=1."""
+    """out [M, N] = a @ b.T + bias for canonical MXFP8 operands; bias None or [N] of any float dtype
+    (added in float32). Runs on CPU tensors under TRITON_INTERPRET=1."""
     m, k = a_q.shape
     n = b_q.shape[0]
     out = torch.empty(m, n, dtype=out_dtype, device=a_q.device)
     grid = (-(-m // BLOCK_M) * -(-n // BLOCK_N),)
-    tiles_per_row = formats.round_up(k // 32, 4) // 4
+    tiles_per_row = formats.MXFP8.scale_shape(n, k)[1] // 4
     _kernel()[grid](
-        a_q, a_s, b_q, b_s, bias, out, m, n, k, tiles_per_row,
+        a_q, a_s, b_q, b_s, None if bias is None else bias.contiguous(), out, m, n, k, tiles_per_row,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M, num_stages=NUM_STAGES, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
@@ -56,4 +56,4 @@ class TritonStockBackend(TritonBackend):
         return f"{BLOCK_M}x{BLOCK_N}x{BLOCK_K}, {NUM_STAGES} stages, {NUM_WARPS} warps"
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
-        return dot_scaled_mm(a_q, a_s, b_q, b_s, float32_bias(bias), out_dtype)
+        return dot_scaled_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
