@@ -100,8 +100,8 @@ def aligned_16(t: torch.Tensor) -> torch.Tensor:
 
 
 def float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    """The bias as the native (CUDA C++) kernels take it: None, or float32 [N], contiguous and 16-byte aligned (exact
-    for every bias dtype; the reference adds it in float32 too)."""
+    """The bias as the native (CUDA C++) kernels take it: None, or float32 [N], contiguous and
+    16-byte aligned (exact for every bias dtype; the reference adds it in float32 too)."""
     return None if bias is None else aligned_16(bias.to(torch.float32).contiguous())
 
 
