@@ -164,17 +164,8 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
 
 
 def _bench_model(args: argparse.Namespace) -> int:
-    if args.checkpoint and len(args.models) != 1:
-        print("--checkpoint needs exactly one model")
-        return 2
-    if not torch.cuda.is_available() and not args.tiny:
-        print("No CUDA device: full-size models need a GPU. Add --tiny for a smoke test on the CPU.")
-        return 2
     try:
-        for name in args.models:
-            model.check_arguments(model.MODELS[name], args.resolution, args.compile)
-        if args.tiny and args.checkpoint:
-            raise ValueError("--tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
+        model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint)
     except ValueError as err:
         print(err)
         return 2

@@ -78,9 +78,11 @@ def test_bad_arguments_are_refused(capsys):
         assert "use --compile regional" in capsys.readouterr().out
 
 
-def test_steps_must_exceed_the_warm_up():
+def test_steps_must_exceed_the_warm_up(capsys):
     with pytest.raises(ValueError, match="warm-up"):
         model.run(["flux"], [1], None, model.WARMUP_STEPS, ["mxfp8"], ["auto"], ["none"], tiny=True)
+    assert cli.main(["bench", "model", "flux", "--tiny", "--steps", str(model.WARMUP_STEPS)]) == 2
+    assert "warm-up" in capsys.readouterr().out
 
 
 def test_each_configuration_frees_the_previous_model(monkeypatch):

@@ -121,12 +121,6 @@ def to_fp8_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref||_F / ||ref||_F in float64."""
-    ref = ref.double()
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
 class ShapeCase:
     """The operands of one shape, with their quantized forms and references made on first use."""
 
@@ -208,7 +202,7 @@ def bench_shape(case: ShapeCase, pairs: Sequence[tuple[str, str]], timed: bool, 
             result.skipped.append(Skip(case.shape, fmt, backend, first_line(err)))
         else:
             us = timing.median_us(call) if timed else None
-            error = rel_err(out, case.reference(fmt))
+            error = report.rel_err(out, case.reference(fmt))
             rows.append(Row(case.shape, fmt, backend, us, error, kernel_config(fmt, backend, case.shape)))
         progress.update()
     bf16_us = next((r.us for r in rows if r.format == "bf16"), None)

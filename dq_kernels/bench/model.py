@@ -38,7 +38,6 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from tqdm import tqdm
 
-import dq_kernels
 from dq_kernels import diffusers as dqd
 from dq_kernels.bench import report
 
@@ -76,7 +75,6 @@ class ModelSpec:
     tiny_resolution: tuple[int, ...]
     inputs: Callable
     cfg: str = "none"
-    latent_key: str = "hidden_states"
     negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
     time_kwargs: Callable = None  # (sigma, latent, kwargs) -> the timestep arguments; default below
     cuda_graph_blocker: str | None = None
@@ -296,13 +294,13 @@ def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, time: dic
                 return value
             return torch.cat([value, inputs.negative.get(key, value)])
 
-        out = model(**{spec.latent_key: torch.cat([x, x])}, **{k: doubled(k, v) for k, v in kwargs.items()},
+        out = model(**{"hidden_states": torch.cat([x, x])}, **{k: doubled(k, v) for k, v in kwargs.items()},
                     return_dict=False)[0]
         cond, uncond = out.chunk(2)
         return uncond + GUIDANCE * (cond - uncond)
-    cond = model(**{spec.latent_key: x}, **kwargs, return_dict=False)[0]
+    cond = model(**{"hidden_states": x}, **kwargs, return_dict=False)[0]
     if spec.cfg == "two_forwards":
-        uncond = model(**{spec.latent_key: x}, **{**kwargs, **inputs.negative}, return_dict=False)[0]
+        uncond = model(**{"hidden_states": x}, **{**kwargs, **inputs.negative}, return_dict=False)[0]
         return uncond + GUIDANCE * (cond - uncond)
     return cond
 
@@ -381,9 +379,9 @@ class Row:
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(relative error, cosine similarity) of ``out`` against ``ref``, in float64."""
     out, ref = out.double().flatten().cpu(), ref.double().flatten().cpu()
-    cosine = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
-    return ((out - ref).norm() / ref.norm()).item(), cosine
+    return report.rel_err(out, ref), torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
 
 
 def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str]]:
@@ -397,15 +395,27 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
     return pairs
 
 
-def check_arguments(spec: ModelSpec, resolution: tuple[int, ...] | None, compile_modes: Sequence[str]) -> None:
-    """ValueError unless ``resolution`` has the model's rank (HxW for images, FxHxW for video) and the
-    model's step can be captured in a CUDA graph when regional-cudagraphs is asked for."""
-    if resolution is not None and len(resolution) != len(spec.default_resolution):
-        form = "FxHxW (frames, height, width)" if len(spec.default_resolution) == 3 else "HxW"
-        raise ValueError(f"bench model: {spec.name} takes a resolution {form}, got {'x'.join(map(str, resolution))}")
-    if "regional-cudagraphs" in compile_modes and spec.cuda_graph_blocker:
-        raise ValueError(f"bench model: --compile regional-cudagraphs does not work for {spec.name}: "
-                         f"{spec.cuda_graph_blocker}; use --compile regional")
+def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: int, compile_modes: Sequence[str],
+             tiny: bool, checkpoint: str | None) -> None:
+    """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; more
+    steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a resolution of each
+    model's rank (HxW for images, FxHxW for video); regional-cudagraphs only for models whose step
+    a CUDA graph can capture."""
+    if not torch.cuda.is_available() and not tiny:
+        raise ValueError("bench model: no CUDA device: full-size models need a GPU. Add --tiny for a smoke test on the CPU")
+    if steps <= WARMUP_STEPS:
+        raise ValueError(f"bench model: --steps must be more than the {WARMUP_STEPS} warm-up steps")
+    if checkpoint and len(models) != 1:
+        raise ValueError("bench model: --checkpoint needs exactly one model")
+    if tiny and checkpoint:
+        raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
+    for spec in (MODELS[name] for name in models):
+        if resolution is not None and len(resolution) != len(spec.default_resolution):
+            form = "FxHxW (frames, height, width)" if len(spec.default_resolution) == 3 else "HxW"
+            raise ValueError(f"bench model: {spec.name} takes a resolution {form}, got {'x'.join(map(str, resolution))}")
+        if "regional-cudagraphs" in compile_modes and spec.cuda_graph_blocker:
+            raise ValueError(f"bench model: --compile regional-cudagraphs does not work for {spec.name}: "
+                             f"{spec.cuda_graph_blocker}; use --compile regional")
 
 
 def run(
@@ -420,15 +430,8 @@ def run(
     checkpoint: str | None = None,
 ) -> list[Row]:
     """Every model x batch x configuration x compile mode; see the module docstring."""
+    validate(models, resolution, steps, compile_modes, tiny, checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not tiny:
-        raise ValueError("bench model: without a CUDA device only --tiny runs (full-size models need a GPU)")
-    if steps <= WARMUP_STEPS:
-        raise ValueError(f"bench model: --steps must be more than the {WARMUP_STEPS} warm-up steps")
-    if tiny and checkpoint:
-        raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
-    for name in models:
-        check_arguments(MODELS[name], resolution, compile_modes)
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
     total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps

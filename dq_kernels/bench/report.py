@@ -110,3 +110,9 @@ def plot_grouped_bars(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=120)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_F / ||ref||_F in float64."""
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm()).item()
