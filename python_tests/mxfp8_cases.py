@@ -43,8 +43,3 @@ def oracle(a_q, a_s, b_q, b_s, bias=None) -> torch.Tensor:
     b = formats.dequantize_mxfp8(b_q.cpu(), b_s.cpu(), torch.float32).double()
     out = a @ b.T
     return out if bias is None else out + bias.cpu().double()
-
-
-def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
-    """Relative Frobenius error of ``out`` against the fp64 ``expected``."""
-    return ((out.double().cpu() - expected).norm() / expected.norm()).item()

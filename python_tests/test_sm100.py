@@ -30,7 +30,8 @@ import torch
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
-from dq_kernels.backends import BackendUnavailableError, base, select, triton_sm100
+from dq_kernels.backends import BackendUnavailableError, select, triton_sm100
+from kernel_checks import fake_capability, family_built, relative_error, sass_functions
 
 if not torch.cuda.is_available():
     # The Triton kernels run interpreted on CPU tensors; the variable must be set before triton is
@@ -44,15 +45,6 @@ CUDA = torch.device("cuda", 0)
 SM100_MAX_SHARED = 232448  # bytes of shared memory per block on sm_100 (227 KB, cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
 
-def fake_capability(monkeypatch, capability):
-    """Make every CUDA device report ``capability`` to the backend specs (no CUDA call is made)."""
-    monkeypatch.setattr(base, "capability", lambda device: capability)
-
-
-def sm100_family_built() -> bool:
-    return native.status()[0] and bool(native.build_info()["families"].get(native.SM100_FAMILY))
-
-
 def quantized(fmt: str, rows: int, k: int, seed: int):
     """Canonical operands of a random [rows, k] tensor: (q, s) or (q, s, tensor_scale)."""
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
@@ -62,10 +54,6 @@ def quantized(fmt: str, rows: int, k: int, seed: int):
 def dequantized_f64(fmt: str, operand) -> torch.Tensor:
     decode = formats.dequantize_mxfp8 if fmt == "mxfp8" else formats.dequantize_nvfp4
     return decode(*operand, torch.float32).double()
-
-
-def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((out.double().cpu() - expected).norm() / expected.norm()).item()
 
 
 # Exactness bounds of the Hopper issues: relative (Frobenius) error against an fp64 product of the
@@ -128,7 +116,7 @@ def test_auto_picks_them_on_blackwell(monkeypatch):
     triton_sm100 when triton is installed; on a B300 (10.3) triton_sm100 (cutlass is sm_100a only)."""
     triton_ok = backends.get_backend("triton_sm100").availability()[0]
     fake_capability(monkeypatch, (10, 0))
-    expected = "cutlass" if sm100_family_built() else "triton_sm100" if triton_ok else None
+    expected = "cutlass" if family_built(native.SM100_FAMILY) else "triton_sm100" if triton_ok else None
     for op in OPS:
         picked = select(op, CUDA, 4096, 3072, 3072).spec.name
         assert picked == expected if expected else picked not in SM100_BACKENDS
@@ -156,7 +144,7 @@ def sm100_library() -> ctypes.CDLL:
     ok, why = native.status()
     if not ok:
         pytest.skip(f"the native library is unavailable: {why}")
-    if not sm100_family_built():
+    if not family_built(native.SM100_FAMILY):
         pytest.skip(f"the native library was built without the {native.SM100_FAMILY} family: {native.build_info()}")
     return native._library().lib
 
@@ -171,21 +159,11 @@ def test_sm100_family_is_built_when_expected():
     assert backends.get_backend("cutlass").availability() == (True, "")
 
 
-def sass_functions(library: Path) -> dict[str, str]:
-    """{mangled function name: SASS} of the sm_100a code in ``library``, from the cuobjdump of the
-    Triton wheel (skips when there is none)."""
-    triton = pytest.importorskip("triton")
-    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    if not cuobjdump.is_file():
-        pytest.skip(f"no cuobjdump at {cuobjdump}")
-    command = [str(cuobjdump), "--dump-sass", "--gpu-architecture", "sm_100a", str(library)]
-    dump = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    parts = re.split(r"^\s*Function : (\S+)$", dump, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+
 
 
 def test_sass_has_the_block_scaled_mma(sm100_library):
-    functions = sass_functions(native.LIBRARY_PATH)
+    functions = sass_functions(native.LIBRARY_PATH, "sm_100a")
     # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
     mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
     nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from mxfp8_cases import extreme_pair, oracle, relative_error
+from kernel_checks import fake_capability, family_built, relative_error, sass_functions
+from mxfp8_cases import extreme_pair, oracle
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
@@ -26,10 +27,6 @@ from dq_kernels.backends import base, triton_sm90, triton_stock
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-3, torch.float16: 4e-3}
 ODD_SHAPES = [(1, 1000, 160), (77, 256, 4160), (129, 1000, 160), (200, 136, 96), (64, 8, 32)]
 CUDA = torch.device("cuda", 0)
-
-
-def sm90_family_built() -> bool:
-    return native.status()[0] and bool(native.build_info()["families"].get(native.SM90_FAMILY))
 
 
 def on_hopper() -> bool:
@@ -41,9 +38,9 @@ def on_hopper() -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not sm90_family_built(), reason="the native library has no sm90_gemm family")
+@pytest.mark.skipif(not family_built(native.SM90_FAMILY), reason="the native library has no sm90_gemm family")
 def test_cutlass_runs_mxfp8_only_on_hopper(monkeypatch):
-    monkeypatch.setattr(base, "capability", lambda device: (9, 0))
+    fake_capability(monkeypatch, (9, 0))
     assert backends.select("mxfp8_mm", CUDA, 4096, 3072, 3072, "cutlass").spec.name == "cutlass"
     with pytest.raises(backends.BackendUnavailableError, match="nvfp4_mm needs compute capability 10.0"):
         backends.select("nvfp4_mm", CUDA, 4096, 3072, 3072, "cutlass")
@@ -51,7 +48,7 @@ def test_cutlass_runs_mxfp8_only_on_hopper(monkeypatch):
 
 def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
     """A library built without 90a must not be offered on an H100, and says why."""
-    monkeypatch.setattr(base, "capability", lambda device: (9, 0))
+    fake_capability(monkeypatch, (9, 0))
     info = {"families": {native.SM100_FAMILY: ["100a"]}, "archs": ["100a"]}
     monkeypatch.setattr(native, "status", lambda: (True, "loaded"))
     monkeypatch.setattr(native, "build_info", lambda: info)
@@ -65,20 +62,10 @@ def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 
-def sass_functions(library: Path, arch: str) -> dict[str, str]:
-    """{mangled function name: SASS} of the ``arch`` code in ``library``, from the cuobjdump that
-    ships in the Triton wheel (skips when there is none)."""
-    triton = pytest.importorskip("triton")
-    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    if not cuobjdump.is_file():
-        pytest.skip(f"no cuobjdump at {cuobjdump}")
-    command = [str(cuobjdump), "--dump-sass", "--gpu-architecture", arch, str(library)]
-    dump = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    parts = re.split(r"^\s*Function : (\S+)$", dump, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
 
 
-@pytest.mark.skipif(not sm90_family_built(), reason="the native library has no sm90_gemm family")
+
+@pytest.mark.skipif(not family_built(native.SM90_FAMILY), reason="the native library has no sm90_gemm family")
 def test_sm90_sass_runs_on_fp8_wgmma():
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
     kernels = {name: sass for name, sass in functions.items() if "mxfp8_gemm_kernel" in name}
@@ -93,7 +80,7 @@ def test_sm90_sass_runs_on_fp8_wgmma():
 # ----------------------------------------------------------------------------------------------
 
 needs_hopper_kernel = pytest.mark.skipif(
-    not (on_hopper() and sm90_family_built()), reason="needs an sm_90 GPU and the sm90_gemm family"
+    not (on_hopper() and family_built(native.SM90_FAMILY)), reason="needs an sm_90 GPU and the sm90_gemm family"
 )
 
 
