@@ -18,13 +18,13 @@ extern "C" const char* dq_error_string(int code) {
     case DQ_ERR_NULL_POINTER:
       return "dq_kernels: a tensor pointer is NULL";
     case DQ_ERR_BAD_SHAPE:
-      return "dq_kernels: bad shape (M < 1, K < 1, K not a multiple of the block size, or M * K overflows)";
+      return "dq_kernels: a dimension is out of the range dq_kernels.h documents for the function (block multiples, limits)";
     case DQ_ERR_BAD_DTYPE:
       return "dq_kernels: unsupported out_dtype (0 float32, 1 bfloat16, 2 float16; the sm100 GEMMs take 0 or 1)";
     case DQ_ERR_MISALIGNED:
       return "dq_kernels: a pointer is not aligned as dq_kernels.h documents for the function";
     case DQ_ERR_UNSUPPORTED:
-      return "dq_kernels: the kernel cannot run this problem (CUTLASS can_implement refused it)";
+      return "dq_kernels: the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it)";
     case DQ_ERR_BAD_CONFIG:
       return "dq_kernels: config must be a DQ_SM100_CONFIG_* value (0 auto, 1 1sm, 2 2sm)";
     case DQ_ERR_LAUNCH_FAILED:

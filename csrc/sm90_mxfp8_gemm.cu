@@ -342,9 +342,10 @@ extern "C" int dq_sm90_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const ui
                                 void* stream) {
   using namespace dq::sm90;
   if (!a_q || !a_s || !b_q || !b_s || !out) return DQ_ERR_NULL_POINTER;
-  // Tile coordinates and row indices are int: keep M and N a tile below INT32_MAX.
+  // Tile coordinates and row indices are int: keep M a tile below INT32_MAX (N is bounded by the
+  // 65535 tile columns of the grid).
   if (M < 1 || N < 1 || K < kBlock || K % kBlock != 0 || N % 8 != 0 || M > INT32_MAX - kTileM ||
-      N > INT32_MAX - kTileN || K > INT32_MAX || (N + kTileN - 1) / kTileN > 65535)
+      K > INT32_MAX || (N + kTileN - 1) / kTileN > 65535)
     return DQ_ERR_BAD_SHAPE;
   for (const void* ptr : {static_cast<const void*>(a_q), static_cast<const void*>(a_s),
                           static_cast<const void*>(b_q), static_cast<const void*>(b_s),

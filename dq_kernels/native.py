@@ -217,7 +217,7 @@ def _check_scales(fn: str, s: torch.Tensor, rows: int, scale_cols: int) -> None:
 
 
 def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
-    """Call a dq_dequantize_* entry point on ``device``'s current stream; raise on a nonzero code."""
+    """Call a library entry point on ``device``'s current stream; raise on a nonzero code."""
     import torch
 
     with torch.cuda.device(device):
