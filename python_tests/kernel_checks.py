@@ -1,15 +1,19 @@
 """Helpers shared by the GEMM kernel tests (test_sm90, test_sm100): what the native library was
-built with, its SASS, a faked compute capability, and the relative error against an fp64 oracle."""
+built with, its SASS, Triton kernels compiled ahead of time, a faked compute capability, and the
+relative error against an fp64 oracle."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import dq_kernels
 from dq_kernels import native
 from dq_kernels.backends import base
 
@@ -40,3 +44,32 @@ def sass_functions(library: Path, arch: str) -> dict[str, str]:
 def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative Frobenius error of ``out`` against the fp64 ``expected``."""
     return ((out.double().cpu() - expected).norm() / expected.norm()).item()
+
+
+# Defines aot_compile() for the scripts run_fresh runs.
+AOT_PRELUDE = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import mangle_type
+
+
+def aot_compile(kernel, args, constexprs, options, capability):
+    # the Triton kernel compiled for compute capability ``capability`` (e.g. 90) from a launch's arguments
+    signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
+    signature.update({name: "constexpr" for name in constexprs})
+    constants = {name: arg for name, arg in zip(kernel.arg_names, args) if arg is None}
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={**constants, **constexprs})
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+"""
+
+
+def run_fresh(script: str, *argv: str) -> str:
+    """The stdout of ``script`` (which may call aot_compile) run in a fresh interpreter without
+    TRITON_INTERPRET, since this test process may be interpreting, with this checkout's dq_kernels
+    importable; fails the test if the script fails."""
+    pytest.importorskip("triton")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(dq_kernels.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", AOT_PRELUDE + script, *argv], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout

@@ -21,9 +21,6 @@ import ctypes
 import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +28,7 @@ import torch
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
 from dq_kernels.backends import BackendUnavailableError, select, triton_sm100
-from kernel_checks import fake_capability, family_built, relative_error, sass_functions
+from kernel_checks import fake_capability, family_built, relative_error, run_fresh, sass_functions
 
 if not torch.cuda.is_available():
     # The Triton kernels run interpreted on CPU tensors; the variable must be set before triton is
@@ -268,13 +265,10 @@ def test_wrapper_rejects_float16_output_and_cpu_tensors(sm100_library):
 # Triton: ahead-of-time compilation for sm_100
 # ----------------------------------------------------------------------------------------------
 
-# Run in a fresh interpreter without TRITON_INTERPRET (this process may interpret): compiles the
-# kernel for sm_100 from the arguments triton_sm100.kernel_arguments builds for CPU stand-ins of
-# the operands, and prints what the PTX holds.
+# Run by run_fresh: compiles the kernel for sm_100 from the arguments triton_sm100.kernel_arguments
+# builds for CPU stand-ins of the operands, and prints what the PTX holds.
 AOT_SCRIPT = r"""
-import json, re, sys, torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime.jit import mangle_type
+import json, re, sys, torch
 from dq_kernels import formats
 from dq_kernels.backends import triton_sm100
 
@@ -287,12 +281,7 @@ ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
 bias = torch.randn(n) if with_bias else None
 out = torch.empty(m, n, dtype=out_dtype)
 args, constexprs, options = triton_sm100.kernel_arguments(fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out)
-kernel = triton_sm100._kernel()
-signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
-signature.update({name: "constexpr" for name in constexprs})
-constants = {name: arg for name, arg in zip(kernel.arg_names, args) if arg is None}
-source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={**constants, **constexprs})
-compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+compiled = aot_compile(triton_sm100._kernel(), args, constexprs, options, capability)
 ptx = compiled.asm["ptx"]
 print(json.dumps({
     "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
@@ -303,13 +292,8 @@ print(json.dumps({
 
 
 def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100) -> dict:
-    pytest.importorskip("triton")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(dq.__file__).parents[1]), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-c", AOT_SCRIPT, fmt, out_dtype, "1" if with_bias else "0", str(capability)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_fresh(AOT_SCRIPT, fmt, out_dtype, "1" if with_bias else "0", str(capability))
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}

@@ -9,15 +9,11 @@ float32 output 1e-4, bfloat16 output 4e-3.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from kernel_checks import fake_capability, family_built, relative_error, sass_functions
+from kernel_checks import fake_capability, family_built, relative_error, run_fresh, sass_functions
 from mxfp8_cases import extreme_pair, oracle
 
 import dq_kernels as dq
@@ -187,9 +183,7 @@ def test_triton_kernels_interpreted(name, m, n, k):
 
 
 AOT_SCRIPT = r"""
-import re, sys, torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime.jit import mangle_type
+import sys, torch
 from dq_kernels import formats
 from dq_kernels.backends import triton_sm90
 
@@ -202,12 +196,7 @@ else:
 out = torch.empty(m, n, dtype=torch.bfloat16)
 tiles = triton_sm90.tiles_for(fmt, m, n, k)
 args, constexprs, options, grid = triton_sm90.kernel_arguments(fmt, a, b_q, b_s, alpha, torch.randn(n).bfloat16(), out, tiles)
-kernel = triton_sm90._kernel()
-signature = {name: mangle_type(arg) for name, arg in zip(kernel.arg_names, args)}
-signature.update({name: "constexpr" for name in constexprs})
-constants = {name: arg for name, arg in zip(kernel.arg_names, args) if arg is None}
-source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={**constants, **constexprs})
-ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+ptx = aot_compile(triton_sm90._kernel(), args, constexprs, options, 90).asm["ptx"]
 print("\n".join(line.strip() for line in ptx.splitlines() if "wgmma.mma_async" in line))
 # ptxas's verdict on the wgmma pipeline (C7515: it serializes every wgmma), with Triton's own ptxas
 try:
@@ -231,12 +220,7 @@ def test_triton_sm90_mma_is_a_bf16_wgmma_with_the_chosen_weight_operand(fmt, m):
     shared-memory descriptors, and ptxas keeps those wgmmas pipelined (with the register operand it
     may serialize them, warning C7515, as it did for every Triton 3.6 build we compiled: why large M
     goes through shared memory)."""
-    pytest.importorskip("triton")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(dq.__file__).parents[1]), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT, fmt, str(m)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    *wgmmas, verdict = result.stdout.strip().splitlines()
+    *wgmmas, verdict = run_fresh(AOT_SCRIPT, fmt, str(m)).strip().splitlines()
     assert wgmmas
     in_registers = triton_sm90.tiles_for(fmt, m, 3072, 3072).weight_in_registers
     assert verdict != "ptxas: failed"
