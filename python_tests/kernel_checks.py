@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dq_kernels
-from dq_kernels import native
+from dq_kernels import formats, native
 from dq_kernels.backends import base
 
 
@@ -39,6 +39,20 @@ def sass_functions(library: Path, arch: str) -> dict[str, str]:
     dump = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     parts = re.split(r"^\s*Function : (\S+)$", dump, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2]))
+
+
+def dequantized_f64(fmt: str, operand) -> torch.Tensor:
+    """A canonical operand ((q, s) for MXFP8, (q, s, tensor scale) for NVFP4) decoded to float64 on the CPU."""
+    decode = formats.dequantize_mxfp8 if fmt == "mxfp8" else formats.dequantize_nvfp4
+    return decode(*[t.cpu() for t in operand], torch.float32).double()
+
+
+def fp64_product(fmt: str, a, b, bias=None) -> torch.Tensor:
+    """The fp64 oracle a @ b.T (+ bias) of two canonical operands of ``fmt``; ``a`` may also be a
+    high-precision activation tensor (W4A16)."""
+    a64 = a.cpu().double() if isinstance(a, torch.Tensor) else dequantized_f64(fmt, a)
+    out = a64 @ dequantized_f64(fmt, b).T
+    return out if bias is None else out + bias.cpu().double()
 
 
 def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:

@@ -5,6 +5,7 @@ finite in float32 (the fp64 oracle then sees what the kernels must reproduce).""
 from __future__ import annotations
 
 import torch
+from kernel_checks import fp64_product
 
 from dq_kernels import formats
 
@@ -39,7 +40,4 @@ def extreme_pair(m: int, n: int, k: int, seed: int, spread: int = 24, lowest_byt
 
 def oracle(a_q, a_s, b_q, b_s, bias=None) -> torch.Tensor:
     """fp64 product of the dequantized operands (+ bias), on the CPU."""
-    a = formats.dequantize_mxfp8(a_q.cpu(), a_s.cpu(), torch.float32).double()
-    b = formats.dequantize_mxfp8(b_q.cpu(), b_s.cpu(), torch.float32).double()
-    out = a @ b.T
-    return out if bias is None else out + bias.cpu().double()
+    return fp64_product("mxfp8", (a_q, a_s), (b_q, b_s), bias)

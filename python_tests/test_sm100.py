@@ -28,7 +28,7 @@ import torch
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
 from dq_kernels.backends import BackendUnavailableError, select, triton_sm100
-from kernel_checks import fake_capability, family_built, relative_error, run_fresh, sass_functions
+from kernel_checks import dequantized_f64, fake_capability, family_built, relative_error, run_fresh, sass_functions
 
 if not torch.cuda.is_available():
     # The Triton kernels run interpreted on CPU tensors; the variable must be set before triton is
@@ -46,11 +46,6 @@ def quantized(fmt: str, rows: int, k: int, seed: int):
     """Canonical operands of a random [rows, k] tensor: (q, s) or (q, s, tensor_scale)."""
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
     return formats.quantize_mxfp8(x) if fmt == "mxfp8" else formats.quantize_nvfp4(x)
-
-
-def dequantized_f64(fmt: str, operand) -> torch.Tensor:
-    decode = formats.dequantize_mxfp8 if fmt == "mxfp8" else formats.dequantize_nvfp4
-    return decode(*operand, torch.float32).double()
 
 
 # Exactness bounds of the Hopper issues: relative (Frobenius) error against an fp64 product of the

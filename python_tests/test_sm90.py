@@ -13,7 +13,7 @@ import re
 
 import pytest
 import torch
-from kernel_checks import fake_capability, family_built, relative_error, run_fresh, sass_functions
+from kernel_checks import fake_capability, family_built, fp64_product, relative_error, run_fresh, sass_functions
 from mxfp8_cases import extreme_pair, oracle
 
 import dq_kernels as dq
@@ -275,9 +275,7 @@ def nvfp4_operands(m: int, n: int, k: int, seed: int):
 def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
     """fp64 product of the dequantized operands (tensor scales included); ``a`` a quantized triple
     or a high-precision activation (W4A16)."""
-    a64 = formats.dequantize_nvfp4(*[t.cpu() for t in a], torch.float32).double() if isinstance(a, tuple) else a.cpu().double()
-    out = a64 @ formats.dequantize_nvfp4(*[t.cpu() for t in b], torch.float32).double().T
-    return out if bias is None else out + bias.cpu().double()
+    return fp64_product("nvfp4", a, b, bias)
 
 
 def run_device():
