@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from dq_kernels.bench import model
+
 BEGIN, END = "<!-- model-results:begin -->", "<!-- model-results:end -->"
 
 
@@ -21,15 +23,8 @@ def section(document: dict, source: str) -> str:
     header = (f"Measured on {document['device']} on {document['date']} with torch {document['torch']}, "
               f"Triton {document['triton']}, torchao {document['torchao']}, dq_kernels {document['dq_kernels']} "
               f"(`{document['command']}`; {document['timing']}). Source: `{source}`.")
-    lines = [header, "", "| model | batch | format | backend | compile | ms/step | x bf16 | peak GiB | weights GiB | rel err | cosine | compile s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in document["rows"]:
-        speedup = "-" if r["speedup_vs_bf16"] is None else f"{r['speedup_vs_bf16']:.2f}"
-        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        compile_s = "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f}"
-        lines.append(f"| {r['model']} | {r['batch']} | {r['format']} | {r['backend']} | {r['compile']} | "
-                     f"{r['step_ms']:.1f} | {speedup} | {peak} | {r['weights_gib']:.2f} | {r['rel_err']:.4f} | "
-                     f"{r['cosine']:.5f} | {compile_s} |")
+    lines = [header, "", "| " + " | ".join(model.TABLE_HEADERS) + " |", "|" + "---|" * len(model.TABLE_HEADERS)]
+    lines += ["| " + " | ".join(model.Row(**r).cells()) + " |" for r in document["rows"]]
     return "\n".join(lines)
 
 

@@ -377,6 +377,21 @@ class Row:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def cells(self) -> list[str]:
+        """The row as the table shows it, one string per column of TABLE_HEADERS."""
+        def optional(value, spec):
+            return "-" if value is None else format(value, spec)
+
+        return [
+            self.model, str(self.batch), self.format, self.backend, self.compile, f"{self.step_ms:.1f}",
+            optional(self.speedup_vs_bf16, ".2f"), optional(self.peak_gib, ".2f"), f"{self.weights_gib:.2f}",
+            f"{self.rel_err:.4f}", f"{self.cosine:.5f}", optional(self.compile_s, ".0f"),
+        ]  # fmt: skip
+
+
+TABLE_HEADERS = ("model", "batch", "format", "backend", "compile", "ms/step", "x bf16", "peak GiB", "weights GiB",
+                 "rel err", "cosine", "compile s")
+
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(relative error, cosine similarity) of ``out`` against ``ref``, in float64."""
@@ -489,17 +504,10 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
 
 
 def table(rows: Sequence[Row]) -> str:
-    headers = ("model", "batch", "format", "backend", "compile", "ms/step", "x bf16", "peak GiB", "weights GiB",
-               "rel err", "cosine", "compile s")
     groups = {}
     for r in rows:
-        groups.setdefault((r.model, r.batch), []).append([
-            r.model, str(r.batch), r.format, r.backend, r.compile, f"{r.step_ms:.1f}",
-            "-" if r.speedup_vs_bf16 is None else f"{r.speedup_vs_bf16:.2f}",
-            "-" if r.peak_gib is None else f"{r.peak_gib:.2f}", f"{r.weights_gib:.2f}",
-            f"{r.rel_err:.4f}", f"{r.cosine:.5f}", "-" if r.compile_s is None else f"{r.compile_s:.0f}",
-        ])  # fmt: skip
-    return report.format_table(headers, list(groups.values()), right_aligned=range(5, 12))
+        groups.setdefault((r.model, r.batch), []).append(r.cells())
+    return report.format_table(TABLE_HEADERS, list(groups.values()), right_aligned=range(5, 12))
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
