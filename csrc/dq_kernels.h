@@ -107,6 +107,37 @@ DQ_API int dq_sm90_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_
                             void* stream);
 
 /*
+ * Hopper GEMMs for few activation rows (present with the sm90_gemm family, like dq_sm90_mxfp8_mm),
+ * csrc/sm90_skinny_gemm.cu: mma.sync with the weight streamed from global memory and decoded
+ * exactly to f16 (bf16 for a bf16 activation). For M <= 64, where reading the weight is the cost.
+ *
+ *   out[m, n] = alpha * sum_k A[m, k] * B[n, k] + bias[n]     (out = alpha * A @ B^T + bias)
+ *
+ *   MXFP8 (alpha = 1): a_q, a_s, b_q, b_s as for dq_sm90_mxfp8_mm. Each 32-wide block is summed in
+ *     float32 from exact products and promoted with its two E8M0 scales: exact up to the float32
+ *     accumulation order while ea + eb is 105..381 for every pair of block scales.
+ *   NVFP4 W4A4 (alpha = a_ts * b_ts): a_q, b_q, a_s, b_s, a_ts, b_ts as for dq_sm100_nvfp4_mm.
+ *   NVFP4 W4A16 (alpha = b_ts): a is [M, K] of a_dtype (DQ_BFLOAT16 or DQ_FLOAT16, else
+ *     DQ_ERR_BAD_DTYPE), 16-byte aligned; b_q, b_s, b_ts as for W4A4.
+ *   NVFP4 products (e2m1 x e4m3 block scale, both operands) are exact in f16 and bf16: exact up to
+ *   the float32 accumulation order.
+ *   bias:     NULL or float32 [N], 16-byte aligned.
+ *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
+ *   M, N, K:  1 <= M <= 64, 1 <= N <= INT32_MAX - 32 with N % 8 == 0, 32 <= K <= INT32_MAX / 2 with
+ *             K % 32 == 0, else DQ_ERR_BAD_SHAPE.
+ * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
+ */
+DQ_API int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
+                                   const uint8_t* b_s, const float* bias, void* out, int64_t M, int64_t N,
+                                   int64_t K, int out_dtype, void* stream);
+DQ_API int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                                   const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M,
+                                   int64_t N, int64_t K, int out_dtype, void* stream);
+DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                         const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
+                                         int64_t K, int out_dtype, void* stream);
+
+/*
  * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.
  * with 100a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device code runs on
  * compute capability 10.0 only). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.

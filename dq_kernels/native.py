@@ -32,6 +32,10 @@ __all__ = [
     "dequantize_mxfp8",
     "dequantize_nvfp4",
     "sm90_mxfp8_mm",
+    "sm90_mxfp8_skinny_mm",
+    "sm90_nvfp4_skinny_mm",
+    "sm90_nvfp4_w4a16_skinny_mm",
+    "SM90_SKINNY_MAX_M",
     "sm100_mxfp8_mm",
     "sm100_nvfp4_mm",
     "sm100_mm_plan",
@@ -42,6 +46,7 @@ LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
+SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm functions
 # DQ_SM100_CONFIG_* of dq_kernels.h: the config argument of the sm100 GEMMs, and the name of each
 # resolved config (the tile of output one CTA or CTA pair computes).
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
@@ -99,7 +104,12 @@ def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     """The dq_sm90_* functions, present when the sm90_gemm family was built."""
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.dq_sm90_mxfp8_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_mxfp8_mm.restype = i32
+    lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
+    for fn in (lib.dq_sm90_mxfp8_mm, lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
+               lib.dq_sm90_nvfp4_w4a16_skinny_mm):
+        fn.restype = i32
 
 
 def _declare_sm100_functions(lib: ctypes.CDLL) -> None:
@@ -323,6 +333,14 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
     return lib, code, m, n, k
 
 
+def _check_tensor_scales(fn: str, **tensor_scales: torch.Tensor) -> None:
+    import torch
+
+    for name, ts in tensor_scales.items():
+        if ts.dtype != torch.float32 or ts.numel() != 1:
+            raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
+
+
 def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     """out = a @ b.T (+ bias) with the exact Hopper MXFP8 kernel (csrc/sm90_mxfp8_gemm.cu).
 
@@ -339,6 +357,76 @@ def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
     _launch(fn, lib.dq_sm90_mxfp8_mm, out.device, *args)
+
+
+def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
+    """out = a @ b.T (+ bias) with the Hopper kernel for few rows (csrc/sm90_skinny_gemm.cu).
+
+    Operands as for ``sm90_mxfp8_mm``, with 1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32
+    accumulation order while the two E8M0 bytes of every pair of blocks add up to 105..381.
+    """
+    import torch
+
+    fn = "sm90_mxfp8_skinny_mm"
+    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
+    _launch(fn, lib.dq_sm90_mxfp8_skinny_mm, out.device, *args)
+
+
+def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
+    """out = (a_ts * b_ts) * (a @ b.T) (+ bias), NVFP4 W4A4, with the Hopper kernel for few rows
+    (csrc/sm90_skinny_gemm.cu). Operands as for ``sm100_nvfp4_mm`` (out may also be float16), with
+    1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32 accumulation order.
+    """
+    import torch
+
+    fn = "sm90_nvfp4_skinny_mm"
+    extra = {"a_ts": a_ts, "b_ts": b_ts}
+    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes)
+    _check_tensor_scales(fn, a_ts=a_ts, b_ts=b_ts)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
+    _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, bias_ptr, out.data_ptr(), m, n, k, code)
+
+
+def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
+    """out = b_ts * (a @ b.T) (+ bias), NVFP4 weight-only, with the Hopper kernel for few rows
+    (csrc/sm90_skinny_gemm.cu).
+
+    a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s, b_ts: the NVFP4 weight as
+    for ``sm90_nvfp4_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or
+    float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up
+    to the float32 accumulation order.
+    """
+    import torch
+
+    fn = "sm90_nvfp4_w4a16_skinny_mm"
+    a_codes = {torch.bfloat16: 1, torch.float16: 2}  # DQ_BFLOAT16, DQ_FLOAT16
+    if a.dtype not in a_codes or a.dim() != 2:
+        raise ValueError(f"dq_kernels.native.{fn}: a must be a 2-D bfloat16 or float16 tensor, got {a.dtype} {tuple(a.shape)}")
+    m, k, n = a.shape[0], a.shape[1], b_q.shape[0]
+    tensors = {"a": a, "b_q": b_q, "b_s": b_s, "b_ts": b_ts, "out": out}
+    alignments = {"a": 16, "b_q": 16, "b_s": 16, "out": 16}
+    if bias is not None:
+        tensors["bias"] = bias
+        alignments["bias"] = 16
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+            raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    _family_library(fn, SM90_FAMILY)
+    lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
+    runs, why = supports_device(out.device, SM90_FAMILY)
+    if not runs:
+        raise ValueError(f"dq_kernels.native.{fn}: {why}")
+    if b_q.element_size() != 1 or b_q.shape[1] * 2 != k:
+        raise ValueError(f"dq_kernels.native.{fn}: b_q must be bytes [N, K / 2] with K = {k}, got {b_q.dtype} {tuple(b_q.shape)}")
+    _check_scales(fn, b_s, n, k // 16)
+    _check_tensor_scales(fn, b_ts=b_ts)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a.data_ptr(), a_codes[a.dtype], b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
+    _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
 
 
 def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:
@@ -373,9 +461,7 @@ def sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, config: str = "aut
     fn = "sm100_nvfp4_mm"
     extra = {"a_ts": a_ts, "b_ts": b_ts}
     lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, (torch.float32, torch.bfloat16))
-    for name, ts in (("a_ts", a_ts), ("b_ts", b_ts)):
-        if ts.dtype != torch.float32 or ts.numel() != 1:
-            raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
+    _check_tensor_scales(fn, a_ts=a_ts, b_ts=b_ts)
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
     args += (bias_ptr, out.data_ptr(), m, n, k, code, _sm100_config(fn, config))

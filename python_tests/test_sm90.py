@@ -18,7 +18,7 @@ from mxfp8_cases import extreme_pair, oracle
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
-from dq_kernels.backends import base, triton_sm90, triton_stock
+from dq_kernels.backends import base, cutlass, triton_sm90, triton_stock
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-3, torch.float16: 4e-3}
 ODD_SHAPES = [(1, 1000, 160), (77, 256, 4160), (129, 1000, 160), (200, 136, 96), (64, 8, 32)]
@@ -34,12 +34,26 @@ def on_hopper() -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not family_built(native.SM90_FAMILY), reason="the native library has no sm90_gemm family")
-def test_cutlass_runs_mxfp8_only_on_hopper(monkeypatch):
+needs_sm90_family = pytest.mark.skipif(
+    not family_built(native.SM90_FAMILY), reason="the native library has no sm90_gemm family"
+)
+MM_OPS = ("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
+
+
+@needs_sm90_family
+def test_cutlass_on_hopper_runs_nvfp4_for_few_rows_and_auto_takes_it_there(monkeypatch):
+    """On 9.0, cutlass runs every mm op up to M = 64 (the skinny kernels), MXFP8 at any M; auto
+    takes it up to the measured crossover of each op and triton_sm90 above."""
     fake_capability(monkeypatch, (9, 0))
+    for op in MM_OPS:
+        limit = cutlass.SKINNY_AUTO_MAX_M[op]
+        assert backends.select(op, CUDA, limit, 3072, 3072).spec.name == "cutlass"
+        assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name != "cutlass"
+        assert backends.select(op, CUDA, 64, 3072, 3072, "cutlass").spec.name == "cutlass"
     assert backends.select("mxfp8_mm", CUDA, 4096, 3072, 3072, "cutlass").spec.name == "cutlass"
-    with pytest.raises(backends.BackendUnavailableError, match="nvfp4_mm needs compute capability 10.0"):
-        backends.select("nvfp4_mm", CUDA, 4096, 3072, 3072, "cutlass")
+    for op in MM_OPS[1:]:
+        with pytest.raises(backends.BackendUnavailableError, match="has only the kernel for M <= 64"):
+            backends.select(op, CUDA, 65, 3072, 3072, "cutlass")
 
 
 def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
@@ -61,7 +75,7 @@ def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
 
 
 
-@pytest.mark.skipif(not family_built(native.SM90_FAMILY), reason="the native library has no sm90_gemm family")
+@needs_sm90_family
 def test_sm90_sass_runs_on_fp8_wgmma():
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
     kernels = {name: sass for name, sass in functions.items() if "mxfp8_gemm_kernel" in name}
@@ -69,6 +83,18 @@ def test_sm90_sass_runs_on_fp8_wgmma():
     for sass in kernels.values():
         assert re.search(r"\bQGMMA\.64x64x32\.F32\.E4M3\.E4M3\b", sass)
         assert not re.search(r"\b(HMMA|HGMMA)\b", sass)  # no slow path, no bf16 decode
+
+
+@needs_sm90_family
+def test_sm90_skinny_sass_runs_on_mma():
+    """Every instance of the skinny kernel computes with mma.sync m16n8k16 (f16, or bf16 for a bf16
+    W4A16 activation) into float32: 4 (weight, activation) kinds x 4 token tiles x 3 output dtypes."""
+    functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
+    kernels = {name: sass for name, sass in functions.items() if "skinny_gemm_kernel" in name}
+    assert len(kernels) == 48
+    for name, sass in kernels.items():
+        bf16 = "ActivationE1" in name  # Activation::kBf16
+        assert re.search(r"\bHMMA\.16816\.F32\.BF16\b" if bf16 else r"\bHMMA\.16816\.F32\b(?!\.BF16)", sass), name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +304,12 @@ def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
     return fp64_product("nvfp4", a, b, bias)
 
 
+def auto_on_hopper(op: str, m: int) -> str:
+    """The backend auto picks for an mm op on an H100: the skinny kernels for small M when built."""
+    skinny = m <= cutlass.SKINNY_AUTO_MAX_M[op] and family_built(native.SM90_FAMILY)
+    return "cutlass" if skinny else "triton_sm90"
+
+
 def run_device():
     """Where the Triton kernel tests run: the H100, else the interpreter on the CPU (skip on other GPUs)."""
     if on_hopper():
@@ -320,7 +352,7 @@ def test_nvfp4_weight_only_on_hopper(m, n, k):
     _, (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
     a = torch.randn(m, k, device=CUDA, dtype=torch.bfloat16)
-    assert backends.select("nvfp4_weight_only_mm", CUDA, m, n, k).spec.name == "triton_sm90"
+    assert backends.select("nvfp4_weight_only_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_weight_only_mm", m)
     expected = nvfp4_oracle(a, (b_q, b_s, b_ts), bias)
     for _ in range(3):
         out = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias)
@@ -335,10 +367,10 @@ W4A4_SHAPES = ODD_SHAPES + [(77, 256, 4096), (4096, 3072, 3072), (16, 18432, 307
 @pytest.mark.skipif(not on_hopper(), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("m, n, k", W4A4_SHAPES)
 def test_nvfp4_w4a4_on_hopper(m, n, k):
-    """W4A4 through the op (auto: triton_sm90 on Hopper), fp32 and bf16 output. Ten launches: a
+    """W4A4 through the op (auto's choice on Hopper), fp32 and bf16 output. Ten launches: a
     Triton pipelining race of an earlier version (scales gathered by plain loads) showed here as
     occasional wrong results at 77 x 256 x 4160."""
-    assert backends.select("nvfp4_mm", CUDA, m, n, k).spec.name == "triton_sm90"
+    assert backends.select("nvfp4_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_mm", m)
     (a_q, a_s, a_ts), (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
     expected = nvfp4_oracle((a_q, a_s, a_ts), (b_q, b_s, b_ts), bias)
@@ -381,3 +413,67 @@ def test_triton_sm90_tile_variants(monkeypatch, fmt, variant):
         expected = nvfp4_oracle((a_q, a_s, a_ts), b, bias)
     assert out.dtype == torch.bfloat16
     assert relative_error(out, expected) < TOLERANCE[torch.bfloat16]
+
+
+# ----------------------------------------------------------------------------------------------
+# The skinny kernels (csrc/sm90_skinny_gemm.cu, cutlass on 9.0 for M <= 64) on an H100
+# ----------------------------------------------------------------------------------------------
+
+SKINNY_SHAPES = [(1, 1000, 160), (7, 256, 4160), (16, 3072, 3072), (33, 136, 96), (64, 8, 32), (16, 18432, 3072)]
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("m, n, k", SKINNY_SHAPES)
+def test_skinny_mxfp8_exact(m, n, k):
+    """Scales over 24 binades with E8M0 bytes 0 and 254, bias, float32 and bfloat16 output."""
+    operands = [t.to(CUDA) for t in extreme_pair(m, n, k, seed=m + n + k)]
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(1)) * 100
+    expected = oracle(*operands, bias)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        out = run("cutlass", *operands, bias=bias, out_dtype=out_dtype)
+        assert out.dtype == out_dtype
+        assert relative_error(out, expected) < TOLERANCE[out_dtype]
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_skinny_mxfp8_never_reads_padding_bytes():
+    """K = 160: the last K chunk is partial and 3 padded scale columns hold NaN bytes; the padded
+    rows of A's scales too (M = 7)."""
+    a_q, a_s, b_q, b_s = extreme_pair(7, 136, 160, seed=3)
+    clean = run("cutlass", a_q, a_s, b_q, b_s, out_dtype=torch.float32)
+    dirty = run("cutlass", a_q, with_nan_padding(a_s, 7, 5), b_q, with_nan_padding(b_s, 136, 5), out_dtype=torch.float32)
+    assert torch.isfinite(clean).all()
+    assert torch.equal(clean, dirty)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("m, n, k", SKINNY_SHAPES)
+def test_skinny_nvfp4_w4a4_exact(m, n, k):
+    (a_q, a_s, a_ts), (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
+    bias = torch.randn(n, device=CUDA)
+    expected = nvfp4_oracle((a_q, a_s, a_ts), (b_q, b_s, b_ts), bias)
+    for out_dtype, tolerance in ((torch.float32, NVFP4_TOLERANCE), (torch.bfloat16, 4e-3)):  # float16 overflows here
+        out = dq.ops.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias=bias, out_dtype=out_dtype, backend="cutlass")
+        assert out.dtype == out_dtype
+        assert relative_error(out, expected) < tolerance
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m, n, k", SKINNY_SHAPES)
+def test_skinny_nvfp4_w4a16_exact(m, n, k, dtype):
+    """float32 output through the native entry point (the op returns the activation's dtype)."""
+    _, (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=n)]
+    a = torch.randn(m, k, device=CUDA).to(dtype)
+    bias = torch.randn(n, device=CUDA)
+    expected = nvfp4_oracle(a, (b_q, b_s, b_ts), bias)
+    out = torch.empty(m, n, device=CUDA)
+    native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts.reshape(()), bias, out)
+    assert relative_error(out, expected) < NVFP4_TOLERANCE
+    via_op = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias, backend="cutlass")
+    assert via_op.dtype == dtype
+    assert torch.equal(via_op, out.to(dtype))

@@ -8,8 +8,9 @@ A call runs on the backend named by, in this order: the call's ``backend=`` argu
 * A backend named by ``use_backend`` or the environment applies to the ops it implements, with the
   same strictness; ops it does not implement (say, quantize for a GEMM-only backend) go to auto.
 * ``auto`` takes the first backend, in registry order (fastest first), whose spec allows the op,
-  device and shape and whose dependencies are installed. When it passes over a backend that would
-  suit this device but cannot run, it logs why once.
+  device and shape, whose dependencies are installed and that does not defer to a later backend
+  for this shape (``Backend.auto_passes``: a later one is faster there). When it passes over a
+  backend that would suit this device but cannot run, it logs why once.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ logger = logging.getLogger("dq_kernels")
 _REGISTRY: dict[str, Backend] = {
     b.spec.name: b
     for b in (
-        TritonSm90Backend(),  # before cutlass: faster on Hopper (benchmarks/results/NOTES.md)
-        CutlassBackend(),
+        CutlassBackend(),  # on Hopper only for small M (auto_passes), where its skinny kernels are faster
+        TritonSm90Backend(),
         TritonSm100Backend(),
         TritonCastBackend(),
         TorchAOBackend(),
@@ -132,6 +133,8 @@ def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: 
     if op not in spec.ops:
         return f"does not implement {op}"
     reason = spec.device_reason(device, op) or spec.shape_reason(op, m, n, k)
+    if reason is None and op.endswith("_mm"):
+        reason = backend.shape_limit(op, device, m, n, k)
     if reason is None:
         ok, why = backend.availability_on(device)
         reason = None if ok else why
@@ -158,7 +161,9 @@ def select(op: str, device: torch.device, m: int, n: int, k: int, requested: str
             continue
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:
-            return backend
+            if backend.auto_passes(op, device, m, n, k) is None:
+                return backend
+            continue
         if backend.spec.device_reason(device, op) is None and op in backend.spec.ops:
             _log_once(op, backend.spec.name, reason)
     raise BackendUnavailableError(f"no dq_kernels backend can run {op} on {device} (M={m}, N={n}, K={k})")

@@ -130,6 +130,16 @@ class Backend:
         """``availability()`` for one device, for backends whose build covers some devices only."""
         return self.availability()
 
+    def shape_limit(self, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
+        """Why this backend cannot run mm op ``op`` for this shape on ``device``, for limits that
+        depend on the device (the spec's ``shape_reason`` holds those that do not), or None."""
+        return None
+
+    def auto_passes(self, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
+        """Why ``auto`` takes a later backend for this call although this one can run it (a later one
+        is faster for this shape), or None."""
+        return None
+
     def kernel_config(self, fmt: str, m: int, n: int, k: int) -> str:
         """The kernel configuration this backend would run for this shape ("" if it has none)."""
         return ""

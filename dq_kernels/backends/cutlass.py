@@ -1,23 +1,29 @@
-"""The ``cutlass`` backend: the native library's CUTLASS/CuTe GEMMs, per compute capability.
+"""The ``cutlass`` backend: the native library's GEMMs (CUTLASS/CuTe and plain CUDA), per compute capability.
 
 - 10.0 (the ``sm100_gemm`` kernel family, built for sm_100a): ``csrc/sm100_mxfp8_gemm.cu`` and
   ``csrc/sm100_nvfp4_gemm.cu``, CUTLASS 4.2 tcgen05 block-scaled MMA (``kind::mxf8f6f4`` /
   ``kind::mxf4nvf4``) on the canonical operands as they are (the 128x4 swizzled scales are
   CUTLASS's own scale layout). Compile-verified only.
-- 9.0 (the ``sm90_gemm`` family, built for sm_90a): ``csrc/sm90_mxfp8_gemm.cu``, MXFP8 only: FP8
-  wgmma per 32-wide K slice with the block scales applied on the CUDA cores; exact over the E8M0
-  range up to accumulation order and the wgmma's FP8 summation (see the file for the bounds).
+- 9.0 (the ``sm90_gemm`` family, built for sm_90a):
+  - M <= 64: ``csrc/sm90_skinny_gemm.cu``, MXFP8, NVFP4 W4A4 and W4A16: mma.sync with the weight
+    streamed from global memory and decoded exactly in registers (the weight read is the cost).
+  - MXFP8 at any M: ``csrc/sm90_mxfp8_gemm.cu``, FP8 wgmma per 32-wide K slice with the block
+    scales applied on the CUDA cores. ``auto`` takes ``triton_sm90`` instead above
+  ``SKINNY_AUTO_MAX_M`` (MXFP8 8, W4A4 64, W4A16 32: faster there on an H100).
+  Both are exact over the E8M0 range up to accumulation order (see the files for the bounds).
 
 out = alpha * (a @ b.T) + bias, accumulated in float32, with alpha = a_ts * b_ts for NVFP4 (read on
-the device, so CUDA graphs see no host synchronization) and 1 for MXFP8. The bias goes in as
-float32 (exact for every bias dtype; the reference adds it in float32). Output: the sm_90a kernel
-writes bfloat16, float16 or float32; the sm_100a kernels bfloat16 or float32, and a float16 output
-is their float32 result cast once, which is how the reference rounds it too.
+the device, so CUDA graphs see no host synchronization) and 1 for MXFP8; W4A16 returns a's dtype
+(a float32 activation is computed by the reference path). The bias goes in as float32 (exact for
+every bias dtype; the reference adds it in float32). Output: the sm_90a kernels write bfloat16,
+float16 or float32; the sm_100a kernels bfloat16 or float32, and a float16 output is their float32
+result cast once, which is how the reference rounds it too.
 
 Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a these match what
 CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
-bytes must be 16-byte multiples for TMA, out rows for the TMA store). The sm_90a kernel also needs
-N <= 65535 * 128 (grid rows), which no model layer approaches.
+bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the NVFP4 ops need
+M <= 64 (``shape_limit``); the wgmma kernel also needs N <= 65535 * 128 (grid rows), which no model
+layer approaches.
 """
 
 from __future__ import annotations
@@ -26,11 +32,34 @@ import torch
 
 from .. import native
 from . import base
+from . import reference
 from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
 SM90_CONFIG = "sm90_128x128x128_ws2"  # the one tile of csrc/sm90_mxfp8_gemm.cu: 2 consumer warpgroups
+
+
+# auto takes the skinny kernel up to these M on 9.0 (faster than triton_sm90 there in the small-M
+# sweep of benchmarks/results/NOTES.md); explicit cutlass runs it up to SM90_SKINNY_MAX_M.
+SKINNY_AUTO_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
+
+
+def _on_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and base.capability(device) == (9, 0)
+
+
+def _skinny(device: torch.device, m: int) -> bool:
+    """Whether this call runs csrc/sm90_skinny_gemm.cu."""
+    return _on_hopper(device) and m <= native.SM90_SKINNY_MAX_M
+
+
+def skinny_config(m: int) -> str:
+    """The skinny kernel's tile: 16 weight rows per warp by the activation rows padded to 8, 16, 32 or 64."""
+    tokens = 8
+    while tokens < m:
+        tokens *= 2
+    return f"sm90_skinny_16x{tokens}_mma16816"
 
 
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -44,12 +73,13 @@ class CutlassBackend(Backend):
     spec = BackendSpec(
         name="cutlass",
         description=(
-            "native CuTe/CUTLASS GEMMs: sm_90a MXFP8 (FP8 wgmma + per-32 promotion); sm_100a "
-            "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only)"
+            "native GEMMs: sm_90a MXFP8 (FP8 wgmma + per-32 promotion) and, for M <= 64, MXFP8/NVFP4/W4A16 "
+            "(mma.sync, weight decoded in registers); sm_100a CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 "
+            "(compile-verified only)"
         ),
-        ops=("mxfp8_mm", "nvfp4_mm"),
+        ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0), (10, 0)),
-        op_capabilities=(("nvfp4_mm", ((10, 0),)),),
+        op_capabilities=(("nvfp4_weight_only_mm", ((9, 0),)),),
         n_multiple=8,
         k_multiple=32,
     )
@@ -74,23 +104,49 @@ class CutlassBackend(Backend):
             return False, f"the native library was built without the {family} kernel family for {device}"
         return True, ""
 
+    def shape_limit(self, op, device, m, n, k):
+        if op != "mxfp8_mm" and _on_hopper(device) and not _skinny(device, m):
+            return (
+                f"{op} on compute capability 9.0 has only the kernel for M <= {native.SM90_SKINNY_MAX_M} "
+                f"(csrc/sm90_skinny_gemm.cu), got M = {m}"
+            )
+        return None
+
+    def auto_passes(self, op, device, m, n, k):
+        if _on_hopper(device) and m > SKINNY_AUTO_MAX_M[op]:
+            return f"triton_sm90 is faster for {op} on compute capability 9.0 above M = {SKINNY_AUTO_MAX_M[op]}"
+        return None
+
     def kernel_config(self, fmt, m, n, k):
-        """The config for the current CUDA device (sm_90a: its one tile, MXFP8 only), else sm_100a's."""
-        if torch.cuda.is_available() and base.capability(torch.device("cuda")) == (9, 0):
-            return SM90_CONFIG if fmt == "mxfp8" else ""
+        """The config for the current CUDA device (sm_90a: the skinny kernel's or the wgmma kernel's
+        tile), else sm_100a's."""
+        if torch.cuda.is_available() and _on_hopper(torch.device("cuda", torch.cuda.current_device())):
+            return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else SM90_CONFIG if fmt == "mxfp8" else ""
         return native.sm100_mm_plan(fmt, m, n, k).config
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         operands = (aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias))
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        mm = native.sm90_mxfp8_mm if base.capability(a_q.device) == (9, 0) else native.sm100_mxfp8_mm
-        mm(*operands, out)
+        if _skinny(a_q.device, a_q.shape[0]):
+            native.sm90_mxfp8_skinny_mm(*operands, out)
+        elif _on_hopper(a_q.device):
+            native.sm90_mxfp8_mm(*operands, out)
+        else:
+            native.sm100_mxfp8_mm(*operands, out)
         return out.to(out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
-        native.sm100_nvfp4_mm(
-            aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, float32_bias(bias), out
-        )
+        mm = native.sm90_nvfp4_skinny_mm if _on_hopper(a_q.device) else native.sm100_nvfp4_mm
+        mm(aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, float32_bias(bias), out)
         return out.to(out_dtype)
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
+        if a.dtype == torch.float32:  # the kernel's MMAs take bf16/fp16
+            return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
+        native.sm90_nvfp4_w4a16_skinny_mm(
+            aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias), out
+        )
+        return out

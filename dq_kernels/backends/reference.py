@@ -60,6 +60,12 @@ def _matmul_epilogue(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
     return out.to(out_dtype)
 
 
+def nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias) -> torch.Tensor:
+    """The reference W4A16 product (also what the kernel backends run for a float32 activation)."""
+    b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
+    return _matmul_epilogue(a.float(), b, bias, a.dtype)
+
+
 class ReferenceBackend(Backend):
     spec = BackendSpec(
         name="reference",
@@ -85,5 +91,4 @@ class ReferenceBackend(Backend):
         return _matmul_epilogue(a, b, bias, out_dtype)
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
-        b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
-        return _matmul_epilogue(a.float(), b, bias, a.dtype)
+        return nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)

@@ -157,9 +157,6 @@ def weight_decoded_mm(fmt: str, a: torch.Tensor, w_q, w_s, alpha_a, alpha_b, bia
     return partial_sums.to(out_dtype)
 
 
-_REFERENCE = reference.ReferenceBackend()  # W4A16 with a float32 activation
-
-
 class TritonSm90Backend(TritonBackend):
     spec = BackendSpec(
         name="triton_sm90",
@@ -186,5 +183,5 @@ class TritonSm90Backend(TritonBackend):
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernel's dots are bf16/fp16
-            return _REFERENCE.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+            return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
         return weight_decoded_mm("nvfp4", a, b_q, b_s, None, b_ts, bias, a.dtype)

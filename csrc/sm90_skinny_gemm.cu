@@ -1,0 +1,519 @@
+// sm90_skinny_gemm.cu: Hopper GEMMs for few activation rows (M <= 64), where streaming the weight
+// is the whole cost: MXFP8 (W8A8), NVFP4 (W4A4) and NVFP4 weight-only (W4A16, bf16/fp16 activation).
+//
+// out[m, n] = alpha * sum_k A[m, k] * W[n, k] + bias[n], computed as out^T = W A^T with
+// mma.sync.m16n8k16: the weight is the 16-row A operand and every 8 activation rows ("tokens") an
+// 8-column B tile. A warp owns 16 weight rows and a contiguous range of K chunks; the CTA's warps
+// split K between them and add their sums in shared memory at the end. Each lane reads its share
+// of a weight chunk straight from global memory into registers one chunk ahead of the MMAs (no
+// shared-memory staging: each weight byte is used once), decodes it exactly to f16 and reads the
+// same K positions of the activation (small, so L1/L2 resident).
+//
+// Which K positions a lane feeds to which MMA slots does not matter for the dot product as long as
+// the weight and the activation use the same assignment, so each lane takes contiguous bytes.
+//
+// Exactness:
+//  - MXFP8: e4m3 values are exact in f16, so each MMA over one 32-wide scale block sums exact
+//    products in float32; the block's result is then promoted into the float32 accumulator with
+//    the product of its two E8M0 scales (exact while the two bytes add up to 105..381).
+//  - NVFP4: e2m1 x e4m3 (block scale) is exact in f16 (at most 5 significant bits, 2^-10 to 2688)
+//    and in bf16, so the block scales are applied while decoding and the MMAs accumulate directly.
+//    The tensor scales multiply the float32 sum in the epilogue.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "decode.cuh"
+#include "dq_kernels.h"
+#include "scale_layout.cuh"
+
+namespace dq::sm90_skinny {
+namespace {
+
+enum class Format { kMxfp8, kNvfp4 };                   // of the weight
+enum class Activation { kQuantized, kBf16, kFloat16 };  // quantized: the weight's format
+
+constexpr int kRows = 16;        // weight rows per warp: the MMA's M
+constexpr int kChunkBytes = 128;  // weight bytes per row per K chunk (MXFP8: 128 K, NVFP4: 256 K)
+constexpr int kMaxWarps = 8;      // warps per CTA, each taking a share of the K chunks
+constexpr int kMaxTokens = 64;
+
+// One K chunk: kChunkBytes of every weight row. Lane t of each quad reads the same kLaneBytes of
+// each row per chunk, and the rows' scales sit kScaleStride bytes after the previous chunk's (the
+// swizzled layout puts 4 scale columns in each 512-byte tile).
+template <Format F>
+struct Chunk;
+template <>
+struct Chunk<Format::kMxfp8> {
+  static constexpr int kK = 128;         // 4 scale blocks of 32
+  static constexpr int kLaneBytes = 8;   // bytes 8t .. 8t + 7 of each block; the scales: one word
+  static constexpr int kScaleStride = 512;
+};
+template <>
+struct Chunk<Format::kNvfp4> {
+  static constexpr int kK = 256;         // 16 scale blocks of 16
+  static constexpr int kLaneBytes = 32;  // bytes 32t .. 32t + 31 (blocks 4t .. 4t + 3, one scale word)
+  static constexpr int kScaleStride = 4 * 512;
+};
+
+struct Problem {
+  const uint8_t* a;    // activation: quantized bytes [M, K / elements per byte], or bf16/f16 [M, K]
+  const uint8_t* a_s;  // activation block scales (quantized only), swizzled
+  const uint8_t* w;    // weight bytes [N, K / elements per byte]
+  const uint8_t* w_s;  // weight block scales, swizzled
+  const float* a_ts;   // NVFP4 tensor scales (device pointers) or null
+  const float* w_ts;
+  const float* bias;   // null or float32 [N]
+  void* out;           // [M, N]
+  int M, N, K;
+  int scale_cols;      // round_up(K / block, 4): the padded scale columns of both scale buffers
+};
+
+// ---- loads ---------------------------------------------------------------------------------------
+
+// Streaming loads of the weight: read once, so they skip L1.
+__device__ __forceinline__ uint2 load_stream(const uint8_t* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 load_stream16(const uint8_t* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// ---- decodes -----------------------------------------------------------------------------------
+
+// Two e4m3 bytes (the low and high byte of `pair`) -> f16x2, exact.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFF), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+}
+
+// 8 e2m1 codes (a 32-bit word, element i in bits 4i .. 4i + 3) times their block scale -> 4 f16x2
+// pairs, exact: elements (0, 2), (4, 6), (1, 3), (5, 7). A code c becomes the e4m3 byte
+// (c & 7) << 2 | (c & 8) << 4, which is exactly value(c) / 64 (e4m3's subnormals hold the 0.5 code),
+// and scale64 holds the block scale times 64 in both halves (at most 448 * 64, exact in f16).
+__device__ __forceinline__ void decode_e2m1_word(uint32_t w, uint32_t scale64, uint32_t (&pairs)[4]) {
+  const uint32_t even = ((w << 2) & 0x1C1C1C1Cu) | ((w << 4) & 0x80808080u);  // elements 0, 2, 4, 6
+  const uint32_t odd = ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u);          // elements 1, 3, 5, 7
+  const __half2 s = *reinterpret_cast<const __half2*>(&scale64);
+  const uint32_t sixteenths[4] = {e4m3x2_to_f16x2(even), e4m3x2_to_f16x2(even >> 16), e4m3x2_to_f16x2(odd),
+                                  e4m3x2_to_f16x2(odd >> 16)};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&sixteenths[i]), s);
+    pairs[i] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+// An e4m3 block scale byte -> f16x2 of (scale * 64, scale * 64); 0 for a block past K.
+__device__ __forceinline__ uint32_t nvfp4_scale64(uint32_t byte, bool valid) {
+  const __half scale(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte & 0xFF), __NV_E4M3));
+  const __half2 s = __hmul2(__half2half2(scale), __float2half2_rn(64.f));
+  return valid ? *reinterpret_cast<const uint32_t*>(&s) : 0u;
+}
+
+// f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 5 significant bits).
+__device__ __forceinline__ uint32_t f16x2_to_bf16x2(uint32_t pair) {
+  const __nv_bfloat162 v = __float22bfloat162_rn(__half22float2(*reinterpret_cast<const __half2*>(&pair)));
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// ---- the MMA -----------------------------------------------------------------------------------
+
+// d = A B + c for one m16n8k16 tile: a[0..3] = (row g, slots P), (row g + 8, P), (row g, Q),
+// (row g + 8, Q); b[0..1] = (token g, P), (token g, Q) with g = lane / 4 and P, Q the lane's two
+// slot pairs. d[0..3] = (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1), t = lane % 4.
+template <bool kBf16>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                    const float (&c)[4]) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  }
+}
+
+// ---- one K chunk of one warp ---------------------------------------------------------------------
+
+// Where one lane reads, at K chunk 0. Rows past N and tokens past M read row N - 1 and token
+// M - 1 instead (their results are never stored), so the loads need no predicates.
+template <Format F, Activation A, int kGroups, int kTiles>
+struct LanePointers {
+  const uint8_t* w[kGroups][2];    // weight rows g and g + 8 of each 16-row group
+  const uint8_t* w_s[kGroups][2];  // their scale words
+  const uint8_t* a[kTiles];        // the activation row of token 8j + g (the MMA's B fragment)
+  const uint8_t* a_s[kTiles][2];   // MXFP8: scale words of tokens 8j + 2t, 8j + 2t + 1 (the
+                                   // accumulator's columns); NVFP4: [j][0] of token 8j + g
+
+  __device__ LanePointers(const Problem& p, int row0, int g, int t) {
+    constexpr bool kMx = F == Format::kMxfp8;
+    const int64_t w_row_bytes = kMx ? p.K : p.K / 2;
+    const int scale_col = kMx ? 0 : 4 * t;
+#pragma unroll
+    for (int r = 0; r < kGroups; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = min(row0 + kRows * r + g + 8 * h, p.N - 1);
+        w[r][h] = p.w + row * w_row_bytes + Chunk<F>::kLaneBytes * t;
+        w_s[r][h] = p.w_s + swizzled_scale_offset(row, scale_col, p.scale_cols);
+      }
+    const int64_t a_row_bytes = A == Activation::kQuantized ? w_row_bytes : 2 * int64_t(p.K);
+    const int a_lane_bytes = A == Activation::kQuantized ? Chunk<F>::kLaneBytes : 128;  // W4A16: 64 elements
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      a[j] = p.a + min(8 * j + g, p.M - 1) * a_row_bytes + a_lane_bytes * t;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int token = min(kMx ? 8 * j + 2 * t + i : 8 * j + g, p.M - 1);
+        a_s[j][i] = p.a_s ? p.a_s + swizzled_scale_offset(token, scale_col, p.scale_cols) : nullptr;
+      }
+    }
+  }
+};
+
+__device__ __forceinline__ uint32_t load_word(const uint8_t* p) { return __ldg(reinterpret_cast<const uint32_t*>(p)); }
+
+// The lane's weight bytes of one chunk and their scale words. kTail: the chunk may run past K
+// (parts past K read as zero).
+template <Format F, int kGroups>
+struct WeightChunk;
+template <int kGroups>
+struct WeightChunk<Format::kMxfp8, kGroups> {
+  uint2 q[kGroups][2][4];  // [group][row g, g + 8][block]: bytes 8t .. 8t + 7 of the block
+  uint32_t s[kGroups][2];  // the 4 E8M0 bytes of the chunk's blocks
+};
+template <int kGroups>
+struct WeightChunk<Format::kNvfp4, kGroups> {
+  uint4 q[kGroups][2][2];  // [group][row][half]: bytes 32t + 16 * half .. + 15
+  uint32_t s[kGroups][2];  // the e4m3 scales of blocks 4t .. 4t + 3
+};
+
+template <bool kTail, Format F, Activation A, int kGroups, int kTiles>
+__device__ __forceinline__ WeightChunk<F, kGroups> load_weight(const Problem& p, const LanePointers<F, A, kGroups, kTiles>& lp,
+                                                               int chunk, int t) {
+  WeightChunk<F, kGroups> c;
+  const int64_t offset = int64_t(chunk) * kChunkBytes, scale_offset = int64_t(chunk) * Chunk<F>::kScaleStride;
+  const int k0 = chunk * Chunk<F>::kK;
+#pragma unroll
+  for (int r = 0; r < kGroups; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (F == Format::kMxfp8) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+          c.q[r][h][b] = !kTail || k0 + 32 * b < p.K ? load_stream(lp.w[r][h] + offset + 32 * b) : make_uint2(0, 0);
+        c.s[r][h] = load_word(lp.w_s[r][h] + scale_offset);
+      } else {
+        const int lane_k = k0 + 64 * t;
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          c.q[r][h][half] = !kTail || lane_k + 32 * half < p.K ? load_stream16(lp.w[r][h] + offset + 16 * half)
+                                                              : make_uint4(0, 0, 0, 0);
+        c.s[r][h] = !kTail || lane_k < p.K ? load_word(lp.w_s[r][h] + scale_offset) : 0u;
+      }
+    }
+  return c;
+}
+
+// E8M0 byte i of word -> 2^(e - 127), or 0 for a block past K.
+__device__ __forceinline__ float e8m0_of(uint32_t word, int i, bool valid) {
+  return valid ? decode_e8m0((word >> (8 * i)) & 0xFF) : 0.f;
+}
+
+// MXFP8: acc[r][j] += the chunk's products of group r and token tile j, one promotion per
+// 32-wide block with the product of its two scales.
+template <bool kTail, Activation A, int kGroups, int kTiles>
+__device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<Format::kMxfp8, A, kGroups, kTiles>& lp,
+                                          int chunk, int t, const WeightChunk<Format::kMxfp8, kGroups>& w,
+                                          float (&acc)[kGroups][kTiles][4]) {
+  const int k0 = chunk * 128;
+  const int64_t offset = int64_t(chunk) * kChunkBytes, scale_offset = int64_t(chunk) * 512;
+  uint32_t a_s[kTiles][2];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) a_s[j][i] = load_word(lp.a_s[j][i] + scale_offset);
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    const bool valid = !kTail || k0 + 32 * b < p.K;
+    uint32_t frag[kGroups][2][4];  // [group][MMA][register]: the weight of the block, decoded
+    float w_scale[kGroups][2];
+#pragma unroll
+    for (int r = 0; r < kGroups; ++r) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const uint32_t r0 = i == 0 ? w.q[r][0][b].x : w.q[r][0][b].y, r1 = i == 0 ? w.q[r][1][b].x : w.q[r][1][b].y;
+        frag[r][i][0] = e4m3x2_to_f16x2(r0);
+        frag[r][i][1] = e4m3x2_to_f16x2(r1);
+        frag[r][i][2] = e4m3x2_to_f16x2(r0 >> 16);
+        frag[r][i][3] = e4m3x2_to_f16x2(r1 >> 16);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) w_scale[r][h] = e8m0_of(w.s[r][h], b, valid);
+    }
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      const uint2 a_q = valid ? __ldg(reinterpret_cast<const uint2*>(lp.a[j] + offset + 32 * b)) : make_uint2(0, 0);
+      const uint32_t b0 = e4m3x2_to_f16x2(a_q.x), b1 = e4m3x2_to_f16x2(a_q.x >> 16);
+      const uint32_t b2 = e4m3x2_to_f16x2(a_q.y), b3 = e4m3x2_to_f16x2(a_q.y >> 16);
+      const float s0 = e8m0_of(a_s[j][0], b, valid), s1 = e8m0_of(a_s[j][1], b, valid);
+#pragma unroll
+      for (int r = 0; r < kGroups; ++r) {
+        const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+        float block[4];
+        mma<false>(block, frag[r][0], b0, b1, zero);
+        mma<false>(block, frag[r][1], b2, b3, block);
+        acc[r][j][0] = fmaf(block[0], w_scale[r][0] * s0, acc[r][j][0]);
+        acc[r][j][1] = fmaf(block[1], w_scale[r][0] * s1, acc[r][j][1]);
+        acc[r][j][2] = fmaf(block[2], w_scale[r][1] * s0, acc[r][j][2]);
+        acc[r][j][3] = fmaf(block[3], w_scale[r][1] * s1, acc[r][j][3]);
+      }
+    }
+  }
+}
+
+// NVFP4: acc[r][j] += the chunk's products of group r and token tile j (the block scales are
+// applied in the decode, so the MMAs accumulate directly).
+template <bool kTail, Activation A, int kGroups, int kTiles>
+__device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<Format::kNvfp4, A, kGroups, kTiles>& lp,
+                                          int chunk, int t, const WeightChunk<Format::kNvfp4, kGroups>& w,
+                                          float (&acc)[kGroups][kTiles][4]) {
+  constexpr bool kBf16 = A == Activation::kBf16;
+  const int lane_k = chunk * 256 + 64 * t;
+  auto valid = [&](int block) { return !kTail || lane_k + 16 * block < p.K; };
+  const int64_t scale_offset = int64_t(chunk) * Chunk<Format::kNvfp4>::kScaleStride;
+  uint32_t w_scale[kGroups][2][4];  // [group][row][block]: scale * 64 as f16x2
+#pragma unroll
+  for (int r = 0; r < kGroups; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) w_scale[r][h][b] = nvfp4_scale64(w.s[r][h] >> (8 * b), valid(b));
+  // The activation's raw bytes for the chunk: W4A4 32 bytes (and a scale word) per tile, W4A16 64 elements.
+  constexpr int kActWords = A == Activation::kQuantized ? 8 : 32;
+  uint32_t a_raw[kTiles][kActWords];
+  uint32_t a_scale[kTiles][4];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const uint8_t* base = lp.a[j] + int64_t(chunk) * (A == Activation::kQuantized ? kChunkBytes : 512);
+#pragma unroll
+    for (int v = 0; v < kActWords / 4; ++v) {
+      const bool ok = A == Activation::kQuantized ? valid(2 * v) : valid(2 * (v / 4));
+      const uint4 x = ok ? __ldg(reinterpret_cast<const uint4*>(base + 16 * v)) : make_uint4(0, 0, 0, 0);
+      a_raw[j][4 * v] = x.x, a_raw[j][4 * v + 1] = x.y, a_raw[j][4 * v + 2] = x.z, a_raw[j][4 * v + 3] = x.w;
+    }
+    if constexpr (A == Activation::kQuantized) {
+      const uint32_t word = valid(0) ? load_word(lp.a_s[j][0] + scale_offset) : 0u;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) a_scale[j][b] = nvfp4_scale64(word >> (8 * b), valid(b));
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {  // word q of the lane's 32 bytes: elements lane_k + 8q .. + 7, block q / 2
+    uint32_t w_pairs[kGroups][2][4];
+#pragma unroll
+    for (int r = 0; r < kGroups; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4& v = w.q[r][h][q / 4];
+        const uint32_t word = q % 4 == 0 ? v.x : q % 4 == 1 ? v.y : q % 4 == 2 ? v.z : v.w;
+        decode_e2m1_word(word, w_scale[r][h][q / 2], w_pairs[r][h]);
+        if constexpr (kBf16)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) w_pairs[r][h][i] = f16x2_to_bf16x2(w_pairs[r][h][i]);
+      }
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      uint32_t a_pairs[4];  // the activation's elements in the pair order of decode_e2m1_word
+      if constexpr (A == Activation::kQuantized) {
+        decode_e2m1_word(a_raw[j][q], a_scale[j][q / 2], a_pairs);
+      } else {
+        const uint32_t* x = &a_raw[j][4 * q];  // elements (0, 1), (2, 3), (4, 5), (6, 7)
+        a_pairs[0] = __byte_perm(x[0], x[1], 0x5410);  // (0, 2)
+        a_pairs[1] = __byte_perm(x[2], x[3], 0x5410);  // (4, 6)
+        a_pairs[2] = __byte_perm(x[0], x[1], 0x7632);  // (1, 3)
+        a_pairs[3] = __byte_perm(x[2], x[3], 0x7632);  // (5, 7)
+      }
+#pragma unroll
+      for (int r = 0; r < kGroups; ++r) {
+        // Two MMAs per word: slots P, Q = pairs (0, 2), (4, 6), then (1, 3), (5, 7).
+        const uint32_t first[4] = {w_pairs[r][0][0], w_pairs[r][1][0], w_pairs[r][0][1], w_pairs[r][1][1]};
+        const uint32_t second[4] = {w_pairs[r][0][2], w_pairs[r][1][2], w_pairs[r][0][3], w_pairs[r][1][3]};
+        mma<kBf16>(acc[r][j], first, a_pairs[0], a_pairs[1], acc[r][j]);
+        mma<kBf16>(acc[r][j], second, a_pairs[2], a_pairs[3], acc[r][j]);
+      }
+    }
+  }
+}
+
+// ---- the kernel --------------------------------------------------------------------------------
+
+// One CTA: kGroups * 16 weight rows, its warps splitting the K chunks; warp 0 adds the other
+// warps' sums and stores.
+template <Format F, Activation A, int kGroups, int kTiles, typename Out>
+__global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Problem p) {
+  __shared__ float partial[kMaxWarps - 1][kGroups * kTiles * 4][32];  // [warp - 1][register][lane]
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4, row0 = blockIdx.x * kGroups * kRows;
+  const LanePointers<F, A, kGroups, kTiles> lp(p, row0, g, t);
+    const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK, full_chunks = p.K / Chunk<F>::kK;
+  const int first = chunks * warp / warps, last = chunks * (warp + 1) / warps;
+  const int full_last = min(last, full_chunks);
+
+  float acc[kGroups][kTiles][4] = {};
+  if (first < full_last) {
+    auto current = load_weight<false>(p, lp, first, t);
+    for (int chunk = first; chunk < full_last; ++chunk) {
+      decltype(current) next;
+      if (chunk + 1 < full_last) next = load_weight<false>(p, lp, chunk + 1, t);  // in flight during the MMAs
+      mma_chunk<false>(p, lp, chunk, t, current, acc);
+      current = next;
+    }
+  }
+  if (full_last < last) {  // the chunk that runs past K
+    const auto tail = load_weight<true>(p, lp, full_last, t);
+    mma_chunk<true>(p, lp, full_last, t, tail, acc);
+  }
+
+  constexpr int kRegs = kGroups * kTiles * 4;
+  float* flat = &acc[0][0][0];
+  if (warp > 0) {
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) partial[warp - 1][i][lane] = flat[i];
+  }
+  __syncthreads();
+  if (warp > 0) return;
+  for (int other = 0; other + 1 < warps; ++other)
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) flat[i] += partial[other][i][lane];
+
+  float alpha = 1.f;
+  if (p.a_ts) alpha *= *p.a_ts;
+  if (p.w_ts) alpha *= *p.w_ts;
+  Out* out = static_cast<Out*>(p.out);
+#pragma unroll
+  for (int r = 0; r < kGroups; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + kRows * r + g + 8 * h;
+      if (row >= p.N) continue;
+      const float bias = p.bias ? p.bias[row] : 0.f;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int token = 8 * j + 2 * t + i;
+          if (token < p.M) out[int64_t(token) * p.N + row] = from_float<Out>(acc[r][j][2 * h + i] * alpha + bias);
+        }
+    }
+}
+
+// ---- host side ---------------------------------------------------------------------------------
+
+// Warps per CTA: enough to keep about 12 warps per SM streaming (the row groups alone give one
+// warp per CTA), at most kMaxWarps and one K chunk each.
+int warps_per_cta(int64_t ctas, int chunks) {
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  int warps = 1;
+  while (warps < kMaxWarps && ctas * warps < 12 * sms && 2 * warps <= chunks) warps *= 2;
+  return warps;
+}
+
+template <Format F, Activation A, int kGroups, int kTiles, typename Out>
+int launch_tiles(const Problem& p, cudaStream_t stream) {
+  const int64_t ctas = (p.N + kGroups * kRows - 1) / (kGroups * kRows);
+  const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK;
+  skinny_gemm_kernel<F, A, kGroups, kTiles, Out><<<dim3(ctas), 32 * warps_per_cta(ctas, chunks), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Token tiles of 8 for M; two 16-row weight groups per warp (each activation fragment serves both)
+// except with 8 tiles, where the accumulators leave no registers for a second group.
+template <Format F, Activation A, typename Out>
+int launch_out(const Problem& p, cudaStream_t stream) {
+  const int tiles = (p.M + 7) / 8;
+  if (tiles <= 1) return launch_tiles<F, A, 2, 1, Out>(p, stream);
+  if (tiles <= 2) return launch_tiles<F, A, 2, 2, Out>(p, stream);
+  if (tiles <= 4) return launch_tiles<F, A, 2, 4, Out>(p, stream);
+  return launch_tiles<F, A, 1, 8, Out>(p, stream);
+}
+
+template <Format F, Activation A>
+int launch(const Problem& p, int out_dtype, cudaStream_t stream) {
+  switch (out_dtype) {
+    case DQ_FLOAT32: return launch_out<F, A, float>(p, stream);
+    case DQ_BFLOAT16: return launch_out<F, A, __nv_bfloat16>(p, stream);
+    case DQ_FLOAT16: return launch_out<F, A, __half>(p, stream);
+    default: return DQ_ERR_BAD_DTYPE;
+  }
+}
+
+// The argument checks every entry point shares; DQ_OK or a DQ_ERR_* code.
+int check(const Problem& p, int64_t M, int64_t N, int64_t K) {
+  if (!p.a || !p.w || !p.w_s || !p.out) return DQ_ERR_NULL_POINTER;
+  if (M < 1 || M > kMaxTokens || N < 1 || N % 8 != 0 || N > INT32_MAX - 2 * kRows || K < 32 || K % 32 != 0 ||
+      K > INT32_MAX / 2)
+    return DQ_ERR_BAD_SHAPE;
+  for (const void* ptr : {static_cast<const void*>(p.a), static_cast<const void*>(p.a_s),
+                          static_cast<const void*>(p.w), static_cast<const void*>(p.w_s),
+                          static_cast<const void*>(p.bias), static_cast<const void*>(p.out)})
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return DQ_ERR_MISALIGNED;
+  return DQ_OK;
+}
+
+}  // namespace
+}  // namespace dq::sm90_skinny
+
+using namespace dq::sm90_skinny;
+
+extern "C" int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
+                                       const uint8_t* b_s, const float* bias, void* out, int64_t M, int64_t N,
+                                       int64_t K, int out_dtype, void* stream) {
+  const Problem p{a_q, a_s, b_q, b_s, nullptr, nullptr, bias, out, int(M), int(N), int(K),
+                  int(dq::swizzled_padded_cols(K / 32))};
+  if (!a_s) return DQ_ERR_NULL_POINTER;
+  if (int e = check(p, M, N, K)) return e;
+  return launch<Format::kMxfp8, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts,
+                                       const uint8_t* b_q, const uint8_t* b_s, const float* b_ts, const float* bias,
+                                       void* out, int64_t M, int64_t N, int64_t K, int out_dtype, void* stream) {
+  const Problem p{a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out, int(M), int(N), int(K),
+                  int(dq::swizzled_padded_cols(K / 16))};
+  if (!a_s || !a_ts || !b_ts) return DQ_ERR_NULL_POINTER;
+  if (int e = check(p, M, N, K)) return e;
+  return launch<Format::kNvfp4, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                             const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
+                                             int64_t K, int out_dtype, void* stream) {
+  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, b_ts, bias, out, int(M), int(N),
+                  int(K), int(dq::swizzled_padded_cols(K / 16))};
+  if (!b_ts) return DQ_ERR_NULL_POINTER;
+  if (int e = check(p, M, N, K)) return e;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (a_dtype) {
+    case DQ_BFLOAT16: return launch<Format::kNvfp4, Activation::kBf16>(p, out_dtype, s);
+    case DQ_FLOAT16: return launch<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s);
+    default: return DQ_ERR_BAD_DTYPE;
+  }
+}
