@@ -196,7 +196,8 @@ def _check_operands(
 
     codes = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # DQ_FLOAT32, DQ_BFLOAT16, DQ_FLOAT16
     if out.dtype not in (out_dtypes or codes):
-        names = " or ".join(str(d).removeprefix("torch.") for d in (out_dtypes or codes))
+        names = [str(d).removeprefix("torch.") for d in (out_dtypes or codes)]
+        names = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
         raise ValueError(f"dq_kernels.native.{fn}: out must be {names}, got {out.dtype}")
     native = _library()
     if native.lib is None:
