@@ -306,19 +306,25 @@ def _sm100_config(fn: str, config: str) -> int:
     return SM100_CONFIGS[config]
 
 
-def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes):
-    """Checks the operands of a GEMM of ``family``; returns (library, out dtype code, M, N, K)."""
+def _add_bias(fn: str, bias, n: int, tensors: dict, alignments: dict) -> None:
+    """Adds a GEMM's bias (None, or float32 [n], 16-byte aligned) to the tensors _check_operands checks."""
     import torch
 
+    if bias is None:
+        return
+    if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+        raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    tensors["bias"] = bias
+    alignments["bias"] = 16
+
+
+def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes):
+    """Checks the operands of a GEMM of ``family``; returns (library, out dtype code, M, N, K)."""
     per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
     m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * per_byte
     tensors = {"a_q": a_q, "a_s": a_s, "b_q": b_q, "b_s": b_s, **extra, "out": out}
     alignments = {"a_q": 16, "a_s": 16, "b_q": 16, "b_s": 16, "out": 16}  # TMA
-    if bias is not None:
-        tensors["bias"] = bias
-        alignments["bias"] = 16
-        if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
-            raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    _add_bias(fn, bias, n, tensors, alignments)
     _family_library(fn, family)
     for name in ("a_q", "b_q"):
         if tensors[name].element_size() != 1:
@@ -342,6 +348,17 @@ def _check_tensor_scales(fn: str, **tensor_scales: torch.Tensor) -> None:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
 
 
+def _sm90_mxfp8(fn: str, a_q, a_s, b_q, b_s, bias, out) -> None:
+    """Checks the operands of an sm_90a MXFP8 GEMM and launches the library function dq_{fn}."""
+    import torch
+
+    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
+    _launch(fn, getattr(lib, f"dq_{fn}"), out.device, *args)
+
+
 def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     """out = a @ b.T (+ bias) with the exact Hopper MXFP8 kernel (csrc/sm90_mxfp8_gemm.cu).
 
@@ -350,14 +367,7 @@ def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     included); bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All contiguous,
     16-byte aligned, on one CUDA device of compute capability 9.0. Enqueued on the current stream.
     """
-    import torch
-
-    fn = "sm90_mxfp8_mm"
-    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
-    bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
-    _launch(fn, lib.dq_sm90_mxfp8_mm, out.device, *args)
+    _sm90_mxfp8("sm90_mxfp8_mm", a_q, a_s, b_q, b_s, bias, out)
 
 
 def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
@@ -366,14 +376,7 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     Operands as for ``sm90_mxfp8_mm``, with 1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32
     accumulation order while the two E8M0 bytes of every pair of blocks add up to 105..381.
     """
-    import torch
-
-    fn = "sm90_mxfp8_skinny_mm"
-    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
-    bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
-    _launch(fn, lib.dq_sm90_mxfp8_skinny_mm, out.device, *args)
+    _sm90_mxfp8("sm90_mxfp8_skinny_mm", a_q, a_s, b_q, b_s, bias, out)
 
 
 def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
@@ -411,11 +414,7 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
     m, k, n = a.shape[0], a.shape[1], b_q.shape[0]
     tensors = {"a": a, "b_q": b_q, "b_s": b_s, "b_ts": b_ts, "out": out}
     alignments = {"a": 16, "b_q": 16, "b_s": 16, "out": 16}
-    if bias is not None:
-        tensors["bias"] = bias
-        alignments["bias"] = 16
-        if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
-            raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    _add_bias(fn, bias, n, tensors, alignments)
     _family_library(fn, SM90_FAMILY)
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
     runs, why = supports_device(out.device, SM90_FAMILY)
