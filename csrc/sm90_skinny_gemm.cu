@@ -16,7 +16,7 @@
 //  - MXFP8: e4m3 values are exact in f16, so each MMA over one 32-wide scale block sums exact
 //    products in float32; the block's result is then promoted into the float32 accumulator with
 //    the product of its two E8M0 scales (exact while the two bytes add up to 105..381).
-//  - NVFP4: e2m1 x e4m3 (block scale) is exact in f16 (at most 5 significant bits, 2^-10 to 2688)
+//  - NVFP4: e2m1 x e4m3 (block scale) is exact in f16 (at most 6 significant bits: 2 of e2m1 times 4 of e4m3, 2^-10 to 2688)
 //    and in bf16, so the block scales are applied while decoding and the MMAs accumulate directly.
 //    The tensor scales multiply the float32 sum in the epilogue.
 #include <cuda_bf16.h>
@@ -120,7 +120,7 @@ __device__ __forceinline__ uint32_t nvfp4_scale64(uint32_t byte, bool valid) {
   return valid ? *reinterpret_cast<const uint32_t*>(&s) : 0u;
 }
 
-// f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 5 significant bits).
+// f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 6 significant bits).
 __device__ __forceinline__ uint32_t f16x2_to_bf16x2(uint32_t pair) {
   const __nv_bfloat162 v = __float22bfloat162_rn(__half22float2(*reinterpret_cast<const __half2*>(&pair)));
   return *reinterpret_cast<const uint32_t*>(&v);
