@@ -3,10 +3,11 @@
 //
 // out[m, n] = alpha * sum_k A[m, k] * W[n, k] + bias[n], computed as out^T = W A^T with
 // mma.sync.m16n8k16: the weight is the 16-row A operand and every 8 activation rows ("tokens") an
-// 8-column B tile. A warp owns 16 weight rows and a contiguous range of K chunks; the CTA's warps
-// split K between them and add their sums in shared memory at the end. Each lane reads its share
-// of a weight chunk straight from global memory into registers one chunk ahead of the MMAs (no
-// shared-memory staging: each weight byte is used once), decodes it exactly to f16 and reads the
+// 8-column B tile. A warp owns one or two 16-row groups of weight rows (launch_out picks per format
+// and M) and a contiguous range of K chunks; the CTA's warps split K between them and add their
+// sums in shared memory at the end. Each lane reads its share of a weight chunk straight from
+// global memory into registers one chunk ahead of the MMAs (no shared-memory staging: each weight
+// byte is used once), decodes it exactly to f16 (bf16 for a bf16 W4A16 activation) and reads the
 // same K positions of the activation (small, so L1/L2 resident).
 //
 // Which K positions a lane feeds to which MMA slots does not matter for the dot product as long as

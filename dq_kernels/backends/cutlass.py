@@ -55,7 +55,8 @@ def _skinny(device: torch.device, m: int) -> bool:
 
 
 def skinny_config(m: int) -> str:
-    """The skinny kernel's tile: 16 weight rows per warp by the activation rows padded to 8, 16, 32 or 64."""
+    """The skinny kernel's tile, for the benchmark row: 16-row weight groups (one or two per warp)
+    by the activation rows padded to 8, 16, 32 or 64, on mma.sync m16n8k16."""
     tokens = 8
     while tokens < m:
         tokens *= 2
