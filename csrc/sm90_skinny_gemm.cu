@@ -25,6 +25,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "decode.cuh"
@@ -37,7 +38,7 @@ namespace {
 enum class Format { kMxfp8, kNvfp4 };                   // of the weight
 enum class Activation { kQuantized, kBf16, kFloat16 };  // quantized: the weight's format
 
-constexpr int kRows = 16;        // weight rows per warp: the MMA's M
+constexpr int kRows = 16;        // weight rows per group: the MMA's M
 constexpr int kChunkBytes = 128;  // weight bytes per row per K chunk (MXFP8: 128 K, NVFP4: 256 K)
 constexpr int kMaxWarps = 8;      // warps per CTA, each taking a share of the K chunks
 constexpr int kMaxTokens = 64;
@@ -427,11 +428,23 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
 
 // ---- host side ---------------------------------------------------------------------------------
 
+// Streaming multiprocessors of the current device, queried once per device (132, an H100's, if the
+// query fails).
+int sm_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};  // 0: not queried yet
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 132;
+  if (device < kMaxDevices && (sms = cached[device].load(std::memory_order_relaxed)) > 0) return sms;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) sms = 132;
+  if (device < kMaxDevices) cached[device].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
 // Warps per CTA: enough to keep about 12 warps per SM streaming (the row groups alone give one
 // warp per CTA), at most kMaxWarps and one K chunk each.
 int warps_per_cta(int64_t ctas, int chunks) {
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int sms = sm_count();
   int warps = 1;
   while (warps < kMaxWarps && ctas * warps < 12 * sms && 2 * warps <= chunks) warps *= 2;
   return warps;

@@ -319,7 +319,8 @@ def _add_bias(fn: str, bias, n: int, tensors: dict, alignments: dict) -> None:
 
 
 def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes):
-    """Checks the operands of a GEMM of ``family``; returns (library, out dtype code, M, N, K)."""
+    """Checks the operands of a GEMM of ``family`` (``extra``: its NVFP4 tensor scales, if any);
+    returns (library, out dtype code, M, N, K)."""
     per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
     m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * per_byte
     tensors = {"a_q": a_q, "a_s": a_s, "b_q": b_q, "b_s": b_s, **extra, "out": out}
@@ -337,6 +338,7 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
         raise ValueError(f"dq_kernels.native.{fn}: a_q holds K = {k} but b_q holds K = {b_q.shape[1] * per_byte}")
     _check_scales(fn, a_s, m, k // block)
     _check_scales(fn, b_s, n, k // block)
+    _check_tensor_scales(fn, **extra)
     return lib, code, m, n, k
 
 
@@ -390,7 +392,6 @@ def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
     extra = {"a_ts": a_ts, "b_ts": b_ts}
     out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes)
-    _check_tensor_scales(fn, a_ts=a_ts, b_ts=b_ts)
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
     _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, bias_ptr, out.data_ptr(), m, n, k, code)
@@ -461,7 +462,6 @@ def sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, config: str = "aut
     fn = "sm100_nvfp4_mm"
     extra = {"a_ts": a_ts, "b_ts": b_ts}
     lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, (torch.float32, torch.bfloat16))
-    _check_tensor_scales(fn, a_ts=a_ts, b_ts=b_ts)
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
     args += (bias_ptr, out.data_ptr(), m, n, k, code, _sm100_config(fn, config))
