@@ -46,4 +46,52 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
 
+// ---- packed decodes for the MMA kernels (two or more elements per instruction) -------------------
+
+// Two e4m3 bytes (the low and high byte of `pair`) -> f16x2, exact.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFF), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+}
+
+// 8 e2m1 codes (a 32-bit word, code i in bits 4i .. 4i + 3) -> 8 e4m3 bytes of value(code) / 64:
+// `even` holds codes 0, 2, 4, 6 (bytes 0..3), `odd` codes 1, 3, 5, 7. A code c becomes the e4m3
+// byte (c & 7) << 2 | (c & 8) << 4, which is exactly value(c) / 64 (e4m3's subnormals hold the
+// 0.5 code).
+__device__ __forceinline__ void e2m1x8_to_e4m3(uint32_t w, uint32_t& even, uint32_t& odd) {
+  even = ((w << 2) & 0x1C1C1C1Cu) | ((w << 4) & 0x80808080u);
+  odd = ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u);
+}
+
+// f16x2 * f16x2 on the raw bits.
+__device__ __forceinline__ uint32_t hmul2_bits(uint32_t x, uint32_t y) {
+  const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&x), *reinterpret_cast<const __half2*>(&y));
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// 8 e2m1 codes (as for e2m1x8_to_e4m3) times their block scale -> 4 f16x2 pairs, exact: codes
+// (0, 2), (4, 6), (1, 3), (5, 7). scale64 holds the block scale times 64 in both halves (at most
+// 448 * 64, exact in f16), so each product is value(code) * scale, at most 6 significant bits.
+__device__ __forceinline__ void decode_e2m1_word(uint32_t w, uint32_t scale64, uint32_t (&pairs)[4]) {
+  uint32_t even, odd;
+  e2m1x8_to_e4m3(w, even, odd);
+  pairs[0] = hmul2_bits(e4m3x2_to_f16x2(even), scale64);
+  pairs[1] = hmul2_bits(e4m3x2_to_f16x2(even >> 16), scale64);
+  pairs[2] = hmul2_bits(e4m3x2_to_f16x2(odd), scale64);
+  pairs[3] = hmul2_bits(e4m3x2_to_f16x2(odd >> 16), scale64);
+}
+
+// An e4m3 block scale byte -> f16x2 of (scale * 64, scale * 64); 0 for a block past K.
+__device__ __forceinline__ uint32_t nvfp4_scale64(uint32_t byte, bool valid) {
+  const __half scale(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte & 0xFF), __NV_E4M3));
+  const __half2 s = __hmul2(__half2half2(scale), __float2half2_rn(64.f));
+  return valid ? *reinterpret_cast<const uint32_t*>(&s) : 0u;
+}
+
+// f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 6 significant bits).
+__device__ __forceinline__ uint32_t f16x2_to_bf16x2(uint32_t pair) {
+  const __nv_bfloat162 v = __float22bfloat162_rn(__half22float2(*reinterpret_cast<const __half2*>(&pair)));
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 }  // namespace dq

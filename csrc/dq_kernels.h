@@ -46,7 +46,7 @@ enum {
   DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not one the function supports */
   DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
   DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it) */
-  DQ_ERR_BAD_CONFIG = -6,   /* config is not one of the DQ_SM100_CONFIG_* values */
+  DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens) is not one of the values the function documents */
   DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
 };
 
@@ -82,40 +82,52 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
                                int64_t M, int64_t K, int out_dtype, void* stream);
 
 /*
- * Hopper MXFP8 GEMM (present only when the library was built with the sm90_gemm kernel family, i.e.
- * with 90a in DQ_KERNELS_CUDA_ARCHS; the device code runs on compute capability 9.0 only),
- * csrc/sm90_mxfp8_gemm.cu: FP8 wgmma per 32-wide K slice, each slice promoted into the float32
- * accumulator with its two E8M0 block scales: the MXFP8 product up to the float32 accumulation
- * order and the wgmma's FP8 summation of each slice (about 5e-5 relative), scale bytes 0 and 254
- * included, while ea + eb <= 381 for every pair of block scales (else the scale product is inf).
+ * Hopper mixed-input GEMMs (present only when the library was built with the sm90_gemm kernel
+ * family, i.e. with 90a in DQ_KERNELS_CUDA_ARCHS; the device code runs on compute capability 9.0
+ * only), csrc/sm90_mixed_gemm.cu: a 16-bit activation times an MXFP8 or NVFP4 weight that the kernel
+ * decodes exactly to bf16/f16 in registers (wgmma's register operand); bf16/f16 wgmma with float32
+ * accumulation. The callers decode a quantized activation with dq_dequantize_* first.
  *
- *   out[m, n] = sum_k A[m, k] * B[n, k] + bias[n]     (out = A @ B^T + bias)
+ *   out[m, n] = alpha * sum_k A[m, k] * B[n, k] + bias[n]     (out = alpha * A @ B^T + bias)
  *
- *   a_q, b_q: float8_e4m3fn A [M, K] and B [N, K], row-major with K contiguous, not padded,
- *             16-byte aligned.
- *   a_s, b_s: E8M0 bytes, block 32, in the 128x4 swizzled layout for M (N) rows and K / 32 scale
- *             columns, padding included, 16-byte aligned. The padding bytes are never used.
+ *   a:        [M, K] row-major, 16-byte aligned: bfloat16 for MXFP8; bfloat16 or float16 (a_dtype,
+ *             else DQ_ERR_BAD_DTYPE) for NVFP4.
+ *   b_q, b_s: the weight B [N, K]. MXFP8: float8_e4m3fn bytes, row-major with K contiguous, not
+ *             padded, and E8M0 bytes, block 32, in the 128x4 swizzled layout for N rows and K / 32
+ *             scale columns, padding included (the padding bytes are never used). NVFP4: as for
+ *             dq_sm100_nvfp4_mm. All 16-byte aligned.
+ *   MXFP8 (alpha = 1): each weight element times its E8M0 scale, rounded to bf16, which is exact
+ *     unless a scale byte below 3 meets nonzero data (the value falls below bf16's subnormals).
+ *   NVFP4 (alpha = a_ts * b_ts; a_ts NULL for a weight-only product): e2m1 x e4m3 is exact in f16
+ *     and bf16. Both formats: exact up to the float32 accumulation order within that domain.
  *   bias:     NULL or float32 [N], 16-byte aligned.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
- *   M, N, K:  1 <= M, N <= INT32_MAX - 128, 1 <= K <= INT32_MAX, K % 32 == 0, N % 8 == 0 and
- *             N <= 65535 * 128, else DQ_ERR_BAD_SHAPE.
- * The epilogue computes acc + bias in float32 and rounds once to the output dtype. Nothing is
- * allocated. DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
+ *   M, N, K:  M >= 1 with ceil(M / 128) <= 65535, 1 <= N <= INT32_MAX - 128 with N % 8 == 0,
+ *             32 <= K <= INT32_MAX with K % 32 == 0, else DQ_ERR_BAD_SHAPE.
+ *   tokens:   the token tile (activation rows per CTA, with 128 weight rows): 64, 128 or 256, or 0
+ *             for the kernel's choice, dq_sm90_mixed_mm_tokens(M, N); else DQ_ERR_BAD_CONFIG.
+ * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
+ * DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */
-DQ_API int dq_sm90_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
-                            const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
-                            void* stream);
+DQ_API int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
+                                  void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
+                                  void* stream);
+DQ_API int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                  const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
+                                  int64_t N, int64_t K, int out_dtype, int tokens, void* stream);
+DQ_API int dq_sm90_mixed_mm_tokens(int64_t M, int64_t N);
 
 /*
- * Hopper GEMMs for few activation rows (present with the sm90_gemm family, like dq_sm90_mxfp8_mm),
+ * Hopper GEMMs for few activation rows (present with the sm90_gemm family, like dq_sm90_mxfp8_mixed_mm),
  * csrc/sm90_skinny_gemm.cu: mma.sync with the weight streamed from global memory and decoded
  * exactly to f16 (bf16 for a bf16 activation). For M <= 64, where reading the weight is the cost.
  *
  *   out[m, n] = alpha * sum_k A[m, k] * B[n, k] + bias[n]     (out = alpha * A @ B^T + bias)
  *
- *   MXFP8 (alpha = 1): a_q, a_s, b_q, b_s as for dq_sm90_mxfp8_mm. Each 32-wide block is summed in
- *     float32 from exact products and promoted with its two E8M0 scales: exact up to the float32
- *     accumulation order while ea + eb is 105..381 for every pair of block scales.
+ *   MXFP8 (alpha = 1): a_q [M, K] and a_s laid out as b_q and b_s of dq_sm90_mxfp8_mixed_mm (with
+ *     M rows). Each 32-wide block is summed in float32 from exact products and promoted with its
+ *     two E8M0 scales: exact up to the float32 accumulation order while ea + eb is 105..381 for
+ *     every pair of block scales.
  *   NVFP4 W4A4 (alpha = a_ts * b_ts): a_q, b_q, a_s, b_s, a_ts, b_ts as for dq_sm100_nvfp4_mm.
  *   NVFP4 W4A16 (alpha = b_ts): a is [M, K] of a_dtype (DQ_BFLOAT16 or DQ_FLOAT16, else
  *     DQ_ERR_BAD_DTYPE), 16-byte aligned; b_q, b_s, b_ts as for W4A4.

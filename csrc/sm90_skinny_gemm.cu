@@ -25,10 +25,10 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "decode.cuh"
+#include "device_info.h"
 #include "dq_kernels.h"
 #include "scale_layout.cuh"
 
@@ -88,44 +88,6 @@ __device__ __forceinline__ uint4 load_stream16(const uint8_t* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
-}
-
-// ---- decodes -----------------------------------------------------------------------------------
-
-// Two e4m3 bytes (the low and high byte of `pair`) -> f16x2, exact.
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFF), __NV_E4M3);
-  return uint32_t(h.x) | (uint32_t(h.y) << 16);
-}
-
-// 8 e2m1 codes (a 32-bit word, element i in bits 4i .. 4i + 3) times their block scale -> 4 f16x2
-// pairs, exact: elements (0, 2), (4, 6), (1, 3), (5, 7). A code c becomes the e4m3 byte
-// (c & 7) << 2 | (c & 8) << 4, which is exactly value(c) / 64 (e4m3's subnormals hold the 0.5 code),
-// and scale64 holds the block scale times 64 in both halves (at most 448 * 64, exact in f16).
-__device__ __forceinline__ void decode_e2m1_word(uint32_t w, uint32_t scale64, uint32_t (&pairs)[4]) {
-  const uint32_t even = ((w << 2) & 0x1C1C1C1Cu) | ((w << 4) & 0x80808080u);  // elements 0, 2, 4, 6
-  const uint32_t odd = ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u);          // elements 1, 3, 5, 7
-  const __half2 s = *reinterpret_cast<const __half2*>(&scale64);
-  const uint32_t sixteenths[4] = {e4m3x2_to_f16x2(even), e4m3x2_to_f16x2(even >> 16), e4m3x2_to_f16x2(odd),
-                                  e4m3x2_to_f16x2(odd >> 16)};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&sixteenths[i]), s);
-    pairs[i] = *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
-// An e4m3 block scale byte -> f16x2 of (scale * 64, scale * 64); 0 for a block past K.
-__device__ __forceinline__ uint32_t nvfp4_scale64(uint32_t byte, bool valid) {
-  const __half scale(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte & 0xFF), __NV_E4M3));
-  const __half2 s = __hmul2(__half2half2(scale), __float2half2_rn(64.f));
-  return valid ? *reinterpret_cast<const uint32_t*>(&s) : 0u;
-}
-
-// f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 6 significant bits).
-__device__ __forceinline__ uint32_t f16x2_to_bf16x2(uint32_t pair) {
-  const __nv_bfloat162 v = __float22bfloat162_rn(__half22float2(*reinterpret_cast<const __half2*>(&pair)));
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // ---- the MMA -----------------------------------------------------------------------------------
@@ -427,19 +389,6 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
 }
 
 // ---- host side ---------------------------------------------------------------------------------
-
-// Streaming multiprocessors of the current device, queried once per device (132, an H100's, if the
-// query fails).
-int sm_count() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices] = {};  // 0: not queried yet
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 132;
-  if (device < kMaxDevices && (sms = cached[device].load(std::memory_order_relaxed)) > 0) return sms;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) sms = 132;
-  if (device < kMaxDevices) cached[device].store(sms, std::memory_order_relaxed);
-  return sms;
-}
 
 // Warps per CTA: enough to keep about 12 warps per SM streaming (the row groups alone give one
 // warp per CTA), at most kMaxWarps and one K chunk each.

@@ -31,10 +31,12 @@ __all__ = [
     "supports_device",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
-    "sm90_mxfp8_mm",
     "sm90_mxfp8_skinny_mm",
     "sm90_nvfp4_skinny_mm",
     "sm90_nvfp4_w4a16_skinny_mm",
+    "sm90_mxfp8_mixed_mm",
+    "sm90_nvfp4_mixed_mm",
+    "sm90_mixed_tokens",
     "SM90_SKINNY_MAX_M",
     "sm100_mxfp8_mm",
     "sm100_nvfp4_mm",
@@ -103,12 +105,15 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
 def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     """The dq_sm90_* functions, present when the sm90_gemm family was built."""
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.dq_sm90_mxfp8_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
-    for fn in (lib.dq_sm90_mxfp8_mm, lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
-               lib.dq_sm90_nvfp4_w4a16_skinny_mm):
+    lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p]
+    lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
+    lib.dq_sm90_mixed_mm_tokens.argtypes = [i64, i64]
+    for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
+               lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm,
+               lib.dq_sm90_mixed_mm_tokens):
         fn.restype = i32
 
 
@@ -350,35 +355,24 @@ def _check_tensor_scales(fn: str, **tensor_scales: torch.Tensor) -> None:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
 
 
-def _sm90_mxfp8(fn: str, a_q, a_s, b_q, b_s, bias, out) -> None:
-    """Checks the operands of an sm_90a MXFP8 GEMM and launches the library function dq_{fn}."""
+def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
+    """out = a @ b.T (+ bias) with the Hopper MXFP8 kernel for few rows (csrc/sm90_skinny_gemm.cu).
+
+    a_q: float8_e4m3fn [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q: float8_e4m3fn [N, K] (K % 32 == 0,
+    N % 8 == 0); a_s, b_s: uint8 E8M0 scales in the 128x4 swizzled layout (round_up(rows, 128) *
+    round_up(K / 32, 4) bytes, padding included); bias: None or float32 [N]; out: [M, N] float32,
+    bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability
+    9.0. Enqueued on the current stream. Exact up to the float32 accumulation order while the two
+    E8M0 bytes of every pair of blocks add up to 105..381.
+    """
     import torch
 
+    fn = "sm90_mxfp8_skinny_mm"
     out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
-    _launch(fn, getattr(lib, f"dq_{fn}"), out.device, *args)
-
-
-def sm90_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
-    """out = a @ b.T (+ bias) with the exact Hopper MXFP8 kernel (csrc/sm90_mxfp8_gemm.cu).
-
-    a_q: float8_e4m3fn [M, K]; b_q: float8_e4m3fn [N, K] (K % 32 == 0, N % 8 == 0); a_s, b_s: uint8
-    E8M0 scales in the 128x4 swizzled layout (round_up(rows, 128) * round_up(K / 32, 4) bytes, padding
-    included); bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All contiguous,
-    16-byte aligned, on one CUDA device of compute capability 9.0. Enqueued on the current stream.
-    """
-    _sm90_mxfp8("sm90_mxfp8_mm", a_q, a_s, b_q, b_s, bias, out)
-
-
-def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
-    """out = a @ b.T (+ bias) with the Hopper kernel for few rows (csrc/sm90_skinny_gemm.cu).
-
-    Operands as for ``sm90_mxfp8_mm``, with 1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32
-    accumulation order while the two E8M0 bytes of every pair of blocks add up to 105..381.
-    """
-    _sm90_mxfp8("sm90_mxfp8_skinny_mm", a_q, a_s, b_q, b_s, bias, out)
+    _launch(fn, lib.dq_sm90_mxfp8_skinny_mm, out.device, *args)
 
 
 def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
@@ -397,6 +391,35 @@ def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
     _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, bias_ptr, out.data_ptr(), m, n, k, code)
 
 
+def _activation16_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales: dict, a_dtypes):
+    """Checks the operands of an sm_90a GEMM with a 16-bit activation ``a`` (one of ``a_dtypes``)
+    and a quantized weight of ``fmt`` (``tensor_scales``: its NVFP4 tensor scales); returns
+    (library, out dtype code, activation dtype code, M, N, K)."""
+    import torch
+
+    a_codes = {torch.bfloat16: 1, torch.float16: 2}  # DQ_BFLOAT16, DQ_FLOAT16
+    if a.dtype not in a_dtypes or a.dim() != 2:
+        names = " or ".join(str(d).removeprefix("torch.") for d in a_dtypes)
+        raise ValueError(f"dq_kernels.native.{fn}: a must be a 2-D {names} tensor, got {a.dtype} {tuple(a.shape)}")
+    per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
+    m, k, n = a.shape[0], a.shape[1], b_q.shape[0]
+    tensors = {"a": a, "b_q": b_q, "b_s": b_s, **tensor_scales, "out": out}
+    alignments = {"a": 16, "b_q": 16, "b_s": 16, "out": 16}
+    _add_bias(fn, bias, n, tensors, alignments)
+    _family_library(fn, SM90_FAMILY)
+    lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
+    runs, why = supports_device(out.device, SM90_FAMILY)
+    if not runs:
+        raise ValueError(f"dq_kernels.native.{fn}: {why}")
+    if b_q.element_size() != 1 or b_q.shape[1] * per_byte != k:
+        raise ValueError(
+            f"dq_kernels.native.{fn}: b_q must be bytes [N, K / {per_byte}] with K = {k}, got {b_q.dtype} {tuple(b_q.shape)}"
+        )
+    _check_scales(fn, b_s, n, k // block)
+    _check_tensor_scales(fn, **tensor_scales)
+    return lib, code, a_codes[a.dtype], m, n, k
+
+
 def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
     """out = b_ts * (a @ b.T) (+ bias), NVFP4 weight-only, with the Hopper kernel for few rows
     (csrc/sm90_skinny_gemm.cu).
@@ -409,25 +432,56 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
     import torch
 
     fn = "sm90_nvfp4_w4a16_skinny_mm"
-    a_codes = {torch.bfloat16: 1, torch.float16: 2}  # DQ_BFLOAT16, DQ_FLOAT16
-    if a.dtype not in a_codes or a.dim() != 2:
-        raise ValueError(f"dq_kernels.native.{fn}: a must be a 2-D bfloat16 or float16 tensor, got {a.dtype} {tuple(a.shape)}")
-    m, k, n = a.shape[0], a.shape[1], b_q.shape[0]
-    tensors = {"a": a, "b_q": b_q, "b_s": b_s, "b_ts": b_ts, "out": out}
-    alignments = {"a": 16, "b_q": 16, "b_s": 16, "out": 16}
-    _add_bias(fn, bias, n, tensors, alignments)
-    _family_library(fn, SM90_FAMILY)
-    lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
-    runs, why = supports_device(out.device, SM90_FAMILY)
-    if not runs:
-        raise ValueError(f"dq_kernels.native.{fn}: {why}")
-    if b_q.element_size() != 1 or b_q.shape[1] * 2 != k:
-        raise ValueError(f"dq_kernels.native.{fn}: b_q must be bytes [N, K / 2] with K = {k}, got {b_q.dtype} {tuple(b_q.shape)}")
-    _check_scales(fn, b_s, n, k // 16)
-    _check_tensor_scales(fn, b_ts=b_ts)
+    extra = {"b_ts": b_ts}
+    lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
     bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a.data_ptr(), a_codes[a.dtype], b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
     _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
+
+
+def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
+    """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
+    mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
+
+    a: bfloat16 [M, K] (for an MXFP8 activation: its exact decode); b_q, b_s: the MXFP8 weight as for
+    ``sm90_mxfp8_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All
+    contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up to the float32
+    accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
+    tokens: activation rows per CTA, 64, 128 or 256, or 0 for ``sm90_mixed_tokens(M, N)``.
+    """
+    import torch
+
+    fn = "sm90_mxfp8_mixed_mm"
+    lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
+    _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args)
+
+
+def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0) -> None:
+    """out = (a_ts * b_ts) * (a @ b.T) (+ bias) for a 16-bit activation and an NVFP4 weight, with
+    the Hopper mixed-input kernel (csrc/sm90_mixed_gemm.cu).
+
+    a: bfloat16 or float16 [M, K] (for W4A4: the activation's exact e2m1 x e4m3 decode, without its
+    tensor scale, which is a_ts); a_ts: None (weight-only) or one float32; b_q, b_s, b_ts: the NVFP4
+    weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens as for ``sm90_mxfp8_mixed_mm``. Exact
+    up to the float32 accumulation order.
+    """
+    import torch
+
+    fn = "sm90_nvfp4_mixed_mm"
+    extra = {"b_ts": b_ts} if a_ts is None else {"a_ts": a_ts, "b_ts": b_ts}
+    lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
+    bias_ptr = None if bias is None else bias.data_ptr()
+    a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
+    _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args, out.data_ptr(), m, n, k, code, tokens)
+
+
+def sm90_mixed_tokens(m: int, n: int) -> int:
+    """The activation rows per CTA (64, 128 or 256) the sm_90a mixed-input kernel picks for an
+    [m, K] x [n, K]^T product on the current CUDA device (its SM count; 132 without one)."""
+    return _family_library("sm90_mixed_tokens", SM90_FAMILY).dq_sm90_mixed_mm_tokens(m, n)
 
 
 def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:

@@ -41,19 +41,19 @@ MM_OPS = ("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
 
 
 @needs_sm90_family
-def test_cutlass_on_hopper_runs_nvfp4_for_few_rows_and_auto_takes_it_there(monkeypatch):
-    """On 9.0, cutlass runs every mm op up to M = 64 (the skinny kernels), MXFP8 at any M; auto
-    takes it up to the measured crossover of each op and triton_sm90 above."""
+def test_cutlass_on_hopper_runs_every_m_and_auto_takes_it_outside_triton_range(monkeypatch):
+    """On 9.0, cutlass runs every mm op at any M (the skinny kernels up to M = 64, the mixed-input
+    kernel above); auto takes it up to the measured crossover of each op, triton_sm90 from there to
+    M = 64, and cutlass again above."""
     fake_capability(monkeypatch, (9, 0))
     for op in MM_OPS:
         limit = cutlass.SKINNY_AUTO_MAX_M[op]
         assert backends.select(op, CUDA, limit, 3072, 3072).spec.name == "cutlass"
-        assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name != "cutlass"
+        if limit < native.SM90_SKINNY_MAX_M:
+            assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name == "triton_sm90"
+        assert backends.select(op, CUDA, native.SM90_SKINNY_MAX_M + 1, 3072, 3072).spec.name == "cutlass"
+        assert backends.select(op, CUDA, 4096, 3072, 3072).spec.name == "cutlass"
         assert backends.select(op, CUDA, 64, 3072, 3072, "cutlass").spec.name == "cutlass"
-    assert backends.select("mxfp8_mm", CUDA, 4096, 3072, 3072, "cutlass").spec.name == "cutlass"
-    for op in MM_OPS[1:]:
-        with pytest.raises(backends.BackendUnavailableError, match="has only the kernel for M <= 64"):
-            backends.select(op, CUDA, 65, 3072, 3072, "cutlass")
 
 
 def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
@@ -76,13 +76,19 @@ def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
 
 
 @needs_sm90_family
-def test_sm90_sass_runs_on_fp8_wgmma():
+def test_sm90_mixed_sass_runs_on_hgmma_with_the_weight_in_registers():
+    """Every instance of the mixed-input kernel computes with wgmma (HGMMA, bf16 or f16 into
+    float32) whose A operand is registers (the decoded weight) and B a shared-memory descriptor:
+    3 (weight format, MMA dtype) kinds x 3 token tiles x 3 output dtypes, no mma.sync fallback."""
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
-    kernels = {name: sass for name, sass in functions.items() if "mxfp8_gemm_kernel" in name}
-    assert len(kernels) == 3  # float32, bfloat16 and float16 output
-    for sass in kernels.values():
-        assert re.search(r"\bQGMMA\.64x64x32\.F32\.E4M3\.E4M3\b", sass)
-        assert not re.search(r"\b(HMMA|HGMMA)\b", sass)  # no slow path, no bf16 decode
+    kernels = {name: sass for name, sass in functions.items() if "mixed_gemm_kernel" in name}
+    assert len(kernels) == 27
+    for name, sass in kernels.items():
+        bf16 = "Lb1E" in name  # kBf16 = true
+        tokens = re.search(r"ELi(\d+)E", name).group(1)
+        dtype = r"\.BF16" if bf16 else r"(?!\.BF16)"
+        assert re.search(rf"\bHGMMA\.64x{tokens}x16\.F32{dtype} R\d+, R\d+, gdesc\[", sass), name
+        assert not re.search(r"\b(HMMA|QGMMA)\b", sass), name
 
 
 @needs_sm90_family
@@ -115,8 +121,10 @@ def run(backend, a_q, a_s, b_q, b_s, bias=None, out_dtype=torch.bfloat16):
 @pytest.mark.gpu
 @needs_hopper_kernel
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-def test_exact_over_the_whole_e8m0_range(out_dtype):
-    operands = extreme_pair(256, 384, 1024, seed=0)
+def test_exact_in_the_documented_domain(out_dtype):
+    """Scale bytes from 3 to 254 (bf16 holds e4m3 x 2^(e - 127) exactly there), pairs of blocks
+    whose scales multiply to 2^0 from both ends of that range."""
+    operands = extreme_pair(256, 384, 1024, seed=0, lowest_byte=3)
     out = run("cutlass", *operands, out_dtype=out_dtype)
     assert out.dtype == out_dtype
     assert torch.isfinite(out).all()
@@ -127,7 +135,7 @@ def test_exact_over_the_whole_e8m0_range(out_dtype):
 @needs_hopper_kernel
 @pytest.mark.parametrize("m, n, k", ODD_SHAPES)
 def test_odd_shapes_with_bias(m, n, k):
-    operands = extreme_pair(m, n, k, seed=m + n + k)
+    operands = extreme_pair(m, n, k, seed=m + n + k, lowest_byte=3)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(1)) * 100
     out = run("cutlass", *operands, bias=bias, out_dtype=torch.float32)
     assert relative_error(out, oracle(*operands, bias)) < TOLERANCE[torch.float32]
@@ -148,9 +156,8 @@ def test_float16_output():
 @pytest.mark.gpu
 @needs_hopper_kernel
 def test_large_flux_shape():
-    """4096 x 3072 x 3072 from quantized random activations and weights, against fp64. Hopper's FP8
-    wgmma sums the 32 products of a slice with less than float32 precision (measured: 4.5e-5
-    relative to the float32 reference here), within the issue's 1e-4."""
+    """4096 x 3072 x 3072 from quantized random activations and weights, against fp64 (the
+    mixed-input kernel: bf16 products, float32 sums)."""
     g = torch.Generator(device=CUDA).manual_seed(0)
     a_q, a_s = dq.ops.quantize_mxfp8(torch.randn(4096, 3072, device=CUDA, generator=g, dtype=torch.bfloat16))
     b_q, b_s = dq.ops.quantize_mxfp8(torch.randn(3072, 3072, device=CUDA, generator=g, dtype=torch.bfloat16) * 0.02)
@@ -171,7 +178,7 @@ def with_nan_padding(s: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 @needs_hopper_kernel
 def test_padding_bytes_are_never_read():
     """K = 160 leaves 3 padded scale columns per row block; NaN bytes there must change nothing."""
-    a_q, a_s, b_q, b_s = extreme_pair(130, 136, 160, seed=3)
+    a_q, a_s, b_q, b_s = extreme_pair(130, 136, 160, seed=3, lowest_byte=3)
     clean = run("cutlass", a_q, a_s, b_q, b_s, out_dtype=torch.float32)
     dirty_a_s, dirty_b_s = with_nan_padding(a_s, 130, 5), with_nan_padding(b_s, 136, 5)
     dirty = run("cutlass", a_q, dirty_a_s, b_q, dirty_b_s, out_dtype=torch.float32)
@@ -273,12 +280,10 @@ def test_triton_sm90_exact_on_hopper(m, n, k, out_dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not on_hopper(), reason="needs an sm_90 GPU")
-def test_auto_on_hopper_is_exact_in_its_documented_domain():
-    """auto picks triton_sm90 for MXFP8 on Hopper (the faster one): exact for scale bytes from 3 up,
-    254 included; explicit cutlass is exact over the whole range (test_exact_over_the_whole_e8m0_range)."""
-    assert backends.select("mxfp8_mm", CUDA, 4096, 3072, 3072).spec.name == "triton_sm90"
+def test_triton_sm90_on_hopper_is_exact_in_its_documented_domain():
+    """Scale bytes from 3 up, 254 included (the domain the cutlass mixed-input kernel shares)."""
     operands = extreme_pair(256, 384, 1024, seed=0, lowest_byte=3)
-    out = run("auto", *operands, out_dtype=torch.float32)
+    out = run("triton_sm90", *operands, out_dtype=torch.float32)
     assert relative_error(out, oracle(*operands)) < TOLERANCE[torch.float32]
 
 
@@ -305,9 +310,10 @@ def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
 
 
 def auto_on_hopper(op: str, m: int) -> str:
-    """The backend auto picks for an mm op on an H100: the skinny kernels for small M when built."""
-    skinny = m <= cutlass.SKINNY_AUTO_MAX_M[op] and family_built(native.SM90_FAMILY)
-    return "cutlass" if skinny else "triton_sm90"
+    """The backend auto picks for an mm op on an H100: cutlass (when built) outside the range of M
+    where triton_sm90 is faster."""
+    in_triton_range = cutlass.SKINNY_AUTO_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M
+    return "cutlass" if family_built(native.SM90_FAMILY) and not in_triton_range else "triton_sm90"
 
 
 def run_device():
@@ -346,17 +352,18 @@ def test_triton_sm90_nvfp4_w4a16(m, n, k, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not on_hopper(), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m, n, k", ODD_SHAPES + [(4096, 3072, 3072), (16, 18432, 3072)])
-def test_nvfp4_weight_only_on_hopper(m, n, k):
-    """W4A16 through the op on an H100 (auto's choice there): bf16 activation and output."""
+def test_nvfp4_weight_only_on_hopper(m, n, k, dtype):
+    """W4A16 through the op on an H100 (auto's choice there): bf16/fp16 activation and output."""
     _, (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
-    a = torch.randn(m, k, device=CUDA, dtype=torch.bfloat16)
+    a = torch.randn(m, k, device=CUDA, dtype=dtype)
     assert backends.select("nvfp4_weight_only_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_weight_only_mm", m)
     expected = nvfp4_oracle(a, (b_q, b_s, b_ts), bias)
     for _ in range(3):
         out = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias)
-        assert out.dtype == torch.bfloat16
+        assert out.dtype == dtype
         assert relative_error(out, expected) < 4e-3
 
 
@@ -369,7 +376,7 @@ W4A4_SHAPES = ODD_SHAPES + [(77, 256, 4096), (4096, 3072, 3072), (16, 18432, 307
 def test_nvfp4_w4a4_on_hopper(m, n, k):
     """W4A4 through the op (auto's choice on Hopper), fp32 and bf16 output. Ten launches: a
     Triton pipelining race of an earlier version (scales gathered by plain loads) showed here as
-    occasional wrong results at 77 x 256 x 4160."""
+    occasional wrong results at 77 x 256 x 4160 (now cutlass's mixed-input kernel runs it)."""
     assert backends.select("nvfp4_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_mm", m)
     (a_q, a_s, a_ts), (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
@@ -477,3 +484,80 @@ def test_skinny_nvfp4_w4a16_exact(m, n, k, dtype):
     via_op = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias, backend="cutlass")
     assert via_op.dtype == dtype
     assert torch.equal(via_op, out.to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixed-input kernel (csrc/sm90_mixed_gemm.cu, cutlass on 9.0 above M = 64) on an H100
+# ----------------------------------------------------------------------------------------------
+
+MIXED_SHAPES = [(65, 1000, 160), (77, 256, 4160), (129, 136, 96), (300, 8, 32), (513, 3072, 3072)]
+
+
+def mixed_operands(kind: str, m: int, n: int, k: int, seed: int):
+    """(a, b_q, b_s, a_ts, b_ts, expected fp64 product without bias) for the mixed kernel on the GPU:
+    kind "mxfp8" (bf16 decode of an MXFP8 activation, scale bytes from 3 up), "w4a4" (f16 decode of
+    an NVFP4 activation, its tensor scale as a_ts) or "w4a16_bf16" / "w4a16_fp16"."""
+    if kind == "mxfp8":
+        a_q, a_s, b_q, b_s = (t.to(CUDA) for t in extreme_pair(m, n, k, seed=seed, lowest_byte=3))
+        return formats.dequantize_mxfp8(a_q, a_s, torch.bfloat16), b_q, b_s, None, None, oracle(a_q, a_s, b_q, b_s)
+    (a_q, a_s, a_ts), b = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=seed)]
+    if kind == "w4a4":
+        a = formats.dequantize_nvfp4(a_q, a_s, torch.ones((), device=CUDA), torch.float16)
+        return a, *b[:2], a_ts, b[2], nvfp4_oracle((a_q, a_s, a_ts), b)
+    a = torch.randn(m, k, device=CUDA).to(torch.bfloat16 if kind == "w4a16_bf16" else torch.float16)
+    return a, *b[:2], None, b[2], nvfp4_oracle(a, b)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("kind", ["mxfp8", "w4a4", "w4a16_bf16", "w4a16_fp16"])
+@pytest.mark.parametrize("m, n, k", MIXED_SHAPES)
+def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
+    """Each token tile (64, 128, 256) on shapes with partial tiles in M, N and K (K = 96 and 160:
+    a partial last K step and scale tile), bias, float32 output within 1e-5 of fp64, bf16 within
+    4e-3; the tile the kernel picks itself gives the same result as the one forced."""
+    a, b_q, b_s, a_ts, b_ts, product = mixed_operands(kind, m, n, k, seed=m + n + k)
+    bias = torch.randn(n, device=CUDA) * 10
+    expected = product + bias.cpu().double()
+    for out_dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 4e-3)):
+        results = []
+        for tokens in (0, 64, 128, 256):
+            out = torch.empty(m, n, device=CUDA, dtype=out_dtype)
+            if kind == "mxfp8":
+                native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens)
+            else:
+                native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens)
+            assert relative_error(out, expected) < tolerance, (out_dtype, tokens)
+            results.append(out)
+        assert any(torch.equal(results[0], r) for r in results[1:])  # tokens = 0 is one of the tiles
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_mixed_kernel_never_reads_padding_bytes():
+    """K = 160 and N = 136: NaN in every padding byte of the weight's scales (rows past N, scale
+    columns past K) changes nothing, for MXFP8 and NVFP4 weights."""
+    for kind, cols in (("mxfp8", 5), ("w4a4", 10)):
+        a, b_q, b_s, a_ts, b_ts, _ = mixed_operands(kind, 130, 136, 160, seed=3)
+        dirty_s = with_nan_padding(b_s.cpu().view(torch.uint8), 136, cols).to(CUDA).view(b_s.dtype)
+        outs = []
+        for s in (b_s, dirty_s):
+            out = torch.empty(130, 136, device=CUDA)
+            if kind == "mxfp8":
+                native.sm90_mxfp8_mixed_mm(a, b_q, s, None, out)
+            else:
+                native.sm90_nvfp4_mixed_mm(a, b_q, s, a_ts, b_ts, None, out)
+            outs.append(out)
+        assert torch.equal(*outs), kind
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_mixed_kernel_refuses_what_it_cannot_run():
+    """MXFP8 needs a bf16 activation (its decoded weight is bf16); a bad token tile is a config error."""
+    a, b_q, b_s, *_ = mixed_operands("mxfp8", 65, 136, 64, seed=0)
+    out = torch.empty(65, 136, device=CUDA)
+    with pytest.raises(ValueError, match="a must be a 2-D bfloat16 tensor"):
+        native.sm90_mxfp8_mixed_mm(a.half(), b_q, b_s, None, out)
+    with pytest.raises(RuntimeError, match="returned -6"):
+        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, None, out, tokens=96)

@@ -53,7 +53,7 @@ logger = logging.getLogger("dq_kernels")
 _REGISTRY: dict[str, Backend] = {
     b.spec.name: b
     for b in (
-        CutlassBackend(),  # on Hopper only for small M (auto_passes), where its skinny kernels are faster
+        CutlassBackend(),  # on Hopper except 8/32 < M <= 64 (auto_passes), where triton_sm90 is faster
         TritonSm90Backend(),
         TritonSm100Backend(),
         TritonCastBackend(),

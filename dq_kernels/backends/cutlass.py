@@ -4,13 +4,17 @@
   ``csrc/sm100_nvfp4_gemm.cu``, CUTLASS 4.2 tcgen05 block-scaled MMA (``kind::mxf8f6f4`` /
   ``kind::mxf4nvf4``) on the canonical operands as they are (the 128x4 swizzled scales are
   CUTLASS's own scale layout). Compile-verified only.
-- 9.0 (the ``sm90_gemm`` family, built for sm_90a):
-  - M <= 64: ``csrc/sm90_skinny_gemm.cu``, MXFP8, NVFP4 W4A4 and W4A16: mma.sync with the weight
-    streamed from global memory and decoded exactly in registers (the weight read is the cost).
-  - MXFP8 at any M: ``csrc/sm90_mxfp8_gemm.cu``, FP8 wgmma per 32-wide K slice with the block
-    scales applied on the CUDA cores. ``auto`` takes ``triton_sm90`` instead above
-  ``SKINNY_AUTO_MAX_M`` (MXFP8 8, W4A4 64, W4A16 32: faster there on an H100).
-  Both are exact over the E8M0 range up to accumulation order (see the files for the bounds).
+- 9.0 (the ``sm90_gemm`` family, built for sm_90a), MXFP8, NVFP4 W4A4 and W4A16:
+  - M <= 64: ``csrc/sm90_skinny_gemm.cu``: mma.sync with the weight streamed from global memory
+    and decoded exactly in registers (the weight read is the cost). ``auto`` takes
+    ``triton_sm90`` instead from ``SKINNY_AUTO_MAX_M`` up to M = 64 (MXFP8 above 8, W4A16 above 32:
+    faster there on an H100).
+  - M > 64: ``csrc/sm90_mixed_gemm.cu``: bf16/f16 wgmma with the weight decoded exactly in
+    registers as its register operand. The quantized activation is decoded first by the native
+    dequantize kernel: MXFP8 to bf16, NVFP4 to f16 without its tensor scale (which the kernel
+    applies in its epilogue); a W4A16 activation goes in as it is.
+  NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
+  (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
 
 out = alpha * (a @ b.T) + bias, accumulated in float32, with alpha = a_ts * b_ts for NVFP4 (read on
 the device, so CUDA graphs see no host synchronization) and 1 for MXFP8; W4A16 returns a's dtype
@@ -21,9 +25,8 @@ result cast once, which is how the reference rounds it too.
 
 Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a these match what
 CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
-bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the NVFP4 ops need
-M <= 64 (``shape_limit``); the wgmma kernel also needs N <= 65535 * 128 (grid rows), which no model
-layer approaches.
+bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the mixed-input
+kernel also needs ceil(M / 128) <= 65535 (grid rows), which no model layer approaches.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
-SM90_CONFIG = "sm90_128x128x128_ws2"  # the one tile of csrc/sm90_mxfp8_gemm.cu: 2 consumer warpgroups
 
 
 # auto takes the skinny kernel up to these M on 9.0 (faster than triton_sm90 there in the small-M
-# sweep of benchmarks/results/NOTES.md); explicit cutlass runs it up to SM90_SKINNY_MAX_M.
+# sweep of benchmarks/results/NOTES.md) and triton_sm90 from there to SM90_SKINNY_MAX_M; explicit
+# cutlass runs the skinny kernel up to SM90_SKINNY_MAX_M and the mixed-input kernel above.
 SKINNY_AUTO_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
 
 
@@ -63,6 +66,25 @@ def skinny_config(m: int) -> str:
     return f"sm90_skinny_16x{tokens}_mma16816"
 
 
+def mixed_config(m: int, n: int) -> str:
+    """The mixed-input kernel's tile, for the benchmark row: 128 weight rows (two consumer
+    warpgroups) by the token tile it picks for the shape, 64 of K per stage, wgmma m64nTk16."""
+    return f"sm90_mixed_128x{native.sm90_mixed_tokens(m, n)}x64_wgmma"
+
+
+def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """A quantized activation [M, K] decoded exactly for the mixed-input kernel by the native
+    dequantize kernel: MXFP8 to bfloat16, NVFP4 to float16 without its tensor scale."""
+    if fmt == "mxfp8":
+        a = torch.empty(a_q.shape, dtype=torch.bfloat16, device=a_q.device)
+        native.dequantize_mxfp8(a_q, a_s, a)
+        return a
+    a = torch.empty(a_q.shape[0], 2 * a_q.shape[1], dtype=torch.float16, device=a_q.device)
+    # made per call: a cached tensor first made during CUDA-graph capture would hold no value eagerly
+    native.dequantize_nvfp4(a_q, a_s, torch.ones((), dtype=torch.float32, device=a_q.device), a)
+    return a
+
+
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The [m, n] output buffer the kernels write: out_dtype, or float32 for a float16 output on
     sm_100a (whose kernels write no float16; the sm_90a kernel does)."""
@@ -74,9 +96,9 @@ class CutlassBackend(Backend):
     spec = BackendSpec(
         name="cutlass",
         description=(
-            "native GEMMs: sm_90a MXFP8 (FP8 wgmma + per-32 promotion) and, for M <= 64, MXFP8/NVFP4/W4A16 "
-            "(mma.sync, weight decoded in registers); sm_100a CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 "
-            "(compile-verified only)"
+            "native GEMMs: sm_90a MXFP8/NVFP4/W4A16 with the weight decoded exactly in registers (M <= 64: "
+            "mma.sync streaming the weight; above: bf16/f16 wgmma, weight as the register operand); sm_100a "
+            "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only)"
         ),
         ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0), (10, 0)),
@@ -105,49 +127,51 @@ class CutlassBackend(Backend):
             return False, f"the native library was built without the {family} kernel family for {device}"
         return True, ""
 
-    def shape_limit(self, op, device, m, n, k):
-        if op != "mxfp8_mm" and _on_hopper(device) and not _skinny(device, m):
+    def auto_passes(self, op, device, m, n, k):
+        if _on_hopper(device) and SKINNY_AUTO_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M:
             return (
-                f"{op} on compute capability 9.0 has only the kernel for M <= {native.SM90_SKINNY_MAX_M} "
-                f"(csrc/sm90_skinny_gemm.cu), got M = {m}"
+                f"triton_sm90 is faster for {op} on compute capability 9.0 at "
+                f"{SKINNY_AUTO_MAX_M[op]} < M <= {native.SM90_SKINNY_MAX_M}"
             )
         return None
 
-    def auto_passes(self, op, device, m, n, k):
-        if _on_hopper(device) and m > SKINNY_AUTO_MAX_M[op]:
-            return f"triton_sm90 is faster for {op} on compute capability 9.0 above M = {SKINNY_AUTO_MAX_M[op]}"
-        return None
-
     def kernel_config(self, fmt, m, n, k):
-        """The config for the current CUDA device (sm_90a: the skinny kernel's or the wgmma kernel's
+        """The config for the current CUDA device (sm_90a: the skinny or the mixed-input kernel's
         tile), else sm_100a's."""
         if torch.cuda.is_available() and _on_hopper(torch.device("cuda", torch.cuda.current_device())):
-            return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else SM90_CONFIG if fmt == "mxfp8" else ""
+            return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else mixed_config(m, n)
         return native.sm100_mm_plan(fmt, m, n, k).config
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
-        operands = (aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias))
+        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_mxfp8_skinny_mm(*operands, out)
+            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out)
         elif _on_hopper(a_q.device):
-            native.sm90_mxfp8_mm(*operands, out)
+            native.sm90_mxfp8_mixed_mm(_decoded_activation("mxfp8", a_q, a_s), b_q, b_s, bias, out)
         else:
-            native.sm100_mxfp8_mm(*operands, out)
+            native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
         return out.to(out_dtype)
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
-        mm = native.sm90_nvfp4_skinny_mm if _on_hopper(a_q.device) else native.sm100_nvfp4_mm
-        mm(aligned_16(a_q), aligned_16(a_s), a_ts, aligned_16(b_q), aligned_16(b_s), b_ts, float32_bias(bias), out)
+        if _skinny(a_q.device, a_q.shape[0]):
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
+        elif _on_hopper(a_q.device):
+            native.sm90_nvfp4_mixed_mm(_decoded_activation("nvfp4", a_q, a_s), b_q, b_s, a_ts, b_ts, bias, out)
+        else:
+            native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
         return out.to(out_dtype)
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
-        if a.dtype == torch.float32:  # the kernel's MMAs take bf16/fp16
+        if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
             return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
-        native.sm90_nvfp4_w4a16_skinny_mm(
-            aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias), out
-        )
+        if _skinny(a.device, a.shape[0]):
+            native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out)
+        else:
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out)
         return out

@@ -18,7 +18,7 @@ design instead (``triton_mm_kernels.weight_decoded_mm_kernel``):
 Exactness: e2m1 x e4m3 is always a bfloat16 (and float16) value, so NVFP4 products are exact up to
 float32 accumulation order. e4m3 x 2^(e - 127) is a bfloat16 value unless it falls below bfloat16's
 subnormal grid, which needs an MXFP8 scale byte below 3 (block amax under about 2^-116) with nonzero
-data; the ``cutlass`` backend (FP8 wgmma + per-32 promotion) also covers scale bytes 0 to 2.
+data (the same domain as the ``cutlass`` backend's mixed-input kernel, the CUDA version of this design).
 W4A16 with a float32 activation is computed by the reference path (the kernel's dots are bf16/fp16).
 
 Tiles per shape (``tiles_for``, a fixed heuristic: nothing is tuned in the call path).

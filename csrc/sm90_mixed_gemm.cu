@@ -1,0 +1,478 @@
+// sm90_mixed_gemm.cu: the mixed-input Hopper GEMM (sm_90a) for M above the skinny kernels' range:
+// a bf16/f16 activation times an MXFP8 or NVFP4 weight decoded exactly in registers.
+//
+//   out[m, n] = alpha * sum_k A[m, k] * W[n, k] + bias[n]
+//
+// computed as out^T = W A^T with wgmma m64nTk16, where the decoded weight is wgmma's register
+// operand (64 weight rows per consumer warpgroup) and T activation rows ("tokens") are its
+// shared-memory operand. Only the weight is transformed, once per CTA, and only on the CUDA
+// cores; the tensor cores run bf16/f16 MMAs at their full rate. The activation arrives already
+// exact in bf16/f16: the caller's for W4A16, or the exact decode of a quantized activation (the
+// native dequantize kernel) for MXFP8 and NVFP4 W4A4.
+//
+// Exactness: an e2m1 value times its e4m3 block scale is exact in f16 and bf16 (at most 6
+// significant bits, 2^-10 to 2688), so NVFP4 products are exact and the tensor scales (alpha) go to
+// the float32 epilogue. An e4m3 value times its E8M0 scale is exact in bf16 unless it falls below
+// bf16's subnormal grid (a scale byte below 3 with nonzero data; bf16 overflows where float32
+// does), so MXFP8 computes in bf16 and is exact away from that end of the E8M0 range.
+// (benchmarks/results/NOTES.md compares this design with FP8 wgmma plus per-32 promotion, which was
+// exact over the whole range and 2.3x slower.)
+//
+// CTA: a producer warp (warpgroup 0, one thread) streams each 64-wide K step through a ring of
+// stages with TMA: the activation tile (T tokens x 64 K, 128-byte swizzle: the wgmma descriptor
+// reads it as it lands), the weight tile (128 rows x 64 K of bytes as stored, 64- or 32-byte
+// swizzle so the consumers' reads are free of bank conflicts) and the 512-byte tile of the
+// canonical swizzled scales that covers the step. Two consumer warpgroups own 64 weight rows each;
+// per K step every thread reads its weight bytes, decodes them into the four k16 A fragments and
+// issues the four wgmmas, while the other warpgroup's wgmmas keep the tensor cores busy.
+//
+// The A fragment of m64nTk16 (per warp: 16 rows) holds, for lane l with g = l / 4, c = l % 4,
+// rows g and g + 8 at K slots 2c, 2c + 1 (registers 0, 1) and 2c + 8, 2c + 9 (registers 2, 3).
+// The weight rows are stored K-contiguous, so each lane reads the 16-byte (MXFP8) or 8-byte (NVFP4)
+// piece of a row that holds one k16 step (shared by the four lanes of a quad: a broadcast) and
+// picks its bytes with byte permutes.
+//
+// Edges: TMA fills tokens past M, weight rows past N and K past the end with zeros; the scales of
+// blocks past K are set to 0 so the (zero) data decodes to 0 whatever the padding bytes hold. Rows
+// past N may decode padding scales to anything, but the MMA keeps rows apart and they are not
+// stored. The epilogue goes through shared memory (the accumulator holds an [n, m] tile; the
+// output is [M, N] row-major) and writes 16-byte vectors, masked to M x N.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "cute/arch/copy_sm90_tma.hpp"
+#include "cute/arch/mma_sm90_desc.hpp"
+#include "cute/arch/mma_sm90_gmma.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/arch/reg_reconfig.h"
+#include "cutlass/cuda_host_adapter.hpp"
+#include "decode.cuh"
+#include "device_info.h"
+#include "dq_kernels.h"
+#include "scale_layout.cuh"
+
+namespace dq::sm90_mixed {
+namespace {
+
+enum class Format { kMxfp8, kNvfp4 };  // of the weight
+
+constexpr int kRows = 128;       // weight rows per CTA: two consumer warpgroups x wgmma's M of 64
+constexpr int kTileK = 64;       // K per stage: one 128-byte swizzle row of the 16-bit activation
+constexpr int kStages = 4;
+constexpr int kConsumers = 2;
+constexpr int kThreads = 128 * (1 + kConsumers);  // warpgroup 0 is the producer
+constexpr int kScaleTileBytes = 512;              // 128 rows x 4 scale columns, canonical layout
+constexpr int kPassTokens = 64;                   // tokens per epilogue pass through shared memory
+constexpr int kPitch = 72;  // staging row pitch (elements): 16-byte rows, bank-conflict-free bf16 stores
+
+template <Format F>
+struct WeightTile {
+  static constexpr int kRowBytes = F == Format::kMxfp8 ? 64 : 32;  // one K step of one row
+  static constexpr int kSwizzleBits = F == Format::kMxfp8 ? 2 : 1;   // TMA's 64- / 32-byte swizzle
+  static constexpr CUtensorMapSwizzle kSwizzle =
+      F == Format::kMxfp8 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B;
+};
+
+// Where byte `offset` of a TMA-swizzled weight tile lies: the 16-byte chunk index (bits 4 and up)
+// is XORed with address bits 7 and up (TMA's swizzle pattern for 64- and 32-byte spans).
+template <Format F>
+__device__ __forceinline__ int swizzled(int offset) {
+  constexpr int kMask = (1 << WeightTile<F>::kSwizzleBits) - 1;
+  return offset ^ (((offset >> 7) & kMask) << 4);
+}
+
+// One stage of the load ring; the activation tile is 1024-byte aligned (the 128-byte swizzle's period).
+template <Format F, int kTokens>
+struct alignas(1024) Stage {
+  uint16_t a[kTokens * kTileK];                     // tokens x 64 K, 128-byte swizzle
+  uint8_t w[kRows * WeightTile<F>::kRowBytes];      // weight rows x one K step of bytes, swizzled
+  uint8_t w_scales[kScaleTileBytes];                // the canonical scale tile covering the step
+};
+
+template <Format F, int kTokens, typename Out>
+struct SharedStorage {
+  Stage<F, kTokens> stages[kStages];
+  Out staging[kConsumers][kPassTokens * kPitch];  // epilogue: [token][weight row] per consumer
+  cutlass::arch::ClusterTransactionBarrier full[kStages];  // the producer's TMA bytes have landed
+  cutlass::arch::ClusterBarrier empty[kStages];            // every consumer warp is done with it
+};
+
+constexpr uint64_t kEvictNormal = 0x1000000000000000ull;  // CacheHintSm90::EVICT_NORMAL
+
+template <Format F, int kTokens>
+__host__ __device__ constexpr int stage_bytes() {  // TMA bytes per stage
+  return kTokens * kTileK * 2 + kRows * WeightTile<F>::kRowBytes + kScaleTileBytes;
+}
+
+// A wgmma shared-memory descriptor for the K-major activation tile written by TMA with the
+// 128-byte swizzle: rows of 128 bytes, 8-row groups 1024 bytes apart. `address`: the k16 step's
+// first byte (tile base + 32 bytes per step).
+__device__ __forceinline__ uint64_t sw128_descriptor(uint32_t address) {
+  cute::GmmaDescriptor desc;
+  desc.bitfield.start_address_ = address >> 4;
+  desc.bitfield.leading_byte_offset_ = 1;  // unused by swizzled K-major layouts
+  desc.bitfield.stride_byte_offset_ = 1024 >> 4;
+  desc.bitfield.base_offset_ = 0;  // tiles are 1024-byte aligned
+  desc.bitfield.layout_type_ = 1;  // SWIZZLE_128B
+  return desc.desc_;
+}
+
+// The wgmma m64n{kTokens}k16 with A from registers, float32 accumulators.
+template <bool kBf16, int kTokens>
+struct Wgmma;
+#define DQ_MIXED_WGMMA(T)                                                                                 \
+  template <>                                                                                             \
+  struct Wgmma<true, T> {                                                                                 \
+    using Op = cute::SM90::GMMA::MMA_64x##T##x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,             \
+                                                                cute::SM90::GMMA::Major::K>;              \
+  };                                                                                                      \
+  template <>                                                                                             \
+  struct Wgmma<false, T> {                                                                                \
+    using Op =                                                                                            \
+        cute::SM90::GMMA::MMA_64x##T##x16_F32F16F16_RS<cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>; \
+  };
+DQ_MIXED_WGMMA(64)
+DQ_MIXED_WGMMA(128)
+DQ_MIXED_WGMMA(256)
+#undef DQ_MIXED_WGMMA
+
+template <typename Op, int N, size_t... I>
+__device__ __forceinline__ void wgmma(const uint32_t (&a)[4], uint64_t b, float (&d)[N], std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]...);
+}
+
+template <int N>
+__device__ __forceinline__ void fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(r[i]);
+}
+__device__ __forceinline__ void fence(uint32_t (&r)[4][4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(r[j][i]);
+}
+
+// ---- the weight decode: one K step of rows g and g + 8 into the four k16 A fragments ------------
+
+// The two scale-tile words of the thread's rows: the 4 scale bytes of tile row r are the word at
+// (r % 32) * 16 + (r / 32) * 4.
+__device__ __forceinline__ uint32_t scale_word(const uint8_t* tile, int row) {
+  return *reinterpret_cast<const uint32_t*>(tile + (row % 32) * 16 + (row / 32) * 4);
+}
+
+// Two e4m3 bytes (low 16 bits of `pair`) times 2^(e - 127) (`scale`, a float32) -> bf16x2, exact
+// within the domain in the file comment (float32 holds the product exactly; one rounding to bf16).
+__device__ __forceinline__ uint32_t mxfp8_pair(uint32_t pair, float scale) {
+  const uint32_t h = e4m3x2_to_f16x2(pair);
+  const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&h));
+  const __nv_bfloat162 b = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+
+// MXFP8: k16 step j of the stage uses scale block j / 2 of the step, which is byte
+// 2 * (ks % 2) + j / 2 of the row's scale word (a scale tile covers two 64-wide steps).
+template <bool kBf16>
+__device__ __forceinline__ void decode_step(const uint8_t* w, const uint8_t* scales, int ks, int K, int row, int c,
+                                            uint32_t (&frag)[4][4], std::integral_constant<Format, Format::kMxfp8>) {
+  static_assert(kBf16, "MXFP8 decodes to bf16 (2^(e - 127) leaves f16's range)");
+  constexpr int kRow = WeightTile<Format::kMxfp8>::kRowBytes;
+  const uint32_t words[2] = {scale_word(scales, row), scale_word(scales, row + 8)};
+  float scale[2][2];  // [row g, g + 8][block of the step]
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const bool valid = ks * kTileK + 32 * b < K;
+      scale[h][b] = valid ? decode_e8m0((words[h] >> (8 * (2 * (ks % 2) + b))) & 0xFF) : 0.f;
+    }
+  const uint32_t select = (2 * c) | ((2 * c + 1) << 4);  // bytes 2c, 2c + 1 of 8
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 v = *reinterpret_cast<const uint4*>(w + swizzled<Format::kMxfp8>((row + 8 * h) * kRow + 16 * j));
+      frag[j][h] = mxfp8_pair(__byte_perm(v.x, v.y, select), scale[h][j / 2]);
+      frag[j][2 + h] = mxfp8_pair(__byte_perm(v.z, v.w, select), scale[h][j / 2]);
+    }
+}
+
+// NVFP4: k16 step j is scale block j of the step (byte j of the row's scale word). Byte c of a
+// row's 8-byte k16 piece holds K slots 2c, 2c + 1 and byte c + 4 slots 2c + 8, 2c + 9.
+template <bool kBf16>
+__device__ __forceinline__ void decode_step(const uint8_t* w, const uint8_t* scales, int ks, int K, int row, int c,
+                                            uint32_t (&frag)[4][4], std::integral_constant<Format, Format::kNvfp4>) {
+  constexpr int kRow = WeightTile<Format::kNvfp4>::kRowBytes;
+  const uint32_t words[2] = {scale_word(scales, row), scale_word(scales, row + 8)};
+  const uint32_t select = c | ((c + 4) << 4);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const bool valid = ks * kTileK + 16 * j < K;
+    uint32_t bytes[2];  // rows g, g + 8: [byte c, byte c + 4] in the low half
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint2 v = *reinterpret_cast<const uint2*>(w + swizzled<Format::kNvfp4>((row + 8 * h) * kRow + 8 * j));
+      bytes[h] = __byte_perm(v.x, v.y, select);
+    }
+    // codes: (g, 2c), (g, 2c + 1), (g, 2c + 8), (g, 2c + 9), then the same for row g + 8
+    uint32_t even, odd;  // e4m3 bytes of (g, 2c), (g, 2c + 8), (g + 8, 2c), (g + 8, 2c + 8) / 2c + 1, 2c + 9
+    e2m1x8_to_e4m3(__byte_perm(bytes[0], bytes[1], 0x5410), even, odd);
+    const uint32_t scale64[2] = {nvfp4_scale64(words[0] >> (8 * j), valid), nvfp4_scale64(words[1] >> (8 * j), valid)};
+    // register (row h, slots 2c.. or 2c + 8..): the even and odd byte of the same position side by side
+    frag[j][0] = hmul2_bits(e4m3x2_to_f16x2(__byte_perm(even, odd, 0x40)), scale64[0]);
+    frag[j][1] = hmul2_bits(e4m3x2_to_f16x2(__byte_perm(even, odd, 0x62)), scale64[1]);
+    frag[j][2] = hmul2_bits(e4m3x2_to_f16x2(__byte_perm(even, odd, 0x51)), scale64[0]);
+    frag[j][3] = hmul2_bits(e4m3x2_to_f16x2(__byte_perm(even, odd, 0x73)), scale64[1]);
+    if constexpr (kBf16)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) frag[j][i] = f16x2_to_bf16x2(frag[j][i]);
+  }
+}
+
+struct Problem {
+  const uint8_t* w_s;     // weight block scales, swizzled
+  const float* alpha_a;   // NVFP4 tensor scales (device pointers) or null
+  const float* alpha_b;
+  const float* bias;      // null or float32 [N]
+  int M, N, K;
+  int scale_tiles_per_row;  // round_up(K / block, 4) / 4: 512-byte scale tiles per 128-row block
+};
+
+template <Format F, bool kBf16, int kTokens, typename Out>
+__global__ void __launch_bounds__(kThreads, 1)
+    mixed_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap w_map,
+                      const Problem p, Out* __restrict__ out) {
+  using Storage = SharedStorage<F, kTokens, Out>;
+  extern __shared__ uint8_t smem_raw[];
+  // Aligned by pointer arithmetic on smem_raw, so the compiler still knows it is shared memory.
+  const uint32_t misalignment = cute::cast_smem_ptr_to_uint(smem_raw) % 1024;
+  Storage& smem = *reinterpret_cast<Storage*>(smem_raw + (1024 - misalignment) % 1024);
+
+  const int w_tile = blockIdx.x, token_tile = blockIdx.y;
+  const int k_steps = (p.K + kTileK - 1) / kTileK;
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      smem.full[s].init(1);
+      smem.empty[s].init(kConsumers * 4);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // producer: one thread issues every load
+    cutlass::arch::warpgroup_reg_dealloc<40>();
+    if (threadIdx.x == 0) {
+      const uint8_t* scales = p.w_s + int64_t(w_tile) * p.scale_tiles_per_row * kScaleTileBytes;
+      for (int ks = 0; ks < k_steps; ++ks) {
+        const int s = ks % kStages;
+        smem.empty[s].wait(((ks / kStages) & 1) ^ 1);
+        Stage<F, kTokens>& stage = smem.stages[s];
+        uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
+        smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
+        cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, token_tile * kTokens);
+        cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
+                                     w_tile * kRows);
+        const int scale_tile = F == Format::kMxfp8 ? ks / 2 : ks;  // 4 scale columns: 128 / 64 K
+        cute::SM90_BULK_COPY_G2S::copy(scales + scale_tile * kScaleTileBytes, bar, stage.w_scales, kScaleTileBytes);
+      }
+    }
+    return;
+  }
+
+  cutlass::arch::warpgroup_reg_alloc<232>();
+  const int consumer = warpgroup - 1;
+  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  const int row = kRows / kConsumers * consumer + 16 * warp + lane / 4;  // rows row, row + 8 of the tile
+  using Op = typename Wgmma<kBf16, kTokens>::Op;
+  constexpr int kAcc = kTokens / 2;  // float32 per thread of the 64 x kTokens accumulator
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
+
+  // Decodes K step ks into f once its stage has landed.
+  auto decode = [&](int ks, uint32_t(&f)[4][4]) {
+    const Stage<F, kTokens>& stage = smem.stages[ks % kStages];
+    smem.full[ks % kStages].wait((ks / kStages) & 1);
+    decode_step<kBf16>(stage.w, stage.w_scales, ks, p.K, row, lane % 4, f, std::integral_constant<Format, F>{});
+  };
+  // K step ks: issues its four wgmmas on `cur`, decodes step ks + 1 into `next` while they run,
+  // then waits for them and releases the stage. No wgmma stays in flight across steps (ptxas
+  // serializes every wgmma of a loop that keeps one in flight across its back edge).
+  auto step = [&](int ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
+    const int s = ks % kStages;
+    fence(cur);
+    fence(acc);
+    cute::warpgroup_arrive();
+    const uint32_t a = cute::cast_smem_ptr_to_uint(smem.stages[s].a);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wgmma<Op>(cur[j], sw128_descriptor(a + 32 * j), acc, std::make_index_sequence<kAcc>{});
+    cute::warpgroup_commit_batch();
+    if (ks + 1 < k_steps) decode(ks + 1, next);
+    cute::warpgroup_wait<0>();
+    fence(acc);
+    fence(cur);  // keeps cur's registers from being reused before the wgmmas are done
+    // The decode read the stage's weight bytes through the generic proxy; the producer's next TMA
+    // writes into the stage go through the async proxy: order them across proxies.
+    cutlass::arch::fence_view_async_shared();
+    if (lane == 0) smem.empty[s].arrive();  // every wgmma reading the stage is done
+  };
+  uint32_t frag[2][4][4];  // two K steps' A fragments: one feeds the wgmmas, the other is decoded
+  decode(0, frag[0]);
+  int ks = 0;
+  for (; ks + 1 < k_steps; ks += 2) {
+    step(ks, frag[0], frag[1]);
+    step(ks + 1, frag[1], frag[0]);
+  }
+  if (ks < k_steps) step(ks, frag[0], frag[1]);
+
+  // Epilogue: v = alpha * acc + bias in float32, rounded once, staged as [token][weight row] and
+  // written as 16-byte row pieces. Accumulator register 4q + h holds weight row `row` + 8 (h / 2)
+  // and token 8q + 2 (lane % 4) + h % 2 of the tile.
+  const float alpha = (p.alpha_a ? *p.alpha_a : 1.f) * (p.alpha_b ? *p.alpha_b : 1.f);
+  const int n0 = w_tile * kRows + row;
+  const float bias[2] = {p.bias && n0 < p.N ? p.bias[n0] : 0.f, p.bias && n0 + 8 < p.N ? p.bias[n0 + 8] : 0.f};
+  Out* staging = smem.staging[consumer];
+  const int local_row = row - kRows / kConsumers * consumer;
+  constexpr int kVec = 16 / sizeof(Out);
+  constexpr int kVecsPerToken = kRows / kConsumers / kVec;
+#pragma unroll
+  for (int pass = 0; pass < kTokens / kPassTokens; ++pass) {
+#pragma unroll
+    for (int q = 0; q < kPassTokens / 8; ++q)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int token = 8 * q + 2 * (lane % 4) + h % 2;
+        const float v = acc[4 * (pass * kPassTokens / 8 + q) + h] * alpha + bias[h / 2];
+        staging[token * kPitch + local_row + 8 * (h / 2)] = from_float<Out>(v);
+      }
+    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+    for (int i = t; i < kPassTokens * kVecsPerToken; i += 128) {
+      const int token = i / kVecsPerToken, piece = i % kVecsPerToken;
+      const int m = token_tile * kTokens + pass * kPassTokens + token;
+      const int n = w_tile * kRows + kRows / kConsumers * consumer + piece * kVec;
+      if (m < p.M && n < p.N)
+        *reinterpret_cast<uint4*>(out + int64_t(m) * p.N + n) =
+            *reinterpret_cast<const uint4*>(staging + token * kPitch + piece * kVec);
+    }
+    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+  }
+}
+
+// A 2-D TMA map over a row-major [rows, cols] matrix of `element_bytes`-byte elements.
+int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int element_bytes, int box_cols,
+             int box_rows, CUtensorMapSwizzle swizzle) {
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(cols * element_bytes)};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = CUTLASS_CUDA_DRIVER_WRAPPER_CALL(cuTensorMapEncodeTiled)(
+      map, element_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
+      const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? DQ_OK : DQ_ERR_UNSUPPORTED;
+}
+
+template <Format F, bool kBf16, int kTokens, typename Out>
+int launch(const void* a, const uint8_t* w_q, const Problem& p, void* out, cudaStream_t stream) {
+  CUtensorMap a_map, w_map;
+  if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
+  constexpr int kRowBytes = WeightTile<F>::kRowBytes;
+  const int64_t w_cols = F == Format::kMxfp8 ? p.K : p.K / 2;
+  if (int e = make_map(&w_map, w_q, p.N, w_cols, 1, kRowBytes, kRows, WeightTile<F>::kSwizzle)) return e;
+  auto kernel = mixed_gemm_kernel<F, kBf16, kTokens, Out>;
+  constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
+  // The attribute belongs to the current device's context: set it on every launch (it is cheap).
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
+    return e;
+  const dim3 grid((p.N + kRows - 1) / kRows, (p.M + kTokens - 1) / kTokens);
+  kernel<<<grid, kThreads, kSharedBytes, stream>>>(a_map, w_map, p, static_cast<Out*>(out));
+  return cudaGetLastError();
+}
+
+template <Format F, bool kBf16, int kTokens>
+int launch_out(const void* a, const uint8_t* w_q, const Problem& p, void* out, int out_dtype, cudaStream_t stream) {
+  switch (out_dtype) {
+    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, p, out, stream);
+    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, p, out, stream);
+    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, p, out, stream);
+    default: return DQ_ERR_BAD_DTYPE;
+  }
+}
+
+// The token tile for a problem: the one with the least estimated time, waves of CTAs (one per SM)
+// times the tile's work, with the smaller tiles' lower efficiency per token (fewer MMAs per decoded
+// weight element and per barrier) as a penalty. `requested` (64, 128 or 256) overrides it.
+int tokens_for(int64_t M, int64_t N, int requested = 0) {
+  if (requested) return requested;
+  const int64_t weight_tiles = (N + kRows - 1) / kRows, sms = sm_count();
+  int best = 256;
+  double best_cost = 0;
+  for (const auto [tokens, penalty] : {std::pair{256, 1.0}, std::pair{128, 1.1}, std::pair{64, 1.35}}) {
+    const int64_t waves = (weight_tiles * ((M + tokens - 1) / tokens) + sms - 1) / sms;
+    const double cost = double(waves) * tokens * penalty;
+    if (best_cost == 0 || cost < best_cost) best = tokens, best_cost = cost;
+  }
+  return best;
+}
+
+template <Format F, bool kBf16>
+int launch_tokens(const void* a, const uint8_t* w_q, const Problem& p, void* out, int out_dtype, int tokens,
+                  cudaStream_t stream) {
+  switch (tokens_for(p.M, p.N, tokens)) {
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, p, out, out_dtype, stream);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, p, out, out_dtype, stream);
+    default: return launch_out<F, kBf16, 64>(a, w_q, p, out, out_dtype, stream);
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Shared argument checks and the launch for a weight of format F.
+template <Format F>
+int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, const float* alpha_a,
+        const float* alpha_b, const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+        int tokens, void* stream) {
+  if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
+  // Tile coordinates and row indices are int: keep N a tile below INT32_MAX; the grid holds at
+  // most 65535 token tiles.
+  if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || N > INT32_MAX - kRows || K > INT32_MAX ||
+      (M + 127) / 128 > 65535)
+    return DQ_ERR_BAD_SHAPE;
+  if (a_dtype != DQ_BFLOAT16 && a_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
+  if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
+  for (const void* ptr : {a, static_cast<const void*>(w_q), static_cast<const void*>(w_s),
+                          static_cast<const void*>(bias), static_cast<const void*>(out)})
+    if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
+  const int block = F == Format::kMxfp8 ? 32 : 16;
+  const Problem p{w_s, alpha_a, alpha_b, bias, int(M), int(N), int(K), int(swizzled_padded_cols(K / block) / 4)};
+  auto s = static_cast<cudaStream_t>(stream);
+  if (a_dtype == DQ_BFLOAT16) return launch_tokens<F, true>(a, w_q, p, out, out_dtype, tokens, s);
+  if constexpr (F == Format::kNvfp4) return launch_tokens<F, false>(a, w_q, p, out, out_dtype, tokens, s);
+  return DQ_ERR_BAD_DTYPE;  // MXFP8 decodes to bf16 only
+}
+
+}  // namespace
+}  // namespace dq::sm90_mixed
+
+extern "C" int dq_sm90_mixed_mm_tokens(int64_t M, int64_t N) { return dq::sm90_mixed::tokens_for(M, N); }
+
+extern "C" int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
+                                      void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
+                                      void* stream) {
+  using namespace dq::sm90_mixed;
+  return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, out, M, N, K, out_dtype, tokens,
+                             stream);
+}
+
+extern "C" int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                      const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
+                                      int64_t N, int64_t K, int out_dtype, int tokens, void* stream) {
+  using namespace dq::sm90_mixed;
+  if (!b_ts) return DQ_ERR_NULL_POINTER;
+  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, out, M, N, K, out_dtype, tokens, stream);
+}
