@@ -102,8 +102,10 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *     and bf16. Both formats: exact up to the float32 accumulation order within that domain.
  *   bias:     NULL or float32 [N], 16-byte aligned.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
- *   M, N, K:  M >= 1 with ceil(M / 128) <= 65535, 1 <= N <= INT32_MAX - 128 with N % 8 == 0,
- *             32 <= K <= INT32_MAX with K % 32 == 0, else DQ_ERR_BAD_SHAPE.
+ *   M, N, K:  1 <= M <= INT32_MAX - 256, 1 <= N <= INT32_MAX - 128 with N % 8 == 0, 32 <= K <=
+ *             INT32_MAX with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX (CTAs) and
+ *             ceil(N / 128) * ceil(K / (4 * block)) * 32 <= INT32_MAX (16-byte scale rows), else
+ *             DQ_ERR_BAD_SHAPE.
  *   tokens:   the token tile (activation rows per CTA, with 128 weight rows): 64, 128 or 256, or 0
  *             for the kernel's choice, dq_sm90_mixed_mm_tokens(M, N); else DQ_ERR_BAD_CONFIG.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.

@@ -22,7 +22,8 @@
 // stages with TMA: the activation tile (T tokens x 64 K, 128-byte swizzle: the wgmma descriptor
 // reads it as it lands), the weight tile (128 rows x 64 K of bytes as stored, 64- or 32-byte
 // swizzle so the consumers' reads are free of bank conflicts) and the 512-byte tile of the
-// canonical swizzled scales that covers the step. Two consumer warpgroups own 64 weight rows each;
+// canonical swizzled scales that covers the step (a tensor copy too: compute-sanitizer's racecheck
+// does not see the barrier ordering of plain bulk copies and flags every stage reuse). Two consumer warpgroups own 64 weight rows each;
 // per K step every thread reads its weight bytes, decodes them into the four k16 A fragments and
 // issues the four wgmmas, while the other warpgroup's wgmmas keep the tensor cores busy.
 //
@@ -241,17 +242,35 @@ struct Problem {
   int scale_tiles_per_row;  // round_up(K / block, 4) / 4: 512-byte scale tiles per 128-row block
 };
 
+// The (weight tile, token tile) of CTA `cta`. CTAs go through the weight tiles in groups of
+// kGroupTiles: all token tiles of a group, weight tile fastest, before the next group. So a wave of
+// CTAs shares a slice of at most kGroupTiles weight tiles and few token tiles, which stay in L2
+// (row by row over all weight tiles, a weight larger than L2 would be read again for every token
+// tile: 18 times at 4608 x 15360 x 3072).
+constexpr int kGroupTiles = 32;
+struct Tile {
+  int w, token;  // weight tile (128 rows of N), token tile (kTokens rows of M)
+};
+template <int kTokens>
+__device__ __forceinline__ Tile tile_of(int cta, const Problem& p) {
+  const int w_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kTokens - 1) / kTokens;
+  const int group = cta / (kGroupTiles * token_tiles), first = group * kGroupTiles;
+  const int size = min(kGroupTiles, w_tiles - first), in_group = cta - first * token_tiles;
+  return {first + in_group % size, in_group / size};
+}
+
 template <Format F, bool kBf16, int kTokens, typename Out>
 __global__ void __launch_bounds__(kThreads, 1)
     mixed_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap w_map,
-                      const Problem p, Out* __restrict__ out) {
+                      const __grid_constant__ CUtensorMap s_map, const Problem p, Out* __restrict__ out) {
   using Storage = SharedStorage<F, kTokens, Out>;
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on smem_raw, so the compiler still knows it is shared memory.
   const uint32_t misalignment = cute::cast_smem_ptr_to_uint(smem_raw) % 1024;
   Storage& smem = *reinterpret_cast<Storage*>(smem_raw + (1024 - misalignment) % 1024);
 
-  const int w_tile = blockIdx.x, token_tile = blockIdx.y;
+  const Tile tile = tile_of<kTokens>(blockIdx.x, p);
+  const int w_tile = tile.w, token_tile = tile.token;
   const int k_steps = (p.K + kTileK - 1) / kTileK;
   const int warpgroup = threadIdx.x / 128;
 
@@ -267,7 +286,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warpgroup == 0) {  // producer: one thread issues every load
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
-      const uint8_t* scales = p.w_s + int64_t(w_tile) * p.scale_tiles_per_row * kScaleTileBytes;
       for (int ks = 0; ks < k_steps; ++ks) {
         const int s = ks % kStages;
         smem.empty[s].wait(((ks / kStages) & 1) ^ 1);
@@ -277,8 +295,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, token_tile * kTokens);
         cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
                                      w_tile * kRows);
-        const int scale_tile = F == Format::kMxfp8 ? ks / 2 : ks;  // 4 scale columns: 128 / 64 K
-        cute::SM90_BULK_COPY_G2S::copy(scales + scale_tile * kScaleTileBytes, bar, stage.w_scales, kScaleTileBytes);
+        // The scale tile: 4 scale columns cover 128 K (MXFP8) or 64 K (NVFP4); 32 rows of 16 bytes each.
+        const int scale_tile = w_tile * p.scale_tiles_per_row + (F == Format::kMxfp8 ? ks / 2 : ks);
+        cute::SM90_TMA_LOAD_2D::copy(&s_map, bar, kEvictNormal, stage.w_scales, 0, scale_tile * 32);
       }
     }
     return;
@@ -379,18 +398,21 @@ int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int
 
 template <Format F, bool kBf16, int kTokens, typename Out>
 int launch(const void* a, const uint8_t* w_q, const Problem& p, void* out, cudaStream_t stream) {
-  CUtensorMap a_map, w_map;
+  CUtensorMap a_map, w_map, s_map;
   if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
   constexpr int kRowBytes = WeightTile<F>::kRowBytes;
   const int64_t w_cols = F == Format::kMxfp8 ? p.K : p.K / 2;
   if (int e = make_map(&w_map, w_q, p.N, w_cols, 1, kRowBytes, kRows, WeightTile<F>::kSwizzle)) return e;
+  // The swizzled scales as rows of 16 bytes: a 512-byte scale tile is 32 of them.
+  const int64_t scale_rows = int64_t((p.N + kRows - 1) / kRows) * p.scale_tiles_per_row * (kScaleTileBytes / 16);
+  if (int e = make_map(&s_map, p.w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
   auto kernel = mixed_gemm_kernel<F, kBf16, kTokens, Out>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
   // The attribute belongs to the current device's context: set it on every launch (it is cheap).
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
     return e;
-  const dim3 grid((p.N + kRows - 1) / kRows, (p.M + kTokens - 1) / kTokens);
-  kernel<<<grid, kThreads, kSharedBytes, stream>>>(a_map, w_map, p, static_cast<Out*>(out));
+  const int64_t ctas = int64_t((p.N + kRows - 1) / kRows) * ((p.M + kTokens - 1) / kTokens);
+  kernel<<<dim3(ctas), kThreads, kSharedBytes, stream>>>(a_map, w_map, s_map, p, static_cast<Out*>(out));
   return cudaGetLastError();
 }
 
@@ -405,14 +427,15 @@ int launch_out(const void* a, const uint8_t* w_q, const Problem& p, void* out, i
 }
 
 // The token tile for a problem: the one with the least estimated time, waves of CTAs (one per SM)
-// times the tile's work, with the smaller tiles' lower efficiency per token (fewer MMAs per decoded
-// weight element and per barrier) as a penalty. `requested` (64, 128 or 256) overrides it.
+// times the tile's work, with the smaller tiles' lower efficiency per token (the same weight decode
+// and barriers per K step for fewer MMAs) as a penalty, measured on an H100 at 4096 x 3072 x 3072:
+// 1.45x (128) and 2.2x (64) the time per token of 256. `requested` (64, 128 or 256) overrides it.
 int tokens_for(int64_t M, int64_t N, int requested = 0) {
   if (requested) return requested;
   const int64_t weight_tiles = (N + kRows - 1) / kRows, sms = sm_count();
   int best = 256;
   double best_cost = 0;
-  for (const auto [tokens, penalty] : {std::pair{256, 1.0}, std::pair{128, 1.1}, std::pair{64, 1.35}}) {
+  for (const auto [tokens, penalty] : {std::pair{256, 1.0}, std::pair{128, 1.45}, std::pair{64, 2.2}}) {
     const int64_t waves = (weight_tiles * ((M + tokens - 1) / tokens) + sms - 1) / sms;
     const double cost = double(waves) * tokens * penalty;
     if (best_cost == 0 || cost < best_cost) best = tokens, best_cost = cost;
@@ -438,18 +461,21 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
         const float* alpha_b, const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
         int tokens, void* stream) {
   if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
-  // Tile coordinates and row indices are int: keep N a tile below INT32_MAX; the grid holds at
-  // most 65535 token tiles.
-  if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || N > INT32_MAX - kRows || K > INT32_MAX ||
-      (M + 127) / 128 > 65535)
+  // Tile coordinates, row indices, the CTA index and TMA's coordinates are int: keep M and N a
+  // tile below INT32_MAX, the CTA count (at the smallest token tile) within the 1-D grid and the
+  // 16-byte rows of the scales within TMA's reach.
+  const int block = F == Format::kMxfp8 ? 32 : 16;
+  const int64_t scale_tiles_per_row = swizzled_padded_cols(K / block) / 4;
+  if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || M > INT32_MAX - 256 || N > INT32_MAX - kRows ||
+      K > INT32_MAX || (N + kRows - 1) / kRows * ((M + 63) / 64) > INT32_MAX ||
+      (N + kRows - 1) / kRows * scale_tiles_per_row * 32 > INT32_MAX)
     return DQ_ERR_BAD_SHAPE;
   if (a_dtype != DQ_BFLOAT16 && a_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
   if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
   for (const void* ptr : {a, static_cast<const void*>(w_q), static_cast<const void*>(w_s),
                           static_cast<const void*>(bias), static_cast<const void*>(out)})
     if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
-  const int block = F == Format::kMxfp8 ? 32 : 16;
-  const Problem p{w_s, alpha_a, alpha_b, bias, int(M), int(N), int(K), int(swizzled_padded_cols(K / block) / 4)};
+  const Problem p{w_s, alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row)};
   auto s = static_cast<cudaStream_t>(stream);
   if (a_dtype == DQ_BFLOAT16) return launch_tokens<F, true>(a, w_q, p, out, out_dtype, tokens, s);
   if constexpr (F == Format::kNvfp4) return launch_tokens<F, false>(a, w_q, p, out, out_dtype, tokens, s);
