@@ -25,8 +25,8 @@ result cast once, which is how the reference rounds it too.
 
 Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a these match what
 CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
-bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the mixed-input
-kernel also needs ceil(M / 128) <= 65535 (grid rows), which no model layer approaches.
+bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the kernels' int
+indexing bounds M and N near 2^31 (dq_kernels.h), far beyond any model layer.
 """
 
 from __future__ import annotations
