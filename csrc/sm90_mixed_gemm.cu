@@ -165,8 +165,20 @@ __device__ __forceinline__ uint32_t scale_word(const uint8_t* tile, int row) {
   return *reinterpret_cast<const uint32_t*>(tile + (row % 32) * 16 + (row / 32) * 4);
 }
 
-// Two e4m3 bytes (low 16 bits of `pair`) times 2^(e - 127) (`scale`, a float32) -> bf16x2, exact
-// within the domain in the file comment (float32 holds the product exactly; one rounding to bf16).
+// Two e4m3 bytes (low 16 bits of `pair`) times 2^(e - 127) -> bf16x2, exact within the domain in
+// the file comment. Fast form: the exact f16x2 of the bytes, reread as bf16 by moving the f16
+// exponent and mantissa fields (e4m3 values are normal in f16 and use 3 of its 10 mantissa bits)
+// into bf16's, which is the value times 2^(15 - 127), then one bf16x2 multiply by 2^(e - 15)
+// (`multiplier`, both halves), a bf16 value for scale bytes e <= kFastMaxByte.
+constexpr uint32_t kFastMaxByte = 142;
+__device__ __forceinline__ uint32_t mxfp8_pair(uint32_t pair, uint32_t multiplier) {
+  const uint32_t h = e4m3x2_to_f16x2(pair);
+  const uint32_t scaled_down = ((h >> 3) & 0x0FFF0FFFu) | (h & 0x80008000u);
+  const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&scaled_down),
+                                   *reinterpret_cast<const __nv_bfloat162*>(&multiplier));
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// General form, for any scale byte: float32 holds the product exactly; one rounding to bf16.
 __device__ __forceinline__ uint32_t mxfp8_pair(uint32_t pair, float scale) {
   const uint32_t h = e4m3x2_to_f16x2(pair);
   const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&h));
@@ -175,30 +187,42 @@ __device__ __forceinline__ uint32_t mxfp8_pair(uint32_t pair, float scale) {
 }
 
 // MXFP8: k16 step j of the stage uses scale block j / 2 of the step, which is byte
-// 2 * (ks % 2) + j / 2 of the row's scale word (a scale tile covers two 64-wide steps).
+// 2 * (ks % 2) + j / 2 of the row's scale word (a scale tile covers two 64-wide steps). A thread
+// whose four scale bytes are all at most kFastMaxByte (any real weight: it takes a block amax
+// above 448 * 2^15 to exceed it) decodes in the fast form.
 template <bool kBf16>
 __device__ __forceinline__ void decode_step(const uint8_t* w, const uint8_t* scales, int ks, int K, int row, int c,
                                             uint32_t (&frag)[4][4], std::integral_constant<Format, Format::kMxfp8>) {
   static_assert(kBf16, "MXFP8 decodes to bf16 (2^(e - 127) leaves f16's range)");
   constexpr int kRow = WeightTile<Format::kMxfp8>::kRowBytes;
   const uint32_t words[2] = {scale_word(scales, row), scale_word(scales, row + 8)};
-  float scale[2][2];  // [row g, g + 8][block of the step]
+  uint32_t bytes[2][2];  // [row g, g + 8][block of the step]; 0 for a block past K (its data is 0)
+  bool fast = true;
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       const bool valid = ks * kTileK + 32 * b < K;
-      scale[h][b] = valid ? decode_e8m0((words[h] >> (8 * (2 * (ks % 2) + b))) & 0xFF) : 0.f;
+      bytes[h][b] = valid ? (words[h] >> (8 * (2 * (ks % 2) + b))) & 0xFF : 0u;
+      fast = fast && bytes[h][b] <= kFastMaxByte;
     }
   const uint32_t select = (2 * c) | ((2 * c + 1) << 4);  // bytes 2c, 2c + 1 of 8
+  auto decode_with = [&](auto scale_of) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 v = *reinterpret_cast<const uint4*>(w + swizzled<Format::kMxfp8>((row + 8 * h) * kRow + 16 * j));
-      frag[j][h] = mxfp8_pair(__byte_perm(v.x, v.y, select), scale[h][j / 2]);
-      frag[j][2 + h] = mxfp8_pair(__byte_perm(v.z, v.w, select), scale[h][j / 2]);
-    }
+      for (int h = 0; h < 2; ++h) {
+        const uint4 v = *reinterpret_cast<const uint4*>(w + swizzled<Format::kMxfp8>((row + 8 * h) * kRow + 16 * j));
+        frag[j][h] = mxfp8_pair(__byte_perm(v.x, v.y, select), scale_of(h, j / 2));
+        frag[j][2 + h] = mxfp8_pair(__byte_perm(v.z, v.w, select), scale_of(h, j / 2));
+      }
+  };
+  if (fast) {
+    // 2^(e - 15) as bf16 bits in both halves (byte 0 of a block past K gives 2^-15: its data is 0)
+    decode_with([&](int h, int b) { return ((bytes[h][b] + 112) << 7) * 0x00010001u; });
+  } else {
+    decode_with([&](int h, int b) { return decode_e8m0(bytes[h][b]); });
+  }
 }
 
 // NVFP4: k16 step j is scale block j of the step (byte j of the row's scale word). Byte c of a
