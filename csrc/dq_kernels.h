@@ -97,13 +97,15 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *             scale columns, padding included (the padding bytes are never used). NVFP4: as for
  *             dq_sm100_nvfp4_mm. All 16-byte aligned.
  *   MXFP8 (alpha = 1): each weight element times its E8M0 scale, rounded to bf16, which is exact
- *     unless a scale byte below 3 meets nonzero data (the value falls below bf16's subnormals).
+ *     unless a scale byte below 3 meets nonzero data (the value falls below bf16's subnormals);
+ *     an e4m3 NaN code stays NaN only in a block with a scale byte above 142 (quantizers give a
+ *     block holding a NaN the byte 255).
  *   NVFP4 (alpha = a_ts * b_ts; a_ts NULL for a weight-only product): e2m1 x e4m3 is exact in f16
  *     and bf16. Both formats: exact up to the float32 accumulation order within that domain.
  *   bias:     NULL or float32 [N], 16-byte aligned.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
  *   M, N, K:  1 <= M <= INT32_MAX - 256, 1 <= N <= INT32_MAX - 128 with N % 8 == 0, 32 <= K <=
- *             INT32_MAX with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX (CTAs) and
+ *             INT32_MAX - 64 with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX (CTAs) and
  *             ceil(N / 128) * ceil(K / (4 * block)) * 32 <= INT32_MAX (16-byte scale rows), else
  *             DQ_ERR_BAD_SHAPE.
  *   tokens:   the token tile (activation rows per CTA, with 128 weight rows): 64, 128 or 256, or 0

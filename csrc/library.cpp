@@ -26,7 +26,8 @@ extern "C" const char* dq_error_string(int code) {
     case DQ_ERR_UNSUPPORTED:
       return "dq_kernels: the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it)";
     case DQ_ERR_BAD_CONFIG:
-      return "dq_kernels: config must be a DQ_SM100_CONFIG_* value (0 auto, 1 1sm, 2 2sm)";
+      return "dq_kernels: config (sm100 GEMMs: 0 auto, 1 1sm, 2 2sm) or tokens (sm90 mixed-input GEMMs: 0, 64, 128, 256) "
+             "is not a value dq_kernels.h documents for the function";
     case DQ_ERR_LAUNCH_FAILED:
       return "dq_kernels: CUTLASS failed to initialize or launch the kernel";
     default:

@@ -169,7 +169,9 @@ __device__ __forceinline__ uint32_t scale_word(const uint8_t* tile, int row) {
 // the file comment. Fast form: the exact f16x2 of the bytes, reread as bf16 by moving the f16
 // exponent and mantissa fields (e4m3 values are normal in f16 and use 3 of its 10 mantissa bits)
 // into bf16's, which is the value times 2^(15 - 127), then one bf16x2 multiply by 2^(e - 15)
-// (`multiplier`, both halves), a bf16 value for scale bytes e <= kFastMaxByte.
+// (`multiplier`, both halves), a bf16 value for scale bytes e <= kFastMaxByte. An e4m3 NaN code
+// (0x7F, 0xFF) does not stay NaN in this form; the quantizers (ours, torchao's) give a block with a
+// NaN the scale byte 255, which takes the general form.
 constexpr uint32_t kFastMaxByte = 142;
 __device__ __forceinline__ uint32_t mxfp8_pair(uint32_t pair, uint32_t multiplier) {
   const uint32_t h = e4m3x2_to_f16x2(pair);
@@ -258,7 +260,6 @@ __device__ __forceinline__ void decode_step(const uint8_t* w, const uint8_t* sca
 }
 
 struct Problem {
-  const uint8_t* w_s;     // weight block scales, swizzled
   const float* alpha_a;   // NVFP4 tensor scales (device pointers) or null
   const float* alpha_b;
   const float* bias;      // null or float32 [N]
@@ -421,7 +422,7 @@ int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int
 }
 
 template <Format F, bool kBf16, int kTokens, typename Out>
-int launch(const void* a, const uint8_t* w_q, const Problem& p, void* out, cudaStream_t stream) {
+int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, cudaStream_t stream) {
   CUtensorMap a_map, w_map, s_map;
   if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
   constexpr int kRowBytes = WeightTile<F>::kRowBytes;
@@ -429,7 +430,7 @@ int launch(const void* a, const uint8_t* w_q, const Problem& p, void* out, cudaS
   if (int e = make_map(&w_map, w_q, p.N, w_cols, 1, kRowBytes, kRows, WeightTile<F>::kSwizzle)) return e;
   // The swizzled scales as rows of 16 bytes: a 512-byte scale tile is 32 of them.
   const int64_t scale_rows = int64_t((p.N + kRows - 1) / kRows) * p.scale_tiles_per_row * (kScaleTileBytes / 16);
-  if (int e = make_map(&s_map, p.w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
+  if (int e = make_map(&s_map, w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
   auto kernel = mixed_gemm_kernel<F, kBf16, kTokens, Out>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
   // The attribute belongs to the current device's context: set it on every launch (it is cheap).
@@ -441,11 +442,12 @@ int launch(const void* a, const uint8_t* w_q, const Problem& p, void* out, cudaS
 }
 
 template <Format F, bool kBf16, int kTokens>
-int launch_out(const void* a, const uint8_t* w_q, const Problem& p, void* out, int out_dtype, cudaStream_t stream) {
+int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, int out_dtype,
+               cudaStream_t stream) {
   switch (out_dtype) {
-    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, p, out, stream);
-    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, p, out, stream);
-    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, p, out, stream);
+    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, w_s, p, out, stream);
+    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, w_s, p, out, stream);
+    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, w_s, p, out, stream);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }
@@ -468,12 +470,12 @@ int tokens_for(int64_t M, int64_t N, int requested = 0) {
 }
 
 template <Format F, bool kBf16>
-int launch_tokens(const void* a, const uint8_t* w_q, const Problem& p, void* out, int out_dtype, int tokens,
-                  cudaStream_t stream) {
+int launch_tokens(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, int out_dtype,
+                  int tokens, cudaStream_t stream) {
   switch (tokens_for(p.M, p.N, tokens)) {
-    case 256: return launch_out<F, kBf16, 256>(a, w_q, p, out, out_dtype, stream);
-    case 128: return launch_out<F, kBf16, 128>(a, w_q, p, out, out_dtype, stream);
-    default: return launch_out<F, kBf16, 64>(a, w_q, p, out, out_dtype, stream);
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, out, out_dtype, stream);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, out, out_dtype, stream);
+    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, out, out_dtype, stream);
   }
 }
 
@@ -491,7 +493,7 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
   const int block = F == Format::kMxfp8 ? 32 : 16;
   const int64_t scale_tiles_per_row = swizzled_padded_cols(K / block) / 4;
   if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || M > INT32_MAX - 256 || N > INT32_MAX - kRows ||
-      K > INT32_MAX || (N + kRows - 1) / kRows * ((M + 63) / 64) > INT32_MAX ||
+      K > INT32_MAX - kTileK || (N + kRows - 1) / kRows * ((M + 63) / 64) > INT32_MAX ||
       (N + kRows - 1) / kRows * scale_tiles_per_row * 32 > INT32_MAX)
     return DQ_ERR_BAD_SHAPE;
   if (a_dtype != DQ_BFLOAT16 && a_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
@@ -499,10 +501,10 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
   for (const void* ptr : {a, static_cast<const void*>(w_q), static_cast<const void*>(w_s),
                           static_cast<const void*>(bias), static_cast<const void*>(out)})
     if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
-  const Problem p{w_s, alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row)};
+  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row)};
   auto s = static_cast<cudaStream_t>(stream);
-  if (a_dtype == DQ_BFLOAT16) return launch_tokens<F, true>(a, w_q, p, out, out_dtype, tokens, s);
-  if constexpr (F == Format::kNvfp4) return launch_tokens<F, false>(a, w_q, p, out, out_dtype, tokens, s);
+  if (a_dtype == DQ_BFLOAT16) return launch_tokens<F, true>(a, w_q, w_s, p, out, out_dtype, tokens, s);
+  if constexpr (F == Format::kNvfp4) return launch_tokens<F, false>(a, w_q, w_s, p, out, out_dtype, tokens, s);
   return DQ_ERR_BAD_DTYPE;  // MXFP8 decodes to bf16 only
 }
 

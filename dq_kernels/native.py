@@ -439,6 +439,12 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
     _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
 
 
+def _check_tokens(fn: str, tokens: int) -> None:
+    """The mixed-input kernel's token tiles (0: its own choice)."""
+    if tokens not in (0, 64, 128, 256):
+        raise ValueError(f"dq_kernels.native.{fn}: tokens must be 0, 64, 128 or 256, got {tokens!r}")
+
+
 def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
     """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
@@ -452,6 +458,7 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
     import torch
 
     fn = "sm90_mxfp8_mixed_mm"
+    _check_tokens(fn, tokens)
     lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
@@ -470,6 +477,7 @@ def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0) -> 
     import torch
 
     fn = "sm90_nvfp4_mixed_mm"
+    _check_tokens(fn, tokens)
     extra = {"b_ts": b_ts} if a_ts is None else {"a_ts": a_ts, "b_ts": b_ts}
     lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
     bias_ptr = None if bias is None else bias.data_ptr()
