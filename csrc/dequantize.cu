@@ -64,14 +64,14 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-// q: [M, K / 2] packed e2m1 bytes; s: swizzled e4m3 bytes; tensor_scale: one float32;
+// q: [M, K / 2] packed e2m1 bytes; s: swizzled e4m3 bytes; tensor_scale: one float32 or null (1);
 // out: [M, K]. chunks_per_row = K / 16, so chunk c is exactly the scale block (row, c % chunks_per_row).
 template <typename Out>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     dequantize_nvfp4_kernel(const uint8_t* __restrict__ q, const uint8_t* __restrict__ s,
                             const float* __restrict__ tensor_scale, Out* __restrict__ out, int64_t chunks_per_row,
                             int64_t num_chunks, int64_t scale_padded_cols) {
-  const float global_scale = *tensor_scale;
+  const float global_scale = tensor_scale ? *tensor_scale : 1.f;
   for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < num_chunks;
        c += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = c / chunks_per_row;
@@ -136,7 +136,6 @@ extern "C" int dq_dequantize_mxfp8(const uint8_t* q, const uint8_t* s, void* out
 
 extern "C" int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* tensor_scale, void* out,
                                    int64_t M, int64_t K, int out_dtype, void* stream) {
-  if (tensor_scale == nullptr) return DQ_ERR_NULL_POINTER;
   if (int err = check_args(q, s, out, M, K, 16, out_dtype, 8)) return err;
   const int64_t chunks_per_row = K / kChunk;
   const int64_t num_chunks = M * chunks_per_row;

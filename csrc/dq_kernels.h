@@ -72,7 +72,8 @@ DQ_API int dq_dequantize_mxfp8(const uint8_t* q, const uint8_t* s, void* out, in
  *                 {0, 0.5, 1, 1.5, 2, 3, 4, 6}, codes 8..15 their negatives (code 8 is -0.0).
  *   s:            float8_e4m3fn bytes, one per 16 elements along K, in the 128x4 swizzled layout
  *                 for M rows and K / 16 scale columns (round_up(M, 128) * round_up(K / 16, 4) bytes).
- *   tensor_scale: a device pointer to one float32.
+ *   tensor_scale: a device pointer to one float32, or NULL for 1 (the block-scaled values alone,
+ *                 which is how the sm90 mixed-input GEMM takes an NVFP4 activation).
  *   out:          [M, K] of out_dtype. 16-byte aligned.
  *   M >= 1, K >= 16, K % 16 == 0.
  * out[m, k] = round((e2m1(q, m, k) * float(s of (m, k / 16))) * tensor_scale), both products in

@@ -259,28 +259,29 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> Non
     _launch(fn, lib.dq_dequantize_mxfp8, out.device, q.data_ptr(), s.data_ptr(), out.data_ptr(), m, k, code)
 
 
-def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tensor, out: torch.Tensor) -> None:
+def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tensor | None, out: torch.Tensor) -> None:
     """Decode NVFP4 into ``out`` with the native kernel (bit-identical to ``formats.dequantize_nvfp4``).
 
     q: uint8 [M, K / 2] (element 2i in the low nibble), K % 16 == 0, 8-byte aligned; s:
     float8_e4m3fn scales in the 128x4 swizzled layout (round_up(M, 128) * round_up(K / 16, 4)
-    elements); tensor_scale: float32 with one element; out: [M, K] float32, bfloat16 or float16,
-    16-byte aligned. All contiguous, on one CUDA device. Enqueued on the current stream; returns
-    without synchronizing.
+    elements); tensor_scale: float32 with one element, or None for 1 (e2m1 x e4m3 alone); out:
+    [M, K] float32, bfloat16 or float16, 16-byte aligned. All contiguous, on one CUDA device.
+    Enqueued on the current stream; returns without synchronizing.
     """
     import torch
 
     fn = "dequantize_nvfp4"
     m, k = q.shape[0], q.shape[1] * 2
-    tensors = {"q": q, "s": s, "tensor_scale": tensor_scale, "out": out}
+    tensors = {"q": q, "s": s, "out": out} | ({} if tensor_scale is None else {"tensor_scale": tensor_scale})
     lib, code = _check_operands(fn, tensors, out, (m, k), {"q": 8, "out": 16})
     _check_scales(fn, s, m, k // 16)
-    if tensor_scale.dtype != torch.float32 or tensor_scale.numel() != 1:
+    if tensor_scale is not None and (tensor_scale.dtype != torch.float32 or tensor_scale.numel() != 1):
         raise ValueError(
             f"dq_kernels.native.{fn}: tensor_scale must be one float32, "
             f"got {tensor_scale.dtype} of shape {tuple(tensor_scale.shape)}"
         )
-    args = (q.data_ptr(), s.data_ptr(), tensor_scale.data_ptr(), out.data_ptr(), m, k, code)
+    ts_ptr = None if tensor_scale is None else tensor_scale.data_ptr()
+    args = (q.data_ptr(), s.data_ptr(), ts_ptr, out.data_ptr(), m, k, code)
     _launch(fn, lib.dq_dequantize_nvfp4, out.device, *args)
 
 

@@ -143,7 +143,7 @@ def test_c_argument_checks():
     p = 256  # a fake, well-aligned "device pointer": never dereferenced on these paths
     mx, nv = lib.dq_dequantize_mxfp8, lib.dq_dequantize_nvfp4
     assert mx(None, p, p, 1, 32, 1, None) == -1
-    assert nv(p, p, None, p, 1, 16, 1, None) == -1
+    assert nv(None, p, p, p, 1, 16, 1, None) == -1  # (a NULL tensor_scale means 1)
     assert mx(p, p, p, 0, 32, 1, None) == -2
     assert mx(p, p, p, 1, 48, 1, None) == -2  # K % 32 != 0
     assert nv(p, p, p, p, 1, 24, 1, None) == -2  # K % 16 != 0
@@ -229,6 +229,17 @@ def test_dequantize_nvfp4_matches_reference(cuda_device, m, k, dtype):
     out = torch.empty(m, k, dtype=dtype, device=cuda_device)
     native.dequantize_nvfp4(q.to(cuda_device), s.to(cuda_device), ts.to(cuda_device), out)
     assert_bitwise_equal(out, formats.dequantize_nvfp4(q, s, ts, dtype))
+
+
+@pytest.mark.gpu
+def test_dequantize_nvfp4_without_tensor_scale(cuda_device):
+    """tensor_scale None decodes e2m1 x e4m3 alone (a tensor scale of 1), as the sm90 GEMM needs it."""
+    g = torch.Generator().manual_seed(11)
+    q = random_bytes((77, 80), g)
+    s = random_bytes(formats.NVFP4.scale_shape(77, 160), g).view(torch.float8_e4m3fn)
+    out = torch.empty(77, 160, dtype=torch.float16, device=cuda_device)
+    native.dequantize_nvfp4(q.to(cuda_device), s.to(cuda_device), None, out)
+    assert_bitwise_equal(out, formats.dequantize_nvfp4(q, s, torch.tensor(1.0), torch.float16))
 
 
 @pytest.mark.gpu

@@ -80,8 +80,7 @@ def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch
         native.dequantize_mxfp8(a_q, a_s, a)
         return a
     a = torch.empty(a_q.shape[0], 2 * a_q.shape[1], dtype=torch.float16, device=a_q.device)
-    # made per call: a cached tensor first made during CUDA-graph capture would hold no value eagerly
-    native.dequantize_nvfp4(a_q, a_s, torch.ones((), dtype=torch.float32, device=a_q.device), a)
+    native.dequantize_nvfp4(a_q, a_s, None, a)  # no tensor scale: the GEMM applies it
     return a
 
 
