@@ -159,10 +159,10 @@ __device__ __forceinline__ void fence(uint32_t (&r)[4][4]) {
 
 // ---- the weight decode: one K step of rows g and g + 8 into the four k16 A fragments ------------
 
-// The two scale-tile words of the thread's rows: the 4 scale bytes of tile row r are the word at
-// (r % 32) * 16 + (r / 32) * 4.
+// The 4 scale bytes of row `row` (0..127) of a 512-byte scale tile: one 32-bit word of the
+// canonical layout (a tile is the layout of 128 rows with 4 scale columns).
 __device__ __forceinline__ uint32_t scale_word(const uint8_t* tile, int row) {
-  return *reinterpret_cast<const uint32_t*>(tile + (row % 32) * 16 + (row / 32) * 4);
+  return *reinterpret_cast<const uint32_t*>(tile + swizzled_scale_offset(row, 0, 4));
 }
 
 // Two e4m3 bytes (low 16 bits of `pair`) times 2^(e - 127) -> bf16x2, exact within the domain in
