@@ -106,21 +106,31 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *   bias:     NULL or float32 [N], 16-byte aligned.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
  *   M, N, K:  1 <= M <= INT32_MAX - 256, 1 <= N <= INT32_MAX - 128 with N % 8 == 0, 32 <= K <=
- *             INT32_MAX - 64 with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX (CTAs) and
+ *             INT32_MAX - 64 with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX / 2 (CTAs) and
  *             ceil(N / 128) * ceil(K / (4 * block)) * 32 <= INT32_MAX (16-byte scale rows), else
  *             DQ_ERR_BAD_SHAPE.
  *   tokens:   the token tile (activation rows per CTA, with 128 weight rows): 64, 128 or 256, or 0
- *             for the kernel's choice, dq_sm90_mixed_mm_tokens(M, N); else DQ_ERR_BAD_CONFIG.
+ *             for the kernel's choice; else DQ_ERR_BAD_CONFIG.
+ *   workspace: NULL, or workspace_bytes >= the plan's (dq_sm90_mixed_mm_plan) of device memory,
+ *             16-byte aligned, for the split tail: the tiles of a last, partly idle wave of CTAs are
+ *             split along K over up to 4 CTAs that add their float32 sums there (its counters are
+ *             zeroed on the stream first). NULL runs every tile whole. A smaller workspace_bytes
+ *             than the plan's: DQ_ERR_BAD_CONFIG.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
  * DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */
 DQ_API int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
                                   void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
-                                  void* stream);
+                                  void* workspace, int64_t workspace_bytes, void* stream);
 DQ_API int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
                                   const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
-                                  int64_t N, int64_t K, int out_dtype, int tokens, void* stream);
-DQ_API int dq_sm90_mixed_mm_tokens(int64_t M, int64_t N);
+                                  int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
+                                  int64_t workspace_bytes, void* stream);
+/* The plan of dq_sm90_*_mixed_mm with a workspace for an M x N x K problem and `tokens` (0: the
+ * kernel's choice) on the current device: the token tile, the splits of the tail tiles (1: none)
+ * and the workspace bytes it needs (0: none). DQ_OK, DQ_ERR_BAD_SHAPE or DQ_ERR_BAD_CONFIG. */
+DQ_API int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
+                                 int64_t* workspace_bytes);
 
 /*
  * Hopper GEMMs for few activation rows (present with the sm90_gemm family, like dq_sm90_mxfp8_mixed_mm),

@@ -33,6 +33,11 @@
 // piece of a row that holds one k16 step (shared by the four lanes of a quad: a broadcast) and
 // picks its bytes with byte permutes.
 //
+// Grid: one CTA per (weight tile, token tile), in tile_of's grouped order. One CTA fits per SM, so
+// a last wave holding fewer tiles than SMs would leave SMs idle: its tiles are split along K over
+// up to 4 CTAs each (choose_plan), and the last CTA of a tile adds the others' float32 sums from a
+// workspace before the epilogue (4608 x 15360 x 3072: 3 splits of the 36 tail tiles, 15 % faster).
+//
 // Edges: TMA fills tokens past M, weight rows past N and K past the end with zeros; the scales of
 // blocks past K are set to 0 so the (zero) data decodes to 0 whatever the padding bytes hold. Rows
 // past N may decode padding scales to anything, but the MMA keeps rows apart and they are not
@@ -41,6 +46,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -265,6 +271,11 @@ struct Problem {
   const float* bias;      // null or float32 [N]
   int M, N, K;
   int scale_tiles_per_row;  // round_up(K / block, 4) / 4: 512-byte scale tiles per 128-row block
+  // The split tail (Plan): CTAs below whole_tiles take one tile each; each later tile is split
+  // along K over `splits` CTAs, whose float32 sums meet in `partials`, counted in `arrivals`.
+  int whole_tiles, splits;
+  float* partials;  // [tile - whole_tiles][split < splits - 1][consumer][accumulator register][thread]
+  int* arrivals;    // [tile - whole_tiles], zero before the launch
 };
 
 // The (weight tile, token tile) of CTA `cta`. CTAs go through the weight tiles in groups of
@@ -277,11 +288,23 @@ struct Tile {
   int w, token;  // weight tile (128 rows of N), token tile (kTokens rows of M)
 };
 template <int kTokens>
-__device__ __forceinline__ Tile tile_of(int cta, const Problem& p) {
+__device__ __forceinline__ Tile tile_of(int index, const Problem& p) {
   const int w_tiles = (p.N + kRows - 1) / kRows, token_tiles = (p.M + kTokens - 1) / kTokens;
-  const int group = cta / (kGroupTiles * token_tiles), first = group * kGroupTiles;
-  const int size = min(kGroupTiles, w_tiles - first), in_group = cta - first * token_tiles;
+  const int group = index / (kGroupTiles * token_tiles), first = group * kGroupTiles;
+  const int size = min(kGroupTiles, w_tiles - first), in_group = index - first * token_tiles;
   return {first + in_group % size, in_group / size};
+}
+
+// What CTA `cta` computes: tile `tile` (in tile_of's order) over K steps [begin, end), as split
+// `split` of the tile's `Problem::splits` (0 of 1 for a whole tile). A split tile's CTAs are
+// consecutive, its last split last, so the CTAs it waits for were launched before it.
+struct Work {
+  int tile, split, begin, end;
+};
+__device__ __forceinline__ Work work_of(int cta, const Problem& p, int k_steps) {
+  if (cta < p.whole_tiles) return {cta, 0, 0, k_steps};
+  const int r = cta - p.whole_tiles, split = r % p.splits;
+  return {p.whole_tiles + r / p.splits, split, k_steps * split / p.splits, k_steps * (split + 1) / p.splits};
 }
 
 template <Format F, bool kBf16, int kTokens, typename Out>
@@ -294,9 +317,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t misalignment = cute::cast_smem_ptr_to_uint(smem_raw) % 1024;
   Storage& smem = *reinterpret_cast<Storage*>(smem_raw + (1024 - misalignment) % 1024);
 
-  const Tile tile = tile_of<kTokens>(blockIdx.x, p);
-  const int w_tile = tile.w, token_tile = tile.token;
   const int k_steps = (p.K + kTileK - 1) / kTileK;
+  const Work work = work_of(blockIdx.x, p, k_steps);
+  const Tile tile = tile_of<kTokens>(work.tile, p);
+  const int w_tile = tile.w, token_tile = tile.token;
+  const int steps = work.end - work.begin;  // this CTA's K steps, work.begin + i for i < steps
   const int warpgroup = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -311,9 +336,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warpgroup == 0) {  // producer: one thread issues every load
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
-      for (int ks = 0; ks < k_steps; ++ks) {
-        const int s = ks % kStages;
-        smem.empty[s].wait(((ks / kStages) & 1) ^ 1);
+      for (int i = 0; i < steps; ++i) {
+        const int s = i % kStages, ks = work.begin + i;
+        smem.empty[s].wait(((i / kStages) & 1) ^ 1);
         Stage<F, kTokens>& stage = smem.stages[s];
         uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
         smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
@@ -338,17 +363,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
 
-  // Decodes K step ks into f once its stage has landed.
-  auto decode = [&](int ks, uint32_t(&f)[4][4]) {
-    const Stage<F, kTokens>& stage = smem.stages[ks % kStages];
-    smem.full[ks % kStages].wait((ks / kStages) & 1);
-    decode_step<kBf16>(stage.w, stage.w_scales, ks, p.K, row, lane % 4, f, std::integral_constant<Format, F>{});
+  // Decodes the CTA's K step i (K step work.begin + i) into f once its stage has landed.
+  auto decode = [&](int i, uint32_t(&f)[4][4]) {
+    const Stage<F, kTokens>& stage = smem.stages[i % kStages];
+    smem.full[i % kStages].wait((i / kStages) & 1);
+    decode_step<kBf16>(stage.w, stage.w_scales, work.begin + i, p.K, row, lane % 4, f,
+                       std::integral_constant<Format, F>{});
   };
-  // K step ks: issues its four wgmmas on `cur`, decodes step ks + 1 into `next` while they run,
+  // The CTA's K step i: issues its four wgmmas on `cur`, decodes step i + 1 into `next` while they run,
   // then waits for them and releases the stage. No wgmma stays in flight across steps (ptxas
   // serializes every wgmma of a loop that keeps one in flight across its back edge).
-  auto step = [&](int ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
-    const int s = ks % kStages;
+  auto step = [&](int i, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
+    const int s = i % kStages;
     fence(cur);
     fence(acc);
     cute::warpgroup_arrive();
@@ -356,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j) wgmma<Op>(cur[j], sw128_descriptor(a + 32 * j), acc, std::make_index_sequence<kAcc>{});
     cute::warpgroup_commit_batch();
-    if (ks + 1 < k_steps) decode(ks + 1, next);
+    if (i + 1 < steps) decode(i + 1, next);
     cute::warpgroup_wait<0>();
     fence(acc);
     fence(cur);  // keeps cur's registers from being reused before the wgmmas are done
@@ -367,12 +393,41 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   uint32_t frag[2][4][4];  // two K steps' A fragments: one feeds the wgmmas, the other is decoded
   decode(0, frag[0]);
-  int ks = 0;
-  for (; ks + 1 < k_steps; ks += 2) {
-    step(ks, frag[0], frag[1]);
-    step(ks + 1, frag[1], frag[0]);
+  int i = 0;
+  for (; i + 1 < steps; i += 2) {
+    step(i, frag[0], frag[1]);
+    step(i + 1, frag[1], frag[0]);
   }
-  if (ks < k_steps) step(ks, frag[0], frag[1]);
+  if (i < steps) step(i, frag[0], frag[1]);
+
+  // A split tile: every split but the last leaves its sums in `partials` and leaves; the last adds
+  // them to its own once all have arrived (each consumer warpgroup its own 64 weight rows).
+  if (work.tile >= p.whole_tiles) {
+    const int tail = work.tile - p.whole_tiles;
+    auto partials_of = [&](int split) {
+      return p.partials + ((int64_t(tail) * (p.splits - 1) + split) * kConsumers + consumer) * kAcc * 128;
+    };
+    if (work.split + 1 < p.splits) {
+      float* mine = partials_of(work.split);
+#pragma unroll
+      for (int r = 0; r < kAcc; ++r) mine[r * 128 + t] = acc[r];
+      __threadfence();
+      cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+      if (t == 0) atomicAdd(p.arrivals + tail, 1);
+      return;
+    }
+    if (t == 0) {
+      const int expected = (p.splits - 1) * kConsumers;
+      while (*reinterpret_cast<volatile int*>(p.arrivals + tail) < expected) __nanosleep(128);
+      __threadfence();
+    }
+    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+    for (int split = 0; split + 1 < p.splits; ++split) {
+      const float* theirs = partials_of(split);
+#pragma unroll
+      for (int r = 0; r < kAcc; ++r) acc[r] += __ldcg(theirs + r * 128 + t);
+    }
+  }
 
   // Epilogue: v = alpha * acc + bias in float32, rounded once, staged as [token][weight row] and
   // written as 16-byte row pieces. Accumulator register 4q + h holds weight row `row` + 8 (h / 2)
@@ -422,7 +477,8 @@ int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int
 }
 
 template <Format F, bool kBf16, int kTokens, typename Out>
-int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, cudaStream_t stream) {
+int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
+           cudaStream_t stream) {
   CUtensorMap a_map, w_map, s_map;
   if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
   constexpr int kRowBytes = WeightTile<F>::kRowBytes;
@@ -436,46 +492,82 @@ int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem&
   // The attribute belongs to the current device's context: set it on every launch (it is cheap).
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
     return e;
-  const int64_t ctas = int64_t((p.N + kRows - 1) / kRows) * ((p.M + kTokens - 1) / kTokens);
   kernel<<<dim3(ctas), kThreads, kSharedBytes, stream>>>(a_map, w_map, s_map, p, static_cast<Out*>(out));
   return cudaGetLastError();
 }
 
 template <Format F, bool kBf16, int kTokens>
-int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, int out_dtype,
-               cudaStream_t stream) {
+int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
+               int out_dtype, cudaStream_t stream) {
   switch (out_dtype) {
-    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, w_s, p, out, stream);
-    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, w_s, p, out, stream);
-    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, w_s, p, out, stream);
+    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, w_s, p, ctas, out, stream);
+    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, w_s, p, ctas, out, stream);
+    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, w_s, p, ctas, out, stream);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }
 
-// The token tile for a problem: the one with the least estimated time, waves of CTAs (one per SM)
-// times the tile's work, with the smaller tiles' lower efficiency per token (the same weight decode
-// and barriers per K step for fewer MMAs) as a penalty, measured on an H100 at 4096 x 3072 x 3072:
-// 1.45x (128) and 2.2x (64) the time per token of 256. `requested` (64, 128 or 256) overrides it.
-int tokens_for(int64_t M, int64_t N, int requested = 0) {
-  if (requested) return requested;
-  const int64_t weight_tiles = (N + kRows - 1) / kRows, sms = sm_count();
-  int best = 256;
+// How a problem runs: the token tile and the split tail. One CTA fits per SM, so `tiles` CTAs run
+// in waves of sm_count(); when the last wave holds only `tail` tiles, each of them is split along K
+// over `splits` CTAs (at most kMaxSplits, as many as the idle SMs allow), which add their float32
+// sums through a workspace: [tail] arrival counters (rounded up to 16 bytes), then the partial sums.
+constexpr int kMaxSplits = 4;
+struct Plan {
+  int tokens, splits;
+  int64_t whole_tiles, ctas, workspace_bytes;
+};
+
+Plan plan_for(int64_t M, int64_t N, int64_t K, int tokens, bool split_tail) {
+  const int64_t sms = sm_count(), k_steps = (K + kTileK - 1) / kTileK;
+  const int64_t tiles = (N + kRows - 1) / kRows * ((M + tokens - 1) / tokens), tail = tiles % sms;
+  Plan plan{tokens, 1, tiles, tiles, 0};
+  const int64_t splits = split_tail && tail ? std::min<int64_t>({kMaxSplits, sms / tail, k_steps}) : 1;
+  if (splits > 1) {
+    plan.splits = int(splits);
+    plan.whole_tiles = tiles - tail;
+    plan.ctas = plan.whole_tiles + tail * splits;
+    plan.workspace_bytes = (tail * 4 + 15) / 16 * 16 + tail * (splits - 1) * kConsumers * (tokens / 2) * 128 * 4;
+  }
+  return plan;
+}
+
+// The plan for a problem: the token tile with the least estimated time, in waves of CTAs (a split
+// tail wave counting 1 / splits, plus 5 % for adding the sums) times the tile's work, with the
+// smaller tiles' lower efficiency per token (the same weight decode and barriers per K step for
+// fewer MMAs) as a penalty, measured on an H100 at 4096 x 3072 x 3072: 1.45x (128) and 2.2x (64)
+// the time per token of 256. `requested` (64, 128 or 256) fixes the token tile; without
+// `split_tail` (no workspace) every tile runs whole.
+Plan choose_plan(int64_t M, int64_t N, int64_t K, int requested, bool split_tail) {
+  if (requested) return plan_for(M, N, K, requested, split_tail);
+  const int64_t sms = sm_count();
+  Plan best{};
   double best_cost = 0;
   for (const auto [tokens, penalty] : {std::pair{256, 1.0}, std::pair{128, 1.45}, std::pair{64, 2.2}}) {
-    const int64_t waves = (weight_tiles * ((M + tokens - 1) / tokens) + sms - 1) / sms;
-    const double cost = double(waves) * tokens * penalty;
-    if (best_cost == 0 || cost < best_cost) best = tokens, best_cost = cost;
+    const Plan plan = plan_for(M, N, K, tokens, split_tail);
+    const int64_t tail = (plan.ctas - plan.whole_tiles) / plan.splits;  // split tiles, or 0
+    double waves = double((plan.whole_tiles + sms - 1) / sms);
+    if (tail) waves += 1.0 / plan.splits + 0.05;
+    const double cost = waves * tokens * penalty;
+    if (best_cost == 0 || cost < best_cost) best = plan, best_cost = cost;
   }
   return best;
 }
 
 template <Format F, bool kBf16>
-int launch_tokens(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, void* out, int out_dtype,
-                  int tokens, cudaStream_t stream) {
-  switch (tokens_for(p.M, p.N, tokens)) {
-    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, out, out_dtype, stream);
-    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, out, out_dtype, stream);
-    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, out, out_dtype, stream);
+int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p, const Plan& plan, void* workspace,
+                void* out, int out_dtype, cudaStream_t stream) {
+  p.whole_tiles = int(plan.whole_tiles);
+  p.splits = plan.splits;
+  if (plan.splits > 1) {
+    const int64_t tail = (plan.ctas - plan.whole_tiles) / plan.splits, counters = (tail * 4 + 15) / 16 * 16;
+    p.arrivals = static_cast<int*>(workspace);
+    p.partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + counters);
+    if (cudaError_t e = cudaMemsetAsync(workspace, 0, counters, stream)) return e;
+  }
+  switch (plan.tokens) {
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
+    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
   }
 }
 
@@ -485,46 +577,61 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 template <Format F>
 int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, const float* alpha_a,
         const float* alpha_b, const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
-        int tokens, void* stream) {
+        int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
   if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
   // Tile coordinates, row indices, the CTA index and TMA's coordinates are int: keep M and N a
-  // tile below INT32_MAX, the CTA count (at the smallest token tile) within the 1-D grid and the
-  // 16-byte rows of the scales within TMA's reach.
+  // tile below INT32_MAX, the CTA count (at the smallest token tile, with room for the split tail)
+  // within the 1-D grid and the 16-byte rows of the scales within TMA's reach.
   const int block = F == Format::kMxfp8 ? 32 : 16;
   const int64_t scale_tiles_per_row = swizzled_padded_cols(K / block) / 4;
   if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || M > INT32_MAX - 256 || N > INT32_MAX - kRows ||
-      K > INT32_MAX - kTileK || (N + kRows - 1) / kRows * ((M + 63) / 64) > INT32_MAX ||
+      K > INT32_MAX - kTileK || (N + kRows - 1) / kRows * ((M + 63) / 64) > INT32_MAX / 2 ||
       (N + kRows - 1) / kRows * scale_tiles_per_row * 32 > INT32_MAX)
     return DQ_ERR_BAD_SHAPE;
   if (a_dtype != DQ_BFLOAT16 && a_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
   if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
   for (const void* ptr : {a, static_cast<const void*>(w_q), static_cast<const void*>(w_s),
-                          static_cast<const void*>(bias), static_cast<const void*>(out)})
+                          static_cast<const void*>(bias), static_cast<const void*>(out),
+                          static_cast<const void*>(workspace)})
     if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
-  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row)};
+  const Plan plan = choose_plan(M, N, K, tokens, workspace != nullptr);
+  if (workspace_bytes < plan.workspace_bytes) return DQ_ERR_BAD_CONFIG;
+  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row), 0, 1, nullptr, nullptr};
   auto s = static_cast<cudaStream_t>(stream);
-  if (a_dtype == DQ_BFLOAT16) return launch_tokens<F, true>(a, w_q, w_s, p, out, out_dtype, tokens, s);
-  if constexpr (F == Format::kNvfp4) return launch_tokens<F, false>(a, w_q, w_s, p, out, out_dtype, tokens, s);
+  if (a_dtype == DQ_BFLOAT16) return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
+  if constexpr (F == Format::kNvfp4) return launch_plan<F, false>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
   return DQ_ERR_BAD_DTYPE;  // MXFP8 decodes to bf16 only
 }
 
 }  // namespace
 }  // namespace dq::sm90_mixed
 
-extern "C" int dq_sm90_mixed_mm_tokens(int64_t M, int64_t N) { return dq::sm90_mixed::tokens_for(M, N); }
+extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
+                                    int64_t* workspace_bytes) {
+  using namespace dq::sm90_mixed;
+  if (M < 1 || N < 1 || K < 32) return DQ_ERR_BAD_SHAPE;
+  if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
+  const Plan plan = choose_plan(M, N, K, tokens, true);
+  *tokens_out = plan.tokens;
+  *splits_out = plan.splits;
+  *workspace_bytes = plan.workspace_bytes;
+  return DQ_OK;
+}
 
 extern "C" int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
                                       void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
-                                      void* stream) {
+                                      void* workspace, int64_t workspace_bytes, void* stream) {
   using namespace dq::sm90_mixed;
   return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, out, M, N, K, out_dtype, tokens,
-                             stream);
+                             workspace, workspace_bytes, stream);
 }
 
 extern "C" int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
                                       const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
-                                      int64_t N, int64_t K, int out_dtype, int tokens, void* stream) {
+                                      int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
+                                      int64_t workspace_bytes, void* stream) {
   using namespace dq::sm90_mixed;
   if (!b_ts) return DQ_ERR_NULL_POINTER;
-  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, out, M, N, K, out_dtype, tokens, stream);
+  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, out, M, N, K, out_dtype, tokens, workspace,
+                             workspace_bytes, stream);
 }

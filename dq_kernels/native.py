@@ -36,7 +36,8 @@ __all__ = [
     "sm90_nvfp4_w4a16_skinny_mm",
     "sm90_mxfp8_mixed_mm",
     "sm90_nvfp4_mixed_mm",
-    "sm90_mixed_tokens",
+    "sm90_mixed_plan",
+    "Sm90MixedPlan",
     "SM90_SKINNY_MAX_M",
     "sm100_mxfp8_mm",
     "sm100_nvfp4_mm",
@@ -108,12 +109,12 @@ def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p]
-    lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
-    lib.dq_sm90_mixed_mm_tokens.argtypes = [i64, i64]
+    lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
+    lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
+    lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p]
     for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
                lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm,
-               lib.dq_sm90_mixed_mm_tokens):
+               lib.dq_sm90_mixed_mm_plan):
         fn.restype = i32
 
 
@@ -446,7 +447,7 @@ def _check_tokens(fn: str, tokens: int) -> None:
         raise ValueError(f"dq_kernels.native.{fn}: tokens must be 0, 64, 128 or 256, got {tokens!r}")
 
 
-def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
+def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, split_tail: bool = True) -> None:
     """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
 
@@ -454,7 +455,10 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
     ``sm90_mxfp8_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All
     contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up to the float32
     accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
-    tokens: activation rows per CTA, 64, 128 or 256, or 0 for ``sm90_mixed_tokens(M, N)``.
+    tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
+    (``sm90_mixed_plan``). split_tail: whether the tiles of a last, partly idle wave of CTAs may be
+    split along K (``Sm90MixedPlan.splits``; the workspace comes from torch's allocator on out's
+    device); False runs every tile whole (the sums differ only in float32 rounding).
     """
     import torch
 
@@ -462,18 +466,19 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0) -> None:
     _check_tokens(fn, tokens)
     lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
     bias_ptr = None if bias is None else bias.data_ptr()
+    workspace = _mixed_workspace(m, n, k, tokens, out.device) if split_tail else None
     args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
-    _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args)
+    _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args, *_pointer_and_bytes(workspace))
 
 
-def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0) -> None:
+def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, split_tail: bool = True) -> None:
     """out = (a_ts * b_ts) * (a @ b.T) (+ bias) for a 16-bit activation and an NVFP4 weight, with
     the Hopper mixed-input kernel (csrc/sm90_mixed_gemm.cu).
 
     a: bfloat16 or float16 [M, K] (for W4A4: the activation's exact e2m1 x e4m3 decode, without its
     tensor scale, which is a_ts); a_ts: None (weight-only) or one float32; b_q, b_s, b_ts: the NVFP4
-    weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens as for ``sm90_mxfp8_mixed_mm``. Exact
-    up to the float32 accumulation order.
+    weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens, split_tail as for
+    ``sm90_mxfp8_mixed_mm``. Exact up to the float32 accumulation order.
     """
     import torch
 
@@ -484,13 +489,44 @@ def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0) -> 
     bias_ptr = None if bias is None else bias.data_ptr()
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
-    _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args, out.data_ptr(), m, n, k, code, tokens)
+    workspace = _mixed_workspace(m, n, k, tokens, out.device) if split_tail else None
+    args += (out.data_ptr(), m, n, k, code, tokens, *_pointer_and_bytes(workspace))
+    _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args)
 
 
-def sm90_mixed_tokens(m: int, n: int) -> int:
-    """The activation rows per CTA (64, 128 or 256) the sm_90a mixed-input kernel picks for an
-    [m, K] x [n, K]^T product on the current CUDA device (its SM count; 132 without one)."""
-    return _family_library("sm90_mixed_tokens", SM90_FAMILY).dq_sm90_mixed_mm_tokens(m, n)
+@dataclass(frozen=True)
+class Sm90MixedPlan:
+    """How the sm_90a mixed-input kernel runs a problem (``sm90_mixed_plan``)."""
+
+    tokens: int  # activation rows per CTA: 64, 128 or 256
+    splits: int  # CTAs per tile of the last, partly idle wave of CTAs (split along K); 1: none
+    workspace_bytes: int  # device memory the split tail needs (0 without one)
+
+
+def sm90_mixed_plan(m: int, n: int, k: int, tokens: int = 0) -> Sm90MixedPlan:
+    """The plan of ``sm90_*_mixed_mm`` for an [m, k] x [n, k]^T product and ``tokens`` (0: the
+    kernel's choice) on the current CUDA device (its SM count; 132 without one)."""
+    fn = "sm90_mixed_plan"
+    _check_tokens(fn, tokens)
+    lib = _family_library(fn, SM90_FAMILY)
+    tokens_out, splits, workspace = ctypes.c_int(), ctypes.c_int(), ctypes.c_int64()
+    code = lib.dq_sm90_mixed_mm_plan(m, n, k, tokens, ctypes.byref(tokens_out), ctypes.byref(splits), ctypes.byref(workspace))
+    if code != 0:
+        raise ValueError(f"dq_kernels.native.{fn}: M={m} N={n} K={k}: {lib.dq_error_string(code).decode()}")
+    return Sm90MixedPlan(tokens_out.value, splits.value, workspace.value)
+
+
+def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device) -> torch.Tensor | None:
+    """A fresh workspace (uint8, on ``device``) for the mixed-input kernel's plan, or None. The
+    caller keeps it alive until the kernel is enqueued."""
+    import torch
+
+    needed = sm90_mixed_plan(m, n, k, tokens).workspace_bytes
+    return torch.empty(needed, dtype=torch.uint8, device=device) if needed else None
+
+
+def _pointer_and_bytes(workspace: torch.Tensor | None) -> tuple[int | None, int]:
+    return (None, 0) if workspace is None else (workspace.data_ptr(), workspace.numel())
 
 
 def sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out, config: str = "auto") -> None:

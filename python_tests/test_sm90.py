@@ -519,7 +519,7 @@ def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
     a, b_q, b_s, a_ts, b_ts, product = mixed_operands(kind, m, n, k, seed=m + n + k)
     bias = torch.randn(n, device=CUDA) * 10
     expected = product + bias.cpu().double()
-    picked = native.sm90_mixed_tokens(m, n)
+    picked = native.sm90_mixed_plan(m, n, k).tokens
     assert picked in (64, 128, 256)
     for out_dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 4e-3)):
         results = []
@@ -532,6 +532,32 @@ def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
             assert relative_error(out, expected) < tolerance, (out_dtype, tokens)
             results.append(out)
         assert torch.equal(results[0], results[1 + (64, 128, 256).index(picked)])  # tokens = 0 runs the picked tile
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("kind", ["mxfp8", "w4a4", "w4a16_bf16"])
+def test_mixed_kernel_split_tail_matches_whole_tiles(kind):
+    """One tile more per SM than a wave plus 4 (M = 64, 64-token tiles): the 4 tiles of the last
+    wave are split along K over 4 CTAs each, whose sums meet in the workspace. Within 1e-5 of fp64
+    like the whole-tile run (split_tail=False), and equal to it up to float32 rounding."""
+    sms = torch.cuda.get_device_properties(CUDA).multi_processor_count
+    m, n, k = 64, 128 * (sms + 4), 320
+    plan = native.sm90_mixed_plan(m, n, k, tokens=64)
+    assert (plan.splits, plan.workspace_bytes > 0) == (4, True)
+    a, b_q, b_s, a_ts, b_ts, product = mixed_operands(kind, m, n, k, seed=7)
+    bias = torch.randn(n, device=CUDA)
+    expected = product + bias.cpu().double()
+    outs = []
+    for split_tail in (True, False):
+        out = torch.empty(m, n, device=CUDA)
+        if kind == "mxfp8":
+            native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, 64, split_tail=split_tail)
+        else:
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, 64, split_tail=split_tail)
+        assert relative_error(out, expected) < 1e-5, split_tail
+        outs.append(out)
+    assert ((outs[0] - outs[1]).norm() / outs[1].norm()).item() < 1e-6
 
 
 @pytest.mark.gpu

@@ -66,10 +66,13 @@ def skinny_config(m: int) -> str:
     return f"sm90_skinny_16x{tokens}_mma16816"
 
 
-def mixed_config(m: int, n: int) -> str:
+def mixed_config(m: int, n: int, k: int) -> str:
     """The mixed-input kernel's tile, for the benchmark row: 128 weight rows (two consumer
-    warpgroups) by the token tile it picks for the shape, 64 of K per stage, wgmma m64nTk16."""
-    return f"sm90_mixed_128x{native.sm90_mixed_tokens(m, n)}x64_wgmma"
+    warpgroups) by the token tile it picks for the shape, 64 of K per stage, wgmma m64nTk16, and
+    the K splits of its tail tiles if it splits them."""
+    plan = native.sm90_mixed_plan(m, n, k)
+    tail = f"_tail_split{plan.splits}" if plan.splits > 1 else ""
+    return f"sm90_mixed_128x{plan.tokens}x64_wgmma{tail}"
 
 
 def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
@@ -138,7 +141,7 @@ class CutlassBackend(Backend):
         """The config for the current CUDA device (sm_90a: the skinny or the mixed-input kernel's
         tile), else sm_100a's."""
         if torch.cuda.is_available() and _on_hopper(torch.device("cuda", torch.cuda.current_device())):
-            return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else mixed_config(m, n)
+            return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else mixed_config(m, n, k)
         return native.sm100_mm_plan(fmt, m, n, k).config
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
