@@ -24,7 +24,9 @@ from .formats import FORMATS, MXFP8, NVFP4, Format, from_blocked, to_blocked
 from .ops import (
     dequantize_mxfp8,
     dequantize_nvfp4,
+    mxfp8_linear,
     mxfp8_mm,
+    nvfp4_linear,
     nvfp4_mm,
     nvfp4_weight_only_mm,
     quantize_mxfp8,
@@ -49,6 +51,8 @@ __all__ = [
     "mxfp8_mm",
     "nvfp4_mm",
     "nvfp4_weight_only_mm",
+    "mxfp8_linear",
+    "nvfp4_linear",
     "available_backends",
     "get_backend",
     "use_backend",

@@ -15,10 +15,18 @@ Schemas::
     nvfp4_mm(Tensor a_q, Tensor a_s, Tensor a_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias,
              ScalarType out_dtype, str? backend) -> Tensor
     nvfp4_weight_only_mm(Tensor a, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, str? backend) -> Tensor
+    mxfp8_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor? bias, str scaling, str? cast_backend,
+                 str? mm_backend) -> Tensor
+    nvfp4_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? activation_scale, Tensor? bias,
+                 str? cast_backend, str? mm_backend) -> Tensor
 
 The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight) in the canonical
 format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
 epilogue. ``nvfp4_weight_only_mm`` (W4A16) takes a in high precision and returns a's dtype.
+The linear ops are a quantized Linear in one op: the cast op on x [M, K] then the mm op, returning
+x's dtype; where the mm backend takes its activation decoded (``takes_decoded_activation``) and the
+cast backend can round to the format's grid and decode in one pass, the quantized activation is
+never written. Same result either way.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ __all__ = [
     "mxfp8_mm",
     "nvfp4_mm",
     "nvfp4_weight_only_mm",
+    "mxfp8_linear",
+    "nvfp4_linear",
 ]
 
 
@@ -242,6 +252,72 @@ def _(a, b_q, b_s, b_ts, bias, backend):
 
 
 # ----------------------------------------------------------------------------------------------
+# Quantized Linear: cast + GEMM in one op
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_linear(fn, fmt, x, b_q, b_s, bias) -> tuple[int, int, int]:
+    """Check a linear op's activation x [M, K] and weight; return (M, N, K)."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"{fn}: x must be a 2-D [M, K] tensor, got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}")
+    m, k = formats.check_high_precision(fn, "x", x, fmt.block_size)
+    n = _check_weight_and_bias(fn, fmt, "x", x, k, b_q, b_s, bias)
+    return m, n, k
+
+
+@_op(
+    "mxfp8_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor? bias, str scaling, str? cast_backend, "
+    "str? mm_backend) -> Tensor"
+)
+def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
+    m, n, k = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
+    _check_quantize_mxfp8(x, scaling)
+    cast = select("quantize_mxfp8", x.device, m, k, k, cast_backend)
+    mm = select("mxfp8_mm", x.device, m, n, k, mm_backend)
+    if mm.takes_decoded_activation("mxfp8_mm", x.device, m) and hasattr(cast, "quantize_dequantize_mxfp8"):
+        return mm.mxfp8_mm_decoded(cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
+    x_q, x_s = cast.quantize_mxfp8(x, scaling)
+    return mm.mxfp8_mm(x_q, x_s, b_q, b_s, bias, x.dtype)
+
+
+@_mxfp8_linear.register_fake
+def _(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
+    m, n, _ = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
+    _check_quantize_mxfp8(x, scaling)
+    return x.new_empty((m, n))
+
+
+def _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias):
+    fn = "dq_kernels.nvfp4_linear"
+    m, n, k = _check_linear(fn, NVFP4, x, b_q, b_s, bias)
+    formats.check_tensor_scale(fn, "b_ts", b_ts, x.device)
+    if activation_scale is not None:
+        formats.check_tensor_scale(fn, "activation_scale", activation_scale, x.device)
+    return m, n, k
+
+
+@_op(
+    "nvfp4_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? activation_scale, Tensor? bias, "
+    "str? cast_backend, str? mm_backend) -> Tensor"
+)
+def _nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
+    m, n, k = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
+    cast = select("quantize_nvfp4", x.device, m, k, k, cast_backend)
+    mm = select("nvfp4_mm", x.device, m, n, k, mm_backend)
+    if mm.takes_decoded_activation("nvfp4_mm", x.device, m) and hasattr(cast, "quantize_dequantize_nvfp4"):
+        values, x_ts = cast.quantize_dequantize_nvfp4(x, activation_scale)
+        return mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+    x_q, x_s, x_ts = cast.quantize_nvfp4(x, activation_scale)
+    return mm.nvfp4_mm(x_q, x_s, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+
+
+@_nvfp4_linear.register_fake
+def _(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
+    m, n, _ = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
+    return x.new_empty((m, n))
+
+
+# ----------------------------------------------------------------------------------------------
 # Public Python wrappers
 # ----------------------------------------------------------------------------------------------
 
@@ -315,3 +391,35 @@ def nvfp4_weight_only_mm(
     returns [M, N] of a's dtype. The activation keeps its precision, so the result differs from
     ``nvfp4_mm`` on a quantized activation: callers opt in (``NVFP4Config(weight_only=True)``)."""
     return torch.ops.dq_kernels.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend)
+
+
+def mxfp8_linear(
+    x: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    bias: Tensor | None = None,
+    scaling: str = "rceil",
+    cast_backend: str | None = None,
+    mm_backend: str | None = None,
+) -> Tensor:
+    """A quantized Linear in one op: ``mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias,
+    out_dtype=x.dtype)`` for x [M, K] (bf16/fp16/fp32) and a canonical MXFP8 weight b [N, K];
+    returns [M, N] of x's dtype. ``cast_backend`` / ``mm_backend`` choose the backends of the two
+    steps as ``backend`` does for those ops."""
+    return torch.ops.dq_kernels.mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend)
+
+
+def nvfp4_linear(
+    x: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    b_ts: Tensor,
+    activation_scale: Tensor | None = None,
+    bias: Tensor | None = None,
+    cast_backend: str | None = None,
+    mm_backend: str | None = None,
+) -> Tensor:
+    """A quantized Linear in one op: ``nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s,
+    b_ts, bias, out_dtype=x.dtype)`` for x [M, K] and a canonical NVFP4 weight with its tensor
+    scale; returns [M, N] of x's dtype. ``activation_scale``: None for a dynamic tensor scale."""
+    return torch.ops.dq_kernels.nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend)

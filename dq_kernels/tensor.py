@@ -9,11 +9,11 @@ original dtype that it replaces, and holds the canonical operands of ``dq_kernel
   round_up(K / 16, 4)], swizzled; ``tensor_scale`` 0-dim float32; optionally ``activation_scale``,
   a static 0-dim float32 tensor scale for the activations (None: computed per call).
 
-``F.linear(x, weight, bias)`` with x [..., K] reshapes x to [M, K], quantizes it with the cast op
-(``dq_kernels.ops.quantize_mxfp8`` / ``quantize_nvfp4``), runs the mm op and returns [..., N] of
-x's dtype. Each op call passes the weight's ``backend`` when that backend implements the op, and
-None otherwise ("auto", or the cast of an activation for a GEMM-only backend), so ``use_backend``
-and ``DQ_KERNELS_BACKEND`` still apply there.
+``F.linear(x, weight, bias)`` with x [..., K] reshapes x to [M, K] and runs the linear op
+(``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op),
+returning [..., N] of x's dtype. For each of the two steps it passes the weight's ``backend`` when
+that backend implements the step's op, and None otherwise ("auto", or the cast of an activation
+for a GEMM-only backend), so ``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply there.
 
 Also implemented: mm, addmm, matmul and ``@`` against ``weight.t()``; t/transpose; view/reshape
 to the same shape; slice and cat (rows anywhere, columns on block boundaries; cat needs equal
@@ -127,10 +127,8 @@ class MXFP8Weight(QuantizedWeight):
         return cls(q, s, w.dtype, scaling, backend)
 
     def _linear_2d(self, x, bias):
-        x_q, x_s = ops.quantize_mxfp8(x, self.scaling, backend=_op_backend(self.backend, "quantize_mxfp8"))
-        return ops.mxfp8_mm(
-            x_q, x_s, self.qdata, self.scale, bias, x.dtype, backend=_op_backend(self.backend, "mxfp8_mm")
-        )
+        cast_backend, mm_backend = _op_backend(self.backend, "quantize_mxfp8"), _op_backend(self.backend, "mxfp8_mm")
+        return ops.mxfp8_linear(x, self.qdata, self.scale, bias, self.scaling, cast_backend, mm_backend)
 
     def dequantize(self, dtype=None):
         w = ops.dequantize_mxfp8(self.qdata, self.scale, dtype or self.dtype)
@@ -181,9 +179,10 @@ class NVFP4Weight(QuantizedWeight):
     def _linear_2d(self, x, bias):
         if self.weight_only:
             return _weight_only_linear(x, self, bias)
-        x_q, x_s, x_ts = ops.quantize_nvfp4(x, self.activation_scale, backend=_op_backend(self.backend, "quantize_nvfp4"))
-        mm_backend = _op_backend(self.backend, "nvfp4_mm")
-        return ops.nvfp4_mm(x_q, x_s, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, backend=mm_backend)
+        cast_backend, mm_backend = _op_backend(self.backend, "quantize_nvfp4"), _op_backend(self.backend, "nvfp4_mm")
+        return ops.nvfp4_linear(
+            x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, cast_backend, mm_backend
+        )
 
     def dequantize(self, dtype=None):
         w = ops.dequantize_nvfp4(self.qdata, self.scale, self.tensor_scale, dtype or self.dtype)

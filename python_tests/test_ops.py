@@ -83,6 +83,39 @@ def test_opcheck_mm_ops(with_bias):
     )
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_opcheck_linear_ops(with_bias):
+    bias = torch.randn(40) if with_bias else None
+    x = torch.randn(33, 96, dtype=torch.bfloat16)
+    _, _, b_q, b_s = mxfp8_operands(33, 40, 96)
+    opcheck(torch.ops.dq_kernels.mxfp8_linear.default, (x, b_q, b_s, bias, "rceil", None, None), float8_inputs=True)
+    _, _, _, b_q, b_s, b_t = nvfp4_operands(33, 40, 96)
+    for activation_scale in (None, torch.tensor(0.01)):
+        args = (x, b_q, b_s, b_t, activation_scale, bias, None, None)
+        opcheck(torch.ops.dq_kernels.nvfp4_linear.default, args, float8_inputs=True)
+
+
+def test_linear_ops_are_cast_then_mm():
+    """The linear ops give what the cast op and the mm op give in sequence (bit for bit), in x's
+    dtype, and name their arguments in errors."""
+    x = torch.randn(33, 96, dtype=torch.bfloat16)
+    bias = torch.randn(40)
+    _, _, b_q, b_s = mxfp8_operands(33, 40, 96)
+    for scaling in ("rceil", "floor"):
+        expected = dq.mxfp8_mm(*dq.quantize_mxfp8(x, scaling), b_q, b_s, bias, out_dtype=x.dtype)
+        assert torch.equal(dq.mxfp8_linear(x, b_q, b_s, bias, scaling), expected)
+    _, _, _, b_q4, b_s4, b_t4 = nvfp4_operands(33, 40, 96)
+    for activation_scale in (None, torch.tensor(0.01)):
+        expected = dq.nvfp4_mm(*dq.quantize_nvfp4(x, activation_scale), b_q4, b_s4, b_t4, bias, out_dtype=x.dtype)
+        assert torch.equal(dq.nvfp4_linear(x, b_q4, b_s4, b_t4, activation_scale, bias), expected)
+    with pytest.raises(ValueError, match="x must be a 2-D"):
+        dq.mxfp8_linear(x[None], b_q, b_s)
+    with pytest.raises(ValueError, match="K = 64"):
+        dq.mxfp8_linear(x[:, :64], b_q, b_s)
+    with pytest.raises(ValueError, match="activation_scale"):
+        dq.nvfp4_linear(x, b_q4, b_s4, b_t4, torch.ones(2))
+
+
 # ---------------------------------------------------------------------------------------------- compile
 
 

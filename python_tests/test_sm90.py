@@ -562,6 +562,28 @@ def test_mixed_kernel_split_tail_matches_whole_tiles(kind):
 
 @pytest.mark.gpu
 @needs_hopper_kernel
+@pytest.mark.parametrize("m", [65, 300, 4096])
+def test_linear_ops_hand_the_mixed_kernel_a_decoded_activation(m):
+    """Above the skinny range on 9.0 the linear ops round x to the format's grid and decode it in one
+    cast pass (the quantized activation is never written): bit for bit what cast + mm give."""
+    n, k = 272, 320
+    x = torch.randn(m, k, device=CUDA, dtype=torch.bfloat16) * 3
+    w = torch.randn(n, k, device=CUDA)
+    bias = torch.randn(n, device=CUDA)
+    assert dq.get_backend("cutlass").takes_decoded_activation("mxfp8_mm", x.device, m)
+    assert hasattr(backends.select("quantize_mxfp8", x.device, m, k, k), "quantize_dequantize_mxfp8")
+    b_q, b_s = dq.quantize_mxfp8(w)
+    expected = dq.mxfp8_mm(*dq.quantize_mxfp8(x), b_q, b_s, bias, out_dtype=x.dtype, backend="cutlass")
+    assert torch.equal(dq.mxfp8_linear(x, b_q, b_s, bias, mm_backend="cutlass"), expected)
+    b_q, b_s, b_t = dq.quantize_nvfp4(w)
+    for activation_scale in (None, torch.tensor(0.05, device=CUDA)):
+        x_q = dq.quantize_nvfp4(x, activation_scale)
+        expected = dq.nvfp4_mm(*x_q, b_q, b_s, b_t, bias, out_dtype=x.dtype, backend="cutlass")
+        assert torch.equal(dq.nvfp4_linear(x, b_q, b_s, b_t, activation_scale, bias, mm_backend="cutlass"), expected)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
 def test_mixed_kernel_never_reads_padding_bytes():
     """K = 160 and N = 136: NaN in every padding byte of the weight's scales (rows past N, scale
     columns past K) changes nothing, for MXFP8 and NVFP4 weights."""

@@ -88,7 +88,46 @@ def test_interpreted_row_stride_and_special_values():
     assert_same_nvfp4(triton_cast.quantize_nvfp4(x, None), formats.quantize_nvfp4(x, None))
 
 
+def assert_same_values(out, ref, interpreted=False):
+    """Bit-identical values, NaN where the reference has NaN. Under the interpreter, whose bf16
+    conversion of subnormals is wrong (see interpretable), the reference's subnormals are skipped."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    keep = torch.ones_like(ref, dtype=torch.bool)
+    if interpreted:
+        keep = ~((ref != 0) & (ref.abs() < torch.finfo(ref.dtype).tiny))
+    torch.testing.assert_close(out[keep], ref[keep], rtol=0, atol=0, equal_nan=True)
+
+
+def check_quantize_dequantize(x, interpreted=False):
+    """quantize_dequantize_* against the reference quantize followed by the reference decode."""
+    for scaling in ("rceil", "floor"):
+        ref = formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, scaling), torch.bfloat16)
+        assert_same_values(triton_cast.quantize_dequantize_mxfp8(x, scaling), ref, interpreted)
+    for ts in (None, torch.tensor(0.37, device=x.device)):
+        q, s, t = formats.quantize_nvfp4(x, ts)
+        values, t_out = triton_cast.quantize_dequantize_nvfp4(x, ts)
+        assert torch.equal(t_out, t)
+        one = torch.ones((), device=x.device)
+        assert_same_values(values, formats.dequantize_nvfp4(q, s, one, torch.float16), interpreted)
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 32), (77, 160)])
+def test_interpreted_quantize_dequantize_matches_reference(dtype, m, k):
+    check_quantize_dequantize(finite_tensor_scale(interpretable(awkward(m, k, dtype, seed=m + 2 * k))), interpreted=True)
+
+
 # ---------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 32), (77, 160), (300, 96), (4096, 3072)])
+def test_quantize_dequantize_bit_identical_on_gpu(dtype, m, k):
+    check_quantize_dequantize(finite_tensor_scale(awkward(m, k, dtype, seed=m + 2 * k)).cuda())
+
+
 
 
 @pytest.mark.gpu

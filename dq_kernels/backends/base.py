@@ -144,6 +144,12 @@ class Backend:
         """The kernel configuration this backend would run for this shape ("" if it has none)."""
         return ""
 
+    def takes_decoded_activation(self, op: str, device: torch.device, m: int) -> bool:
+        """Whether mm op ``op`` ("mxfp8_mm" or "nvfp4_mm") with m activation rows on ``device`` runs
+        here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``), so
+        that a cast backend with ``quantize_dequantize_*`` can hand them over in one pass."""
+        return False
+
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_mxfp8")
 

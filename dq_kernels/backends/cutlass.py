@@ -144,28 +144,47 @@ class CutlassBackend(Backend):
             return skinny_config(m) if m <= native.SM90_SKINNY_MAX_M else mixed_config(m, n, k)
         return native.sm100_mm_plan(fmt, m, n, k).config
 
+    def takes_decoded_activation(self, op, device, m):
+        return _on_hopper(device) and m > native.SM90_SKINNY_MAX_M
+
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
+        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
+            return self.mxfp8_mm_decoded(_decoded_activation("mxfp8", aligned_16(a_q), a_s), b_q, b_s, bias, out_dtype)
         a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         if _skinny(a_q.device, a_q.shape[0]):
             native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out)
-        elif _on_hopper(a_q.device):
-            native.sm90_mxfp8_mixed_mm(_decoded_activation("mxfp8", a_q, a_s), b_q, b_s, bias, out)
         else:
             native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
         return out.to(out_dtype)
 
+    def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
+        """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out)
+        return out
+
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
+            a = _decoded_activation("nvfp4", aligned_16(a_q), a_s)
+            return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
         a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         if _skinny(a_q.device, a_q.shape[0]):
             native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
-        elif _on_hopper(a_q.device):
-            native.sm90_nvfp4_mixed_mm(_decoded_activation("nvfp4", a_q, a_s), b_q, b_s, a_ts, b_ts, bias, out)
         else:
             native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
         return out.to(out_dtype)
+
+    def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
+        a [M, K] float16 (its tensor scale a_ts apart)."""
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out)
+        return out
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16

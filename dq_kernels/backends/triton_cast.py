@@ -14,6 +14,10 @@ their NaN encodings (the block scale is NaN either way, so the block decodes to 
 
 NVFP4 with a dynamic tensor scale is two passes: an amax kernel (atomic max of float bits), then the
 cast, which derives the tensor scale itself and writes it out.
+
+``quantize_dequantize_*`` run the same kernels but write the values the quantized operands stand
+for (bit-identical to dequantizing the quantized operands), for a GEMM that takes its activation
+decoded: the quantized activation is then never written.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ MXFP8_TILING = Tiling(64, 128, 8)  # best of 10 tilings on an H100 at 4096x3072 
 NVFP4_TILING = Tiling(32, 128, 2)  # best of 11 there
 
 
-def _grid(tiling: Tiling, s: torch.Tensor, block: int) -> tuple[int, int]:
-    """Programs over the padded rows and padded scale columns of the swizzled scales ``s``."""
-    return s.shape[0] // tiling.block_m, -(-s.shape[1] * block // tiling.tile_k)
+def _grid(tiling: Tiling, scale_shape: tuple[int, int], block: int) -> tuple[int, int]:
+    """Programs over the padded rows and padded scale columns of swizzled scales of ``scale_shape``."""
+    return scale_shape[0] // tiling.block_m, -(-scale_shape[1] * block // tiling.tile_k)
 
 
 @functools.cache
@@ -71,31 +75,51 @@ def _as_pairs(x2: torch.Tensor) -> torch.Tensor:
     return x2.view(pair)
 
 
-def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``formats.quantize_mxfp8`` on the GPU (or under TRITON_INTERPRET=1 on CPU tensors)."""
+def _mxfp8_pass(x: torch.Tensor, scaling: str, dequantized: bool):
+    """One launch of the MXFP8 cast kernel: (q, s), or the bf16 values they stand for."""
     mxfp8_kernel, _, _ = _kernels()
     x2 = _as_rows(x)
     m, k = x2.shape
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
+    scale_shape = formats.MXFP8.scale_shape(m, k)
+    if dequantized:
+        out = torch.empty((m, k), dtype=torch.bfloat16, device=x.device)
+        q, s = out, out  # not written
+    else:
+        q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device).view(torch.uint8)
+        s = out = torch.empty(scale_shape, dtype=torch.uint8, device=x.device)  # out: not written
     t = MXFP8_TILING
-    mxfp8_kernel[_grid(t, s, 32)](
-        x2, q.view(torch.uint8), s, m, k, x2.stride(0), s.shape[1] // 4, FLOOR=scaling == "floor",
+    mxfp8_kernel[_grid(t, scale_shape, 32)](
+        x2, q, s, out, m, k, x2.stride(0), scale_shape[1] // 4, FLOOR=scaling == "floor",
         BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(),
-        num_warps=t.warps,
+        DEQUANTIZED=dequantized, num_warps=t.warps,
     )
-    return q, s
+    return out if dequantized else (q.view(torch.float8_e4m3fn), s)
 
 
-def quantize_nvfp4(
-    x: torch.Tensor, tensor_scale: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``formats.quantize_nvfp4`` on the GPU; dynamic tensor scale (None) in two passes."""
+def quantize_mxfp8(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``formats.quantize_mxfp8`` on the GPU (or under TRITON_INTERPRET=1 on CPU tensors)."""
+    return _mxfp8_pass(x, scaling, dequantized=False)
+
+
+def quantize_dequantize_mxfp8(x: torch.Tensor, scaling: str) -> torch.Tensor:
+    """x [..., K] rounded to MXFP8 and decoded: bfloat16 [M, K], bit-identical to
+    ``formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, scaling), torch.bfloat16)``."""
+    return _mxfp8_pass(x, scaling, dequantized=True)
+
+
+def _nvfp4_pass(x: torch.Tensor, tensor_scale: torch.Tensor | None, dequantized: bool):
+    """The NVFP4 cast (an amax pass first for a dynamic tensor scale): (q, s, tensor scale), or
+    (the f16 values q and s stand for, tensor scale)."""
     _, nvfp4_kernel, amax_kernel = _kernels()
     x2 = _as_rows(x)
     m, k = x2.shape
-    q = torch.empty(formats.NVFP4.qdata_shape(m, k), dtype=torch.uint8, device=x.device)
-    s = torch.empty(formats.NVFP4.scale_shape(m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    scale_shape = formats.NVFP4.scale_shape(m, k)
+    if dequantized:
+        out = torch.empty((m, k), dtype=torch.float16, device=x.device)
+        q = s = out = out.view(torch.int32)  # q, s: not written; out as pairs of f16
+    else:
+        q = torch.empty(formats.NVFP4.qdata_shape(m, k), dtype=torch.uint8, device=x.device)
+        s = out = torch.empty(scale_shape, dtype=torch.float8_e4m3fn, device=x.device).view(torch.uint8)
     ts_out = torch.empty((), dtype=torch.float32, device=x.device)
     if tensor_scale is None:
         amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
@@ -105,12 +129,29 @@ def quantize_nvfp4(
         amax_bits, ts_in = ts_out, tensor_scale.reshape(())  # amax unused by the static kernel
     t = NVFP4_TILING
     xp = _as_pairs(x2)
-    nvfp4_kernel[_grid(t, s, 16)](
-        xp, q, s.view(torch.uint8), ts_in, amax_bits, ts_out, m, k, xp.stride(0), s.shape[1] // 4,
+    nvfp4_kernel[_grid(t, scale_shape, 16)](
+        xp, q, s, ts_in, amax_bits, ts_out, out, m, k, xp.stride(0), scale_shape[1] // 4,
         DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, IS_BF16=x.dtype == torch.bfloat16,
-        BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(), num_warps=t.warps,
+        BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(), DEQUANTIZED=dequantized,
+        num_warps=t.warps,
     )
-    return q, s, ts_out
+    if dequantized:
+        return out.view(torch.float16), ts_out
+    return q, s.view(torch.float8_e4m3fn), ts_out
+
+
+def quantize_nvfp4(
+    x: torch.Tensor, tensor_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``formats.quantize_nvfp4`` on the GPU; dynamic tensor scale (None) in two passes."""
+    return _nvfp4_pass(x, tensor_scale, dequantized=False)
+
+
+def quantize_dequantize_nvfp4(x: torch.Tensor, tensor_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] rounded to NVFP4 and decoded without its tensor scale: (float16 [M, K] of
+    e2m1 x block scale, the 0-dim float32 tensor scale), bit-identical to ``formats.quantize_nvfp4``
+    followed by ``formats.dequantize_nvfp4`` with a tensor scale of 1."""
+    return _nvfp4_pass(x, tensor_scale, dequantized=True)
 
 
 class TritonCastBackend(TritonBackend):
@@ -126,3 +167,9 @@ class TritonCastBackend(TritonBackend):
 
     def quantize_nvfp4(self, x, tensor_scale):
         return quantize_nvfp4(x, tensor_scale)
+
+    def quantize_dequantize_mxfp8(self, x, scaling):
+        return quantize_dequantize_mxfp8(x, scaling)
+
+    def quantize_dequantize_nvfp4(self, x, tensor_scale):
+        return quantize_dequantize_nvfp4(x, tensor_scale)

@@ -6,12 +6,16 @@ program per [BLOCK_M, TILE_K] tile, whose scale blocks it writes into the swizzl
 covers the padded rows and scale columns too, so the layout's padding is written (zero blocks encode
 as zero bytes). q is [M, K] e4m3 (MXFP8) or [M, K / 2] packed e2m1 bytes (NVFP4); s is the swizzled
 scale buffer as bytes.
+
+With ``DEQUANTIZED`` the kernels write, instead of q and s, the values q and s stand for into
+``out`` [M, K]: MXFP8 element x block scale (bf16), NVFP4 element x block scale (f16, without the
+tensor scale), what the native dequantize kernels would make of q and s.
 """
 
 import triton
 import triton.language as tl
 
-from .triton_common import pow2_from_exponent_bits, swizzled_scale_offsets
+from .triton_common import decode_e8m0, e2m1_as_e4m3, pow2_from_exponent_bits, swizzled_scale_offsets
 
 
 @triton.jit
@@ -84,9 +88,9 @@ def load_tile(x_ptr, M, K, stride_xm, BLOCK_M: tl.constexpr, TILE_K: tl.constexp
 
 
 @triton.jit
-def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr,
+def mxfp8_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.constexpr,
                  BY_RECIPROCAL: tl.constexpr, BLOCK_M: tl.constexpr, TILE_K: tl.constexpr,
-                 INTERPRETED: tl.constexpr):
+                 INTERPRETED: tl.constexpr, DEQUANTIZED: tl.constexpr):
     x, rows, cols, mask = load_tile(x_ptr, M, K, stride_xm, BLOCK_M, TILE_K)
     xb = tl.reshape(x, (BLOCK_M, TILE_K // 32, 32))
     amax = block_amax(xb)
@@ -107,10 +111,15 @@ def mxfp8_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, tiles_per_row, FLOOR: tl.
     y = tl.clamp(xb * reciprocal[:, :, None], -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     y = tl.reshape(y, (BLOCK_M, TILE_K))
     q = to_e4m3_bytes(y, INTERPRETED)
-    tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
-    blocks = tl.program_id(1) * (TILE_K // 32) + tl.arange(0, TILE_K // 32)
-    s_mask = blocks[None, :] < tiles_per_row * 4  # the padded scale columns exist; rows always do
-    tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), e.to(tl.uint8), mask=s_mask)
+    if DEQUANTIZED:
+        values = tl.reshape(q.to(tl.float8e4nv, bitcast=True).to(tl.float32), (BLOCK_M, TILE_K // 32, 32))
+        values = tl.reshape(values * decode_e8m0(e)[:, :, None], (BLOCK_M, TILE_K))
+        tl.store(out_ptr + rows[:, None] * K + cols[None, :], values.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
+        blocks = tl.program_id(1) * (TILE_K // 32) + tl.arange(0, TILE_K // 32)
+        s_mask = blocks[None, :] < tiles_per_row * 4  # the padded scale columns exist; rows always do
+        tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), e.to(tl.uint8), mask=s_mask)
 
 
 @triton.jit
@@ -152,10 +161,12 @@ def load_pairs(xp_ptr, M, K, stride_xpm, BLOCK_M: tl.constexpr, TILE_K: tl.const
 
 
 @triton.jit
-def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, stride_xpm, tiles_per_row,
+def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, out_ptr, M, K, stride_xpm, tiles_per_row,
                  DYNAMIC: tl.constexpr, BY_RECIPROCAL: tl.constexpr, IS_BF16: tl.constexpr,
-                 BLOCK_M: tl.constexpr, TILE_K: tl.constexpr, INTERPRETED: tl.constexpr):
-    """xp_ptr: x as pairs (see load_pairs); q: [M, K / 2] bytes, element 2i in the low nibble."""
+                 BLOCK_M: tl.constexpr, TILE_K: tl.constexpr, INTERPRETED: tl.constexpr,
+                 DEQUANTIZED: tl.constexpr):
+    """xp_ptr: x as pairs (see load_pairs); q: [M, K / 2] bytes, element 2i in the low nibble;
+    out (DEQUANTIZED): [M, K] float16 viewed as int32 pairs [M, K / 2], element 2i in the low half."""
     if DYNAMIC:
         ts = div_const(tl.load(amax_ptr).to(tl.float32, bitcast=True), 2688.0, BY_RECIPROCAL)  # amax / (448 * 6)
     else:
@@ -173,15 +184,25 @@ def nvfp4_kernel(xp_ptr, q_ptr, s_ptr, ts_ptr, amax_ptr, ts_out_ptr, M, K, strid
     s_bytes = to_e4m3_bytes(s, INTERPRETED)
     s = s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # the scale as stored
     reciprocal = tl.math.div_rn(tl.math.div_rn(1.0, divisor), s)[:, :, None]
-    packed = encode_e2m1(low * reciprocal) | (encode_e2m1(high * reciprocal) << 4)
-    packed = tl.reshape(packed, (BLOCK_M, TILE_K // 2)).to(tl.uint8)
-    tl.store(q_ptr + rows[:, None] * (K // 2) + pairs[None, :], packed, mask=mask)
-    # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
-    blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
-    in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
-    s_bytes = tl.where(in_tensor, s_bytes, 0).to(tl.uint8)
-    s_mask = blocks[None, :] < tiles_per_row * 4
-    tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), s_bytes, mask=s_mask)
+    if DEQUANTIZED:
+        # e2m1 value (as e4m3 of value / 64, exact) * 64 * the stored block scale: exact in f16
+        scale64 = s[:, :, None] * 64.0
+        low_value = e2m1_as_e4m3(encode_e2m1(low * reciprocal)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        high_value = e2m1_as_e4m3(encode_e2m1(high * reciprocal)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        low_bits = (low_value.to(tl.float32) * scale64).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        high_bits = (high_value.to(tl.float32) * scale64).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        pairs_out = tl.reshape((low_bits & 0xFFFF) | (high_bits << 16), (BLOCK_M, TILE_K // 2))
+        tl.store(out_ptr + rows[:, None] * (K // 2) + pairs[None, :], pairs_out, mask=mask)
+    else:
+        packed = encode_e2m1(low * reciprocal) | (encode_e2m1(high * reciprocal) << 4)
+        packed = tl.reshape(packed, (BLOCK_M, TILE_K // 2)).to(tl.uint8)
+        tl.store(q_ptr + rows[:, None] * (K // 2) + pairs[None, :], packed, mask=mask)
+        # padding rows and scale columns of the layout hold zero bytes (a zero block's scale is 2^-6)
+        blocks = tl.program_id(1) * (TILE_K // 16) + tl.arange(0, TILE_K // 16)
+        in_tensor = (rows[:, None] < M) & (blocks[None, :] < K // 16)
+        s_bytes = tl.where(in_tensor, s_bytes, 0).to(tl.uint8)
+        s_mask = blocks[None, :] < tiles_per_row * 4
+        tl.store(s_ptr + swizzled_scale_offsets(rows, blocks, tiles_per_row), s_bytes, mask=s_mask)
 
 
 @triton.jit
