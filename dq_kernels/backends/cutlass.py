@@ -10,9 +10,11 @@
     ``triton_sm90`` instead from ``SKINNY_AUTO_MAX_M`` up to M = 64 (MXFP8 above 8, W4A16 above 32:
     faster there on an H100).
   - M > 64: ``csrc/sm90_mixed_gemm.cu``: bf16/f16 wgmma with the weight decoded exactly in
-    registers as its register operand. The quantized activation is decoded first by the native
-    dequantize kernel: MXFP8 to bf16, NVFP4 to f16 without its tensor scale (which the kernel
-    applies in its epilogue); a W4A16 activation goes in as it is.
+    registers as its register operand. It takes the activation decoded: MXFP8 as bf16, NVFP4 as
+    f16 without its tensor scale (which the kernel applies in its epilogue). ``mxfp8_mm`` /
+    ``nvfp4_mm`` decode their quantized activation with the native dequantize kernel first; the
+    linear ops hand over the cast kernel's one-pass decode instead (``*_mm_decoded``,
+    ``takes_decoded_activation``); a W4A16 activation goes in as it is.
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
 
