@@ -115,7 +115,8 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *             16-byte aligned, for the split tail: the tiles of a last, partly idle wave of CTAs are
  *             split along K over up to 4 CTAs that add their float32 sums there (its counters are
  *             zeroed on the stream first). NULL runs every tile whole. A smaller workspace_bytes
- *             than the plan's: DQ_ERR_BAD_CONFIG.
+ *             than the plan's: DQ_ERR_BAD_CONFIG. One workspace per launch in flight: launches that
+ *             may run at the same time (other streams) need their own.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
  * DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */
@@ -128,7 +129,8 @@ DQ_API int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q
                                   int64_t workspace_bytes, void* stream);
 /* The plan of dq_sm90_*_mixed_mm with a workspace for an M x N x K problem and `tokens` (0: the
  * kernel's choice) on the current device: the token tile, the splits of the tail tiles (1: none)
- * and the workspace bytes it needs (0: none). DQ_OK, DQ_ERR_BAD_SHAPE or DQ_ERR_BAD_CONFIG. */
+ * and the workspace bytes it needs (0: none). DQ_OK, DQ_ERR_NULL_POINTER, DQ_ERR_BAD_SHAPE (the
+ * shape limits above, but those of the scale rows and the CTA count) or DQ_ERR_BAD_CONFIG. */
 DQ_API int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
                                  int64_t* workspace_bytes);
 

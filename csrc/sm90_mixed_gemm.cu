@@ -296,8 +296,11 @@ __device__ __forceinline__ Tile tile_of(int index, const Problem& p) {
 }
 
 // What CTA `cta` computes: tile `tile` (in tile_of's order) over K steps [begin, end), as split
-// `split` of the tile's `Problem::splits` (0 of 1 for a whole tile). A split tile's CTAs are
-// consecutive, its last split last, so the CTAs it waits for were launched before it.
+// `split` of the tile's `Problem::splits` (0 of 1 for a whole tile); every split has at least one
+// K step (the host keeps splits <= K steps). A split tile's CTAs are consecutive, its last split
+// last, so the CTAs it waits for come before it in the grid: the GPU starts CTAs in index order
+// (CUDA does not promise it; CUTLASS's stream-K fixup relies on the same), so they are running or
+// done when it spins.
 struct Work {
   int tile, split, begin, end;
 };
@@ -509,8 +512,9 @@ int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Prob
 
 // How a problem runs: the token tile and the split tail. One CTA fits per SM, so `tiles` CTAs run
 // in waves of sm_count(); when the last wave holds only `tail` tiles, each of them is split along K
-// over `splits` CTAs (at most kMaxSplits, as many as the idle SMs allow), which add their float32
-// sums through a workspace: [tail] arrival counters (rounded up to 16 bytes), then the partial sums.
+// over `splits` CTAs (at most kMaxSplits, as many as the idle SMs allow, at most the K steps),
+// which add their float32 sums through a workspace: [tail] arrival counters (rounded up to 16
+// bytes), then the partial sums.
 constexpr int kMaxSplits = 4;
 struct Plan {
   int tokens, splits;
@@ -609,7 +613,10 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
 extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
                                     int64_t* workspace_bytes) {
   using namespace dq::sm90_mixed;
-  if (M < 1 || N < 1 || K < 32) return DQ_ERR_BAD_SHAPE;
+  if (!tokens_out || !splits_out || !workspace_bytes) return DQ_ERR_NULL_POINTER;
+  if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || M > INT32_MAX - 256 || N > INT32_MAX - kRows ||
+      K > INT32_MAX - kTileK)
+    return DQ_ERR_BAD_SHAPE;
   if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
   const Plan plan = choose_plan(M, N, K, tokens, true);
   *tokens_out = plan.tokens;

@@ -521,7 +521,8 @@ def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device) 
     caller keeps it alive until the kernel is enqueued."""
     import torch
 
-    needed = sm90_mixed_plan(m, n, k, tokens).workspace_bytes
+    with torch.cuda.device(device):  # the plan depends on the device's SM count
+        needed = sm90_mixed_plan(m, n, k, tokens).workspace_bytes
     return torch.empty(needed, dtype=torch.uint8, device=device) if needed else None
 
 

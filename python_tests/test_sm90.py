@@ -537,14 +537,17 @@ def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
 @pytest.mark.gpu
 @needs_hopper_kernel
 @pytest.mark.parametrize("kind", ["mxfp8", "w4a4", "w4a16_bf16"])
-def test_mixed_kernel_split_tail_matches_whole_tiles(kind):
-    """One tile more per SM than a wave plus 4 (M = 64, 64-token tiles): the 4 tiles of the last
-    wave are split along K over 4 CTAs each, whose sums meet in the workspace. Within 1e-5 of fp64
-    like the whole-tile run (split_tail=False), and equal to it up to float32 rounding."""
+@pytest.mark.parametrize("tokens, extra_tiles, k", [(64, 4, 320), (256, 2, 352), (128, 44, 96)])
+def test_mixed_kernel_split_tail_matches_whole_tiles(kind, tokens, extra_tiles, k):
+    """One token tile (M = tokens) and a full wave of weight tiles plus `extra_tiles`: the last
+    wave's tiles are split along K (4 splits; 4 splits of 6 K steps, K = 352 ending in a partial
+    step, some splits starting at odd steps; 2 splits, capped by K's 2 steps), whose sums meet in
+    the workspace. Within 1e-5 of fp64 like the whole-tile run (split_tail=False), and equal to it
+    up to float32 rounding."""
     sms = torch.cuda.get_device_properties(CUDA).multi_processor_count
-    m, n, k = 64, 128 * (sms + 4), 320
-    plan = native.sm90_mixed_plan(m, n, k, tokens=64)
-    assert (plan.splits, plan.workspace_bytes > 0) == (4, True)
+    m, n = tokens, 128 * (sms + extra_tiles)
+    plan = native.sm90_mixed_plan(m, n, k, tokens=tokens)
+    assert (plan.splits, plan.workspace_bytes > 0) == (min(4, sms // extra_tiles, -(-k // 64)), True)
     a, b_q, b_s, a_ts, b_ts, product = mixed_operands(kind, m, n, k, seed=7)
     bias = torch.randn(n, device=CUDA)
     expected = product + bias.cpu().double()
@@ -552,9 +555,9 @@ def test_mixed_kernel_split_tail_matches_whole_tiles(kind):
     for split_tail in (True, False):
         out = torch.empty(m, n, device=CUDA)
         if kind == "mxfp8":
-            native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, 64, split_tail=split_tail)
+            native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens, split_tail=split_tail)
         else:
-            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, 64, split_tail=split_tail)
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens, split_tail=split_tail)
         assert relative_error(out, expected) < 1e-5, split_tail
         outs.append(out)
     assert ((outs[0] - outs[1]).norm() / outs[1].norm()).item() < 1e-6
