@@ -133,6 +133,7 @@ def _reset() -> None:
     """Forget the loaded library (or the reason it is unavailable); the next call looks again."""
     _library.cache_clear()
     _family_runs_on.cache_clear()
+    _plan_on.cache_clear()
 
 
 def status() -> tuple[bool, str]:
@@ -516,13 +517,22 @@ def sm90_mixed_plan(m: int, n: int, k: int, tokens: int = 0) -> Sm90MixedPlan:
     return Sm90MixedPlan(tokens_out.value, splits.value, workspace.value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan_on(device_index: int, m: int, n: int, k: int, tokens: int) -> Sm90MixedPlan:
+    """sm90_mixed_plan on a given device, kept per shape: a model's GEMM calls repeat a few shapes,
+    and the plan (a function of the device's SM count) does not change."""
+    import torch
+
+    with torch.cuda.device(device_index):
+        return sm90_mixed_plan(m, n, k, tokens)
+
+
 def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device) -> torch.Tensor | None:
     """A fresh workspace (uint8, on ``device``) for the mixed-input kernel's plan, or None. The
     caller keeps it alive until the kernel is enqueued."""
     import torch
 
-    with torch.cuda.device(device):  # the plan depends on the device's SM count
-        needed = sm90_mixed_plan(m, n, k, tokens).workspace_bytes
+    needed = _plan_on(device.index, m, n, k, tokens).workspace_bytes
     return torch.empty(needed, dtype=torch.uint8, device=device) if needed else None
 
 

@@ -105,6 +105,10 @@ def _quantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> tuple[Tenso
 def _check_quantize_mxfp8(x, scaling):
     fn = "dq_kernels.quantize_mxfp8"
     formats.check_high_precision(fn, "x", x, MXFP8.block_size)
+    _check_scaling(fn, scaling)
+
+
+def _check_scaling(fn, scaling):
     if scaling not in formats.SCALING_MODES:
         raise ValueError(f"{fn}: scaling must be one of {formats.SCALING_MODES}, got {scaling!r}")
 
@@ -271,7 +275,7 @@ def _check_linear(fn, fmt, x, b_q, b_s, bias) -> tuple[int, int, int]:
 )
 def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
     m, n, k = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
-    _check_quantize_mxfp8(x, scaling)
+    _check_scaling("dq_kernels.mxfp8_linear", scaling)
     cast = select("quantize_mxfp8", x.device, m, k, k, cast_backend)
     mm = select("mxfp8_mm", x.device, m, n, k, mm_backend)
     if mm.takes_decoded_activation("mxfp8_mm", x.device, m) and hasattr(cast, "quantize_dequantize_mxfp8"):
@@ -283,7 +287,7 @@ def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
 @_mxfp8_linear.register_fake
 def _(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
     m, n, _ = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
-    _check_quantize_mxfp8(x, scaling)
+    _check_scaling("dq_kernels.mxfp8_linear", scaling)
     return x.new_empty((m, n))
 
 
