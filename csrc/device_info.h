@@ -7,17 +7,23 @@
 
 namespace dq {
 
-// Streaming multiprocessors of the current device, queried once per device (132, an H100's, if the
-// query fails).
-inline int sm_count() {
+// An attribute of the current device, queried once per device (`fallback` if the query fails).
+template <cudaDeviceAttr kAttribute>
+int device_attribute(int fallback) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0: not queried yet
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 132;
-  if (device < kMaxDevices && (sms = cached[device].load(std::memory_order_relaxed)) > 0) return sms;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) sms = 132;
-  if (device < kMaxDevices) cached[device].store(sms, std::memory_order_relaxed);
-  return sms;
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return fallback;
+  if (device < kMaxDevices && (value = cached[device].load(std::memory_order_relaxed)) > 0) return value;
+  if (cudaDeviceGetAttribute(&value, kAttribute, device) != cudaSuccess || value < 1) value = fallback;
+  if (device < kMaxDevices) cached[device].store(value, std::memory_order_relaxed);
+  return value;
 }
+
+// Streaming multiprocessors of the current device (132, an H100's, if the query fails).
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
+
+// L2 cache bytes of the current device (50 MiB, an H100's, if the query fails).
+inline int l2_bytes() { return device_attribute<cudaDevAttrL2CacheSize>(50 << 20); }
 
 }  // namespace dq

@@ -112,11 +112,14 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *   tokens:   the token tile (activation rows per CTA, with 128 weight rows): 64, 128 or 256, or 0
  *             for the kernel's choice; else DQ_ERR_BAD_CONFIG.
  *   workspace: NULL, or workspace_bytes >= the plan's (dq_sm90_mixed_mm_plan) of device memory,
- *             16-byte aligned, for the split tail: the tiles of a last, partly idle wave of CTAs are
- *             split along K over up to 4 CTAs that add their float32 sums there (its counters are
- *             zeroed on the stream first). NULL runs every tile whole. A smaller workspace_bytes
- *             than the plan's: DQ_ERR_BAD_CONFIG. One workspace per launch in flight: launches that
- *             may run at the same time (other streams) need their own.
+ *             16-byte aligned, for shared tiles: when the tiles leave the last wave of CTAs partly
+ *             idle, that wave's tiles are split along K into up to 4 parts, or (operands that fit
+ *             in L2) the tiles of the last full wave and the partial one (all tiles, if fewer than
+ *             the SMs) are shared along K by one wave of CTAs (stream-K); the CTAs of a tile add
+ *             their float32 sums there (its flags are zeroed on the stream first). NULL runs every
+ *             tile whole. A smaller workspace_bytes than the plan's: DQ_ERR_BAD_CONFIG. One
+ *             workspace per launch in flight: launches that may run at the same time (other
+ *             streams) need their own.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
  * DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */
@@ -128,11 +131,13 @@ DQ_API int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q
                                   int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
                                   int64_t workspace_bytes, void* stream);
 /* The plan of dq_sm90_*_mixed_mm with a workspace for an M x N x K problem and `tokens` (0: the
- * kernel's choice) on the current device: the token tile, the splits of the tail tiles (1: none)
- * and the workspace bytes it needs (0: none). DQ_OK, DQ_ERR_NULL_POINTER, DQ_ERR_BAD_SHAPE (the
- * shape limits above, but those of the scale rows and the CTA count) or DQ_ERR_BAD_CONFIG. */
-DQ_API int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
-                                 int64_t* workspace_bytes);
+ * kernel's choice) on the current device: the token tile, the tiles shared along K, the CTAs
+ * sharing them (0 and 0: every tile whole), the parts each shared tile is split into (0: stream-K,
+ * the shared tiles' K steps cut into equal runs per CTA) and the workspace bytes it needs (0: none). DQ_OK,
+ * DQ_ERR_NULL_POINTER, DQ_ERR_BAD_SHAPE (the shape limits above, but those of the scale rows and
+ * the CTA count) or DQ_ERR_BAD_CONFIG. */
+DQ_API int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int64_t* shared_tiles,
+                                 int64_t* shared_ctas, int64_t* parts, int64_t* workspace_bytes);
 
 /*
  * Hopper GEMMs for few activation rows (present with the sm90_gemm family, like dq_sm90_mxfp8_mixed_mm),

@@ -34,9 +34,11 @@
 // picks its bytes with byte permutes.
 //
 // Grid: one CTA per (weight tile, token tile), in tile_of's grouped order. One CTA fits per SM, so
-// a last wave holding fewer tiles than SMs would leave SMs idle: its tiles are split along K over
-// up to 4 CTAs each (choose_plan), and the last CTA of a tile adds the others' float32 sums from a
-// workspace before the epilogue (4608 x 15360 x 3072: 3 splits of the 36 tail tiles, 15 % faster).
+// a last wave holding fewer tiles than SMs would leave SMs idle. Then its tiles are split along K
+// into up to 4 parts, one CTA each, or (operands that fit in L2) the tiles of the last full wave
+// and the partial one are shared by one wave of CTAs in equal runs of (tile, K step) iterations
+// (stream-K); see range_of and plan_for. The CTA that finishes a tile adds the others' float32
+// sums from a workspace before the epilogue.
 //
 // Edges: TMA fills tokens past M, weight rows past N and K past the end with zeros; the scales of
 // blocks past K are set to 0 so the (zero) data decodes to 0 whatever the padding bytes hold. Rows
@@ -271,11 +273,13 @@ struct Problem {
   const float* bias;      // null or float32 [N]
   int M, N, K;
   int scale_tiles_per_row;  // round_up(K / block, 4) / 4: 512-byte scale tiles per 128-row block
-  // The split tail (Plan): CTAs below whole_tiles take one tile each; each later tile is split
-  // along K over `splits` CTAs, whose float32 sums meet in `partials`, counted in `arrivals`.
-  int whole_tiles, splits;
-  float* partials;  // [tile - whole_tiles][split < splits - 1][consumer][accumulator register][thread]
-  int* arrivals;    // [tile - whole_tiles], zero before the launch
+  // Shared tiles (Plan): CTAs below whole_tiles take one tile each, all of K; the last
+  // shared_tiles tiles are shared by the shared_ctas CTAs after them (range_of): each cut into
+  // `parts` equal runs of K steps, or (parts 0) all cut into shared_ctas equal runs. Their float32
+  // partial sums meet in `partials`, each flagged in `arrivals`.
+  int whole_tiles, shared_tiles, shared_ctas, parts;
+  float* partials;  // [shared CTA][consumer][accumulator register / 4][thread][4]
+  int* arrivals;    // [shared CTA][consumer]: 1 once those sums are stored; zero before the launch
 };
 
 // The (weight tile, token tile) of CTA `cta`. CTAs go through the weight tiles in groups of
@@ -295,22 +299,45 @@ __device__ __forceinline__ Tile tile_of(int index, const Problem& p) {
   return {first + in_group % size, in_group / size};
 }
 
-// What CTA `cta` computes: tile `tile` (in tile_of's order) over K steps [begin, end), as split
-// `split` of the tile's `Problem::splits` (0 of 1 for a whole tile); every split has at least one
-// K step (the host keeps splits <= K steps). A split tile's CTAs are consecutive, its last split
-// last, so the CTAs it waits for come before it in the grid: the GPU starts CTAs in index order
-// (CUDA does not promise it; CUTLASS's stream-K fixup relies on the same), so they are running or
-// done when it spins.
-struct Work {
-  int tile, split, begin, end;
+// What CTA `cta` computes: a range of the problem's (tile, K step) iterations, tile-major (tile
+// t's K step ks is iteration t * k_steps + ks; tiles in tile_of's order). A whole tile is one CTA's
+// range. A shared tile is cut along K: either each into `parts` equal runs, one per CTA (the CTAs
+// of a wave then read the same K steps of their tiles at about the same time, which keeps the
+// operands they share in L2), or all shared tiles' iterations into shared_ctas equal runs, so that
+// a CTA may end one tile and begin others (stream-K: the best balance, for operands that fit in
+// L2). A CTA walks its tiles from the last down (K ascending within each): the tile its range ends
+// in comes first, and the tile it begins in comes last. So of a tile cut between CTAs, every CTA but
+// the highest one computes its part first and leaves the sums in `partials`; the highest computes
+// its part (the tile's last K steps) last, adds the others' sums and runs the epilogue. It waits
+// only for lower CTAs, which the GPU starts first (in index order: CUDA does not promise it;
+// CUTLASS's stream-K fixup relies on the same), so they are running or done when it spins.
+struct Range {
+  int64_t begin, end;  // iterations [begin, end), at least one
+  int k_steps;
+  __device__ int first_tile() const { return int(begin / k_steps); }
+  __device__ int last_tile() const { return int((end - 1) / k_steps); }
+  __device__ int first_step(int tile) const {  // the range's first K step in `tile`
+    return int(max(begin, int64_t(tile) * k_steps) - int64_t(tile) * k_steps);
+  }
+  __device__ int end_step(int tile) const {  // one past the range's last K step in `tile`
+    return int(min(end, int64_t(tile + 1) * k_steps) - int64_t(tile) * k_steps);
+  }
 };
-__device__ __forceinline__ Work work_of(int cta, const Problem& p, int k_steps) {
-  if (cta < p.whole_tiles) return {cta, 0, 0, k_steps};
-  const int r = cta - p.whole_tiles, split = r % p.splits;
-  return {p.whole_tiles + r / p.splits, split, k_steps * split / p.splits, k_steps * (split + 1) / p.splits};
+__device__ __forceinline__ Range range_of(int cta, const Problem& p, int k_steps) {
+  if (cta < p.whole_tiles) return {int64_t(cta) * k_steps, int64_t(cta + 1) * k_steps, k_steps};
+  const int shared = cta - p.whole_tiles;
+  if (p.parts) {
+    const int64_t first = (int64_t(p.whole_tiles) + shared / p.parts) * k_steps, part = shared % p.parts;
+    return {first + k_steps * part / p.parts, first + k_steps * (part + 1) / p.parts, k_steps};
+  }
+  const int64_t first = int64_t(p.whole_tiles) * k_steps, total = int64_t(p.shared_tiles) * k_steps;
+  return {first + total * shared / p.shared_ctas, first + total * (shared + 1) / p.shared_ctas, k_steps};
 }
 
-template <Format F, bool kBf16, int kTokens, typename Out>
+// kStreamK: a CTA's range may span several tiles (stream-K plans); without it every range lies in
+// one tile and the K loop is the plain one (the multi-tile walk's index arithmetic makes the loop
+// 808 instead of 717 SASS instructions per two K steps, MXFP8 with 256 tokens).
+template <Format F, bool kBf16, int kTokens, typename Out, bool kStreamK>
 __global__ void __launch_bounds__(kThreads, 1)
     mixed_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap w_map,
                       const __grid_constant__ CUtensorMap s_map, const Problem p, Out* __restrict__ out) {
@@ -321,10 +348,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   Storage& smem = *reinterpret_cast<Storage*>(smem_raw + (1024 - misalignment) % 1024);
 
   const int k_steps = (p.K + kTileK - 1) / kTileK;
-  const Work work = work_of(blockIdx.x, p, k_steps);
-  const Tile tile = tile_of<kTokens>(work.tile, p);
-  const int w_tile = tile.w, token_tile = tile.token;
-  const int steps = work.end - work.begin;  // this CTA's K steps, work.begin + i for i < steps
+  const Range range = range_of(blockIdx.x, p, k_steps);
+  const int steps = int(range.end - range.begin);  // this CTA's K steps; its i-th uses stage i % kStages
   const int warpgroup = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -336,21 +361,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  if (warpgroup == 0) {  // producer: one thread issues every load
+  if (warpgroup == 0) {  // producer: one thread issues every load, in the consumers' order
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
-      for (int i = 0; i < steps; ++i) {
-        const int s = i % kStages, ks = work.begin + i;
-        smem.empty[s].wait(((i / kStages) & 1) ^ 1);
-        Stage<F, kTokens>& stage = smem.stages[s];
-        uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
-        smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
-        cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, token_tile * kTokens);
-        cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
-                                     w_tile * kRows);
-        // The scale tile: 4 scale columns cover 128 K (MXFP8) or 64 K (NVFP4); 32 rows of 16 bytes each.
-        const int scale_tile = w_tile * p.scale_tiles_per_row + (F == Format::kMxfp8 ? ks / 2 : ks);
-        cute::SM90_TMA_LOAD_2D::copy(&s_map, bar, kEvictNormal, stage.w_scales, 0, scale_tile * 32);
+      int i = 0;
+      for (int t = range.last_tile(); t >= range.first_tile(); --t) {
+        const Tile tile = tile_of<kTokens>(t, p);
+        for (int ks = range.first_step(t); ks < range.end_step(t); ++ks, ++i) {
+          const int s = i % kStages;
+          smem.empty[s].wait(((i / kStages) & 1) ^ 1);
+          Stage<F, kTokens>& stage = smem.stages[s];
+          uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
+          smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
+          cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, tile.token * kTokens);
+          cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
+                                       tile.w * kRows);
+          // The scale tile: 4 scale columns cover 128 K (MXFP8) or 64 K (NVFP4); 32 rows of 16 bytes each.
+          const int scale_tile = tile.w * p.scale_tiles_per_row + (F == Format::kMxfp8 ? ks / 2 : ks);
+          cute::SM90_TMA_LOAD_2D::copy(&s_map, bar, kEvictNormal, stage.w_scales, 0, scale_tile * 32);
+        }
       }
     }
     return;
@@ -366,17 +395,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
 
-  // Decodes the CTA's K step i (K step work.begin + i) into f once its stage has landed.
-  auto decode = [&](int i, uint32_t(&f)[4][4]) {
+  // Decodes the CTA's K step i (K step ks of its tile) into f once its stage has landed.
+  auto decode = [&](int i, int ks, uint32_t(&f)[4][4]) {
     const Stage<F, kTokens>& stage = smem.stages[i % kStages];
     smem.full[i % kStages].wait((i / kStages) & 1);
-    decode_step<kBf16>(stage.w, stage.w_scales, work.begin + i, p.K, row, lane % 4, f,
-                       std::integral_constant<Format, F>{});
+    decode_step<kBf16>(stage.w, stage.w_scales, ks, p.K, row, lane % 4, f, std::integral_constant<Format, F>{});
   };
-  // The CTA's K step i: issues its four wgmmas on `cur`, decodes step i + 1 into `next` while they run,
-  // then waits for them and releases the stage. No wgmma stays in flight across steps (ptxas
-  // serializes every wgmma of a loop that keeps one in flight across its back edge).
-  auto step = [&](int i, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
+  // The CTA's K step i: issues its four wgmmas on `cur`, decodes step i + 1 (K step next_ks of its
+  // tile) into `next` while they run, then waits for them and releases the stage. No wgmma stays in
+  // flight across steps (ptxas serializes every wgmma of a loop that keeps one in flight across its
+  // back edge).
+  auto step = [&](int i, int next_ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
     const int s = i % kStages;
     fence(cur);
     fence(acc);
@@ -385,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j) wgmma<Op>(cur[j], sw128_descriptor(a + 32 * j), acc, std::make_index_sequence<kAcc>{});
     cute::warpgroup_commit_batch();
-    if (i + 1 < steps) decode(i + 1, next);
+    if (i + 1 < steps) decode(i + 1, next_ks, next);
     cute::warpgroup_wait<0>();
     fence(acc);
     fence(cur);  // keeps cur's registers from being reused before the wgmmas are done
@@ -394,74 +423,116 @@ __global__ void __launch_bounds__(kThreads, 1)
     cutlass::arch::fence_view_async_shared();
     if (lane == 0) smem.empty[s].arrive();  // every wgmma reading the stage is done
   };
-  uint32_t frag[2][4][4];  // two K steps' A fragments: one feeds the wgmmas, the other is decoded
-  decode(0, frag[0]);
-  int i = 0;
-  for (; i + 1 < steps; i += 2) {
-    step(i, frag[0], frag[1]);
-    step(i + 1, frag[1], frag[0]);
-  }
-  if (i < steps) step(i, frag[0], frag[1]);
+  // A shared CTA's partial sums: float4 pieces, [accumulator register / 4][thread].
+  auto partials_of = [&](int cta) {
+    return reinterpret_cast<float4*>(p.partials) + (int64_t(cta - p.whole_tiles) * kConsumers + consumer) * (kAcc / 4) * 128;
+  };
+  auto arrival_of = [&](int cta) { return p.arrivals + (cta - p.whole_tiles) * kConsumers + consumer; };
 
-  // A split tile: every split but the last leaves its sums in `partials` and leaves; the last adds
-  // them to its own once all have arrived (each consumer warpgroup its own 64 weight rows).
-  if (work.tile >= p.whole_tiles) {
-    const int tail = work.tile - p.whole_tiles;
-    auto partials_of = [&](int split) {
-      return p.partials + ((int64_t(tail) * (p.splits - 1) + split) * kConsumers + consumer) * kAcc * 128;
-    };
-    if (work.split + 1 < p.splits) {
-      float* mine = partials_of(work.split);
+  // Epilogue of a finished tile: v = alpha * acc + bias in float32, rounded once, staged as
+  // [token][weight row] and written as 16-byte row pieces. Accumulator register 4q + h holds weight
+  // row `row` + 8 (h / 2) and token 8q + 2 (lane % 4) + h % 2 of the tile.
+  auto epilogue = [&](const Tile tile) {
+    const float alpha = (p.alpha_a ? *p.alpha_a : 1.f) * (p.alpha_b ? *p.alpha_b : 1.f);
+    const int n0 = tile.w * kRows + row;
+    const float bias[2] = {p.bias && n0 < p.N ? p.bias[n0] : 0.f, p.bias && n0 + 8 < p.N ? p.bias[n0 + 8] : 0.f};
+    Out* staging = smem.staging[consumer];
+    const int local_row = row - kRows / kConsumers * consumer;
+    constexpr int kVec = 16 / sizeof(Out);
+    constexpr int kVecsPerToken = kRows / kConsumers / kVec;
 #pragma unroll
-      for (int r = 0; r < kAcc; ++r) mine[r * 128 + t] = acc[r];
+    for (int pass = 0; pass < kTokens / kPassTokens; ++pass) {
+#pragma unroll
+      for (int q = 0; q < kPassTokens / 8; ++q)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int token = 8 * q + 2 * (lane % 4) + h % 2;
+          const float v = acc[4 * (pass * kPassTokens / 8 + q) + h] * alpha + bias[h / 2];
+          staging[token * kPitch + local_row + 8 * (h / 2)] = from_float<Out>(v);
+        }
+      cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+      for (int i = t; i < kPassTokens * kVecsPerToken; i += 128) {
+        const int token = i / kVecsPerToken, piece = i % kVecsPerToken;
+        const int m = tile.token * kTokens + pass * kPassTokens + token;
+        const int n = tile.w * kRows + kRows / kConsumers * consumer + piece * kVec;
+        if (m < p.M && n < p.N)
+          *reinterpret_cast<uint4*>(out + int64_t(m) * p.N + n) =
+              *reinterpret_cast<const uint4*>(staging + token * kPitch + piece * kVec);
+      }
+      cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+    }
+  };
+
+  // After the tile's K steps [begin, end) (the CTA's own part of it): leave the sums for the CTA
+  // that finishes the tile, or add the lower CTAs' parts and run the epilogue; then start afresh.
+  auto finish = [&](int tile_index, int begin, int end) {
+    if (end < k_steps) {  // a part of a tile that a higher CTA finishes: leave the sums there
+      float4* mine = partials_of(blockIdx.x);
+#pragma unroll
+      for (int r = 0; r < kAcc / 4; ++r)
+        __stcg(mine + r * 128 + t, make_float4(acc[4 * r], acc[4 * r + 1], acc[4 * r + 2], acc[4 * r + 3]));
       __threadfence();
       cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
-      if (t == 0) atomicAdd(p.arrivals + tail, 1);
-      return;
-    }
-    if (t == 0) {
-      const int expected = (p.splits - 1) * kConsumers;
-      while (*reinterpret_cast<volatile int*>(p.arrivals + tail) < expected) __nanosleep(128);
-      __threadfence();
-    }
-    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
-    for (int split = 0; split + 1 < p.splits; ++split) {
-      const float* theirs = partials_of(split);
+      if (t == 0) atomicExch(arrival_of(blockIdx.x), 1);
+    } else {
+      if (begin > 0) {  // the tile's last part: add the parts of the lower CTAs that share it
+        int lowest = blockIdx.x - 1;
+        while (range_of(lowest, p, k_steps).begin > int64_t(tile_index) * k_steps) --lowest;
+        if (t == 0) {
+          for (int cta = lowest; cta < int(blockIdx.x); ++cta)
+            while (*reinterpret_cast<volatile int*>(arrival_of(cta)) == 0) __nanosleep(128);
+          __threadfence();
+        }
+        cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+        for (int cta = lowest; cta < int(blockIdx.x); ++cta) {
+          const float4* theirs = partials_of(cta);
 #pragma unroll
-      for (int r = 0; r < kAcc; ++r) acc[r] += __ldcg(theirs + r * 128 + t);
-    }
-  }
-
-  // Epilogue: v = alpha * acc + bias in float32, rounded once, staged as [token][weight row] and
-  // written as 16-byte row pieces. Accumulator register 4q + h holds weight row `row` + 8 (h / 2)
-  // and token 8q + 2 (lane % 4) + h % 2 of the tile.
-  const float alpha = (p.alpha_a ? *p.alpha_a : 1.f) * (p.alpha_b ? *p.alpha_b : 1.f);
-  const int n0 = w_tile * kRows + row;
-  const float bias[2] = {p.bias && n0 < p.N ? p.bias[n0] : 0.f, p.bias && n0 + 8 < p.N ? p.bias[n0 + 8] : 0.f};
-  Out* staging = smem.staging[consumer];
-  const int local_row = row - kRows / kConsumers * consumer;
-  constexpr int kVec = 16 / sizeof(Out);
-  constexpr int kVecsPerToken = kRows / kConsumers / kVec;
-#pragma unroll
-  for (int pass = 0; pass < kTokens / kPassTokens; ++pass) {
-#pragma unroll
-    for (int q = 0; q < kPassTokens / 8; ++q)
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const int token = 8 * q + 2 * (lane % 4) + h % 2;
-        const float v = acc[4 * (pass * kPassTokens / 8 + q) + h] * alpha + bias[h / 2];
-        staging[token * kPitch + local_row + 8 * (h / 2)] = from_float<Out>(v);
+          for (int r = 0; r < kAcc / 4; ++r) {
+            const float4 v = __ldcg(theirs + r * 128 + t);
+            acc[4 * r] += v.x, acc[4 * r + 1] += v.y, acc[4 * r + 2] += v.z, acc[4 * r + 3] += v.w;
+          }
+        }
       }
-    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
-    for (int i = t; i < kPassTokens * kVecsPerToken; i += 128) {
-      const int token = i / kVecsPerToken, piece = i % kVecsPerToken;
-      const int m = token_tile * kTokens + pass * kPassTokens + token;
-      const int n = w_tile * kRows + kRows / kConsumers * consumer + piece * kVec;
-      if (m < p.M && n < p.N)
-        *reinterpret_cast<uint4*>(out + int64_t(m) * p.N + n) =
-            *reinterpret_cast<const uint4*>(staging + token * kPitch + piece * kVec);
+      epilogue(tile_of<kTokens>(tile_index, p));
     }
-    cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
+#pragma unroll
+    for (int r = 0; r < kAcc; ++r) acc[r] = 0.f;
+  };
+
+  uint32_t frag[2][4][4];  // two K steps' A fragments: one feeds the wgmmas, the other is decoded
+  if constexpr (!kStreamK) {  // one tile (whole, or a part of a split one): K steps begin + i, i < steps
+    const int tile_index = range.first_tile(), begin = range.first_step(tile_index);
+    decode(0, begin, frag[0]);
+    int i = 0;
+    for (; i + 1 < steps; i += 2) {
+      step(i, begin + i + 1, frag[0], frag[1]);
+      step(i + 1, begin + i + 2, frag[1], frag[0]);
+    }
+    if (i < steps) step(i, begin + i + 1, frag[0], frag[1]);
+    finish(tile_index, begin, begin + steps);
+    return;
+  }
+  // Stream-K: the CTA's tiles from the last down.
+  decode(0, range.first_step(range.last_tile()), frag[0]);
+  int i = 0;  // the CTA's step: its stage is i % kStages
+  for (int tile_index = range.last_tile(); tile_index >= range.first_tile(); --tile_index) {
+    const int begin = range.first_step(tile_index), end = range.end_step(tile_index);
+    const int last = i + end - begin, to_ks = begin - i;  // steps [i, last) are K steps [begin, end)
+    const int after = tile_index > range.first_tile() ? range.first_step(tile_index - 1) : 0;  // next tile's first K step
+    auto next_ks = [&](int s) { return s + 1 < last ? s + 1 + to_ks : after; };  // K step of step s + 1
+    for (; i + 1 < last; i += 2) {
+      step(i, next_ks(i), frag[0], frag[1]);
+      step(i + 1, next_ks(i + 1), frag[1], frag[0]);
+    }
+    if (i < last) {
+      step(i, next_ks(i), frag[0], frag[1]);
+      ++i;
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) frag[0][q][r] = frag[1][q][r];  // the next tile starts from frag[0]
+    }
+    finish(tile_index, begin, end);
   }
 }
 
@@ -482,6 +553,7 @@ int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int
 template <Format F, bool kBf16, int kTokens, typename Out>
 int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
            cudaStream_t stream) {
+  const bool stream_k = p.shared_ctas && !p.parts;
   CUtensorMap a_map, w_map, s_map;
   if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
   constexpr int kRowBytes = WeightTile<F>::kRowBytes;
@@ -490,7 +562,7 @@ int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem&
   // The swizzled scales as rows of 16 bytes: a 512-byte scale tile is 32 of them.
   const int64_t scale_rows = int64_t((p.N + kRows - 1) / kRows) * p.scale_tiles_per_row * (kScaleTileBytes / 16);
   if (int e = make_map(&s_map, w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
-  auto kernel = mixed_gemm_kernel<F, kBf16, kTokens, Out>;
+  auto kernel = stream_k ? mixed_gemm_kernel<F, kBf16, kTokens, Out, true> : mixed_gemm_kernel<F, kBf16, kTokens, Out, false>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
   // The attribute belongs to the current device's context: set it on every launch (it is cheap).
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
@@ -510,49 +582,63 @@ int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Prob
   }
 }
 
-// How a problem runs: the token tile and the split tail. One CTA fits per SM, so `tiles` CTAs run
-// in waves of sm_count(); when the last wave holds only `tail` tiles, each of them is split along K
-// over `splits` CTAs (at most kMaxSplits, as many as the idle SMs allow, at most the K steps),
-// which add their float32 sums through a workspace: [tail] arrival counters (rounded up to 16
-// bytes), then the partial sums.
-constexpr int kMaxSplits = 4;
+// How a problem runs: the token tile and the tiles CTAs share. One CTA fits per SM, so `tiles` CTAs
+// would run in waves of sm_count(), the last one partly idle when the tiles do not fill it. Then
+// either that wave's tiles are each split along K into up to kMaxParts parts (as many as the idle
+// SMs allow), or the tiles of the last full wave and the partial one (all tiles, if fewer than the
+// SMs) are shared by one wave of CTAs (stream-K; only when the operands fit in L2, since its CTAs
+// read unrelated K steps at any time). The CTAs add their float32 sums through a workspace:
+// [shared CTA][consumer] arrival flags (rounded up to 16 bytes), then the partial sums.
 struct Plan {
-  int tokens, splits;
-  int64_t whole_tiles, ctas, workspace_bytes;
+  int tokens;
+  int64_t whole_tiles, shared_tiles, shared_ctas, parts, workspace_bytes;
+  double cost;  // estimated time: K steps on the busiest SM times the token tile's cost per step
+  int64_t ctas() const { return whole_tiles + shared_ctas; }
 };
 
-Plan plan_for(int64_t M, int64_t N, int64_t K, int tokens, bool split_tail) {
+// The estimated cost of sharing tiles, in K steps of the 256-token tile (scaled with the tile's
+// partial sums): a CTA of a split tile stores its float32 sums or adds the others'; a stream-K CTA
+// mostly does both (twice the cost). Calibrated on an H100 (A/B of the two ways and whole tiles,
+// both orders, bf16 output): it keeps a wave plus 120 tiles (4096 x 3072 x 3072) whole, which
+// measured 4-7 % faster than sharing them; splits 512 x 3072 x 3072 in two (3-5 % faster than
+// stream-K); and takes stream-K for 512 x 12288 x 3072 (5-15 % faster than splitting in two).
+constexpr double kShareCost = 10.0;
+constexpr int64_t kMaxParts = 4;
+
+// The plan for token tile `tokens`, whose K step costs `step_cost`: every tile whole, or (if `share`)
+// one of the two ways of sharing the last waves' tiles, whichever is estimated fastest.
+Plan plan_for(int64_t M, int64_t N, int64_t K, int tokens, double step_cost, bool share) {
   const int64_t sms = sm_count(), k_steps = (K + kTileK - 1) / kTileK;
   const int64_t tiles = (N + kRows - 1) / kRows * ((M + tokens - 1) / tokens), tail = tiles % sms;
-  Plan plan{tokens, 1, tiles, tiles, 0};
-  const int64_t splits = split_tail && tail ? std::min<int64_t>({kMaxSplits, sms / tail, k_steps}) : 1;
-  if (splits > 1) {
-    plan.splits = int(splits);
-    plan.whole_tiles = tiles - tail;
-    plan.ctas = plan.whole_tiles + tail * splits;
-    plan.workspace_bytes = (tail * 4 + 15) / 16 * 16 + tail * (splits - 1) * kConsumers * (tokens / 2) * 128 * 4;
+  Plan best{tokens, tiles, 0, 0, 0, 0, double((tiles + sms - 1) / sms * k_steps) * step_cost};
+  if (!share || tail == 0 || k_steps == 1) return best;
+  auto consider = [&](int64_t shared_tiles, int64_t shared_ctas, int64_t parts) {
+    Plan plan{tokens, tiles - shared_tiles, shared_tiles, shared_ctas, parts, 0, 0};
+    const int64_t busiest = plan.whole_tiles / sms * k_steps + (shared_tiles * k_steps + shared_ctas - 1) / shared_ctas;
+    plan.cost = double(busiest) * step_cost + kShareCost * tokens * (parts ? 1 : 2);
+    plan.workspace_bytes = (shared_ctas * kConsumers * 4 + 15) / 16 * 16 + shared_ctas * kConsumers * (tokens / 2) * 128 * 4;
+    if (plan.cost < best.cost) best = plan;
+  };
+  const int64_t parts = std::min({kMaxParts, sms / tail, k_steps});
+  if (parts > 1) consider(tail, tail * parts, parts);
+  // Operand bytes: the bf16/f16 activation and an MXFP8 weight (NVFP4's is half of that).
+  if (M * K * 2 + N * K <= l2_bytes()) {
+    const int64_t shared_tiles = tiles < sms ? tiles : sms + tail;
+    consider(shared_tiles, std::min(sms, shared_tiles * k_steps), 0);
   }
-  return plan;
+  return best;
 }
 
-// The plan for a problem: the token tile with the least estimated time, in waves of CTAs (a split
-// tail wave counting 1 / splits, plus 5 % for adding the sums) times the tile's work, with the
-// smaller tiles' lower efficiency per token (the same weight decode and barriers per K step for
-// fewer MMAs) as a penalty, measured on an H100 at 4096 x 3072 x 3072: 1.45x (128) and 2.2x (64)
-// the time per token of 256. `requested` (64, 128 or 256) fixes the token tile; without
-// `split_tail` (no workspace) every tile runs whole.
-Plan choose_plan(int64_t M, int64_t N, int64_t K, int requested, bool split_tail) {
-  if (requested) return plan_for(M, N, K, requested, split_tail);
-  const int64_t sms = sm_count();
+// The plan for a problem: the token tile with the least estimated cost, where a K step of the
+// smaller tiles costs more per token (the same weight decode and barriers for fewer MMAs), measured
+// on an H100 at 4096 x 3072 x 3072: 1.45x (128) and 2.2x (64) the time per token of 256.
+// `requested` (64, 128 or 256) fixes the token tile; without `share` (no workspace) every tile runs whole.
+Plan choose_plan(int64_t M, int64_t N, int64_t K, int requested, bool share) {
   Plan best{};
-  double best_cost = 0;
-  for (const auto [tokens, penalty] : {std::pair{256, 1.0}, std::pair{128, 1.45}, std::pair{64, 2.2}}) {
-    const Plan plan = plan_for(M, N, K, tokens, split_tail);
-    const int64_t tail = (plan.ctas - plan.whole_tiles) / plan.splits;  // split tiles, or 0
-    double waves = double((plan.whole_tiles + sms - 1) / sms);
-    if (tail) waves += 1.0 / plan.splits + 0.05;
-    const double cost = waves * tokens * penalty;
-    if (best_cost == 0 || cost < best_cost) best = plan, best_cost = cost;
+  for (const auto [tokens, per_token] : {std::pair{256, 1.0}, std::pair{128, 1.45}, std::pair{64, 2.2}}) {
+    if (requested && tokens != requested) continue;
+    const Plan plan = plan_for(M, N, K, tokens, tokens * per_token, share);
+    if (best.tokens == 0 || plan.cost < best.cost) best = plan;
   }
   return best;
 }
@@ -561,17 +647,19 @@ template <Format F, bool kBf16>
 int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p, const Plan& plan, void* workspace,
                 void* out, int out_dtype, cudaStream_t stream) {
   p.whole_tiles = int(plan.whole_tiles);
-  p.splits = plan.splits;
-  if (plan.splits > 1) {
-    const int64_t tail = (plan.ctas - plan.whole_tiles) / plan.splits, counters = (tail * 4 + 15) / 16 * 16;
+  p.shared_tiles = int(plan.shared_tiles);
+  p.shared_ctas = int(plan.shared_ctas);
+  p.parts = int(plan.parts);
+  if (plan.shared_ctas) {
+    const int64_t flags = (plan.shared_ctas * kConsumers * 4 + 15) / 16 * 16;
     p.arrivals = static_cast<int*>(workspace);
-    p.partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + counters);
-    if (cudaError_t e = cudaMemsetAsync(workspace, 0, counters, stream)) return e;
+    p.partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + flags);
+    if (cudaError_t e = cudaMemsetAsync(workspace, 0, flags, stream)) return e;
   }
   switch (plan.tokens) {
-    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
-    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
-    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas, out, out_dtype, stream);
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
+    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
   }
 }
 
@@ -600,7 +688,7 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
     if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
   const Plan plan = choose_plan(M, N, K, tokens, workspace != nullptr);
   if (workspace_bytes < plan.workspace_bytes) return DQ_ERR_BAD_CONFIG;
-  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row), 0, 1, nullptr, nullptr};
+  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row), 0, 0, 0, 0, nullptr, nullptr};
   auto s = static_cast<cudaStream_t>(stream);
   if (a_dtype == DQ_BFLOAT16) return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
   if constexpr (F == Format::kNvfp4) return launch_plan<F, false>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
@@ -610,17 +698,20 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
 }  // namespace
 }  // namespace dq::sm90_mixed
 
-extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out, int* splits_out,
+extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, int* tokens_out,
+                                    int64_t* shared_tiles, int64_t* shared_ctas, int64_t* parts,
                                     int64_t* workspace_bytes) {
   using namespace dq::sm90_mixed;
-  if (!tokens_out || !splits_out || !workspace_bytes) return DQ_ERR_NULL_POINTER;
+  if (!tokens_out || !shared_tiles || !shared_ctas || !parts || !workspace_bytes) return DQ_ERR_NULL_POINTER;
   if (M < 1 || N < 1 || K < 32 || K % 32 != 0 || N % 8 != 0 || M > INT32_MAX - 256 || N > INT32_MAX - kRows ||
       K > INT32_MAX - kTileK)
     return DQ_ERR_BAD_SHAPE;
   if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
   const Plan plan = choose_plan(M, N, K, tokens, true);
   *tokens_out = plan.tokens;
-  *splits_out = plan.splits;
+  *shared_tiles = plan.shared_tiles;
+  *shared_ctas = plan.shared_ctas;
+  *parts = plan.parts;
   *workspace_bytes = plan.workspace_bytes;
   return DQ_OK;
 }

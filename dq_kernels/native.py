@@ -111,7 +111,7 @@ def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
     lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
-    lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p]
+    lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p, p, p]
     for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
                lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm,
                lib.dq_sm90_mixed_mm_plan):
@@ -448,7 +448,7 @@ def _check_tokens(fn: str, tokens: int) -> None:
         raise ValueError(f"dq_kernels.native.{fn}: tokens must be 0, 64, 128 or 256, got {tokens!r}")
 
 
-def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, split_tail: bool = True) -> None:
+def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bool = True) -> None:
     """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
 
@@ -457,9 +457,10 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, split_tail: boo
     contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up to the float32
     accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
     tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
-    (``sm90_mixed_plan``). split_tail: whether the tiles of a last, partly idle wave of CTAs may be
-    split along K (``Sm90MixedPlan.splits``; the workspace comes from torch's allocator on out's
-    device); False runs every tile whole (the sums differ only in float32 rounding).
+    (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
+    idle, the last waves' tiles may be shared along K by several CTAs (``Sm90MixedPlan``; the
+    workspace comes from torch's allocator on out's device); False runs every tile whole (the sums
+    differ only in float32 rounding).
     """
     import torch
 
@@ -467,18 +468,18 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, split_tail: boo
     _check_tokens(fn, tokens)
     lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
     bias_ptr = None if bias is None else bias.data_ptr()
-    workspace = _mixed_workspace(m, n, k, tokens, out.device) if split_tail else None
+    workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
     args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
     _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args, *_pointer_and_bytes(workspace))
 
 
-def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, split_tail: bool = True) -> None:
+def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, share_tiles: bool = True) -> None:
     """out = (a_ts * b_ts) * (a @ b.T) (+ bias) for a 16-bit activation and an NVFP4 weight, with
     the Hopper mixed-input kernel (csrc/sm90_mixed_gemm.cu).
 
     a: bfloat16 or float16 [M, K] (for W4A4: the activation's exact e2m1 x e4m3 decode, without its
     tensor scale, which is a_ts); a_ts: None (weight-only) or one float32; b_q, b_s, b_ts: the NVFP4
-    weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens, split_tail as for
+    weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens, share_tiles as for
     ``sm90_mxfp8_mixed_mm``. Exact up to the float32 accumulation order.
     """
     import torch
@@ -490,7 +491,7 @@ def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, spl
     bias_ptr = None if bias is None else bias.data_ptr()
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
-    workspace = _mixed_workspace(m, n, k, tokens, out.device) if split_tail else None
+    workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
     args += (out.data_ptr(), m, n, k, code, tokens, *_pointer_and_bytes(workspace))
     _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args)
 
@@ -500,8 +501,10 @@ class Sm90MixedPlan:
     """How the sm_90a mixed-input kernel runs a problem (``sm90_mixed_plan``)."""
 
     tokens: int  # activation rows per CTA: 64, 128 or 256
-    splits: int  # CTAs per tile of the last, partly idle wave of CTAs (split along K); 1: none
-    workspace_bytes: int  # device memory the split tail needs (0 without one)
+    shared_tiles: int  # tiles of the last waves shared along K by CTAs; 0: every tile whole
+    shared_ctas: int  # the CTAs sharing them (one wave at most); 0 without shared tiles
+    parts: int  # K parts per shared tile, one CTA each; 0: stream-K (all shared K steps cut evenly)
+    workspace_bytes: int  # device memory the shared tiles need (0 without them)
 
 
 def sm90_mixed_plan(m: int, n: int, k: int, tokens: int = 0) -> Sm90MixedPlan:
@@ -510,11 +513,13 @@ def sm90_mixed_plan(m: int, n: int, k: int, tokens: int = 0) -> Sm90MixedPlan:
     fn = "sm90_mixed_plan"
     _check_tokens(fn, tokens)
     lib = _family_library(fn, SM90_FAMILY)
-    tokens_out, splits, workspace = ctypes.c_int(), ctypes.c_int(), ctypes.c_int64()
-    code = lib.dq_sm90_mixed_mm_plan(m, n, k, tokens, ctypes.byref(tokens_out), ctypes.byref(splits), ctypes.byref(workspace))
+    tokens_out, workspace = ctypes.c_int(), ctypes.c_int64()
+    shared_tiles, shared_ctas, parts = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+    code = lib.dq_sm90_mixed_mm_plan(m, n, k, tokens, ctypes.byref(tokens_out), ctypes.byref(shared_tiles),
+                                     ctypes.byref(shared_ctas), ctypes.byref(parts), ctypes.byref(workspace))
     if code != 0:
         raise ValueError(f"dq_kernels.native.{fn}: M={m} N={n} K={k}: {lib.dq_error_string(code).decode()}")
-    return Sm90MixedPlan(tokens_out.value, splits.value, workspace.value)
+    return Sm90MixedPlan(tokens_out.value, shared_tiles.value, shared_ctas.value, parts.value, workspace.value)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -77,12 +77,13 @@ def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
 def test_sm90_mixed_sass_runs_on_hgmma_with_the_weight_in_registers():
     """Every instance of the mixed-input kernel computes with wgmma (HGMMA, bf16 or f16 into
     float32) whose A operand is registers (the decoded weight) and B a shared-memory descriptor:
-    3 (weight format, MMA dtype) kinds x 3 token tiles x 3 output dtypes, no mma.sync fallback."""
+    3 (weight format, MMA dtype) kinds x 3 token tiles x 3 output dtypes x 2 K loops (one tile per
+    CTA, stream-K), no mma.sync fallback."""
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
     kernels = {name: sass for name, sass in functions.items() if "mixed_gemm_kernel" in name}
-    assert len(kernels) == 27
+    assert len(kernels) == 54
     for name, sass in kernels.items():
-        bf16 = "Lb1E" in name  # kBf16 = true
+        bf16 = re.search(r"FormatE\dELb(\d)E", name).group(1) == "1"  # kBf16, the parameter after the format
         tokens = re.search(r"ELi(\d+)E", name).group(1)
         dtype = r"\.BF16" if bf16 else r"(?!\.BF16)"
         assert re.search(rf"\bHGMMA\.64x{tokens}x16\.F32{dtype} R\d+, R\d+, gdesc\[", sass), name
@@ -534,33 +535,42 @@ def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
         assert torch.equal(results[0], results[1 + (64, 128, 256).index(picked)])  # tokens = 0 runs the picked tile
 
 
+SHARED_TILE_CASES = {  # id -> (token tile, M, weight tiles as a function of the SM count, K, stream-K?)
+    "10 tiles of 64 K steps (the last partial), stream-K: a tile over about 13 CTAs": (64, 128, lambda sms: 5, 4064, True),
+    "a wave + 4 tiles, stream-K: CTAs end one tile and begin the next": (64, 64, lambda sms: sms + 4, 2048, True),
+    "a wave + 4 tiles of operands beyond L2: each split in 4, the last K step partial": (256, 64, lambda sms: sms + 4, 3040, False),
+    "2 waves + 44 tiles: whole tiles first, then each split in 3": (128, 128, lambda sms: 2 * sms + 44, 2080, False),
+    "512 x 3072 x 3072: each tile split in 2": (256, 512, lambda sms: 24, 3072, False),
+}
+
+
 @pytest.mark.gpu
 @needs_hopper_kernel
 @pytest.mark.parametrize("kind", ["mxfp8", "w4a4", "w4a16_bf16"])
-@pytest.mark.parametrize("tokens, extra_tiles, k", [(64, 4, 320), (256, 2, 352), (128, 44, 96)])
-def test_mixed_kernel_split_tail_matches_whole_tiles(kind, tokens, extra_tiles, k):
-    """One token tile (M = tokens) and a full wave of weight tiles plus `extra_tiles`: the last
-    wave's tiles are split along K (4 splits; 4 splits of 6 K steps, K = 352 ending in a partial
-    step, some splits starting at odd steps; 2 splits, capped by K's 2 steps), whose sums meet in
-    the workspace. Within 1e-5 of fp64 like the whole-tile run (split_tail=False), and equal to it
-    up to float32 rounding."""
+@pytest.mark.parametrize("case", list(SHARED_TILE_CASES))
+def test_mixed_kernel_shared_tiles_match_whole_tiles(kind, case):
+    """Tiles that leave the last wave partly idle are shared along K by several CTAs (each split
+    in parts, or stream-K), whose sums meet in the workspace: within 1e-5 of fp64 like the
+    whole-tile run (share_tiles=False), and as close to it (float32 sums in another order)."""
+    tokens, m, weight_tiles, k, stream_k = SHARED_TILE_CASES[case]
     sms = torch.cuda.get_device_properties(CUDA).multi_processor_count
-    m, n = tokens, 128 * (sms + extra_tiles)
+    n = 128 * weight_tiles(sms)
     plan = native.sm90_mixed_plan(m, n, k, tokens=tokens)
-    assert (plan.splits, plan.workspace_bytes > 0) == (min(4, sms // extra_tiles, -(-k // 64)), True)
+    assert plan.tokens == tokens and 0 < plan.shared_ctas <= sms and plan.shared_tiles > 0 and plan.workspace_bytes > 0
+    assert (plan.parts == 0) == stream_k
     a, b_q, b_s, a_ts, b_ts, product = mixed_operands(kind, m, n, k, seed=7)
     bias = torch.randn(n, device=CUDA)
     expected = product + bias.cpu().double()
     outs = []
-    for split_tail in (True, False):
+    for share_tiles in (True, False):
         out = torch.empty(m, n, device=CUDA)
         if kind == "mxfp8":
-            native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens, split_tail=split_tail)
+            native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens, share_tiles=share_tiles)
         else:
-            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens, split_tail=split_tail)
-        assert relative_error(out, expected) < 1e-5, split_tail
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens, share_tiles=share_tiles)
+        assert relative_error(out, expected) < 1e-5, share_tiles
         outs.append(out)
-    assert ((outs[0] - outs[1]).norm() / outs[1].norm()).item() < 1e-6
+    assert relative_error(outs[0], outs[1].double().cpu()) < 1e-5
 
 
 @pytest.mark.gpu

@@ -71,10 +71,15 @@ def skinny_config(m: int) -> str:
 def mixed_config(m: int, n: int, k: int) -> str:
     """The mixed-input kernel's tile, for the benchmark row: 128 weight rows (two consumer
     warpgroups) by the token tile it picks for the shape, 64 of K per stage, wgmma m64nTk16, and
-    the K splits of its tail tiles if it splits them."""
+    how it shares tiles along K, if it does: each of the last wave's tiles in parts (`_split`
+    tiles `x` parts) or the last waves' tiles among one wave of CTAs (`_streamk` tiles `on` CTAs)."""
     plan = native.sm90_mixed_plan(m, n, k)
-    tail = f"_tail_split{plan.splits}" if plan.splits > 1 else ""
-    return f"sm90_mixed_128x{plan.tokens}x64_wgmma{tail}"
+    shared = ""
+    if plan.parts:
+        shared = f"_split{plan.shared_tiles}x{plan.parts}"
+    elif plan.shared_tiles:
+        shared = f"_streamk{plan.shared_tiles}on{plan.shared_ctas}"
+    return f"sm90_mixed_128x{plan.tokens}x64_wgmma{shared}"
 
 
 def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
