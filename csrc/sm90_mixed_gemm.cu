@@ -35,9 +35,9 @@
 //
 // Grid: one CTA per (weight tile, token tile), in tile_of's grouped order. One CTA fits per SM, so
 // a last wave holding fewer tiles than SMs would leave SMs idle. Then its tiles are split along K
-// into up to 4 parts, one CTA each, or (operands that fit in L2) the tiles of the last full wave
-// and the partial one are shared by one wave of CTAs in equal runs of (tile, K step) iterations
-// (stream-K); see range_of and plan_for. The CTA that finishes a tile adds the others' float32
+// into up to 4 parts, one CTA each, or (fewer than two waves of tiles, operands that fit in L2)
+// all tiles are shared by one wave of CTAs in equal runs of (tile, K step) iterations (stream-K);
+// see range_of and plan_for. The CTA that finishes a tile adds the others' float32
 // sums from a workspace before the epilogue.
 //
 // Edges: TMA fills tokens past M, weight rows past N and K past the end with zeros; the scales of
@@ -585,9 +585,8 @@ int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Prob
 // How a problem runs: the token tile and the tiles CTAs share. One CTA fits per SM, so `tiles` CTAs
 // would run in waves of sm_count(), the last one partly idle when the tiles do not fill it. Then
 // either that wave's tiles are each split along K into up to kMaxParts parts (as many as the idle
-// SMs allow), or the tiles of the last full wave and the partial one (all tiles, if fewer than the
-// SMs) are shared by one wave of CTAs (stream-K; only when the operands fit in L2, since its CTAs
-// read unrelated K steps at any time). The CTAs add their float32 sums through a workspace:
+// SMs allow), or, for fewer than two waves of tiles, all tiles are shared by one wave of CTAs
+// (stream-K; only when the operands fit in L2, since its CTAs read unrelated K steps at any time). The CTAs add their float32 sums through a workspace:
 // [shared CTA][consumer] arrival flags (rounded up to 16 bytes), then the partial sums.
 struct Plan {
   int tokens;
@@ -621,11 +620,9 @@ Plan plan_for(int64_t M, int64_t N, int64_t K, int tokens, double step_cost, boo
   };
   const int64_t parts = std::min({kMaxParts, sms / tail, k_steps});
   if (parts > 1) consider(tail, tail * parts, parts);
-  // Operand bytes: the bf16/f16 activation and an MXFP8 weight (NVFP4's is half of that).
-  if (M * K * 2 + N * K <= l2_bytes()) {
-    const int64_t shared_tiles = tiles < sms ? tiles : sms + tail;
-    consider(shared_tiles, std::min(sms, shared_tiles * k_steps), 0);
-  }
+  // Stream-K for at most two waves of tiles (whole tiles before them would run its longer K loop),
+  // operand bytes (the bf16/f16 activation and an MXFP8 weight; NVFP4's is half) within L2.
+  if (tiles < 2 * sms && M * K * 2 + N * K <= l2_bytes()) consider(tiles, std::min(sms, tiles * k_steps), 0);
   return best;
 }
 
