@@ -234,13 +234,25 @@ def _check_scales(fn: str, s: torch.Tensor, rows: int, scale_cols: int) -> None:
         )
 
 
-def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
-    """Call a library entry point on ``device``'s current stream; raise on a nonzero code."""
+def _current_raw_stream(index: int) -> int:
+    """The handle of device ``index``'s current CUDA stream. torch's raw-stream query (the one
+    Triton's launcher uses) where it exists: a Stream object costs several microseconds per call."""
     import torch
 
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        code = entry_point(*args, stream)
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
+    """Call a library entry point on ``device``'s current stream; raise on a nonzero code. The
+    entry points launch on the current device, so another device is made current around the call."""
+    import torch
+
+    if torch.cuda.current_device() == device.index:
+        code = entry_point(*args, _current_raw_stream(device.index))
+    else:
+        with torch.cuda.device(device):
+            code = entry_point(*args, _current_raw_stream(device.index))
     if code != 0:
         message = _library().lib.dq_error_string(code).decode()
         raise RuntimeError(f"dq_kernels.native.{fn}: {entry_point.__name__} returned {code}: {message}")
