@@ -113,11 +113,10 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *             for the kernel's choice; else DQ_ERR_BAD_CONFIG.
  *   workspace: NULL, or workspace_bytes >= the plan's (dq_sm90_mixed_mm_plan) of device memory,
  *             16-byte aligned, for shared tiles: when the tiles leave the last wave of CTAs partly
- *             idle, that wave's tiles are split along K into up to 4 parts, or (fewer than two
- *             waves of tiles, operands that fit in L2) all tiles are shared along K by one wave of
- *             CTAs (stream-K); the CTAs of a tile add
- *             their float32 sums there (its flags are zeroed on the stream first). NULL runs every
- *             tile whole. A smaller workspace_bytes than the plan's: DQ_ERR_BAD_CONFIG. One
+ *             idle and the plan estimates it faster, that wave's tiles are split along K into up to
+ *             4 parts, or (33 to 263 tiles on 132 SMs, operands that fit in L2) all tiles are shared
+ *             along K by one wave of CTAs (stream-K); the CTAs of a tile add their float32 sums
+ *             there (its flags are zeroed on the stream first). NULL runs every tile whole. A smaller workspace_bytes than the plan's: DQ_ERR_BAD_CONFIG. One
  *             workspace per launch in flight: launches that may run at the same time (other
  *             streams) need their own.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.

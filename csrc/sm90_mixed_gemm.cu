@@ -33,7 +33,8 @@
 // piece of a row that holds one k16 step (shared by the four lanes of a quad: a broadcast) and
 // picks its bytes with byte permutes.
 //
-// Grid: one CTA per (weight tile, token tile), in tile_of's grouped order. One CTA fits per SM, so
+// Grid: one CTA per (weight tile, token tile) in tile_of's grouped order, unless tiles are shared
+// along K (below). One CTA fits per SM, so
 // a last wave holding fewer tiles than SMs would leave SMs idle. Then its tiles are split along K
 // into up to 4 parts, one CTA each, or (fewer than two waves of tiles, operands that fit in L2)
 // all tiles are shared by one wave of CTAs in equal runs of (tile, K step) iterations (stream-K);
@@ -282,7 +283,7 @@ struct Problem {
   int* arrivals;    // [shared CTA][consumer]: 1 once those sums are stored; zero before the launch
 };
 
-// The (weight tile, token tile) of CTA `cta`. CTAs go through the weight tiles in groups of
+// The (weight tile, token tile) of tile `index`. Tiles go through the weight tiles in groups of
 // kGroupTiles: all token tiles of a group, weight tile fastest, before the next group. So a wave of
 // CTAs shares a slice of at most kGroupTiles weight tiles and few token tiles, which stay in L2
 // (row by row over all weight tiles, a weight larger than L2 would be read again for every token
@@ -591,16 +592,17 @@ int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Prob
 struct Plan {
   int tokens;
   int64_t whole_tiles, shared_tiles, shared_ctas, parts, workspace_bytes;
-  double cost;  // estimated time: K steps on the busiest SM times the token tile's cost per step
+  double cost;  // estimated time: K steps on the busiest SM times the token tile's cost per step, plus sharing's
   int64_t ctas() const { return whole_tiles + shared_ctas; }
 };
 
 // The estimated cost of sharing tiles, in K steps of the 256-token tile (scaled with the tile's
 // partial sums): a CTA of a split tile stores its float32 sums or adds the others'; a stream-K CTA
-// mostly does both (twice the cost). Calibrated on an H100 (A/B of the two ways and whole tiles,
-// both orders, bf16 output): it keeps a wave plus 120 tiles (4096 x 3072 x 3072) whole, which
-// measured 4-7 % faster than sharing them; splits 512 x 3072 x 3072 in two (3-5 % faster than
-// stream-K); and takes stream-K for 512 x 12288 x 3072 (5-15 % faster than splitting in two).
+// mostly does both (twice the cost). Calibrated on an H100 by A/B runs in both orders, bf16 output
+// (shapes as M, N, K): with it, 512, 3072, 3072 is split in two (3-5 % faster than stream-K) and
+// 512, 3072, 12288 takes stream-K (5-15 % faster than splitting in two). A tile is split into at
+// most kMaxParts parts, and stream-K is taken only where that many CTAs per tile fill the SMs (an
+// owner adds each lower CTA's sums in turn).
 constexpr double kShareCost = 10.0;
 constexpr int64_t kMaxParts = 4;
 
@@ -609,20 +611,24 @@ constexpr int64_t kMaxParts = 4;
 Plan plan_for(int64_t M, int64_t N, int64_t K, int tokens, double step_cost, bool share) {
   const int64_t sms = sm_count(), k_steps = (K + kTileK - 1) / kTileK;
   const int64_t tiles = (N + kRows - 1) / kRows * ((M + tokens - 1) / tokens), tail = tiles % sms;
-  Plan best{tokens, tiles, 0, 0, 0, 0, double((tiles + sms - 1) / sms * k_steps) * step_cost};
+  Plan best{tokens, tiles, 0, 0, 0, 0, double((tiles + sms - 1) / sms) * double(k_steps) * step_cost};
   if (!share || tail == 0 || k_steps == 1) return best;
   auto consider = [&](int64_t shared_tiles, int64_t shared_ctas, int64_t parts) {
     Plan plan{tokens, tiles - shared_tiles, shared_tiles, shared_ctas, parts, 0, 0};
-    const int64_t busiest = plan.whole_tiles / sms * k_steps + (shared_tiles * k_steps + shared_ctas - 1) / shared_ctas;
-    plan.cost = double(busiest) * step_cost + kShareCost * tokens * (parts ? 1 : 2);
+    // shared_tiles * k_steps stays small: at most 2 * sms tiles are shared
+    const double busiest = double(plan.whole_tiles / sms) * double(k_steps) +
+                           double((shared_tiles * k_steps + shared_ctas - 1) / shared_ctas);
+    plan.cost = busiest * step_cost + kShareCost * tokens * (parts ? 1 : 2);
     plan.workspace_bytes = (shared_ctas * kConsumers * 4 + 15) / 16 * 16 + shared_ctas * kConsumers * (tokens / 2) * 128 * 4;
     if (plan.cost < best.cost) best = plan;
   };
   const int64_t parts = std::min({kMaxParts, sms / tail, k_steps});
   if (parts > 1) consider(tail, tail * parts, parts);
-  // Stream-K for at most two waves of tiles (whole tiles before them would run its longer K loop),
-  // operand bytes (the bf16/f16 activation and an MXFP8 weight; NVFP4's is half) within L2.
-  if (tiles < 2 * sms && M * K * 2 + N * K <= l2_bytes()) consider(tiles, std::min(sms, tiles * k_steps), 0);
+  // Stream-K for fewer than two waves of tiles (whole tiles before them would run its longer K
+  // loop) and at least sms / kMaxParts of them, with the operand bytes (the bf16/f16 activation and
+  // an MXFP8 weight; NVFP4's is half) within L2.
+  if (tiles < 2 * sms && tiles * kMaxParts >= sms && M * K * 2 + N * K <= l2_bytes())
+    consider(tiles, std::min(sms, tiles * k_steps), 0);
   return best;
 }
 
@@ -669,7 +675,7 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
         int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
   if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
   // Tile coordinates, row indices, the CTA index and TMA's coordinates are int: keep M and N a
-  // tile below INT32_MAX, the CTA count (at the smallest token tile, with room for the split tail)
+  // tile below INT32_MAX, the CTA count (at the smallest token tile, with room for the shared tiles)
   // within the 1-D grid and the 16-byte rows of the scales within TMA's reach.
   const int block = F == Format::kMxfp8 ? 32 : 16;
   const int64_t scale_tiles_per_row = swizzled_padded_cols(K / block) / 4;

@@ -470,7 +470,8 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
     tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
     (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
-    idle, the last waves' tiles may be shared along K by several CTAs (``Sm90MixedPlan``; the
+    idle, the kernel may share tiles along K among several CTAs where it estimates that faster
+    (``Sm90MixedPlan``; the
     workspace comes from torch's allocator on out's device); False runs every tile whole (the sums
     differ only in float32 rounding).
     """
@@ -537,7 +538,7 @@ def sm90_mixed_plan(m: int, n: int, k: int, tokens: int = 0) -> Sm90MixedPlan:
 @functools.lru_cache(maxsize=4096)
 def _plan_on(device_index: int, m: int, n: int, k: int, tokens: int) -> Sm90MixedPlan:
     """sm90_mixed_plan on a given device, kept per shape: a model's GEMM calls repeat a few shapes,
-    and the plan (a function of the device's SM count) does not change."""
+    and the plan (a function of the device's SM count and L2 size) does not change."""
     import torch
 
     with torch.cuda.device(device_index):

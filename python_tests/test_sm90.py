@@ -536,9 +536,9 @@ def test_mixed_kernel_exact_with_every_token_tile(kind, m, n, k):
 
 
 SHARED_TILE_CASES = {  # id -> (token tile, M, weight tiles as a function of the SM count, K, stream-K?)
-    "10 tiles of 64 K steps (the last partial), stream-K: a tile over about 13 CTAs": (64, 128, lambda sms: 5, 4064, True),
+    "50 tiles of 64 K steps (the last partial), stream-K: 2-4 CTAs per tile": (64, 128, lambda sms: 25, 4064, True),
     "a wave + 4 tiles, stream-K: CTAs end one tile and begin the next": (64, 64, lambda sms: sms + 4, 2048, True),
-    "a wave + 4 tiles of operands beyond L2: each split in 4, the last K step partial": (256, 64, lambda sms: sms + 4, 3040, False),
+    "a wave + 4 tiles of operands beyond L2: each split in 4, the last K step partial": (256, 64, lambda sms: sms + 4, 6112, False),
     "2 waves + 44 tiles: whole tiles first, then each split in 3": (128, 128, lambda sms: 2 * sms + 44, 2080, False),
     "512 x 3072 x 3072: each tile split in 2": (256, 512, lambda sms: 24, 3072, False),
 }
