@@ -471,9 +471,8 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
     (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
     idle, the kernel may share tiles along K among several CTAs where it estimates that faster
-    (``Sm90MixedPlan``; the
-    workspace comes from torch's allocator on out's device); False runs every tile whole (the sums
-    differ only in float32 rounding).
+    (``Sm90MixedPlan``; the workspace comes from torch's allocator on out's device); False runs
+    every tile whole (the sums differ only in float32 rounding).
     """
     import torch
 

@@ -269,13 +269,19 @@ def _check_linear(fn, fmt, x, b_q, b_s, bias) -> tuple[int, int, int]:
     return m, n, k
 
 
+def _check_mxfp8_linear(x, b_q, b_s, bias, scaling):
+    fn = "dq_kernels.mxfp8_linear"
+    m, n, k = _check_linear(fn, MXFP8, x, b_q, b_s, bias)
+    _check_scaling(fn, scaling)
+    return m, n, k
+
+
 @_op(
     "mxfp8_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor? bias, str scaling, str? cast_backend, "
     "str? mm_backend) -> Tensor"
 )
 def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
-    m, n, k = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
-    _check_scaling("dq_kernels.mxfp8_linear", scaling)
+    m, n, k = _check_mxfp8_linear(x, b_q, b_s, bias, scaling)
     cast = select("quantize_mxfp8", x.device, m, k, k, cast_backend)
     mm = select("mxfp8_mm", x.device, m, n, k, mm_backend)
     if mm.takes_decoded_activation("mxfp8_mm", x.device, m) and hasattr(cast, "quantize_dequantize_mxfp8"):
@@ -286,8 +292,7 @@ def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
 
 @_mxfp8_linear.register_fake
 def _(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
-    m, n, _ = _check_linear("dq_kernels.mxfp8_linear", MXFP8, x, b_q, b_s, bias)
-    _check_scaling("dq_kernels.mxfp8_linear", scaling)
+    m, n, _ = _check_mxfp8_linear(x, b_q, b_s, bias, scaling)
     return x.new_empty((m, n))
 
 
