@@ -13,8 +13,14 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(autouse=True)
 def _no_backend_from_the_environment(monkeypatch):
-    """A developer's DQ_KERNELS_BACKEND must not change what the tests select."""
+    """A developer's DQ_KERNELS_BACKEND must not change what the tests select, and no test sees
+    the selections of another (tests swap registries and native libraries)."""
+    from dq_kernels import backends
+
     monkeypatch.delenv("DQ_KERNELS_BACKEND", raising=False)
+    backends._forget_selections()
+    yield
+    backends._forget_selections()
 
 
 def pytest_collection_modifyitems(config, items):

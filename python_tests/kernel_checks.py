@@ -25,7 +25,10 @@ def family_built(family: str) -> bool:
 
 def fake_capability(monkeypatch, capability: tuple[int, int]) -> None:
     """Make every CUDA device report ``capability`` to the backend specs (no CUDA call is made)."""
+    from dq_kernels import backends
+
     monkeypatch.setattr(base, "capability", lambda device: capability)
+    backends._forget_selections()
 
 
 def sass_functions(library: Path, arch: str) -> dict[str, str]:

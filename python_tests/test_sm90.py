@@ -48,7 +48,7 @@ def test_cutlass_on_hopper_runs_every_m_and_auto_takes_it_outside_triton_range(m
     M = 64, and cutlass again above."""
     fake_capability(monkeypatch, (9, 0))
     for op in MM_OPS:
-        limit = cutlass.SKINNY_AUTO_MAX_M[op]
+        limit = backends.SM90_SKINNY_BEST_MAX_M[op]
         assert backends.select(op, CUDA, limit, 3072, 3072).spec.name == "cutlass"
         if limit < native.SM90_SKINNY_MAX_M:
             assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name != "cutlass"
@@ -311,7 +311,7 @@ def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
 def auto_on_hopper(op: str, m: int) -> str:
     """The backend auto picks for an mm op on an H100: cutlass (when built) outside the range of M
     where triton_sm90 is faster."""
-    in_triton_range = cutlass.SKINNY_AUTO_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M
+    in_triton_range = backends.SM90_SKINNY_BEST_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M
     return "cutlass" if family_built(native.SM90_FAMILY) and not in_triton_range else "triton_sm90"
 
 

@@ -1,16 +1,22 @@
 """Backend registry and selection.
 
-A call runs on the backend named by, in this order: the call's ``backend=`` argument, the innermost
-``with use_backend(name):``, the environment variable ``DQ_KERNELS_BACKEND``, else ``"auto"``.
+A call runs on the backend named by, in this order: the call's ``backend=`` argument, the quantized
+weight's own backend (for the layers of a quantized model), the innermost ``with use_backend(name):``,
+the environment variable ``DQ_KERNELS_BACKEND``, else ``"auto"``.
 
 * A backend named by the call's argument must be able to run the call, or the call raises
   ``BackendUnavailableError`` saying why.
+* A weight's backend (``select(..., preferred=name)``) is a preference: where it cannot run (a
+  checkpoint saved with a backend this machine lacks), auto runs the call instead, with one warning.
 * A backend named by ``use_backend`` or the environment applies to the ops it implements, with the
-  same strictness; ops it does not implement (say, quantize for a GEMM-only backend) go to auto.
-* ``auto`` takes the first backend, in registry order (fastest first), whose spec allows the op,
-  device and shape, whose dependencies are installed and that does not defer to a later backend
-  for this shape (``Backend.auto_passes``: a later one is faster there). When it passes over a
-  backend that would suit this device but cannot run, it logs why once.
+  same strictness as the call's argument; ops it does not implement (say, quantize for a GEMM-only
+  backend) go to auto.
+* ``auto`` walks ``ranking(op, device, m, n, k)``, the one place that knows which kernel wins
+  where, and takes the first backend that can run the call; when it passes over a backend that
+  would suit this device but cannot run, it logs why once.
+
+Selections are cached per (op, device, M bucket, N, K, the name in effect); every way of naming a
+backend is part of the key, and ``_forget_selections`` empties the cache when the registry changes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import base
 from .base import OPS, Backend, BackendSpec, BackendUnavailableError
 from .cutlass import CutlassBackend
 from .reference import ReferenceBackend
@@ -37,23 +44,25 @@ __all__ = [
     "BackendSpec",
     "BackendStatus",
     "BackendUnavailableError",
+    "LinearPlan",
     "available_backends",
     "get_backend",
     "backend_names",
     "use_backend",
     "select",
+    "plan_linear",
+    "ranking",
+    "env_backend",
     "ENV_BACKEND",
 ]
 
 ENV_BACKEND = "DQ_KERNELS_BACKEND"
 logger = logging.getLogger("dq_kernels")
 
-# Registry order is auto's preference order: fastest first, the reference last among those auto may
-# pick (triton_stock, a comparison backend, comes after it and auto never takes it).
 _REGISTRY: dict[str, Backend] = {
     b.spec.name: b
     for b in (
-        CutlassBackend(),  # on Hopper except 8/32 < M <= 64 (auto_passes), where triton_sm90 is faster
+        CutlassBackend(),
         TritonSm90Backend(),
         TritonSm100Backend(),
         TritonCastBackend(),
@@ -78,11 +87,31 @@ def get_backend(name: str) -> Backend:
         raise ValueError(f"unknown dq_kernels backend {name!r}; known: {', '.join(_REGISTRY)} or 'auto'") from None
 
 
+def _check_name(name: str, where: str) -> str:
+    """``name`` if it is "auto" or a registered backend, else ValueError naming ``where`` it came from."""
+    if name != "auto" and name not in _REGISTRY:
+        raise ValueError(f"{where}: unknown dq_kernels backend {name!r}; known: {', '.join(_REGISTRY)} or 'auto'")
+    return name
+
+
+_ENV_CHECKED: tuple[str | None, str] = (None, "auto")  # (the variable's last value, the name it gives)
+
+
+def env_backend() -> str:
+    """The backend ``DQ_KERNELS_BACKEND`` names ("auto" when unset or empty). The one place that
+    reads the variable; an unknown name raises ValueError naming the variable."""
+    global _ENV_CHECKED
+    value = os.environ.get(ENV_BACKEND)
+    if value != _ENV_CHECKED[0]:
+        name = _check_name(value or "auto", f"the environment variable {ENV_BACKEND}={value!r}")
+        _ENV_CHECKED = (value, name)
+    return _ENV_CHECKED[1]
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
     """Run the dq_kernels ops inside the block on backend ``name`` (or ``"auto"``)."""
-    if name != "auto":
-        get_backend(name)
+    _check_name(name, "use_backend")
     token = _CHOSEN.set(name)
     try:
         yield
@@ -128,6 +157,57 @@ def available_backends() -> list[BackendStatus]:
     return statuses
 
 
+# ----------------------------------------------------------------------------------------------
+# The decision: which backend auto runs where (measurements: docs/backend-selection.md)
+# ----------------------------------------------------------------------------------------------
+
+# On 9.0 the sm_90a skinny kernels (cutlass, M <= 64) win up to these M; above them, up to
+# M = 64, triton_sm90's split-K kernels do (small-M sweep on an H100).
+SM90_SKINNY_BEST_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
+SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny kernels take
+
+
+def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    if op.startswith("quantize"):
+        return ("triton_cast",)
+    if SM90_SKINNY_BEST_MAX_M[op] < m <= SM90_SKINNY_MAX_M:
+        return ("triton_sm90", "cutlass")
+    return ("cutlass", "triton_sm90")
+
+
+def _rank_sm100(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    """10.0 / 10.3: our block-scaled kernels (compile-verified only), then cuBLAS through torchao."""
+    if op.startswith("quantize"):
+        return ("triton_cast",)
+    return ("cutlass", "triton_sm100", "torchao")
+
+
+def _rank_other(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    """Any other device: the Triton cast where it compiles; the GEMMs fall to the reference."""
+    return ("triton_cast",) if op.startswith("quantize") else ()
+
+
+RANKINGS = {(9, 0): _rank_sm90, (10, 0): _rank_sm100, (10, 3): _rank_sm100}
+
+
+def ranking(op: str, device: torch.device, m: int, n: int, k: int) -> tuple[str, ...]:
+    """The backends auto tries for ``op`` on ``device`` at this shape, best first: the built-in
+    ranking of the device's compute capability, then any other backend whose spec lets auto take
+    it, then the reference."""
+    rank = _rank_other if device.type != "cuda" else RANKINGS.get(base.capability(device), _rank_other)
+    built_in = rank(op, m, n, k)
+    others = tuple(name for name, b in _REGISTRY.items() if b.spec.auto and name not in _BUILT_IN_NAMES)
+    return built_in + others + ("reference",)
+
+
+_BUILT_IN_NAMES = frozenset(_REGISTRY)  # ranked by the functions above only
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------------
+
+
 def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
     spec = backend.spec
     if op not in spec.ops:
@@ -141,31 +221,63 @@ def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: 
     return reason
 
 
-def select(op: str, device: torch.device, m: int, n: int, k: int, requested: str | None = None) -> Backend:
+def _m_bucket(m: int) -> int:
+    """M as the cache key: exact up to the skinny range, then its power-of-two ceiling (rankings
+    change only at powers of two)."""
+    return m if m <= SM90_SKINNY_MAX_M else 1 << (m - 1).bit_length()
+
+
+_SELECTED: dict[tuple, Backend] = {}
+
+
+def _forget_selections() -> None:
+    """Empty the selection caches (the registry or a backend's availability changed)."""
+    _SELECTED.clear()
+    _PLANS.clear()
+    _LOGGED.clear()
+
+
+def select(
+    op: str, device: torch.device, m: int, n: int, k: int, requested: str | None = None, preferred: str | None = None
+) -> Backend:
     """The backend that runs ``op`` on ``device`` for an [m, k] x [n, k]^T problem (n = k = K for
-    quantize ops). See the module docstring for the rules."""
+    quantize ops). ``requested``: the call's ``backend=`` (strict); ``preferred``: a quantized
+    weight's backend (auto's choice where it cannot run). See the module docstring for the rules."""
+    if requested:
+        name, how = requested, "requested"
+    elif preferred and preferred != "auto":
+        name, how = preferred, "preferred"
+    else:
+        name, how = _CHOSEN.get() or env_backend(), "scoped"
+    key = (op, device, _m_bucket(m), n, k, name, how)
+    backend = _SELECTED.get(key)
+    if backend is None:
+        backend = _SELECTED[key] = _decide(op, device, m, n, k, name, how)
+    return backend
+
+
+def _decide(op: str, device: torch.device, m: int, n: int, k: int, name: str, how: str) -> Backend:
     assert op in OPS, op
-    strict = requested is not None
-    name = requested or _CHOSEN.get() or os.environ.get(ENV_BACKEND) or "auto"
     if name != "auto":
         backend = get_backend(name)
-        if strict or op in backend.spec.ops:
+        if how == "requested" or op in backend.spec.ops:
             reason = _reason(backend, op, device, m, n, k)
-            if reason is not None:
+            if reason is None:
+                return backend
+            if how != "preferred":
                 raise BackendUnavailableError(
                     f"dq_kernels backend {name!r} cannot run {op} on {device} (M={m}, N={n}, K={k}): {reason}"
                 )
-            return backend
-    for backend in _REGISTRY.values():
-        if not backend.spec.auto:
+            _log_once(op, name, f"{reason} (a quantized weight's backend is a preference: auto runs it instead)")
+    for candidate in ranking(op, device, m, n, k):
+        backend = _REGISTRY.get(candidate)
+        if backend is None:
             continue
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:
-            if backend.auto_passes(op, device, m, n, k) is None:
-                return backend
-            continue
+            return backend
         if backend.spec.device_reason(device, op) is None and op in backend.spec.ops:
-            _log_once(op, backend.spec.name, reason)
+            _log_once(op, candidate, reason)
     raise BackendUnavailableError(f"no dq_kernels backend can run {op} on {device} (M={m}, N={n}, K={k})")
 
 
@@ -174,3 +286,37 @@ def _log_once(op: str, name: str, reason: str) -> None:
     if key not in _LOGGED:
         _LOGGED.add(key)
         logger.warning("dq_kernels auto: skipping backend %r for %s: %s", name, op, reason)
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """How a quantized Linear of one format runs: ``cast`` quantizes the activation and ``mm`` runs
+    the GEMM; with ``decoded`` the cast hands the GEMM its activation rounded to the format's grid
+    and decoded (``quantize_dequantize_*`` then ``*_mm_decoded``), in one pass, so the quantized
+    activation is never written."""
+
+    cast: Backend
+    mm: Backend
+    decoded: bool
+
+
+_PLANS: dict[tuple, LinearPlan] = {}
+
+
+def plan_linear(
+    fmt: str, device: torch.device, m: int, n: int, k: int, cast_backend: str | None, mm_backend: str | None,
+    preferred: str | None = None,
+) -> LinearPlan:
+    """The plan of a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") for x [m, k] and a weight
+    [n, k]: the two steps selected as ``select`` does (``cast_backend`` / ``mm_backend`` are their
+    ``backend=`` arguments, ``preferred`` the weight's backend), and whether the one-pass decoded
+    hand-over applies (the mm backend's kernel takes its activation decoded at this M, and the cast
+    backend can produce it)."""
+    cast = select(f"quantize_{fmt}", device, m, k, k, cast_backend, preferred)
+    mm = select(f"{fmt}_mm", device, m, n, k, mm_backend, preferred)
+    key = (cast, mm, fmt, device, _m_bucket(m))
+    plan = _PLANS.get(key)
+    if plan is None:
+        decoded = mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
+        plan = _PLANS[key] = LinearPlan(cast, mm, decoded)
+    return plan

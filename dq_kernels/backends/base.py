@@ -35,7 +35,10 @@ class BackendSpec:
 
     ``capabilities``: CUDA compute capabilities it runs on (None: any); ``op_capabilities`` narrows
     them for single ops, as (op, capabilities) pairs. ``cpu``: whether it runs on CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
-    ``auto``: whether ``backend="auto"`` may pick it (comparison backends opt out).
+    ``auto``: whether auto may rank it after the built-in ranking (built-in backends are ranked
+    by ``dq_kernels.backends.ranking`` alone).
+    ``bias_dtype``: the dtype its GEMMs read the bias in (None: any); eager Linear calls hand the
+    bias over converted, once per bias, instead of converting it in every call.
     """
 
     name: str
@@ -47,6 +50,7 @@ class BackendSpec:
     auto: bool = True
     n_multiple: int = 1
     k_multiple: int = 1
+    bias_dtype: torch.dtype | None = None
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -102,7 +106,9 @@ def aligned_16(t: torch.Tensor) -> torch.Tensor:
 def float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     """The bias as the native (CUDA C++) kernels take it: None, or float32 [N], contiguous and
     16-byte aligned (exact for every bias dtype; the reference adds it in float32 too)."""
-    return None if bias is None else aligned_16(bias.to(torch.float32).contiguous())
+    if bias is None or (bias.dtype == torch.float32 and bias.is_contiguous() and bias.data_ptr() % 16 == 0):
+        return bias
+    return aligned_16(bias.to(torch.float32).contiguous())
 
 
 _CAPABILITY_CACHE: dict[int, tuple[int, int]] = {}
@@ -135,19 +141,18 @@ class Backend:
         depend on the device (the spec's ``shape_reason`` holds those that do not), or None."""
         return None
 
-    def auto_passes(self, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
-        """Why ``auto`` takes a later backend for this call although this one can run it (a later one
-        is faster for this shape), or None."""
-        return None
-
     def kernel_config(self, fmt: str, m: int, n: int, k: int) -> str:
         """The kernel configuration this backend would run for this shape ("" if it has none)."""
         return ""
 
     def takes_decoded_activation(self, op: str, device: torch.device, m: int) -> bool:
         """Whether mm op ``op`` ("mxfp8_mm" or "nvfp4_mm") with m activation rows on ``device`` runs
-        here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``), so
-        that a cast backend with ``quantize_dequantize_*`` can hand them over in one pass."""
+        here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``)."""
+        return False
+
+    def can_quantize_dequantize(self, fmt: str) -> bool:
+        """Whether this cast backend implements ``quantize_dequantize_{fmt}``: the activation rounded
+        to the format's grid and decoded in one pass, for a GEMM that takes it decoded."""
         return False
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:

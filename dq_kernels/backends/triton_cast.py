@@ -168,6 +168,9 @@ class TritonCastBackend(TritonBackend):
     def quantize_nvfp4(self, x, tensor_scale):
         return quantize_nvfp4(x, tensor_scale)
 
+    def can_quantize_dequantize(self, fmt):
+        return True
+
     def quantize_dequantize_mxfp8(self, x, scaling):
         return quantize_dequantize_mxfp8(x, scaling)
 
