@@ -4,6 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <mutex>
+#include <set>
+#include <utility>
 
 namespace dq {
 
@@ -25,5 +28,22 @@ inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(
 
 // L2 cache bytes of the current device (50 MiB, an H100's, if the query fails).
 inline int l2_bytes() { return device_attribute<cudaDevAttrL2CacheSize>(50 << 20); }
+
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current device, once per kernel
+// and device: the limit belongs to the device's context, and setting it on every launch cost host
+// time on every GEMM call.
+template <typename Kernel>
+cudaError_t allow_dynamic_shared_memory(Kernel kernel, int bytes) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;  // (kernel, device)
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device)) return e;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), device};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count(key)) return cudaSuccess;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) return e;
+  done.insert(key);
+  return cudaSuccess;
+}
 
 }  // namespace dq

@@ -31,6 +31,13 @@
 extern "C" {
 #endif
 
+/*
+ * The version of this ABI: the functions below, their arguments and their meaning. Raised with every
+ * change a caller could misread; dq_kernels/native.py refuses a library whose dq_abi_version()
+ * differs from its own ABI_VERSION (a stale build), instead of calling it with the wrong arguments.
+ */
+#define DQ_ABI_VERSION 2
+
 /* Output dtypes (the out_dtype argument). */
 enum {
   DQ_FLOAT32 = 0,
@@ -236,6 +243,9 @@ DQ_API int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype
  * code in the library; "families" maps each kernel family to the archs it was compiled for.
  */
 DQ_API const char* dq_build_info(void);
+
+/* DQ_ABI_VERSION of the headers the library was built from. */
+DQ_API int dq_abi_version(void);
 
 /* Text for a return code of this library: a DQ_ERR_* description or cudaGetErrorString(code). */
 DQ_API const char* dq_error_string(int code);

@@ -1,4 +1,4 @@
-// library.cpp: the library-wide entry points, dq_build_info and dq_error_string.
+// library.cpp: the library-wide entry points, dq_build_info, dq_abi_version and dq_error_string.
 
 #include <cuda_runtime_api.h>
 
@@ -12,6 +12,8 @@ extern "C" const char* dq_build_info(void) {
   return "{\"version\": \"" DQ_KERNELS_VERSION "\", \"cuda_version\": " DQ_STRINGIFY_VALUE(CUDART_VERSION) ", "
       DQ_BUILD_CONFIG_JSON "}";
 }
+
+extern "C" int dq_abi_version(void) { return DQ_ABI_VERSION; }
 
 extern "C" const char* dq_error_string(int code) {
   switch (code) {

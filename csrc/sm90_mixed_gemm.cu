@@ -565,9 +565,7 @@ int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem&
   if (int e = make_map(&s_map, w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
   auto kernel = stream_k ? mixed_gemm_kernel<F, kBf16, kTokens, Out, true> : mixed_gemm_kernel<F, kBf16, kTokens, Out, false>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
-  // The attribute belongs to the current device's context: set it on every launch (it is cheap).
-  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes))
-    return e;
+  if (cudaError_t e = allow_dynamic_shared_memory(kernel, kSharedBytes)) return e;
   kernel<<<dim3(ctas), kThreads, kSharedBytes, stream>>>(a_map, w_map, s_map, p, static_cast<Out*>(out));
   return cudaGetLastError();
 }

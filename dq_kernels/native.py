@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
+ABI_VERSION = 2  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
@@ -78,6 +79,17 @@ def _library() -> _Native:
         lib = ctypes.CDLL(str(LIBRARY_PATH))
     except OSError as e:
         return _Native(None, None, f"failed to load {LIBRARY_PATH}: {e}")
+    try:
+        abi = lib.dq_abi_version()
+    except AttributeError:
+        abi = 1  # the libraries before the ABI version existed
+    if abi != ABI_VERSION:
+        return _Native(
+            None,
+            None,
+            f"{LIBRARY_PATH} is a stale build: its C ABI is version {abi}, this package calls version "
+            f"{ABI_VERSION} (reinstall dq_kernels to rebuild the library)",
+        )
     try:
         _declare_functions(lib)
         info = json.loads(lib.dq_build_info().decode())
@@ -190,6 +202,17 @@ def _family_runs_on(device_index: int, family: str) -> tuple[bool, str]:
         f"{family} is built for {';'.join(archs) or 'no arch'} and none of it runs on {device} ({name}); "
         f"rebuild with DQ_KERNELS_CUDA_ARCHS including {capability[0]}{capability[1]}a"
     )
+
+
+_DTYPE_CODES: dict = {}  # torch dtype -> DQ_FLOAT32 / DQ_BFLOAT16 / DQ_FLOAT16, filled on first use
+
+
+def _dtype_code(dtype) -> int:
+    if not _DTYPE_CODES:
+        import torch
+
+        _DTYPE_CODES.update({torch.float32: 0, torch.bfloat16: 1, torch.float16: 2})
+    return _DTYPE_CODES[dtype]
 
 
 def _check_operands(
@@ -370,7 +393,7 @@ def _check_tensor_scales(fn: str, **tensor_scales: torch.Tensor) -> None:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must be one float32, got {ts.dtype} {tuple(ts.shape)}")
 
 
-def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
+def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, *, checked: bool = True) -> None:
     """out = a @ b.T (+ bias) with the Hopper MXFP8 kernel for few rows (csrc/sm90_skinny_gemm.cu).
 
     a_q: float8_e4m3fn [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q: float8_e4m3fn [N, K] (K % 32 == 0,
@@ -378,29 +401,38 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out) -> None:
     round_up(K / 32, 4) bytes, padding included); bias: None or float32 [N]; out: [M, N] float32,
     bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability
     9.0. Enqueued on the current stream. Exact up to the float32 accumulation order while the two
-    E8M0 bytes of every pair of blocks add up to 105..381.
+    E8M0 bytes of every pair of blocks add up to 105..381. ``checked=False`` skips the argument
+    checks, for callers that guarantee all of the above (the cutlass backend, after the ops' checks):
+    each check costs host time on every call of a model's Linear.
     """
     import torch
 
     fn = "sm90_mxfp8_skinny_mm"
-    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
+    if checked:
+        out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+        lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
+    else:
+        lib, code, (m, k), n = _library().lib, _dtype_code(out.dtype), a_q.shape, b_q.shape[0]
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
     _launch(fn, lib.dq_sm90_mxfp8_skinny_mm, out.device, *args)
 
 
-def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out) -> None:
+def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, *, checked: bool = True) -> None:
     """out = (a_ts * b_ts) * (a @ b.T) (+ bias), NVFP4 W4A4, with the Hopper kernel for few rows
     (csrc/sm90_skinny_gemm.cu). Operands as for ``sm100_nvfp4_mm`` (out may also be float16), with
-    1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32 accumulation order.
+    1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32 accumulation order. ``checked`` as for
+    ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
     fn = "sm90_nvfp4_skinny_mm"
-    extra = {"a_ts": a_ts, "b_ts": b_ts}
-    out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes)
+    if checked:
+        extra = {"a_ts": a_ts, "b_ts": b_ts}
+        out_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+        lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes)
+    else:
+        lib, code, m, n, k = _library().lib, _dtype_code(out.dtype), a_q.shape[0], b_q.shape[0], 2 * a_q.shape[1]
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
     _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, bias_ptr, out.data_ptr(), m, n, k, code)
@@ -435,20 +467,23 @@ def _activation16_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales: dict, a_d
     return lib, code, a_codes[a.dtype], m, n, k
 
 
-def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out) -> None:
+def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = True) -> None:
     """out = b_ts * (a @ b.T) (+ bias), NVFP4 weight-only, with the Hopper kernel for few rows
     (csrc/sm90_skinny_gemm.cu).
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s, b_ts: the NVFP4 weight as
     for ``sm90_nvfp4_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or
     float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up
-    to the float32 accumulation order.
+    to the float32 accumulation order. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
     fn = "sm90_nvfp4_w4a16_skinny_mm"
-    extra = {"b_ts": b_ts}
-    lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
+    if checked:
+        extra = {"b_ts": b_ts}
+        lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
+    else:
+        lib, code, a_code, (m, k), n = _library().lib, _dtype_code(out.dtype), _dtype_code(a.dtype), a.shape, b_q.shape[0]
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
     _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
@@ -460,7 +495,7 @@ def _check_tokens(fn: str, tokens: int) -> None:
         raise ValueError(f"dq_kernels.native.{fn}: tokens must be 0, 64, 128 or 256, got {tokens!r}")
 
 
-def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bool = True) -> None:
+def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bool = True, *, checked: bool = True) -> None:
     """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
 
@@ -472,34 +507,44 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
     idle, the kernel may share tiles along K among several CTAs where it estimates that faster
     (``Sm90MixedPlan``; the workspace comes from torch's allocator on out's device); False runs
-    every tile whole (the sums differ only in float32 rounding).
+    every tile whole (the sums differ only in float32 rounding). ``checked`` as for
+    ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
     fn = "sm90_mxfp8_mixed_mm"
-    _check_tokens(fn, tokens)
-    lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
+    if checked:
+        _check_tokens(fn, tokens)
+        lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
+    else:
+        lib, code, (m, k), n = _library().lib, _dtype_code(out.dtype), a.shape, b_q.shape[0]
     bias_ptr = None if bias is None else bias.data_ptr()
     workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
     args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
     _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args, *_pointer_and_bytes(workspace))
 
 
-def sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, share_tiles: bool = True) -> None:
+def sm90_nvfp4_mixed_mm(
+    a, b_q, b_s, a_ts, b_ts, bias, out, tokens: int = 0, share_tiles: bool = True, *, checked: bool = True
+) -> None:
     """out = (a_ts * b_ts) * (a @ b.T) (+ bias) for a 16-bit activation and an NVFP4 weight, with
     the Hopper mixed-input kernel (csrc/sm90_mixed_gemm.cu).
 
     a: bfloat16 or float16 [M, K] (for W4A4: the activation's exact e2m1 x e4m3 decode, without its
     tensor scale, which is a_ts); a_ts: None (weight-only) or one float32; b_q, b_s, b_ts: the NVFP4
     weight as for ``sm90_nvfp4_skinny_mm``; bias, out, tokens, share_tiles as for
-    ``sm90_mxfp8_mixed_mm``. Exact up to the float32 accumulation order.
+    ``sm90_mxfp8_mixed_mm``. Exact up to the float32 accumulation order. ``checked`` as for
+    ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
     fn = "sm90_nvfp4_mixed_mm"
-    _check_tokens(fn, tokens)
-    extra = {"b_ts": b_ts} if a_ts is None else {"a_ts": a_ts, "b_ts": b_ts}
-    lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
+    if checked:
+        _check_tokens(fn, tokens)
+        extra = {"b_ts": b_ts} if a_ts is None else {"a_ts": a_ts, "b_ts": b_ts}
+        lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
+    else:
+        lib, code, a_code, (m, k), n = _library().lib, _dtype_code(out.dtype), _dtype_code(a.dtype), a.shape, b_q.shape[0]
     bias_ptr = None if bias is None else bias.data_ptr()
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)

@@ -7,8 +7,7 @@
 - 9.0 (the ``sm90_gemm`` family, built for sm_90a), MXFP8, NVFP4 W4A4 and W4A16:
   - M <= 64: ``csrc/sm90_skinny_gemm.cu``: mma.sync with the weight streamed from global memory
     and decoded exactly in registers (the weight read is the cost). ``auto`` takes
-    ``triton_sm90`` instead from ``SKINNY_AUTO_MAX_M`` up to M = 64 (MXFP8 above 8, W4A16 above 32:
-    faster there on an H100).
+    ``triton_sm90`` instead for some M up to 64 (``backends.SM90_SKINNY_BEST_MAX_M``).
   - M > 64: ``csrc/sm90_mixed_gemm.cu``: bf16/f16 wgmma with the weight decoded exactly in
     registers as its register operand. It takes the activation decoded: MXFP8 as bf16, NVFP4 as
     f16 without its tensor scale (which the kernel applies in its epilogue). ``mxfp8_mm`` /
@@ -17,6 +16,10 @@
     ``takes_decoded_activation``); a W4A16 activation goes in as it is.
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
+
+The ops check every operand before a backend runs (and the weight classes check their weight once),
+so this backend calls the sm_90a kernels with ``checked=False``: the native wrappers' own checks
+would repeat them on every call of a model's Linear.
 
 out = alpha * (a @ b.T) + bias, accumulated in float32, with alpha = a_ts * b_ts for NVFP4 (read on
 the device, so CUDA graphs see no host synchronization) and 1 for MXFP8; W4A16 returns a's dtype
@@ -42,12 +45,6 @@ from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
-
-
-# auto takes the skinny kernel up to these M on 9.0 (faster than triton_sm90 there in the small-M
-# sweep of benchmarks/results/NOTES.md) and triton_sm90 from there to SM90_SKINNY_MAX_M; explicit
-# cutlass runs the skinny kernel up to SM90_SKINNY_MAX_M and the mixed-input kernel above.
-SKINNY_AUTO_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
 
 
 def _on_hopper(device: torch.device) -> bool:
@@ -114,6 +111,7 @@ class CutlassBackend(Backend):
         op_capabilities=(("nvfp4_weight_only_mm", ((9, 0),)),),
         n_multiple=8,
         k_multiple=32,
+        bias_dtype=torch.float32,
     )
 
     def availability(self):
@@ -136,14 +134,6 @@ class CutlassBackend(Backend):
             return False, f"the native library was built without the {family} kernel family for {device}"
         return True, ""
 
-    def auto_passes(self, op, device, m, n, k):
-        if _on_hopper(device) and SKINNY_AUTO_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M:
-            return (
-                f"triton_sm90 is faster for {op} on compute capability 9.0 at "
-                f"{SKINNY_AUTO_MAX_M[op]} < M <= {native.SM90_SKINNY_MAX_M}"
-            )
-        return None
-
     def kernel_config(self, fmt, m, n, k):
         """The config for the current CUDA device (sm_90a: the skinny or the mixed-input kernel's
         tile), else sm_100a's."""
@@ -160,7 +150,7 @@ class CutlassBackend(Backend):
         a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out)
+            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, checked=False)
         else:
             native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
         return out.to(out_dtype)
@@ -169,7 +159,7 @@ class CutlassBackend(Backend):
         """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out)
+        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
         return out
 
     def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
@@ -180,7 +170,7 @@ class CutlassBackend(Backend):
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, checked=False)
         else:
             native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
         return out.to(out_dtype)
@@ -190,7 +180,7 @@ class CutlassBackend(Backend):
         a [M, K] float16 (its tensor scale a_ts apart)."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out)
+        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
         return out
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
@@ -199,7 +189,7 @@ class CutlassBackend(Backend):
         a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
         if _skinny(a.device, a.shape[0]):
-            native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out)
+            native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
         else:
-            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out)
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out, checked=False)
         return out
