@@ -23,7 +23,7 @@ from torchao.prototype.safetensors import safetensors_utils
 from torchao.quantization.transform_module import register_quantize_module_handler
 
 from . import formats
-from .backends import get_backend
+from .backends import BackendUnavailableError, get_backend
 from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
 
 __all__ = ["MXFP8Config", "NVFP4Config", "set_backend", "unsupported_reason"]
@@ -125,11 +125,20 @@ def _quantize_nvfp4_linear(module: torch.nn.Module, config: NVFP4Config) -> torc
 def set_backend(model: torch.nn.Module, name: str) -> int:
     """Run every dq_kernels-quantized weight of ``model`` on backend ``name`` (or "auto") from now
     on, without re-quantizing. A compiled model recompiles on its next call. Returns the number of
-    weights changed; raises ValueError for an unknown name or a model with no quantized weight."""
+    weights changed; raises ValueError for an unknown name or a model with no quantized weight, and
+    BackendUnavailableError for a backend that cannot run on the weights' device. (A weight's
+    backend is a preference: a checkpoint saved with a backend this machine lacks runs on auto's
+    choice, with one warning.)"""
     _check_backend(name)
     weights = [p for p in model.parameters() if isinstance(p, QuantizedWeight)]
     if not weights:
         raise ValueError(f"set_backend: {type(model).__name__} has no dq_kernels-quantized weights")
+    if name != "auto":
+        backend = get_backend(name)
+        for device in {w.device for w in weights}:
+            reason = backend.spec.device_reason(device) or (backend.availability_on(device)[1] or None)
+            if reason:
+                raise BackendUnavailableError(f"set_backend: backend {name!r} cannot run on {device}: {reason}")
     for weight in weights:
         weight.backend = name
     return len(weights)

@@ -31,11 +31,13 @@ never written. Same result either way.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
 from . import formats
-from .backends import reference, select
+from .backends import LinearPlan, plan_linear, reference, select
 from .formats import MXFP8, NVFP4
 
 __all__ = [
@@ -276,18 +278,21 @@ def _check_mxfp8_linear(x, b_q, b_s, bias, scaling):
     return m, n, k
 
 
+def _run_mxfp8_linear(plan: LinearPlan, x, b_q, b_s, bias, scaling):
+    if plan.decoded:
+        return plan.mm.mxfp8_mm_decoded(plan.cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
+    x_q, x_s = plan.cast.quantize_mxfp8(x, scaling)
+    return plan.mm.mxfp8_mm(x_q, x_s, b_q, b_s, bias, x.dtype)
+
+
 @_op(
     "mxfp8_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor? bias, str scaling, str? cast_backend, "
     "str? mm_backend) -> Tensor"
 )
 def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
     m, n, k = _check_mxfp8_linear(x, b_q, b_s, bias, scaling)
-    cast = select("quantize_mxfp8", x.device, m, k, k, cast_backend)
-    mm = select("mxfp8_mm", x.device, m, n, k, mm_backend)
-    if mm.takes_decoded_activation("mxfp8_mm", x.device, m) and hasattr(cast, "quantize_dequantize_mxfp8"):
-        return mm.mxfp8_mm_decoded(cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
-    x_q, x_s = cast.quantize_mxfp8(x, scaling)
-    return mm.mxfp8_mm(x_q, x_s, b_q, b_s, bias, x.dtype)
+    plan = plan_linear("mxfp8", x.device, m, n, k, cast_backend, mm_backend)
+    return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
 
 
 @_mxfp8_linear.register_fake
@@ -305,25 +310,97 @@ def _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias):
     return m, n, k
 
 
+def _run_nvfp4_linear(plan: LinearPlan, x, b_q, b_s, b_ts, activation_scale, bias):
+    if plan.decoded:
+        values, x_ts = plan.cast.quantize_dequantize_nvfp4(x, activation_scale)
+        return plan.mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+    x_q, x_s, x_ts = plan.cast.quantize_nvfp4(x, activation_scale)
+    return plan.mm.nvfp4_mm(x_q, x_s, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+
+
 @_op(
     "nvfp4_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? activation_scale, Tensor? bias, "
     "str? cast_backend, str? mm_backend) -> Tensor"
 )
 def _nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
     m, n, k = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
-    cast = select("quantize_nvfp4", x.device, m, k, k, cast_backend)
-    mm = select("nvfp4_mm", x.device, m, n, k, mm_backend)
-    if mm.takes_decoded_activation("nvfp4_mm", x.device, m) and hasattr(cast, "quantize_dequantize_nvfp4"):
-        values, x_ts = cast.quantize_dequantize_nvfp4(x, activation_scale)
-        return mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
-    x_q, x_s, x_ts = cast.quantize_nvfp4(x, activation_scale)
-    return mm.nvfp4_mm(x_q, x_s, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+    plan = plan_linear("nvfp4", x.device, m, n, k, cast_backend, mm_backend)
+    return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
 
 
 @_nvfp4_linear.register_fake
 def _(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
     m, n, _ = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
     return x.new_empty((m, n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Eager entry points of the quantized Linear: the op bodies without the custom-op dispatcher and
+# without re-checking the weight (checked once, when the weight class is built). For callers
+# that are not being traced (``tracing``); everything else goes through the ops above.
+# ----------------------------------------------------------------------------------------------
+
+
+def tracing(x: Tensor) -> bool:
+    """Whether x is being traced (torch.compile, fake tensors, a dispatch mode such as make_fx or
+    functionalization): then the custom ops must be called, so that the trace sees them."""
+    return type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+
+
+def check_activation(fn: str, x: Tensor, k: int, device: torch.device) -> int:
+    """The per-call check of a quantized Linear's activation x [M, K]: a bf16/fp16/fp32 2-D tensor
+    with K columns, M >= 1, on the weight's device. Returns M."""
+    if x.dtype not in formats.HIGH_PRECISION_DTYPES:
+        raise TypeError(f"{fn}: x must be bfloat16, float16 or float32, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != k or x.shape[0] == 0:
+        raise ValueError(f"{fn}: x must be [M >= 1, K = {k}], got shape {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{fn}: x is on {x.device} but the weight is on {device}")
+    return x.shape[0]
+
+
+# id(bias) -> (a weak reference to the bias, its version counter, the bias converted)
+_CONVERTED_BIASES: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+
+def _eager_bias(bias: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """The bias in the dtype the GEMM backend reads (``BackendSpec.bias_dtype``), converted once
+    per bias and kept while the bias lives unchanged (same object, same version counter). Eager
+    calls only: a copy kept across calls must not come from a CUDA-graph memory pool."""
+    if bias is None or dtype is None or bias.dtype == dtype:
+        return bias
+    kept = _CONVERTED_BIASES.get(id(bias))
+    if kept is not None and kept[0]() is bias and kept[1] == bias._version:
+        return kept[2]
+    converted = bias.to(dtype).contiguous()
+    key = id(bias)
+    _CONVERTED_BIASES[key] = (weakref.ref(bias, lambda _: _CONVERTED_BIASES.pop(key, None)), bias._version, converted)
+    return converted
+
+
+def mxfp8_linear_eager(x, b_q, b_s, bias, scaling: str, backend: str) -> Tensor:
+    """``mxfp8_linear`` for x [M, K] and a checked weight whose backend is ``backend`` (a preference)."""
+    n, k = b_q.shape
+    m = check_activation("dq_kernels.mxfp8_linear", x, k, b_q.device)
+    plan = plan_linear("mxfp8", x.device, m, n, k, None, None, backend)
+    return _run_mxfp8_linear(plan, x, b_q, b_s, _eager_bias(bias, plan.mm.spec.bias_dtype), scaling)
+
+
+def nvfp4_linear_eager(x, b_q, b_s, b_ts, activation_scale, bias, backend: str) -> Tensor:
+    """``nvfp4_linear`` for x [M, K] and a checked weight whose backend is ``backend`` (a preference)."""
+    n, k = b_q.shape[0], b_q.shape[1] * 2
+    m = check_activation("dq_kernels.nvfp4_linear", x, k, b_q.device)
+    plan = plan_linear("nvfp4", x.device, m, n, k, None, None, backend)
+    bias = _eager_bias(bias, plan.mm.spec.bias_dtype)
+    return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
+
+
+def nvfp4_weight_only_eager(x, b_q, b_s, b_ts, bias, backend: str) -> Tensor:
+    """``nvfp4_weight_only_mm`` for x [M, K] and a checked weight whose backend is ``backend``."""
+    n, k = b_q.shape[0], b_q.shape[1] * 2
+    m = check_activation("dq_kernels.nvfp4_weight_only_mm", x, k, b_q.device)
+    mm = select("nvfp4_weight_only_mm", x.device, m, n, k, None, backend)
+    return mm.nvfp4_weight_only_mm(x, b_q, b_s, b_ts, _eager_bias(bias, mm.spec.bias_dtype))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,19 +32,22 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import formats, ops
-from .backends import get_backend
+import weakref
+
+from .backends import get_backend, select
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
 aten = torch.ops.aten
 
 
-def _op_backend(backend: str, op: str) -> str | None:
-    """The ``backend=`` argument for ``op``: the weight's backend if it implements the op, else None
-    (defer to the registry: "auto", or a GEMM-only backend asked to quantize an activation)."""
+def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
+    """The ``backend=`` argument a weight passes to ``op``: its backend where that backend runs the
+    op here, else None (defer to the registry: "auto", a GEMM-only backend asked to quantize an
+    activation, or a backend this machine lacks: a weight's backend is a preference)."""
     if backend == "auto" or op not in get_backend(backend).spec.ops:
         return None
-    return backend
+    return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 
 
 class QuantizedWeight(TorchAOBaseTensor):
@@ -78,8 +81,38 @@ class QuantizedWeight(TorchAOBaseTensor):
         """A weight with new qdata and the [rows, K / block_size] scales that go with it."""
         return self._replace(qdata=qdata.contiguous(), scale=formats.to_blocked(scales_2d))
 
+    def _check(self) -> None:
+        """Check the canonical operands once, when the weight is made (calls then check only the
+        activation)."""
+        n, k = self.qdata.shape[0], self.qdata.shape[1] * self.fmt.elements_per_byte
+        fn = f"dq_kernels.{type(self).__name__}"
+        formats.check_quantized(fn, self.fmt, "qdata", self.qdata, "scale", self.scale)
+        for name in self.__tensor_flatten__()[0]:
+            if name not in ("qdata", "scale"):
+                formats.check_tensor_scale(fn, name, getattr(self, name), self.qdata.device)
+
     def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype."""
+        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run the op's body
+        directly (``ops.*_eager``), traced ones the custom op."""
+        if bias is not None and (self._checked_bias is None or self._checked_bias() is not bias):
+            n = self.qdata.shape[0]
+            if bias.dtype not in formats.HIGH_PRECISION_DTYPES or tuple(bias.shape) != (n,) or bias.device != x.device:
+                raise ValueError(
+                    f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
+                    f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
+                )
+            if not ops.tracing(bias):
+                self._checked_bias = weakref.ref(bias)
+        if ops.tracing(x):
+            return self._linear_op(x, bias)
+        return self._linear_eager(x, bias)
+
+    def _linear_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The linear through the custom op (what torch.compile traces)."""
+        raise NotImplementedError
+
+    def _linear_eager(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The linear through ``ops.*_eager``: no custom-op dispatch, no weight checks."""
         raise NotImplementedError
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -118,17 +151,26 @@ class MXFP8Weight(QuantizedWeight):
         self = cls._make_wrapper(qdata, orig_dtype, transposed)
         self.qdata, self.scale = qdata, scale
         self.orig_dtype, self.scaling, self.backend, self.transposed = orig_dtype, scaling, backend, transposed
+        self._checked_bias = None
+        self._check()
         return self
 
     @classmethod
     def from_float(cls, w: torch.Tensor, scaling: str = "rceil", backend: str = "auto") -> MXFP8Weight:
         """Quantize a [N, K] bf16/fp16/fp32 weight (K % 32 == 0)."""
-        q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=_op_backend(backend, "quantize_mxfp8"))
+        k = w.shape[-1]
+        cast_backend = _op_backend(backend, "quantize_mxfp8", w.device, w.shape[0], k, k)
+        q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=cast_backend)
         return cls(q, s, w.dtype, scaling, backend)
 
-    def _linear_2d(self, x, bias):
-        cast_backend, mm_backend = _op_backend(self.backend, "quantize_mxfp8"), _op_backend(self.backend, "mxfp8_mm")
+    def _linear_op(self, x, bias):
+        (m, k), n = x.shape, self.qdata.shape[0]
+        cast_backend = _op_backend(self.backend, "quantize_mxfp8", x.device, m, k, k)
+        mm_backend = _op_backend(self.backend, "mxfp8_mm", x.device, m, n, k)
         return ops.mxfp8_linear(x, self.qdata, self.scale, bias, self.scaling, cast_backend, mm_backend)
+
+    def _linear_eager(self, x, bias):
+        return ops.mxfp8_linear_eager(x, self.qdata, self.scale, bias, self.scaling, self.backend)
 
     def dequantize(self, dtype=None):
         w = ops.dequantize_mxfp8(self.qdata, self.scale, dtype or self.dtype)
@@ -143,7 +185,7 @@ class NVFP4Weight(QuantizedWeight):
 
     ``activation_scale``: None quantizes each activation with its own tensor scale
     (amax / 2688); a 0-dim float32 tensor is used as the static activation tensor scale.
-    ``weight_only``: W4A16, the activation stays in high precision (see ``_weight_only_linear``).
+    ``weight_only``: W4A16, the activation stays in high precision (``nvfp4_weight_only_mm``).
     """
 
     fmt = formats.NVFP4
@@ -157,6 +199,8 @@ class NVFP4Weight(QuantizedWeight):
         self = cls._make_wrapper(qdata, orig_dtype, transposed)
         self.qdata, self.scale, self.tensor_scale, self.activation_scale = qdata, scale, tensor_scale, activation_scale
         self.orig_dtype, self.weight_only, self.backend, self.transposed = orig_dtype, weight_only, backend, transposed
+        self._checked_bias = None
+        self._check()
         return self
 
     @classmethod
@@ -169,19 +213,31 @@ class NVFP4Weight(QuantizedWeight):
     ) -> NVFP4Weight:
         """Quantize a [N, K] bf16/fp16/fp32 weight (K % 16 == 0). ``activation_amax``: a calibrated
         max |activation|, turned into the static activation tensor scale amax / 2688."""
-        q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=_op_backend(backend, "quantize_nvfp4"))
+        k = w.shape[-1]
+        cast_backend = _op_backend(backend, "quantize_nvfp4", w.device, w.shape[0], k, k)
+        q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=cast_backend)
         activation_scale = None
         if activation_amax is not None:
             amax = torch.tensor(activation_amax, dtype=torch.float32, device=w.device)
             activation_scale = formats.nvfp4_tensor_scale(amax)
         return cls(q, s, ts, w.dtype, weight_only, backend, activation_scale=activation_scale)
 
-    def _linear_2d(self, x, bias):
+    def _linear_op(self, x, bias):
+        (m, k), n = x.shape, self.qdata.shape[0]
         if self.weight_only:
-            return _weight_only_linear(x, self, bias)
-        cast_backend, mm_backend = _op_backend(self.backend, "quantize_nvfp4"), _op_backend(self.backend, "nvfp4_mm")
+            backend = _op_backend(self.backend, "nvfp4_weight_only_mm", x.device, m, n, k)
+            return ops.nvfp4_weight_only_mm(x, self.qdata, self.scale, self.tensor_scale, bias, backend=backend)
+        cast_backend = _op_backend(self.backend, "quantize_nvfp4", x.device, m, k, k)
+        mm_backend = _op_backend(self.backend, "nvfp4_mm", x.device, m, n, k)
         return ops.nvfp4_linear(
             x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, cast_backend, mm_backend
+        )
+
+    def _linear_eager(self, x, bias):
+        if self.weight_only:
+            return ops.nvfp4_weight_only_eager(x, self.qdata, self.scale, self.tensor_scale, bias, self.backend)
+        return ops.nvfp4_linear_eager(
+            x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, self.backend
         )
 
     def dequantize(self, dtype=None):
@@ -192,12 +248,6 @@ class NVFP4Weight(QuantizedWeight):
         if self.weight_only:
             return "activation=not quantized (weight-only)"
         return "activation=" + ("dynamic" if self.activation_scale is None else "static tensor scale")
-
-
-def _weight_only_linear(x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None) -> torch.Tensor:
-    """W4A16: x [M, K] in high precision times the NVFP4 weight, through the weight-only op."""
-    backend = _op_backend(w.backend, "nvfp4_weight_only_mm")
-    return ops.nvfp4_weight_only_mm(x, w.qdata, w.scale, w.tensor_scale, bias, backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------
