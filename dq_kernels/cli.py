@@ -4,11 +4,13 @@
     dq-kernels bench gemm [options]      GEMM time and error for every format x backend
     dq-kernels bench quant [options]     activation-cast bandwidth against torchao's casts
     dq-kernels bench model MODEL [...]   diffusion-transformer steps end to end per format
+    dq-kernels bench host [options]      host time per eager quantized Linear call against bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import textwrap
@@ -19,7 +21,7 @@ import torch
 import dq_kernels
 import dq_kernels.backends
 import dq_kernels.native
-from dq_kernels.bench import gemm, model, quant, report, timing
+from dq_kernels.bench import gemm, host, model, quant, report, timing
 from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -185,6 +187,48 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mkn_arg(text: str) -> tuple[int, int, int]:
+    shape = _shape_arg(text)
+    return shape.M, shape.K, shape.N
+
+
+def _add_host_parser(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "host",
+        help="host time per eager quantized Linear call, against bf16 and torchao fp8 row-wise",
+        description="Time the host side of one eager nn.Linear call per format (what eager diffusion pays "
+                    "before any kernel runs).",
+        epilog=textwrap.fill(" ".join(host.__doc__.split("\n\n")[1].split()), 100),
+    )
+    p.add_argument("--shape", type=_mkn_arg, nargs="+", action="extend", metavar="MxKxN",
+                   help="Linear shapes: input [1, M, K], weight [N, K] (default: 16x3072x3072 4096x3072x3072; "
+                        "16x256x256 without a CUDA device)")
+    p.add_argument("--formats", choices=host.FORMATS, nargs="+", default=list(host.FORMATS),
+                   help="formats (default: all)")
+    p.add_argument("--profile", choices=host.FORMATS, metavar="FORMAT",
+                   help="also print the Python profile of this format's calls at the first shape")
+    p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
+    p.set_defaults(run=_bench_host)
+
+
+def _bench_host(args: argparse.Namespace) -> int:
+    if torch.cuda.is_available():
+        device, device_name, shapes = torch.device("cuda", torch.cuda.current_device()), torch.cuda.get_device_name(), host.DEFAULT_SHAPES
+    else:
+        print("No CUDA device: the calls run on the CPU, their arithmetic included (the numbers say little "
+              "about the host path).")
+        device, device_name, shapes = torch.device("cpu"), "cpu", host.CPU_SHAPES
+    rows, notes = host.run(args.shape or shapes, args.formats, device, args.profile)
+    print(host.table(rows))
+    for note in notes:
+        print(note)
+    if args.json:
+        header = report.json_header(device_name, args.command_line, host.METHOD)
+        report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq-kernels", description="MXFP8 and NVFP4 GEMM kernels: info and benchmarks.")
     parser.add_argument("--version", action="version", version=f"dq_kernels {dq_kernels.__version__}")
@@ -197,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gemm_parser(benches)
     _add_quant_parser(benches)
     _add_model_parser(benches)
+    _add_host_parser(benches)
     return parser
 
 
@@ -256,6 +301,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"native library: {'loaded' if loaded else 'not loaded'} ({reason})")
     for key, value in (dq_kernels.native.build_info() or {}).items():
         print(f"  {key}: {_describe(value)}")
+    try:
+        chosen = dq_kernels.backends.env_backend()
+    except ValueError as err:
+        print(f"backend: {err}")
+        return 2
+    print(f"backend: {chosen} ({dq_kernels.backends.ENV_BACKEND}={os.environ.get(dq_kernels.backends.ENV_BACKEND, '')!r})")
     print()
     rows = [[s.name, "yes" if s.available else "no", " ".join(s.formats), s.reason or "-"]
             for s in dq_kernels.available_backends()]

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build, test and benchmark dq_kernels on an offline GPU host (the lent H100), one step per
+# argument, logs under $OUT (default ./h100-out). Expects the wheels of
+# ../shared/tools/offline-wheels.sh in .whl/ (torchao, diffusers, nvidia-cutlass).
+#   bash benchmarks/h100.sh build gputests host ...
+# Steps:
+#   build      pip install -e . without build isolation, sm_90a only (the device's torch)
+#   baseline   the same for a checkout in .baseline/ (git archive of the commit to compare against)
+#   gputests   pytest -m gpu (all GPU tests)
+#   host       dq-kernels bench host for the baseline (if built) and this tree
+#   gemm       dq-kernels bench gemm --preset flux, both ops
+#   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
+set -uo pipefail
+out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+export MAX_JOBS=16 DQ_KERNELS_CUDA_ARCHS=90a CUDA_MODULE_LOADING=LAZY
+build() {  # build DIR LOG
+  (cd "$1" && DQ_KERNELS_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$2" 2>&1 \
+     && echo "built $1" || { echo "BUILD FAILED $1"; tail -30 "$2"; })
+}
+for step in "$@"; do
+  start=$(date +%s)
+  case $step in
+    build) build . "$out/build.log" ;;
+    baseline) build .baseline "$out/build-baseline.log"; pip uninstall -q -y dq-kernels; build . "$out/build.log" ;;
+    gputests) timeout 420 python3 -m pytest python_tests -m gpu -q -p no:cacheprovider >"$out/gputests.log" 2>&1; tail -15 "$out/gputests.log" ;;
+    host)
+      if [ -f .baseline/dq_kernels/libdq_kernels_native.so ]; then  # this tree's host benchmark on the baseline
+        cp dq_kernels/bench/host.py .baseline/dq_kernels/bench/host.py
+        (cd .baseline && python3 -c "import torch; from dq_kernels.bench import host
+rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); print(host.table(rows))" \
+          >"$out/host-baseline.log" 2>&1); tail -8 "$out/host-baseline.log"
+      fi
+      python3 -m dq_kernels bench host --json "$out/host-h100.json" --profile mxfp8 >"$out/host.log" 2>&1; tail -8 "$out/host.log" ;;
+    gemm) python3 -m dq_kernels bench gemm --preset flux --json "$out/gemm-h100.json" >"$out/gemm.log" 2>&1; tail -40 "$out/gemm.log" ;;
+    model) python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 --backends auto \
+             --compile none regional-cudagraphs --json "$out/model-h100.json" >"$out/model.log" 2>&1; tail -20 "$out/model.log" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+  echo "== $step took $(( $(date +%s) - start )) s"
+done

@@ -1,0 +1,196 @@
+"""The eager host path of a quantized Linear (issue 19): one cached backend decision per shape that
+every way of naming a backend invalidates, the eager bypass of the custom-op dispatcher (same result
+as the op), checks once, the bias converted once, a saved weight's backend as a preference, the
+native library's ABI check, and the host benchmark."""
+
+import json
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchao.quantization import quantize_
+
+import dq_kernels as dq
+from dq_kernels import backends, native, ops
+from dq_kernels.backends import select
+from dq_kernels.backends.base import OPS, BackendSpec
+from dq_kernels.backends.reference import ReferenceBackend
+from dq_kernels.config import MXFP8Config, NVFP4Config, set_backend
+from dq_kernels.tensor import MXFP8Weight, NVFP4Weight
+
+CPU = torch.device("cpu")
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+class Recorder(ReferenceBackend):
+    """The reference, under another name, counting its GEMM calls."""
+
+    spec = BackendSpec(name="recorder", description="test double", ops=OPS, cpu=True, auto=False)
+
+    def __init__(self):
+        self.calls = 0
+
+    def mxfp8_mm(self, *args):
+        self.calls += 1
+        return super().mxfp8_mm(*args)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    backend = Recorder()
+    monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "recorder": backend})
+    backends._forget_selections()
+    return backend
+
+
+def test_selection_is_cached_per_shape_bucket_and_name(recorder, monkeypatch):
+    calls = []
+    decide = backends._decide
+    monkeypatch.setattr(backends, "_decide", lambda *a: calls.append(a) or decide(*a))
+    for _ in range(3):
+        assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "reference"
+    assert len(calls) == 1
+    select("mxfp8_mm", CPU, 5, 8, 64)  # a new M
+    assert len(calls) == 2
+    with dq.use_backend("recorder"):  # use_backend is part of the key
+        assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "recorder"
+    assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "reference"
+    monkeypatch.setenv("DQ_KERNELS_BACKEND", "recorder")  # so is the environment variable, read per call
+    assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "recorder"
+    monkeypatch.setenv("DQ_KERNELS_BACKEND", "auto")
+    assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "reference"
+    assert select("mxfp8_mm", CPU, 2048, 8, 64) is select("mxfp8_mm", CPU, 1500, 8, 64)  # one bucket above 64
+
+
+def test_model_follows_set_backend_use_backend_and_the_environment(recorder, monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_(model, MXFP8Config())
+    x = randn(3, 64)
+    model(x)
+    assert recorder.calls == 0
+    with dq.use_backend("recorder"):
+        model(x)
+    assert recorder.calls == 1
+    monkeypatch.setenv("DQ_KERNELS_BACKEND", "recorder")
+    model(x)
+    assert recorder.calls == 2
+    monkeypatch.delenv("DQ_KERNELS_BACKEND")
+    model(x)
+    assert recorder.calls == 2
+    set_backend(model, "recorder")
+    model(x)
+    assert recorder.calls == 3
+    set_backend(model, "auto")
+    model(x)
+    assert recorder.calls == 3
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DQ_KERNELS_BACKEND", "bogus")
+    with pytest.raises(ValueError, match=r"environment variable DQ_KERNELS_BACKEND='bogus': unknown dq_kernels backend"):
+        dq.mxfp8_mm(*dq.quantize_mxfp8(randn(4, 64), backend="reference"), *dq.quantize_mxfp8(randn(8, 64), backend="reference"))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4", "nvfp4_w4a16"])
+def test_eager_bypass_matches_the_custom_op_and_skips_it(fmt, monkeypatch):
+    w = randn(48, 64)
+    weight = MXFP8Weight.from_float(w) if fmt == "mxfp8" else NVFP4Weight.from_float(w, weight_only=fmt != "nvfp4")
+    x, bias = randn(5, 64, seed=1, dtype=torch.bfloat16), randn(48, seed=2, dtype=torch.bfloat16)
+    through_op = weight._linear_op(x, bias)
+    for name in ("mxfp8_linear", "nvfp4_linear", "nvfp4_weight_only_mm"):
+        monkeypatch.setattr(ops, name, lambda *a, **k: pytest.fail("the eager path called the custom op"))
+    assert torch.equal(F.linear(x, weight, bias), through_op)
+
+
+def test_tracing_runs_the_custom_op(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_(model, MXFP8Config())
+    x = randn(3, 64)
+    traced = []
+    op = ops.mxfp8_linear
+    monkeypatch.setattr(ops, "mxfp8_linear", lambda *a: traced.append(type(a[0]).__name__) or op(*a))
+    with torch.no_grad():
+        eager = model(x)
+        assert traced == []
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    assert "FakeTensor" in traced  # the custom op is what the trace recorded
+    assert torch.equal(compiled, eager)
+
+
+def test_weight_is_checked_when_made_and_the_call_checks_the_activation():
+    w = MXFP8Weight.from_float(randn(48, 64))
+    with pytest.raises(ValueError, match="scale must hold"):
+        MXFP8Weight(w.qdata, w.scale[:64], w.orig_dtype, "rceil", "auto")
+    with pytest.raises(TypeError, match="x must be bfloat16, float16 or float32"):
+        F.linear(randn(2, 64).to(torch.float64), w)
+    with pytest.raises(ValueError, match="bias must be"):
+        F.linear(randn(2, 64), w, randn(47))
+
+
+def test_eager_bias_is_converted_once_per_bias_version():
+    bias = randn(48, dtype=torch.bfloat16)
+    first = ops._eager_bias(bias, torch.float32)
+    assert first.dtype == torch.float32 and ops._eager_bias(bias, torch.float32) is first
+    bias.add_(1)
+    second = ops._eager_bias(bias, torch.float32)
+    assert second is not first and torch.equal(second, bias.float())
+    assert ops._eager_bias(bias, None) is bias
+
+
+class Unavailable(ReferenceBackend):
+    spec = BackendSpec(name="elsewhere", description="a backend of another machine", ops=OPS, cpu=True, auto=False)
+
+    def availability(self):
+        return False, "its library was built for another GPU"
+
+
+def test_saved_backend_is_a_preference(monkeypatch, caplog):
+    available = Unavailable()
+    available.availability = lambda: (True, "")
+    monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "elsewhere": available})
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_(model, NVFP4Config(backend="reference"))
+    set_backend(model, "elsewhere")
+    state = {k: v for k, v in model.state_dict().items()}
+    monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "elsewhere": Unavailable()})
+    backends._forget_selections()
+    loaded = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    loaded.load_state_dict(state, assign=True)
+    assert loaded[0].weight.backend == "elsewhere"
+    x = randn(3, 64)
+    with caplog.at_level(logging.WARNING, logger="dq_kernels"):
+        out = [loaded(x) for _ in range(3)]
+    warnings = [r.getMessage() for r in caplog.records if "elsewhere" in r.getMessage()]
+    assert len(warnings) == 2 and all("preference" in w for w in warnings)  # the cast and the mm, once each
+    on_reference = loaded[0].weight._replace(backend="reference")
+    assert all(torch.equal(o, F.linear(x, on_reference, loaded[0].bias)) for o in out)
+    with pytest.raises(dq.BackendUnavailableError, match="built for another GPU"):
+        set_backend(loaded, "elsewhere")  # an explicit choice stays strict
+
+
+def test_native_library_with_another_abi_is_refused(monkeypatch):
+    if not native.LIBRARY_PATH.is_file():
+        pytest.skip("the native library is not built (no nvcc at install time)")
+    monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 1)
+    native._reset()
+    try:
+        ok, why = native.status()
+        assert not ok and "stale build" in why and f"version {native.ABI_VERSION - 1}" in why
+    finally:
+        monkeypatch.undo()
+        native._reset()
+    assert native.status()[0]
+
+
+def test_host_benchmark_on_cpu(tmp_path, capsys):
+    from dq_kernels import cli
+
+    path = tmp_path / "host.json"
+    assert cli.main(["bench", "host", "--shape", "4x64x32", "--formats", "bf16", "mxfp8", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["format"], r["M"], r["K"], r["N"]) for r in rows] == [("bf16", 4, 64, 32), ("mxfp8", 4, 64, 32)]
+    assert all(r["host_us"] > 0 for r in rows) and rows[1]["backend"] == "reference"
