@@ -21,9 +21,9 @@ build() {  # build DIR LOG
 for step in "$@"; do
   start=$(date +%s)
   case $step in
-    build) build . "$out/build.log" ;;
+    build) build . "$out/build.log"; cp dq_kernels/libdq_kernels_native.so "$out/" ;;
     baseline) build .baseline "$out/build-baseline.log"; pip uninstall -q -y dq-kernels; build . "$out/build.log" ;;
-    gputests) timeout 420 python3 -m pytest python_tests -m gpu -q -p no:cacheprovider >"$out/gputests.log" 2>&1; tail -15 "$out/gputests.log" ;;
+    gputests) timeout ${GPUTESTS_TIMEOUT:-420} python3 -m pytest python_tests -m gpu -q -p no:cacheprovider >"$out/gputests.log" 2>&1; tail -15 "$out/gputests.log" ;;
     host)
       if [ -f .baseline/dq_kernels/libdq_kernels_native.so ]; then  # this tree's host benchmark on the baseline
         cp dq_kernels/bench/host.py .baseline/dq_kernels/bench/host.py

@@ -365,10 +365,13 @@ _CONVERTED_BIASES: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
 def _eager_bias(bias: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
     """The bias in the dtype the GEMM backend reads (``BackendSpec.bias_dtype``), converted once
-    per bias and kept while the bias lives unchanged (same object, same version counter). Eager
-    calls only: a copy kept across calls must not come from a CUDA-graph memory pool."""
+    per bias and kept while the bias lives unchanged (same object, same version counter; a bias
+    made under ``torch.inference_mode`` has none and is converted every time). Eager calls only: a
+    copy kept across calls must not come from a CUDA-graph memory pool."""
     if bias is None or dtype is None or bias.dtype == dtype:
         return bias
+    if bias.is_inference():  # no version counter to tell an in-place change: convert every time
+        return bias.to(dtype)
     kept = _CONVERTED_BIASES.get(id(bias))
     if kept is not None and kept[0]() is bias and kept[1] == bias._version:
         return kept[2]

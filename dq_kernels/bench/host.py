@@ -111,19 +111,20 @@ def run(shapes, formats, device: torch.device, profile: str | None = None) -> tu
         reason = unsupported_reason(fmt, device)
         if reason:
             notes.append(f"skipped {fmt}: {reason}")
-    with torch.inference_mode():
-        for m, k, n in shapes:
-            x = torch.randn(1, m, k, dtype=torch.bfloat16, device=device)
-            for fmt in formats:
-                if unsupported_reason(fmt, device):
-                    continue
-                linear = _linear(fmt, k, n, str(device))
+    for m, k, n in shapes:
+        x = torch.randn(1, m, k, dtype=torch.bfloat16, device=device)
+        for fmt in formats:
+            if unsupported_reason(fmt, device):
+                continue
+            linear = _linear(fmt, k, n, str(device))  # made outside inference mode, as a model's layers are
+            with torch.inference_mode():
                 us = host_us(lambda: linear(x), device)
-                rows.append(Row(fmt, _gemm_backend(fmt, m, k, n, device), m, k, n, round(us, 1)))
-                print(f"  {fmt:12s} M={m} K={k} N={n}: {us:.1f} us per call", flush=True)
-                if profile == fmt and (m, k, n) == tuple(shapes[0]):
+            rows.append(Row(fmt, _gemm_backend(fmt, m, k, n, device), m, k, n, round(us, 1)))
+            print(f"  {fmt:12s} M={m} K={k} N={n}: {us:.1f} us per call", flush=True)
+            if profile == fmt and (m, k, n) == tuple(shapes[0]):
+                with torch.inference_mode():
                     print(_profile(lambda: linear(x), device))
-                del linear
+            del linear
     return rows, notes
 
 
