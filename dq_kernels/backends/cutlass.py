@@ -45,7 +45,7 @@ _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
 
 
 # auto takes the skinny kernel up to these M on 9.0 (faster than triton_sm90 there in the small-M
-# sweep of benchmarks/results/NOTES.md) and triton_sm90 from there to SM90_SKINNY_MAX_M; explicit
+# sweep of docs/skinny-kernels.md) and triton_sm90 from there to SM90_SKINNY_MAX_M; explicit
 # cutlass runs the skinny kernel up to SM90_SKINNY_MAX_M and the mixed-input kernel above.
 SKINNY_AUTO_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
 
