@@ -82,3 +82,8 @@ def test_replot_refuses_other_json(tmp_path):
     source.write_text(json.dumps({"device": "x", "date": "y", "rows": [{"a": 1}]}))
     with pytest.raises(ValueError, match="not the JSON of `dq-kernels bench"):
         report.plot_json(str(source), str(tmp_path / "x.png"))
+
+
+def test_shapes_shrunk_together_lose_their_labels():
+    labels = report.shape_labels([(64, 256, 256, "ff up"), (64, 256, 256, "ff down"), (1, 256, 256, "norm1")])
+    assert labels == {(1, 256, 256): "norm1"}

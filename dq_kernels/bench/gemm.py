@@ -244,5 +244,5 @@ def table(rows: Sequence[Row]) -> str:
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
     """PNG, one panel per format: speedup vs bf16 cuBLAS per shape when timed, else the relative
     error (log scale); see ``report.plot_gemm``."""
-    labels = {(r.shape.M, r.shape.K, r.shape.N): r.shape.label for r in rows}
+    labels = report.shape_labels([(r.shape.M, r.shape.K, r.shape.N, r.shape.label) for r in rows])
     report.plot_gemm([r.to_json() for r in rows], path, device, date, labels)

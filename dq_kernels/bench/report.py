@@ -180,6 +180,15 @@ def _gemm_series_name(row: dict) -> str:
     return base if row.get("op", "mm") == "mm" else base + LINEAR_SUFFIX
 
 
+def shape_labels(shapes: Sequence[tuple[int, int, int, str | None]]) -> dict[tuple[int, int, int], str]:
+    """(M, K, N, label) -> {(M, K, N): label}, leaving out the shapes that carry several labels (the
+    FLUX shapes shrunk for the CPU coincide), so no plot names a shape after only one of them."""
+    found: dict[tuple[int, int, int], set] = {}
+    for m, k, n, label in shapes:
+        found.setdefault((m, k, n), set()).add(label)
+    return {shape: names.pop() for shape, names in found.items() if len(names) == 1 and None not in names}
+
+
 def plot_gemm(rows: Sequence[dict], path: str, device: str, date: str, labels: dict | None = None):
     """`bench gemm` rows (as in its JSON) -> PNG, one panel per format; returns the Figure.
 
@@ -272,7 +281,7 @@ def plot_json(json_path: str, png_path: str) -> None:
     elif rows and "tbps" in rows[0]:
         plot_quant(rows, png_path, device, date)
     elif rows and "N" in rows[0]:
-        labels = {(s["M"], s["K"], s["N"]): s["label"] for s in document.get("shapes", [])}
+        labels = shape_labels([(s["M"], s["K"], s["N"], s["label"]) for s in document.get("shapes", [])])
         plot_gemm(rows, png_path, device, date, labels)
     else:
         raise ValueError(f"{json_path}: not the JSON of `dq-kernels bench gemm`, `quant` or `model` (no rows "
