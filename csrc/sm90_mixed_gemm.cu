@@ -15,7 +15,7 @@
 // the float32 epilogue. An e4m3 value times its E8M0 scale is exact in bf16 unless it falls below
 // bf16's subnormal grid (a scale byte below 3 with nonzero data; bf16 overflows where float32
 // does), so MXFP8 computes in bf16 and is exact away from that end of the E8M0 range.
-// (benchmarks/results/NOTES.md compares this design with FP8 wgmma plus per-32 promotion, which was
+// (docs/hopper-mixed-input.md compares this design with FP8 wgmma plus per-32 promotion, which was
 // exact over the whole range and 2.3x slower.)
 //
 // CTA: a producer warp (warpgroup 0, one thread) streams each 64-wide K step through a ring of

@@ -162,7 +162,7 @@ def available_backends() -> list[BackendStatus]:
 # ----------------------------------------------------------------------------------------------
 
 # On 9.0 the sm_90a skinny kernels (cutlass, M <= 64) win up to these M; above them, up to
-# M = 64, triton_sm90's split-K kernels do (small-M sweep on an H100).
+# M = 64, triton_sm90's split-K kernels do (the small-M sweep of docs/skinny-kernels.md).
 SM90_SKINNY_BEST_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
 SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny kernels take
 

@@ -84,7 +84,7 @@ def weight_decoded_mm_kernel(
       dot with a narrow activation tile (wgmma's N can be 16; its M is at least 64): small M.
     - otherwise a @ decode(w)^T: Triton stores the decoded weight in shared memory and both wgmma
       operands come from there. Faster for large M with Triton 3.6, whose register-operand wgmmas
-      ptxas serializes (see benchmarks/results/NOTES.md).
+      ptxas serializes (see docs/hopper-mixed-input.md).
 
     Accumulation in float32; alpha, bias and one rounding in the epilogue.
 

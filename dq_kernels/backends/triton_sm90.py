@@ -55,7 +55,7 @@ class Tiles:
 
 def tiles_for(fmt: str, m: int, n: int, k: int) -> Tiles:
     """The tile configuration for an [m, k] x [n, k]^T product (picked from sweeps on an H100,
-    recorded in benchmarks/results/NOTES.md): from M = 65 on, wide tiles, and above M = 512 the
+    recorded in docs/backend-selection.md): from M = 65 on, wide tiles, and above M = 512 the
     weight through shared memory; for small M, where the
     weight stream is the whole cost, narrow activation tiles and, when N gives too few weight tiles
     to fill the GPU, split-K (MXFP8: about 3 programs per SM of an H100; NVFP4, whose decode is the

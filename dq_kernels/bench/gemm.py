@@ -242,20 +242,7 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
-    """PNG: speedup vs bf16 cuBLAS per shape when timed, else the relative error (log scale)."""
-    timed = any(r.us is not None for r in rows)
-    shapes = list(dict.fromkeys(r.shape for r in rows))
-    series: dict[str, list[float | None]] = {}
-    for r in rows:
-        if timed and r.format == "bf16":
-            continue  # the 1.0x line
-        values = series.setdefault(f"{r.format} {r.backend}", [None] * len(shapes))
-        values[shapes.index(r.shape)] = r.speedup_vs_bf16 if timed else r.rel_err
-    groups = [f"{s.label}\n{s}" if s.label else str(s) for s in shapes]
-    if timed:
-        report.plot_grouped_bars(path, groups, series, f"GEMM speedup vs bf16 cuBLAS - {device}, {date}",
-                                 "speedup vs bf16 cuBLAS", reference_line=1.0)
-    else:
-        report.plot_grouped_bars(path, groups, series,
-                                 f"GEMM relative error vs the reference backend (no timings: no CUDA device) - {device}, {date}",
-                                 "relative error (Frobenius)", log_scale=True)
+    """PNG, one panel per format: speedup vs bf16 cuBLAS per shape when timed, else the relative
+    error (log scale); see ``report.plot_gemm``."""
+    labels = report.shape_labels([(r.shape.M, r.shape.K, r.shape.N, r.shape.label) for r in rows])
+    report.plot_gemm([r.to_json() for r in rows], path, device, date, labels)

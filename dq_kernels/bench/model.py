@@ -511,18 +511,6 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
-    """PNG: step latency (ms) and weight memory (GiB) per configuration, one group per (model, batch,
-    compile mode); two files: ``path`` (latency) and ``path`` with ``-memory`` before the suffix."""
-    groups = list(dict.fromkeys(f"{r.model} b{r.batch} {r.compile}" for r in rows))
-    names = list(dict.fromkeys(f"{r.format}/{r.backend}" for r in rows))
-    by_key = {(f"{r.model} b{r.batch} {r.compile}", f"{r.format}/{r.backend}"): r for r in rows}
-
-    def series(value):
-        return {n: [value(by_key[(g, n)]) if (g, n) in by_key else None for g in groups] for n in names}
-
-    report.plot_grouped_bars(path, groups, series(lambda r: r.step_ms),
-                             f"Diffusion transformer step latency - {device}, {date}", "ms per denoising step")
-    stem, dot, suffix = path.rpartition(".")
-    memory_path = f"{stem}-memory.{suffix}" if dot else f"{path}-memory"
-    report.plot_grouped_bars(memory_path, groups, series(lambda r: r.weights_gib),
-                             f"Transformer weight memory - {device}, {date}", "GiB")
+    """PNG: step time x bf16 (``path``) and weight memory (``path`` with ``-memory`` before the
+    suffix), one panel per model (``report.plot_model``)."""
+    report.plot_model([r.to_json() for r in rows], path, device, date)

@@ -133,10 +133,5 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
-    """PNG: effective TB/s per shape, a bar per case x backend."""
-    shapes = list(dict.fromkeys((r.m, r.k) for r in rows))
-    series: dict[str, list[float | None]] = {}
-    for r in rows:
-        series.setdefault(f"{r.case} {r.backend}", [None] * len(shapes))[shapes.index((r.m, r.k))] = r.tbps
-    report.plot_grouped_bars(path, [f"{m}x{k}" for m, k in shapes], series,
-                             f"Activation casts, effective bandwidth - {device}, {date}", "TB/s")
+    """PNG: effective TB/s per shape, one panel per case, a bar per backend (``report.plot_quant``)."""
+    report.plot_quant([r.to_json() for r in rows], path, device, date)
