@@ -25,6 +25,7 @@ import torch
 
 from .base import OPS, Backend, BackendSpec, BackendUnavailableError
 from .cutlass import CutlassBackend
+from .decode_cublas import DecodeCublasBackend
 from .reference import ReferenceBackend
 from .torchao import TorchAOBackend
 from .triton_cast import TritonCastBackend
@@ -58,6 +59,7 @@ _REGISTRY: dict[str, Backend] = {
         TritonSm100Backend(),
         TritonCastBackend(),
         TorchAOBackend(),
+        DecodeCublasBackend(),
         ReferenceBackend(),
         TritonStockBackend(),
     )
