@@ -112,9 +112,9 @@ class DecodeCublasBackend(Backend):
     def kernel_config(self, fmt, m, n, k):
         """What runs for a bfloat16 output without bias; ``fmt``: "mxfp8", "nvfp4" or "nvfp4_w4a16"."""
         if fmt == "mxfp8":
-            return "decode bf16 + cuBLAS bf16"
-        dtype = "f16" if fmt == "nvfp4" else "activation dtype"
-        return f"decode {dtype} + cuBLAS fp32 out + epilogue"
+            return "decode to bf16 + cuBLAS bf16"
+        dtype = "f16" if fmt == "nvfp4" else "a's dtype"
+        return f"decode to {dtype} + cuBLAS fp32 out + epilogue"
 
     def transient_bytes(
         self, op: str, m: int, n: int, k: int, out_dtype: torch.dtype = torch.bfloat16,
