@@ -58,7 +58,7 @@ def _shape_arg(text: str) -> Shape:
 
 
 def _backend_arg(name: str) -> str:
-    names = dq_kernels.backends.backend_names()
+    names = [*dq_kernels.backends.backend_names(), gemm.AUTO]
     if name not in names:
         raise argparse.ArgumentTypeError(f"unknown backend {name!r} (valid: {', '.join(names)})")
     return name
@@ -80,7 +80,7 @@ def _add_gemm_parser(benches: argparse._SubParsersAction) -> None:
                         "activation left in bf16 (nvfp4_weight_only_mm)")
     p.add_argument("--backends", type=_backend_arg, nargs="+", action="extend", metavar="NAME",
                    help="backends to run (default: every available backend supporting the format; "
-                        "see `dq-kernels info`)")
+                        "see `dq-kernels info`); auto: the backend the ops choose for each shape")
     p.add_argument("--ops", choices=gemm.OPS, nargs="+", action="extend",
                    help="ops to run (default: both): mm on quantized operands, linear on the bf16 activation "
                         "(cast included)")

@@ -162,18 +162,24 @@ def test_cpu_table_has_a_row_per_pair_and_op(no_cuda, capsys):
     assert lines[1].split()[:6] == ["64", "64", "160", "nvfp4", "linear", "reference"]
 
 
-def test_cpu_ops_option_and_decode_cublas_rows(no_cuda, tmp_path):
-    """--ops linear runs the linear ops only; decode_cublas rows carry the temporary buffers its
-    transient_bytes gives (bf16 activation, bf16 output), in MiB."""
+def test_cpu_ops_option_auto_and_decode_cublas_rows(no_cuda, tmp_path):
+    """--ops linear runs the linear ops only; "auto" rows name the backend auto picks in their
+    config; decode_cublas rows carry the temporary buffers its transient_bytes gives (bf16
+    activation, bf16 output), in MiB."""
     path = tmp_path / "gemm.json"
-    run_cli("bench", "gemm", "--shape", "64x256x96", "--ops", "linear", "--backends", "decode_cublas", "--json", str(path))
+    run_cli("bench", "gemm", "--shape", "64x256x96", "--ops", "linear", "--backends", "auto", "decode_cublas",
+            "--json", str(path))
     rows = json.loads(path.read_text())["rows"]
-    assert [(r["format"], r["op"]) for r in rows] == [(fmt, "linear") for fmt in gemm.FORMATS]
+    assert [(r["format"], r["op"], r["backend"]) for r in rows] == [
+        (fmt, "linear", backend) for fmt in gemm.FORMATS for backend in ("auto", "decode_cublas")]
     backend = dq_kernels.backends.get_backend("decode_cublas")
     for row in rows:
+        assert row["rel_err"] < 4e-3, row  # the bf16 rounding of the output
+        if row["backend"] == "auto":
+            assert row["config"] == "reference" and row["transient_mib"] is None
+            continue
         expected = backend.transient_bytes(gemm.MM_OPS[row["format"]], 64, 96, 256, torch.bfloat16) / 2**20
         assert row["transient_mib"] == expected > 0
-        assert row["rel_err"] < 4e-3, row  # the bf16 rounding of the output
 
 
 def test_rows_read_back_and_old_rows_are_mm_rows():

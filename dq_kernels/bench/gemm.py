@@ -39,6 +39,7 @@ OPS = ("mm", "linear")
 # the op that a format's rows time; nvfp4_w4a16 is the NVFP4 weight with the bf16 activation as is
 MM_OPS = {"mxfp8": "mxfp8_mm", "nvfp4": "nvfp4_mm", "nvfp4_w4a16": "nvfp4_weight_only_mm"}
 BASELINES = (("bf16", "cublas"), ("fp8", "cublas"))
+AUTO = "auto"  # a backend name for the rows: what the ops choose when a call names no backend
 REFERENCE_BACKEND = "reference"
 SEED = 0
 
@@ -117,15 +118,13 @@ def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) 
     """(format, backend) pairs to run, in format order.
 
     By default every available backend implementing the format's mm. Backends named explicitly are kept
-    even when unavailable, so that the row is skipped with the backend's own reason.
+    even when unavailable, so that the row is skipped with the backend's own reason; "auto" runs
+    every format with the backend the ops choose for each shape.
     """
-    statuses = dq_kernels.available_backends()
+    statuses = {s.name: s for s in dq_kernels.available_backends()}
     if names is None:
-        chosen = [s for s in statuses if s.available]
-    else:
-        by_name = {s.name: s for s in statuses}
-        chosen = [by_name[name] for name in names]
-    return [(fmt, s.name) for fmt in formats for s in chosen if MM_OPS[fmt] in s.ops]
+        names = [name for name, s in statuses.items() if s.available]
+    return [(fmt, name) for fmt in formats for name in names if name == AUTO or MM_OPS[fmt] in statuses[name].ops]
 
 
 def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +222,14 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def runs_on(case: ShapeCase, fmt: str, backend: str) -> str:
+    """The backend a row's mm runs on: ``backend``, or for "auto" the one auto picks for the shape."""
+    if backend != AUTO:
+        return backend
+    s = case.shape
+    return dq_kernels.backends.select(MM_OPS[fmt], case.a.device, s.M, s.N, s.K, AUTO).spec.name
+
+
 def transient_mib(case: ShapeCase, fmt: str, op: str, backend: str) -> float | None:
     """The temporary buffers of a row's call in MiB, for a backend that reports them, else None."""
     if fmt not in MM_OPS:  # a cuBLAS baseline
@@ -247,8 +254,12 @@ def bench_shape(case: ShapeCase, triples: Sequence[tuple[str, str, str]], timed:
         else:
             us = timing.median_us(call) if timed else None
             error = report.rel_err(out, case.reference(fmt))
-            rows.append(Row(case.shape, fmt, backend, us, error, kernel_config(fmt, backend, case.shape), op=op,
-                            transient_mib=transient_mib(case, fmt, op, backend)))
+            name = runs_on(case, fmt, backend)
+            config = kernel_config(fmt, name, case.shape)
+            if name != backend:
+                config = f"{name} {config}".rstrip()
+            rows.append(Row(case.shape, fmt, backend, us, error, config, op=op,
+                            transient_mib=transient_mib(case, fmt, op, name)))
         progress.update()
     bf16_us = next((r.us for r in rows if r.format == "bf16"), None)
     for row in rows:
