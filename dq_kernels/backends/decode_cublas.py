@@ -20,9 +20,9 @@ for MXFP8, as the reference and the native kernels compute it:
   (``torch.mm`` / ``torch.addmm``: the bias added to the float32 sums, one rounding), with
   cuBLAS's reduced-precision split-K reductions switched off for the call.
 - Every other case (NVFP4, W4A16, a float16 or float32 output, a bias of another dtype): cuBLAS
-  writes the float32 product [M, N] (``torch.mm(..., out_dtype=torch.float32)``), then alpha and
-  the bias are applied in float32 and the result rounded once to the output dtype. (The tensor
-  scales are device tensors, so alpha cannot go into cuBLAS without a host synchronization.)
+  writes the float32 product [M, N] (``torch.mm(..., out_dtype=torch.float32)``), then one
+  elementwise pass applies alpha and the bias in float32 and rounds once to the output dtype. (The
+  tensor scales are device tensors, so alpha cannot go into cuBLAS without a host synchronization.)
 - A float32 W4A16 activation: the weight is decoded to float32 and the product is a float32 GEMM
   with TF32 off.
 
@@ -82,6 +82,20 @@ def _float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.float() @ b.float().t()
 
 
+def _epilogue(product: torch.Tensor, alpha, bias, out_dtype: torch.dtype) -> torch.Tensor:
+    """alpha * product + bias in float32, rounded once to ``out_dtype``, in one pass over the
+    float32 product [M, N] (in place for a float32 output)."""
+    if alpha is None and bias is None:
+        return product.to(out_dtype)
+    out = product if out_dtype == torch.float32 else torch.empty_like(product, dtype=out_dtype)
+    if alpha is None:
+        return torch.add(product, bias, out=out)
+    alpha = alpha.reshape(())
+    if bias is None:
+        return torch.mul(product, alpha, out=out)
+    return torch.addcmul(bias, product, alpha, out=out)
+
+
 def _product(op, a, b, alpha, bias, out_dtype) -> torch.Tensor:
     """alpha * (a @ b.T) + bias as [M, N] of ``out_dtype`` for decoded operands a [M, K] and
     b [N, K] of one dtype (see the module docstring). alpha: a float32 tensor with one element,
@@ -89,12 +103,7 @@ def _product(op, a, b, alpha, bias, out_dtype) -> torch.Tensor:
     if _cublas_epilogue(op, out_dtype, None if bias is None else bias.dtype):  # alpha is None there
         with _float32_reductions():
             return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
-    out = _float32_product(a, b)
-    if alpha is not None:
-        out.mul_(alpha.reshape(()))
-    if bias is not None:
-        out.add_(bias)
-    return out.to(out_dtype)
+    return _epilogue(_float32_product(a, b), alpha, bias, out_dtype)
 
 
 class DecodeCublasBackend(Backend):
@@ -153,8 +162,7 @@ class DecodeCublasBackend(Backend):
         """nvfp4_mm from the activation's e2m1 x block scale values a [M, K] float16 (its tensor
         scale a_ts apart)."""
         b = reference.dequantize_nvfp4(b_q, b_s, None, torch.float16)
-        alpha = a_ts.reshape(()) * b_ts.reshape(())
-        return _product("nvfp4_mm", a, b, alpha, bias, out_dtype)
+        return _product("nvfp4_mm", a, b, a_ts.reshape(()) * b_ts.reshape(()), bias, out_dtype)
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         b = reference.dequantize_nvfp4(b_q, b_s, None, a.dtype)
