@@ -38,7 +38,10 @@ Presets: {", ".join(f"{name} ({len(shapes)} shapes)" for name, shapes in PRESETS
 
 On a CUDA device every shape also runs the bf16 cuBLAS (torch.mm) and fp8 tensor-wise cuBLAS
 (torch._scaled_mm) baselines. Operands are random normal (seeded) and quantized once, outside the
-timed region.
+timed region. Ops: "mm" times the mm op on the quantized operands (output: --out-dtype); "linear"
+times what a quantized Linear runs in a model, the linear op on the bf16 activation (its cast
+included, the backend as mm_backend, the cast's backend auto, bf16 output; for nvfp4_w4a16 the
+weight-only mm itself). tmp MiB: the temporary buffers of backends that report them (decode_cublas).
 {textwrap.fill(f"Timing: {timing.METHOD}.", 100)}
 rel err is ||out - ref|| / ||ref|| in float64: a format row against the "reference" backend on the
 same quantized operands (float32 output, so the floor is the rounding to --out-dtype: about
@@ -57,7 +60,7 @@ def _shape_arg(text: str) -> Shape:
 
 
 def _backend_arg(name: str) -> str:
-    names = dq_kernels.backends.backend_names()
+    names = [*dq_kernels.backends.backend_names(), gemm.AUTO]
     if name not in names:
         raise argparse.ArgumentTypeError(f"unknown backend {name!r} (valid: {', '.join(names)})")
     return name
@@ -79,7 +82,10 @@ def _add_gemm_parser(benches: argparse._SubParsersAction) -> None:
                         "activation left in bf16 (nvfp4_weight_only_mm)")
     p.add_argument("--backends", type=_backend_arg, nargs="+", action="extend", metavar="NAME",
                    help="backends to run (default: every available backend supporting the format; "
-                        "see `dq-kernels info`)")
+                        "see `dq-kernels info`); auto: the backend the ops choose for each shape")
+    p.add_argument("--ops", choices=gemm.OPS, nargs="+", action="extend",
+                   help="ops to run (default: both): mm on quantized operands, linear on the bf16 activation "
+                        "(cast included)")
     p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the speedup vs bf16 cuBLAS per shape "
                                                     "(of the relative error without a CUDA device)")
@@ -259,7 +265,7 @@ def _bench_gemm(args: argparse.Namespace) -> int:
         device, device_name, timing_method = "cpu", "cpu", NO_CUDA_TIMING
         shapes = [shape.shrunk() for shape in shapes]
 
-    result = gemm.run(shapes, pairs, OUT_DTYPES[args.out_dtype], device)
+    result = gemm.run(shapes, pairs, OUT_DTYPES[args.out_dtype], device, args.ops or list(gemm.OPS))
     print(gemm.table(result.rows))
     for skip in result.skipped:
         print(skip.note())

@@ -17,7 +17,8 @@ from dq_kernels.bench import gemm
 from dq_kernels.bench.shapes import FLUX, PRESETS, Shape, parse_shape
 
 HEADER_KEYS = ("device", "torch", "triton", "dq_kernels", "date", "command", "timing", "rows")
-ROW_KEYS = ("format", "backend", "M", "K", "N", "us", "tflops", "speedup_vs_bf16", "rel_err", "config")
+ROW_KEYS = ("format", "op", "backend", "M", "K", "N", "us", "tflops", "speedup_vs_bf16", "rel_err", "config",
+            "transient_mib")
 
 
 @pytest.fixture
@@ -89,6 +90,11 @@ def test_shrunk_keeps_the_original_size_in_the_label():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_unknown_op_lists_the_valid_ones(capsys):
+    err = cli_error(capsys, "bench", "gemm", "--ops", "conv")
+    assert "conv" in err and "mm" in err and "linear" in err
+
+
 def test_unknown_format_lists_the_valid_ones(capsys):
     err = cli_error(capsys, "bench", "gemm", "--formats", "mxfp4")
     assert "mxfp4" in err and "mxfp8" in err and "nvfp4" in err
@@ -130,10 +136,14 @@ def test_cpu_numerics_flux_json(no_cuda, tmp_path, capsys):
 
     pairs = gemm.select_backends(gemm.FORMATS)
     assert {fmt for fmt, _ in pairs} == set(gemm.FORMATS) and ("mxfp8", "reference") in pairs
-    assert len(doc["rows"]) + len(doc["skipped"]) == len(FLUX) * len(pairs)
+    assert ("nvfp4", "decode_cublas") in pairs
+    assert len(doc["rows"]) + len(doc["skipped"]) == len(FLUX) * len(pairs) * len(gemm.OPS)
+    assert {(r["format"], r["op"]) for r in doc["rows"] if r["backend"] == "decode_cublas"} == {
+        (fmt, op) for fmt in gemm.FORMATS for op in gemm.OPS}
     for row in doc["rows"]:
         assert tuple(row) == ROW_KEYS
-        assert row["format"] in gemm.FORMATS and (row["format"], row["backend"]) in pairs
+        assert row["format"] in gemm.FORMATS and (row["format"], row["backend"]) in pairs and row["op"] in gemm.OPS
+        assert (row["transient_mib"] is not None) == (row["backend"] == "decode_cublas")
         assert row["M"] <= 64 and row["K"] <= 256 and row["N"] <= 256 and row["K"] % 32 == 0
         assert row["us"] is None and row["tflops"] is None and row["speedup_vs_bf16"] is None
         assert isinstance(row["config"], str)
@@ -144,11 +154,41 @@ def test_cpu_numerics_flux_json(no_cuda, tmp_path, capsys):
     assert [s["label"] for s in doc["shapes"]][0] == "attn q/k/v/out (4096x3072x3072)"
 
 
-def test_cpu_table_has_a_row_per_pair(no_cuda, capsys):
+def test_cpu_table_has_a_row_per_pair_and_op(no_cuda, capsys):
     run_cli("bench", "gemm", "--shape", "96x64x160", "--formats", "nvfp4", "--backends", "reference")
     lines = [line for line in capsys.readouterr().out.splitlines() if " nvfp4 " in line]
-    assert len(lines) == 1
-    assert lines[0].split()[:6] == ["(96x64x160)", "64", "64", "160", "nvfp4", "reference"]
+    assert len(lines) == 2
+    assert lines[0].split()[:7] == ["(96x64x160)", "64", "64", "160", "nvfp4", "mm", "reference"]
+    assert lines[1].split()[:6] == ["64", "64", "160", "nvfp4", "linear", "reference"]
+
+
+def test_cpu_ops_option_auto_and_decode_cublas_rows(no_cuda, tmp_path):
+    """--ops linear runs the linear ops only; "auto" rows name the backend auto picks in their
+    config; decode_cublas rows carry the temporary buffers its transient_bytes gives (bf16
+    activation, bf16 output), in MiB."""
+    path = tmp_path / "gemm.json"
+    run_cli("bench", "gemm", "--shape", "64x256x96", "--ops", "linear", "--backends", "auto", "decode_cublas",
+            "--json", str(path))
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["format"], r["op"], r["backend"]) for r in rows] == [
+        (fmt, "linear", backend) for fmt in gemm.FORMATS for backend in ("auto", "decode_cublas")]
+    backend = dq_kernels.backends.get_backend("decode_cublas")
+    for row in rows:
+        assert row["rel_err"] < 4e-3, row  # the bf16 rounding of the output
+        if row["backend"] == "auto":
+            assert row["config"] == "reference" and row["transient_mib"] is None
+            continue
+        expected = backend.transient_bytes(gemm.MM_OPS[row["format"]], 64, 96, 256, torch.bfloat16) / 2**20
+        assert row["transient_mib"] == expected > 0
+
+
+def test_rows_read_back_and_old_rows_are_mm_rows():
+    row = gemm.Row(Shape(16, 64, 32), "nvfp4", "decode_cublas", 1.5, 1e-3, "cfg", 2.0, "linear", 0.25)
+    assert gemm.Row.from_json(row.to_json()) == row
+    committed = Path(__file__).parents[1] / "benchmarks/results/gemm-h100.json"
+    old = json.loads(committed.read_text())["rows"][0]
+    assert "op" not in old
+    assert gemm.Row.from_json(old).op == "mm" and gemm.Row.from_json(old).transient_mib is None
 
 
 def test_cpu_plot_shows_the_relative_error(no_cuda, tmp_path, capsys):
@@ -169,11 +209,11 @@ def test_backend_that_cannot_run_is_skipped_with_a_note(no_cuda, monkeypatch, tm
     monkeypatch.setattr(dq_kernels, "mxfp8_mm", refusing_mm)
     path = tmp_path / "gemm.json"
     run_cli("bench", "gemm", "--shape", "64x64x64", "--formats", "mxfp8", "--backends", "torchao", "reference",
-            "--json", str(path))
-    assert "skipped mxfp8 / torchao at 64x64x64: torchao refuses this shape" in capsys.readouterr().out
+            "--ops", "mm", "--json", str(path))
+    assert "skipped mxfp8 mm / torchao at 64x64x64: torchao refuses this shape" in capsys.readouterr().out
     doc = json.loads(path.read_text())
     assert [(r["format"], r["backend"]) for r in doc["rows"]] == [("mxfp8", "reference")]
-    assert doc["skipped"] == [{"format": "mxfp8", "backend": "torchao", "M": 64, "K": 64, "N": 64,
+    assert doc["skipped"] == [{"format": "mxfp8", "op": "mm", "backend": "torchao", "M": 64, "K": 64, "N": 64,
                                "reason": "torchao refuses this shape"}]
 
 
@@ -217,6 +257,8 @@ def test_gpu_bench_times_the_baselines(tmp_path):
         assert rows[key]["us"] > 0 and rows[key]["tflops"] > 0 and rows[key]["rel_err"] < 0.1
     assert rows[("bf16", "cublas")]["speedup_vs_bf16"] == 1.0
     assert rows[("mxfp8", "reference")]["us"] > 0
+    timed = {(r["format"], r["op"]) for r in doc["rows"] if r["backend"] == "decode_cublas"}
+    assert timed == {(fmt, op) for fmt in gemm.FORMATS for op in gemm.OPS}
     for row in doc["rows"]:
         assert tuple(row) == ROW_KEYS
         assert row["us"] > 0 and row["speedup_vs_bf16"] > 0

@@ -32,6 +32,7 @@ import torch
 from . import base
 from .base import OPS, Backend, BackendSpec, BackendUnavailableError
 from .cutlass import CutlassBackend
+from .decode_cublas import DecodeCublasBackend
 from .reference import ReferenceBackend
 from .torchao import TorchAOBackend
 from .triton_cast import TritonCastBackend
@@ -67,6 +68,7 @@ _REGISTRY: dict[str, Backend] = {
         TritonSm100Backend(),
         TritonCastBackend(),
         TorchAOBackend(),
+        DecodeCublasBackend(),
         ReferenceBackend(),
         TritonStockBackend(),
     )

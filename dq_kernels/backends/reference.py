@@ -43,9 +43,11 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> to
     return out
 
 
-def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, ts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Validated canonical NVFP4 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built)."""
+def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, ts: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Validated canonical NVFP4 operands -> [M, K] of ``dtype`` (native kernel on CUDA if built);
+    ts None: e2m1 x block scale alone (exact in every dtype)."""
     if not _use_native(q, 8):
+        ts = torch.ones((), dtype=torch.float32, device=q.device) if ts is None else ts
         return formats.dequantize_nvfp4(q, s, ts, dtype)
     out = torch.empty(q.shape[0], q.shape[1] * 2, dtype=dtype, device=q.device)
     native.dequantize_nvfp4(q, s, ts, out)

@@ -1,9 +1,17 @@
-"""``dq-kernels bench gemm``: every format x backend on a set of GEMM shapes, against cuBLAS.
+"""``dq-kernels bench gemm``: every format x op x backend on a set of GEMM shapes, against cuBLAS.
 
 On a CUDA device, for each shape: the two cuBLAS baselines (bf16 ``torch.mm`` and fp8 tensor-wise
-``torch._scaled_mm``), then each requested format x backend. Operands are quantized once, outside
-the timed region, so a row times only the mm call. Without a CUDA device the same calls run on the
-CPU on shrunk shapes and only the numerics are reported.
+``torch._scaled_mm``), then each requested format x op x backend. Two ops per format:
+
+* ``mm``: the mm op on canonical quantized operands, quantized once outside the timed region, so
+  the row times only the mm call (output: ``--out-dtype``).
+* ``linear``: what a quantized Linear runs inside a model: ``mxfp8_linear`` / ``nvfp4_linear`` on
+  the bf16 activation (the activation cast included, dynamic NVFP4 tensor scale, ``cast_backend``
+  auto, the row's backend as ``mm_backend``; bf16 output); for nvfp4_w4a16 the linear op is the
+  weight-only mm itself.
+
+Without a CUDA device the same calls run on the CPU on shrunk shapes and only the numerics are
+reported.
 
 Errors are relative Frobenius norms computed in float64: a format row against the "reference"
 backend on the same quantized operands (float32 output), a baseline against the float64 product of
@@ -27,9 +35,11 @@ from dq_kernels.bench import report, timing
 from dq_kernels.bench.shapes import Shape
 
 FORMATS = ("mxfp8", "nvfp4", "nvfp4_w4a16")
+OPS = ("mm", "linear")
 # the op that a format's rows time; nvfp4_w4a16 is the NVFP4 weight with the bf16 activation as is
 MM_OPS = {"mxfp8": "mxfp8_mm", "nvfp4": "nvfp4_mm", "nvfp4_w4a16": "nvfp4_weight_only_mm"}
 BASELINES = (("bf16", "cublas"), ("fp8", "cublas"))
+AUTO = "auto"  # a backend name for the rows: what the ops choose when a call names no backend
 REFERENCE_BACKEND = "reference"
 SEED = 0
 
@@ -39,7 +49,9 @@ BACKEND_SKIP_ERRORS = (dq_kernels.BackendUnavailableError, NotImplementedError)
 
 @dataclass
 class Row:
-    """One measured (shape, format, backend). us and speedup_vs_bf16 are None without a GPU."""
+    """One measured (shape, format, op, backend). us and speedup_vs_bf16 are None without a GPU;
+    transient_mib: the temporary buffers of a backend that reports them (``transient_bytes``), in
+    MiB, else None. The baselines' op is "mm" (a bf16 GEMM is both ops)."""
 
     shape: Shape
     format: str
@@ -48,6 +60,8 @@ class Row:
     rel_err: float
     config: str
     speedup_vs_bf16: float | None = None
+    op: str = "mm"
+    transient_mib: float | None = None
 
     @property
     def tflops(self) -> float | None:
@@ -56,6 +70,7 @@ class Row:
     def to_json(self) -> dict:
         return {
             "format": self.format,
+            "op": self.op,
             "backend": self.backend,
             "M": self.shape.M,
             "K": self.shape.K,
@@ -65,23 +80,31 @@ class Row:
             "speedup_vs_bf16": self.speedup_vs_bf16,
             "rel_err": self.rel_err,
             "config": self.config,
+            "transient_mib": self.transient_mib,
         }
+
+    @classmethod
+    def from_json(cls, row: dict) -> Row:
+        """A row as ``to_json`` writes it; rows written before the op field (no "op") are mm rows."""
+        return cls(Shape(row["M"], row["K"], row["N"]), row["format"], row["backend"], row["us"], row["rel_err"],
+                   row["config"], row["speedup_vs_bf16"], row.get("op", "mm"), row.get("transient_mib"))
 
 
 @dataclass
 class Skip:
-    """A (shape, format, backend) that could not run, and why."""
+    """A (shape, format, op, backend) that could not run, and why."""
 
     shape: Shape
     format: str
+    op: str
     backend: str
     reason: str
 
     def note(self) -> str:
-        return f"skipped {self.format} / {self.backend} at {self.shape}: {self.reason}"
+        return f"skipped {self.format} {self.op} / {self.backend} at {self.shape}: {self.reason}"
 
     def to_json(self) -> dict:
-        return {"format": self.format, "backend": self.backend, "M": self.shape.M, "K": self.shape.K,
+        return {"format": self.format, "op": self.op, "backend": self.backend, "M": self.shape.M, "K": self.shape.K,
                 "N": self.shape.N, "reason": self.reason}
 
 
@@ -95,15 +118,13 @@ def select_backends(formats: Sequence[str], names: Sequence[str] | None = None) 
     """(format, backend) pairs to run, in format order.
 
     By default every available backend implementing the format's mm. Backends named explicitly are kept
-    even when unavailable, so that the row is skipped with the backend's own reason.
+    even when unavailable, so that the row is skipped with the backend's own reason; "auto" runs
+    every format with the backend the ops choose for each shape.
     """
-    statuses = dq_kernels.available_backends()
+    statuses = {s.name: s for s in dq_kernels.available_backends()}
     if names is None:
-        chosen = [s for s in statuses if s.available]
-    else:
-        by_name = {s.name: s for s in statuses}
-        chosen = [by_name[name] for name in names]
-    return [(fmt, s.name) for fmt in formats for s in chosen if MM_OPS[fmt] in s.ops]
+        names = [name for name, s in statuses.items() if s.available]
+    return [(fmt, name) for fmt in formats for name in names if name == AUTO or MM_OPS[fmt] in statuses[name].ops]
 
 
 def random_operands(shape: Shape, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,10 +162,20 @@ class ShapeCase:
         quantize = dq_kernels.quantize_mxfp8 if fmt == "mxfp8" else dq_kernels.quantize_nvfp4
         return self._cached(fmt, lambda: (*quantize(self.a), *quantize(self.b)))
 
-    def call(self, fmt: str, backend: str, out_dtype: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
-        """A no-argument function running the product a @ b.T for (fmt, backend); nothing else runs
-        inside it, so timing it times only the mm."""
+    def output_dtype(self, fmt: str, op: str) -> torch.dtype:
+        """The output dtype of a row: a's (bf16) for the linear ops and W4A16, else --out-dtype's."""
+        return self.a.dtype if op == "linear" or fmt == "nvfp4_w4a16" else self.out_dtype
+
+    def call(self, fmt: str, backend: str, out_dtype: torch.dtype | None = None, op: str = "mm") -> Callable[[], torch.Tensor]:
+        """A no-argument function running the product a @ b.T for (fmt, op, backend); nothing else
+        runs inside it, so timing it times only the op (for "linear" the activation cast included)."""
         out_dtype = out_dtype or self.out_dtype
+        if op == "linear" and fmt == "mxfp8":
+            b_q, b_s = self.quantized(fmt)[2:]
+            return functools.partial(dq_kernels.mxfp8_linear, self.a, b_q, b_s, mm_backend=backend)
+        if op == "linear" and fmt == "nvfp4":
+            b_q, b_s, b_ts = self.quantized(fmt)[3:]
+            return functools.partial(dq_kernels.nvfp4_linear, self.a, b_q, b_s, b_ts, mm_backend=backend)
         if fmt == "bf16":
             return functools.partial(torch.mm, self.a, self.b.t())
         if fmt == "fp8":
@@ -165,7 +196,8 @@ class ShapeCase:
     def reference(self, fmt: str) -> torch.Tensor:
         """What a row of ``fmt`` is compared with: float64 a @ b.T for the baselines (for
         nvfp4_w4a16 with b decoded from NVFP4), the reference backend's float32 output on the same
-        quantized operands for a block-scaled format."""
+        quantized operands for a block-scaled format (for the linear op too: its cast of a gives
+        those operands bit for bit)."""
         if fmt in ("bf16", "fp8"):
             return self._cached("exact", lambda: self.a.double() @ self.b.double().t())
         if fmt == "nvfp4_w4a16":  # the bf16 activation times the dequantized weight, in float64
@@ -190,20 +222,44 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def bench_shape(case: ShapeCase, pairs: Sequence[tuple[str, str]], timed: bool, progress: tqdm, result: Result) -> None:
-    """Run (and when ``timed``, time) every (format, backend) pair on one shape; append to result."""
+def runs_on(case: ShapeCase, fmt: str, backend: str) -> str:
+    """The backend a row's mm runs on: ``backend``, or for "auto" the one auto picks for the shape."""
+    if backend != AUTO:
+        return backend
+    s = case.shape
+    return dq_kernels.backends.select(MM_OPS[fmt], case.a.device, s.M, s.N, s.K, AUTO).spec.name
+
+
+def transient_mib(case: ShapeCase, fmt: str, op: str, backend: str) -> float | None:
+    """The temporary buffers of a row's call in MiB, for a backend that reports them, else None."""
+    if fmt not in MM_OPS:  # a cuBLAS baseline
+        return None
+    transient_bytes = getattr(dq_kernels.backends.get_backend(backend), "transient_bytes", None)
+    if transient_bytes is None:
+        return None
+    s = case.shape
+    return transient_bytes(MM_OPS[fmt], s.M, s.N, s.K, case.output_dtype(fmt, op)) / 2**20
+
+
+def bench_shape(case: ShapeCase, triples: Sequence[tuple[str, str, str]], timed: bool, progress: tqdm, result: Result) -> None:
+    """Run (and when ``timed``, time) every (format, op, backend) on one shape; append to result."""
     rows = []
-    for fmt, backend in pairs:
-        progress.set_postfix_str(f"{case.shape} {fmt} {backend}")
+    for fmt, op, backend in triples:
+        progress.set_postfix_str(f"{case.shape} {fmt} {op} {backend}")
         try:
-            call = case.call(fmt, backend)
+            call = case.call(fmt, backend, case.output_dtype(fmt, op), op)
             out = call()
         except skip_errors(backend) as err:
-            result.skipped.append(Skip(case.shape, fmt, backend, first_line(err)))
+            result.skipped.append(Skip(case.shape, fmt, op, backend, first_line(err)))
         else:
             us = timing.median_us(call) if timed else None
             error = report.rel_err(out, case.reference(fmt))
-            rows.append(Row(case.shape, fmt, backend, us, error, kernel_config(fmt, backend, case.shape)))
+            name = runs_on(case, fmt, backend)
+            config = kernel_config(fmt, name, case.shape)
+            if name != backend:
+                config = f"{name} {config}".rstrip()
+            rows.append(Row(case.shape, fmt, backend, us, error, config, op=op,
+                            transient_mib=transient_mib(case, fmt, op, name)))
         progress.update()
     bf16_us = next((r.us for r in rows if r.format == "bf16"), None)
     for row in rows:
@@ -212,11 +268,13 @@ def bench_shape(case: ShapeCase, pairs: Sequence[tuple[str, str]], timed: bool, 
     result.rows.extend(rows)
 
 
-def run(shapes: Sequence[Shape], pairs: Sequence[tuple[str, str]], out_dtype: torch.dtype, device: str) -> Result:
-    """Bench every shape. device "cuda": baselines plus ``pairs``, timed; "cpu": ``pairs`` only,
-    numerics only."""
+def run(shapes: Sequence[Shape], pairs: Sequence[tuple[str, str]], out_dtype: torch.dtype, device: str,
+        ops: Sequence[str] = OPS) -> Result:
+    """Bench every shape. device "cuda": baselines plus each of ``ops`` for each (format, backend)
+    of ``pairs``, timed; "cpu": ``ops`` x ``pairs`` only, numerics only."""
     timed = device == "cuda"
-    per_shape = [*BASELINES, *pairs] if timed else list(pairs)
+    triples = [(fmt, op, backend) for fmt in FORMATS for op in ops for f, backend in pairs if f == fmt]
+    per_shape = ([(fmt, "mm", backend) for fmt, backend in BASELINES] + triples) if timed else triples
     result = Result()
     with tqdm(total=len(shapes) * len(per_shape), desc="bench gemm", file=sys.stderr, disable=None) as progress:
         for shape in shapes:
@@ -230,15 +288,16 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     """The terminal table, one block of rows per shape."""
-    headers = ("shape", "M", "K", "N", "format", "backend", "us", "TFLOP/s", "x bf16", "rel err", "config")
+    headers = ("shape", "M", "K", "N", "format", "op", "backend", "us", "TFLOP/s", "x bf16", "rel err", "tmp MiB",
+               "config")
     groups: dict[Shape, list[list[str]]] = {}
     for r in rows:
         group = groups.setdefault(r.shape, [])
         label = "" if group else (r.shape.label or str(r.shape))
-        group.append([label, str(r.shape.M), str(r.shape.K), str(r.shape.N), r.format, r.backend,
+        group.append([label, str(r.shape.M), str(r.shape.K), str(r.shape.N), r.format, r.op, r.backend,
                       _fmt(r.us, ".1f"), _fmt(r.tflops, ".1f"), _fmt(r.speedup_vs_bf16, ".2f"),
-                      _fmt(r.rel_err, ".2e"), r.config])
-    return report.format_table(headers, list(groups.values()), right_aligned=(1, 2, 3, 6, 7, 8, 9))
+                      _fmt(r.rel_err, ".2e"), _fmt(r.transient_mib, ".1f"), r.config])
+    return report.format_table(headers, list(groups.values()), right_aligned=(1, 2, 3, 7, 8, 9, 10, 11))
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
