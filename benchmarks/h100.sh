@@ -4,7 +4,8 @@
 # ../shared/tools/offline-wheels.sh in .whl/ (torchao, diffusers, nvidia-cutlass).
 #   bash benchmarks/h100.sh build gputests host ...
 # Steps:
-#   build      pip install -e . without build isolation, sm_90a only (the device's torch)
+#   build      pip install -e . without build isolation, sm_90a only (the device's torch); a
+#              library in .native/ (from an earlier call's $OUT, same csrc/) is used instead
 #   baseline   the same for a checkout in .baseline/ (git archive of the commit to compare against)
 #   gputests   pytest -m gpu (all GPU tests)
 #   host       dq-kernels bench host for the baseline (if built) and this tree
@@ -21,7 +22,12 @@ build() {  # build DIR LOG
 for step in "$@"; do
   start=$(date +%s)
   case $step in
-    build) build . "$out/build.log"; cp dq_kernels/libdq_kernels_native.so "$out/" ;;
+    build)
+      if [ -f .native/libdq_kernels_native.so ]; then  # built by an earlier call from the same csrc/
+        cp .native/libdq_kernels_native.so dq_kernels/ && echo "using .native/libdq_kernels_native.so"
+      else
+        build . "$out/build.log"; cp dq_kernels/libdq_kernels_native.so "$out/"
+      fi ;;
     baseline) build .baseline "$out/build-baseline.log"; pip uninstall -q -y dq-kernels; build . "$out/build.log" ;;
     gputests) timeout ${GPUTESTS_TIMEOUT:-420} python3 -m pytest python_tests -m gpu -q -p no:cacheprovider >"$out/gputests.log" 2>&1; tail -15 "$out/gputests.log" ;;
     host)
