@@ -257,7 +257,7 @@ def _check_scales(fn: str, s: torch.Tensor, rows: int, scale_cols: int) -> None:
         )
 
 
-def _current_raw_stream(index: int) -> int:
+def current_raw_stream(index: int) -> int:
     """The handle of device ``index``'s current CUDA stream. torch's raw-stream query (the one
     Triton's launcher uses) where it exists: a Stream object costs several microseconds per call."""
     import torch
@@ -272,10 +272,10 @@ def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
     import torch
 
     if torch.cuda.current_device() == device.index:
-        code = entry_point(*args, _current_raw_stream(device.index))
+        code = entry_point(*args, current_raw_stream(device.index))
     else:
         with torch.cuda.device(device):
-            code = entry_point(*args, _current_raw_stream(device.index))
+            code = entry_point(*args, current_raw_stream(device.index))
     if code != 0:
         message = _library().lib.dq_error_string(code).decode()
         raise RuntimeError(f"dq_kernels.native.{fn}: {entry_point.__name__} returned {code}: {message}")

@@ -182,3 +182,24 @@ def test_cast_kernels_capture_in_a_cuda_graph():
     graph.replay()
     assert_same_mxfp8(q, s, *formats.quantize_mxfp8(x))
     assert_same_nvfp4((q4, s4, t4), formats.quantize_nvfp4(x))
+
+
+@pytest.mark.gpu
+def test_fast_launch_reuses_the_compiled_kernel_per_specialization():
+    """Repeated casts launch the kept compiled kernel (FastLaunch), bit-identical to the first
+    launch's; an input of another alignment gets its own specialization, still bit-identical."""
+    mxfp8_kernel = triton_cast._kernels()[0]
+    x = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
+    first = dq.quantize_mxfp8(x, backend="triton_cast")
+    kept = len(mxfp8_kernel.compiled)
+    assert kept >= 1
+    for _ in range(3):
+        assert_same_mxfp8(*dq.quantize_mxfp8(x, backend="triton_cast"), *first)
+    assert len(mxfp8_kernel.compiled) == kept
+    shifted = torch.empty(300 * 256 + 1, device="cuda", dtype=torch.bfloat16)[1:].view(300, 256)  # 2-byte aligned
+    shifted.copy_(x)
+    for _ in range(2):
+        assert_same_mxfp8(*dq.quantize_mxfp8(shifted, backend="triton_cast"), *first)
+    assert len(mxfp8_kernel.compiled) == kept + 1
+    for _ in range(2):  # the dynamic NVFP4 cast: amax and cast kernels
+        assert_same_nvfp4(dq.quantize_nvfp4(x, backend="triton_cast"), formats.quantize_nvfp4(x))

@@ -56,8 +56,9 @@ def _grid(tiling: Tiling, scale_shape: tuple[int, int], block: int) -> tuple[int
 def _kernels():
     """The Triton kernels, imported (and so triton itself) on first use, never at package import."""
     from . import triton_cast_kernels as k
+    from .triton_common import FastLaunch
 
-    return k.mxfp8_kernel, k.nvfp4_kernel, k.amax_kernel
+    return FastLaunch(k.mxfp8_kernel), FastLaunch(k.nvfp4_kernel), FastLaunch(k.amax_kernel)
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -88,8 +89,8 @@ def _mxfp8_pass(x: torch.Tensor, scaling: str, dequantized: bool):
         q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device).view(torch.uint8)
         s = out = torch.empty(scale_shape, dtype=torch.uint8, device=x.device)  # out: not written
     t = MXFP8_TILING
-    mxfp8_kernel[_grid(t, scale_shape, 32)](
-        x2, q, s, out, m, k, x2.stride(0), scale_shape[1] // 4, FLOOR=scaling == "floor",
+    mxfp8_kernel(
+        _grid(t, scale_shape, 32), x2, q, s, out, m, k, x2.stride(0), scale_shape[1] // 4, FLOOR=scaling == "floor",
         BY_RECIPROCAL=x.is_cuda, BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(),
         DEQUANTIZED=dequantized, num_warps=t.warps,
     )
@@ -123,14 +124,14 @@ def _nvfp4_pass(x: torch.Tensor, tensor_scale: torch.Tensor | None, dequantized:
     ts_out = torch.empty((), dtype=torch.float32, device=x.device)
     if tensor_scale is None:
         amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
-        amax_kernel[(-(-m // AMAX_TILE), -(-k // AMAX_TILE))](x2, amax_bits, m, k, x2.stride(0))
+        amax_kernel((-(-m // AMAX_TILE), -(-k // AMAX_TILE)), x2, amax_bits, m, k, x2.stride(0))
         ts_in = ts_out  # unused by the dynamic kernel
     else:
         amax_bits, ts_in = ts_out, tensor_scale.reshape(())  # amax unused by the static kernel
     t = NVFP4_TILING
     xp = _as_pairs(x2)
-    nvfp4_kernel[_grid(t, scale_shape, 16)](
-        xp, q, s, ts_in, amax_bits, ts_out, out, m, k, xp.stride(0), scale_shape[1] // 4,
+    nvfp4_kernel(
+        _grid(t, scale_shape, 16), xp, q, s, ts_in, amax_bits, ts_out, out, m, k, xp.stride(0), scale_shape[1] // 4,
         DYNAMIC=tensor_scale is None, BY_RECIPROCAL=x.is_cuda, IS_BF16=x.dtype == torch.bfloat16,
         BLOCK_M=t.block_m, TILE_K=t.tile_k, INTERPRETED=triton_interpreted(), DEQUANTIZED=dequantized,
         num_warps=t.warps,
