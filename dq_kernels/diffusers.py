@@ -9,12 +9,15 @@ substrings of module names; here every rule is a regular expression matched agai
 name of a module of the diffusers 0.42 model class, so that (say) ``proj_out`` does not also
 catch ``single_transformer_blocks.N.proj_out``.
 
-Nothing here imports diffusers: ``quantize`` works on any ``torch.nn.Module``.
+``quantize`` works on any ``torch.nn.Module``. On a Diffusers model it also records what it did
+(``record_quantization``), so that ``save_pretrained`` can write the quantized weights as
+safetensors and ``from_pretrained`` loads them back. diffusers is imported only for a Diffusers model.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,8 +25,9 @@ import torch
 from torchao.quantization import quantize_
 
 from .config import MXFP8Config, NVFP4Config, unsupported_reason
+from .tensor import MXFP8Weight, NVFP4Weight
 
-__all__ = ["Preset", "PRESETS", "QuantizeReport", "quantize"]
+__all__ = ["Preset", "PRESETS", "QuantizeReport", "quantize", "record_quantization"]
 
 CONFIGS = {"mxfp8": MXFP8Config, "nvfp4": NVFP4Config}
 
@@ -154,8 +158,62 @@ def quantize(
         return reason is None
 
     quantize_(model, config, filter_fn=filter_fn)
+    if _is_diffusers_model(model):
+        record_quantization(model)
     preset_name = preset.name if preset else None
     report = QuantizeReport(f"dq_kernels: {fmt}, preset {preset_name!r}, backend {backend!r}", quantized, skipped)
     if verbose:
         print(report)
     return report
+
+
+def _is_diffusers_model(model: torch.nn.Module) -> bool:
+    diffusers = sys.modules.get("diffusers")
+    return diffusers is not None and isinstance(model, diffusers.ModelMixin)
+
+
+def _config_of(weight: MXFP8Weight | NVFP4Weight) -> MXFP8Config | NVFP4Config:
+    """The config that quantizes a Linear to this weight (for NVFP4 with a static activation
+    scale s, activation_amax = s * 2688, which may differ from the calibrated amax in the last bit)."""
+    if isinstance(weight, MXFP8Weight):
+        return MXFP8Config(backend=weight.backend, scaling=weight.scaling)
+    amax = None if weight.activation_scale is None else float(weight.activation_scale) * 448.0 * 6.0
+    return NVFP4Config(backend=weight.backend, weight_only=weight.weight_only, activation_amax=amax)
+
+
+def record_quantization(model: torch.nn.Module) -> None:
+    """Record the dq_kernels weights of a Diffusers model (quantized after loading, e.g. with
+    ``torchao.quantization.quantize_(model, dq_kernels.MXFP8Config())``) as its quantization config.
+
+    Diffusers saves quantized weights only through the quantizer that ``from_pretrained`` attaches
+    (``model.hf_quantizer``): without one, ``save_pretrained`` hands the weight subclasses to
+    safetensors as plain tensors, which cannot work. This attaches diffusers' torchao quantizer with
+    a ``TorchAoConfig(FqnToConfig({name: config}))`` naming every quantized Linear, as loading with
+    that config would have done. Then ``save_pretrained`` (safetensors or pickle) writes the weights
+    and the config, and ``from_pretrained`` loads them back exactly. ``quantize`` calls this itself.
+    Call it again after quantizing more layers.
+    """
+    from diffusers import TorchAoConfig
+    from diffusers.quantizers import DiffusersAutoQuantizer
+    from torchao.quantization import FqnToConfig
+
+    if not _is_diffusers_model(model):
+        raise TypeError(f"record_quantization: model must be a diffusers ModelMixin, got {type(model).__name__}")
+    existing = getattr(model, "hf_quantizer", None)
+    if existing is not None and existing.quantization_config.quant_method != "torchao":
+        raise ValueError(
+            "record_quantization: the model was loaded with a "
+            f"{existing.quantization_config.quant_method} quantization config; it cannot also record dq_kernels weights"
+        )
+    configs = {
+        name: _config_of(module.weight)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), (MXFP8Weight, NVFP4Weight))
+    }
+    if not configs:
+        raise ValueError(f"record_quantization: {type(model).__name__} has no dq_kernels-quantized weights")
+    quantizer = DiffusersAutoQuantizer.from_config(TorchAoConfig(FqnToConfig(configs)), pre_quantized=True)
+    quantizer.validate_environment(device_map=None)
+    quantizer.preprocess_model(model, device_map=None)
+    model.register_to_config(quantization_config=quantizer.quantization_config)  # written to config.json
+    model.hf_quantizer = quantizer

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from torchao.quantization import quantize_
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -253,6 +254,39 @@ def test_from_pretrained_then_save_and_load_is_exact(name, config, tmp_path):
         loaded = model_class.from_pretrained(path, torch_dtype=torch.bfloat16, use_safetensors=use_safetensors)
         assert loaded.config.quantization_config.quant_type == config
         assert torch.equal(run(loaded, kwargs), expected)
+
+
+def quantized_names(model):
+    return {n for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), QuantizedWeight)}
+
+
+@pytest.mark.parametrize("route", ["dq.diffusers.quantize", "quantize_ then record_quantization"])
+def test_quantized_after_loading_saves_and_loads_exactly(route, tmp_path):
+    # issue 21 #9: without a recorded quantizer, save_pretrained handed the weight subclasses to
+    # safetensors ("Attempted to access the data pointer on an invalid python storage")
+    model, kwargs = bf16_model("flux"), inputs("flux", 3)
+    if route == "dq.diffusers.quantize":
+        dqd.quantize(model, "nvfp4", preset=all_layers("flux"), verbose=False)
+    else:
+        quantize_(model, MXFP8Config())
+        dqd.record_quantization(model)
+    expected = run(model, kwargs)
+    for safe in (True, False):
+        model.save_pretrained(tmp_path / str(safe), safe_serialization=safe)
+        loaded = type(model).from_pretrained(tmp_path / str(safe), torch_dtype=torch.bfloat16, use_safetensors=safe)
+        assert quantized_names(loaded) == quantized_names(model)
+        assert torch.equal(run(loaded, kwargs), expected)
+
+
+def test_saving_an_unrecorded_quantized_model_names_the_fix(tmp_path):
+    model = bf16_model("flux")
+    quantize_(model, MXFP8Config())
+    with pytest.raises(RuntimeError, match=r"record_quantization\(model\) before save_pretrained"):
+        model.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="must be a diffusers ModelMixin"):
+        dqd.record_quantization(torch.nn.Linear(32, 32))
+    with pytest.raises(ValueError, match="has no dq_kernels-quantized weights"):
+        dqd.record_quantization(bf16_model("flux"))
 
 
 # ---------------------------------------------------------------------------------------------- compile
