@@ -4,6 +4,10 @@ against bf16 at batch 1 and 3, save_pretrained / from_pretrained round trips, to
 
 import copy
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -287,6 +291,32 @@ def test_saving_an_unrecorded_quantized_model_names_the_fix(tmp_path):
         dqd.record_quantization(torch.nn.Linear(32, 32))
     with pytest.raises(ValueError, match="has no dq_kernels-quantized weights"):
         dqd.record_quantization(bf16_model("flux"))
+
+
+LOAD_IN_A_NEW_PROCESS = """
+import sys
+import dq_kernels  # the only dq_kernels import (issue 21 #2)
+assert "torchao" not in sys.modules, "import dq_kernels must not import torchao"
+import diffusers, torch
+model = diffusers.FluxTransformer2DModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16)
+print(sorted({type(p).__name__ for p in model.parameters()}))
+"""
+
+
+def test_import_dq_kernels_is_enough_to_load_a_checkpoint(tmp_path):
+    # issue 21 #2: the new process failed with "Failed to find class MXFP8Config in any of the allowed modules"
+    bf16_model("flux").save_pretrained(tmp_path / "bf16")
+    model = diffusers.FluxTransformer2DModel.from_pretrained(
+        tmp_path / "bf16", quantization_config=diffusers.TorchAoConfig(MXFP8Config()), torch_dtype=torch.bfloat16
+    )
+    model.save_pretrained(tmp_path / "mxfp8")
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "mxfp8")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MXFP8Weight', 'Parameter']"
 
 
 # ---------------------------------------------------------------------------------------------- compile
