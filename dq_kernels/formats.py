@@ -273,9 +273,18 @@ def _encode_e2m1(y: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
-    """e2m1 codes (uint8 0..15) -> float32 values."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
-    return table[codes.long()]
+    """e2m1 codes (uint8 0..15) -> float32 values (``E2M1_VALUES[code]``, -0.0 for code 8).
+
+    Built from the bit pattern with tensor ops only: no table tensor is made from Python values,
+    since that is a host-to-device copy, which CUDA graph capture forbids. Code bits: sign (3),
+    exponent (2..1), mantissa (0); exponent 0 is the subnormal 0 or 0.5, exponent e > 0 is
+    2^(e - 1) * (1 + mantissa / 2), i.e. float32 exponent field e + 126 and mantissa bit 22.
+    """
+    c = codes.to(torch.int32)
+    exponent, mantissa = (c >> 1) & 3, c & 1
+    normal = ((exponent + 126) << 23) | (mantissa << 22)
+    magnitude = torch.where(exponent == 0, mantissa * 0x3F000000, normal)  # 0x3F000000 = 0.5
+    return (magnitude | ((c >> 3) << 31)).view(torch.float32)
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
