@@ -78,10 +78,7 @@ class NVFP4Config(AOBaseConfig):
                 raise ValueError(
                     "NVFP4Config: activation_amax has no use with weight_only=True (activations stay unquantized)"
                 )
-            if not (0.0 < self.activation_amax < float("inf")):
-                raise ValueError(
-                    f"NVFP4Config: activation_amax must be a positive finite number, got {self.activation_amax}"
-                )
+            self.activation_amax = formats.check_activation_amax("NVFP4Config", self.activation_amax)
 
 
 def unsupported_reason(module: torch.nn.Module, config: MXFP8Config | NVFP4Config) -> str | None:

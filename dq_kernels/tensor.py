@@ -172,6 +172,7 @@ class NVFP4Weight(QuantizedWeight):
         q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=_op_backend(backend, "quantize_nvfp4"))
         activation_scale = None
         if activation_amax is not None:
+            activation_amax = formats.check_activation_amax("NVFP4Weight.from_float", activation_amax)
             amax = torch.tensor(activation_amax, dtype=torch.float32, device=w.device)
             activation_scale = formats.nvfp4_tensor_scale(amax)
         return cls(q, s, ts, w.dtype, weight_only, backend, activation_scale=activation_scale)
