@@ -31,9 +31,14 @@ __all__ = ["MXFP8Config", "NVFP4Config", "set_backend", "unsupported_reason"]
 logger = logging.getLogger("dq_kernels")
 
 
-def _check_backend(name: str) -> None:
+def _check_backend(owner: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{owner}: backend must be 'auto' or a registered backend name, got {name!r}")
     if name != "auto":
-        get_backend(name)  # ValueError listing the registered names
+        try:
+            get_backend(name)
+        except ValueError as error:  # it lists the registered names
+            raise ValueError(f"{owner}: backend: {error}") from None
 
 
 @dataclass
@@ -51,7 +56,7 @@ class MXFP8Config(AOBaseConfig):
     scaling: str = "rceil"
 
     def __post_init__(self):
-        _check_backend(self.backend)
+        _check_backend("MXFP8Config", self.backend)
         if self.scaling not in formats.SCALING_MODES:
             raise ValueError(f"MXFP8Config: scaling must be one of {formats.SCALING_MODES}, got {self.scaling!r}")
 
@@ -72,7 +77,9 @@ class NVFP4Config(AOBaseConfig):
     activation_amax: float | None = None
 
     def __post_init__(self):
-        _check_backend(self.backend)
+        _check_backend("NVFP4Config", self.backend)
+        if not isinstance(self.weight_only, bool):
+            raise TypeError(f"NVFP4Config: weight_only must be True or False, got {self.weight_only!r}")
         if self.activation_amax is not None:
             if self.weight_only:
                 raise ValueError(
@@ -123,7 +130,7 @@ def set_backend(model: torch.nn.Module, name: str) -> int:
     """Run every dq_kernels-quantized weight of ``model`` on backend ``name`` (or "auto") from now
     on, without re-quantizing. A compiled model recompiles on its next call. Returns the number of
     weights changed; raises ValueError for an unknown name or a model with no quantized weight."""
-    _check_backend(name)
+    _check_backend("set_backend", name)
     weights = [p for p in model.parameters() if isinstance(p, QuantizedWeight)]
     if not weights:
         raise ValueError(f"set_backend: {type(model).__name__} has no dq_kernels-quantized weights")

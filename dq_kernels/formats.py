@@ -142,8 +142,13 @@ def from_blocked(s: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Inverse of ``to_blocked``: the [rows, cols] scale matrix (a view, padding dropped).
 
     ``s`` may have any shape with round_up(rows, 128) * round_up(cols, 4) elements in the
-    swizzled byte order.
+    swizzled byte order; rows and cols are ints >= 0.
     """
+    for name, value in (("rows", rows), ("cols", cols)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"from_blocked: {name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 0:
+            raise ValueError(f"from_blocked: {name} must be >= 0, got {value}")
     rows_pad, cols_pad = swizzled_scale_shape(rows, cols)
     if s.numel() != rows_pad * cols_pad:
         raise ValueError(
@@ -298,9 +303,13 @@ def check_scales(s: torch.Tensor, fmt: Format | str, rows: int, k: int) -> None:
         raise ValueError(f"{fn}: {negative} NVFP4 block scales of s are negative; block scales are positive")
 
 
-def check_output_dtype(fn: str, dtype: torch.dtype) -> None:
-    if dtype not in HIGH_PRECISION_DTYPES:
-        raise TypeError(f"{fn}: the output dtype must be bfloat16, float16 or float32, got {dtype}")
+def check_output_dtype(fn: str, dtype: torch.dtype, name: str = "the output dtype") -> None:
+    """``dtype`` (the argument ``name``) is torch.bfloat16, torch.float16 or torch.float32. The public
+    op wrappers call this before the op, whose schema would otherwise reject a string or None with
+    a message about ScalarType."""
+    if not isinstance(dtype, torch.dtype) or dtype not in HIGH_PRECISION_DTYPES:
+        hint = " (a torch.dtype, not a string)" if isinstance(dtype, str) else ""
+        raise TypeError(f"{fn}: {name} must be torch.bfloat16, torch.float16 or torch.float32{hint}, got {dtype!r}")
 
 
 # ----------------------------------------------------------------------------------------------

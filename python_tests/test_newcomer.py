@@ -70,3 +70,59 @@ def test_check_scales_refuses_negative_nvfp4_scales():
         negative = s.clone()
         negative.view(torch.uint8)[0, 0] |= 0x80
         formats.check_scales(negative, "nvfp4", rows, k)
+
+
+# ---------------------------------------------------------------------------------------------- 5
+
+
+@pytest.mark.parametrize("out_dtype", [None, "bfloat16", torch.int8])
+def test_mm_out_dtype_checked_before_the_op_schema(out_dtype):
+    # issue 21 #5: None or "bfloat16" met the op schema ("expected ScalarType ...")
+    import dq_kernels as dq
+
+    x = torch.randn(32, 64)
+    q, s = dq.quantize_mxfp8(x)
+    with pytest.raises(TypeError, match="dq_kernels.mxfp8_mm: out_dtype must be torch.bfloat16, torch.float16"):
+        dq.mxfp8_mm(q, s, q, s, out_dtype=out_dtype)
+    q4, s4, ts = dq.quantize_nvfp4(x)
+    with pytest.raises(TypeError, match="dq_kernels.nvfp4_mm: out_dtype must be"):
+        dq.nvfp4_mm(q4, s4, ts, q4, s4, ts, out_dtype=out_dtype)
+    with pytest.raises(TypeError, match="dq_kernels.dequantize_mxfp8: dtype must be"):
+        dq.dequantize_mxfp8(q, s, out_dtype)
+    with pytest.raises(TypeError, match="dq_kernels.dequantize_nvfp4: dtype must be"):
+        dq.dequantize_nvfp4(q4, s4, ts, out_dtype)
+    if isinstance(out_dtype, str):
+        with pytest.raises(TypeError, match="a torch.dtype, not a string"):
+            dq.mxfp8_mm(q, s, q, s, out_dtype=out_dtype)
+
+
+def test_from_blocked_refuses_non_int_and_negative_dimensions():
+    # issue 21 #5: 70.0 failed inside reshape; rows = -5 returned an empty tensor
+    s = formats.to_blocked(torch.randint(0, 255, (70, 3), dtype=torch.uint8))
+    with pytest.raises(TypeError, match="from_blocked: rows must be an int, got float 70.0"):
+        formats.from_blocked(s, 70.0, 3)
+    with pytest.raises(TypeError, match="from_blocked: cols must be an int, got bool True"):
+        formats.from_blocked(s, 70, True)
+    with pytest.raises(ValueError, match="from_blocked: rows must be >= 0, got -5"):
+        formats.from_blocked(s, -5, 3)
+    assert formats.from_blocked(s, 70, 3).shape == (70, 3)
+
+
+def test_configs_refuse_wrong_types_and_an_empty_backend():
+    # issue 21 #5: activation_amax="5" failed comparing float and str, weight_only="no" was truthy,
+    # backend="" gave a message that did not name the argument
+    from dq_kernels.config import MXFP8Config, NVFP4Config, set_backend
+
+    with pytest.raises(TypeError, match="NVFP4Config: activation_amax must be a positive finite number, got str '5'"):
+        NVFP4Config(activation_amax="5")
+    with pytest.raises(TypeError, match="NVFP4Config: weight_only must be True or False, got 'no'"):
+        NVFP4Config(weight_only="no")
+    for config in (MXFP8Config, NVFP4Config):
+        for backend in ("", None):
+            with pytest.raises(ValueError, match=f"{config.__name__}: backend must be 'auto' or a registered"):
+                config(backend=backend)
+        with pytest.raises(ValueError, match=f"{config.__name__}: backend: unknown dq_kernels backend 'bogus'"):
+            config(backend="bogus")
+    with pytest.raises(ValueError, match="set_backend: backend must be"):
+        set_backend(torch.nn.Linear(32, 32), "")
+    assert NVFP4Config(activation_amax=5).activation_amax == 5.0
