@@ -319,6 +319,28 @@ def test_import_dq_kernels_is_enough_to_load_a_checkpoint(tmp_path):
     assert done.stdout.strip() == "['MXFP8Weight', 'Parameter']"
 
 
+@pytest.mark.parametrize("name", ["flux", "ltx2"])
+def test_load_config_reproduces_the_preset(name, tmp_path):
+    # issue 21 #10: the load-time form of quantize(model, fmt, preset), for from_pretrained
+    preset = dataclasses.replace(dqd.PRESETS[name], min_features=64)  # the size rule skips some tiny layers
+    bf16_model(name).save_pretrained(tmp_path)
+    model_class = type(bf16_model(name))
+    with torch.device("meta"):
+        skeleton = model_class.from_config(model_class.load_config(tmp_path))
+    config = dqd.load_config(skeleton, "nvfp4", preset=preset)
+    loaded = model_class.from_pretrained(tmp_path, quantization_config=config, torch_dtype=torch.bfloat16)
+    expected = bf16_model(name)
+    report = dqd.quantize(expected, "nvfp4", preset=preset, verbose=False)
+    assert report.quantized and report.skipped
+    assert quantized_names(loaded) == quantized_names(expected) == set(report.quantized)
+    loaded_params, expected_params = dict(loaded.named_parameters()), dict(expected.named_parameters())
+    for param in (f"{n}.weight" for n in report.quantized):
+        assert torch.equal(loaded_params[param].qdata, expected_params[param].qdata)
+        assert torch.equal(loaded_params[param].scale.view(torch.uint8), expected_params[param].scale.view(torch.uint8))
+    pipeline_config = diffusers.PipelineQuantizationConfig(quant_mapping={"transformer": config})
+    assert pipeline_config.quant_mapping["transformer"] is config
+
+
 # ---------------------------------------------------------------------------------------------- compile
 # aot_eager runs dynamo and AOT autograd (where the subclass is flattened) without codegen, so the
 # outputs must equal eager exactly; one inductor test keeps the CPU suite fast.
