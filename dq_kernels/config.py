@@ -106,7 +106,18 @@ def unsupported_reason(module: torch.nn.Module, config: MXFP8Config | NVFP4Confi
 def _quantize_linear(module: torch.nn.Module, config, quantize_weight) -> torch.nn.Module:
     reason = unsupported_reason(module, config)
     if reason is not None:
-        logger.warning("dq_kernels %s: leaving %s unquantized: %s", type(config).__name__, module, reason)
+        # torchao and diffusers hand a handler the module without its name, so describe it by shape
+        layer = (
+            f"a Linear layer {module.in_features} -> {module.out_features}"
+            if isinstance(module, torch.nn.Linear)
+            else f"a {type(module).__name__}"
+        )
+        logger.warning(
+            "dq_kernels %s: leaving %s unquantized: %s. (To list skipped layers by name, quantize with "
+            "dq_kernels.diffusers.quantize after loading, or load with "
+            "quantization_config=dq_kernels.diffusers.load_config(...), which skips them silently.)",
+            type(config).__name__, layer, reason,
+        )  # fmt: skip
         return module
     module.weight = torch.nn.Parameter(quantize_weight(module.weight), requires_grad=False)
     return module

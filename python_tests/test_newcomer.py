@@ -126,3 +126,22 @@ def test_configs_refuse_wrong_types_and_an_empty_backend():
     with pytest.raises(ValueError, match="set_backend: backend must be"):
         set_backend(torch.nn.Linear(32, 32), "")
     assert NVFP4Config(activation_amax=5).activation_amax == 5.0
+
+
+# ---------------------------------------------------------------------------------------------- 11
+
+
+def test_skipped_layer_warning_describes_the_layer_not_its_repr(caplog):
+    # issue 21 #11: the warning printed the module's repr, "Linear(in_features=16, ...)"
+    from torchao.quantization import quantize_
+
+    from dq_kernels.config import MXFP8Config
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Linear(64, 64))
+    with caplog.at_level("WARNING", logger="dq_kernels"):
+        quantize_(model, MXFP8Config())
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "dq_kernels"]
+    assert message.startswith(
+        "dq_kernels MXFP8Config: leaving a Linear layer 16 -> 64 unquantized: in_features = 16 is not a multiple of 32"
+    )
+    assert "in_features=16" not in message and "dq_kernels.diffusers.load_config" in message
