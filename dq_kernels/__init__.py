@@ -86,6 +86,7 @@ _LAZY = {
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'dq_kernels' has no attribute {name!r}")
+    importlib.import_module(".config", __name__)  # first: it imports torchao quietly and registers the classes
     module = importlib.import_module(f".{_LAZY[name]}", __name__)
     return module if name == "diffusers" else getattr(module, name)
 

@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torchao.core.config import ALLOWED_AO_MODULES, AOBaseConfig
-from torchao.prototype.safetensors import safetensors_utils
-from torchao.quantization.transform_module import register_quantize_module_handler
 
 from . import formats
+from ._quiet import TORCHAO_IMPORT_NOISE, quiet_loggers
 from .backends import get_backend
-from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
+
+with quiet_loggers(*TORCHAO_IMPORT_NOISE):  # before .tensor, which imports torchao too
+    from torchao.core.config import ALLOWED_AO_MODULES, AOBaseConfig
+    from torchao.prototype.safetensors import safetensors_utils
+    from torchao.quantization.transform_module import register_quantize_module_handler
+
+    from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
 
 __all__ = ["MXFP8Config", "NVFP4Config", "set_backend", "unsupported_reason"]
 

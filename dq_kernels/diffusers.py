@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torchao.quantization import quantize_
 
-from .config import MXFP8Config, NVFP4Config, unsupported_reason
+from ._quiet import DIFFUSERS_IMPORT_NOISE, quiet_loggers
+from .config import MXFP8Config, NVFP4Config, unsupported_reason  # imports torchao, quietly
 from .tensor import MXFP8Weight, NVFP4Weight
 
 __all__ = ["Preset", "PRESETS", "QuantizeReport", "quantize", "load_config", "record_quantization"]
@@ -167,6 +167,8 @@ def quantize(
     On a Diffusers model, also ``record_quantization(model)``, so that ``save_pretrained`` works.
     Prints the report unless ``verbose=False``; returns it.
     """
+    from torchao.quantization import quantize_
+
     config, preset = _config(fmt, backend, options), _preset(preset)
     quantized, skipped = _plan(model, config, preset)
     selected = set(quantized)
@@ -232,8 +234,10 @@ def record_quantization(model: torch.nn.Module) -> None:
     Call it again after quantizing more layers.
     """
     from diffusers import TorchAoConfig
-    from diffusers.quantizers import DiffusersAutoQuantizer
     from torchao.quantization import FqnToConfig
+
+    with quiet_loggers(*DIFFUSERS_IMPORT_NOISE):
+        from diffusers.quantizers import DiffusersAutoQuantizer
 
     if not _is_diffusers_model(model):
         raise TypeError(f"record_quantization: model must be a diffusers ModelMixin, got {type(model).__name__}")

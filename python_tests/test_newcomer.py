@@ -1,6 +1,11 @@
 """Issue 21 ("A newcomer's first hour"): the fixes that have no other natural home, one test (or a
 few) per numbered finding; each failed before its fix."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -145,3 +150,25 @@ def test_skipped_layer_warning_describes_the_layer_not_its_repr(caplog):
         "dq_kernels MXFP8Config: leaving a Linear layer 16 -> 64 unquantized: in_features = 16 is not a multiple of 32"
     )
     assert "in_features=16" not in message and "dq_kernels.diffusers.load_config" in message
+
+
+# ---------------------------------------------------------------------------------------------- 7
+
+IMPORT_AND_BENCH = """
+import dq_kernels, dq_kernels.config
+from dq_kernels import cli
+cli.main(["bench", "model", "flux", "--tiny", "--steps", "3", "--formats", "mxfp8", "--backends", "auto"])
+"""
+
+
+def test_no_third_party_noise_from_our_imports_and_bench_model():
+    # issue 21 #7: torchao's register_constant deprecations (torch 2.14), diffusers' "Unable to import
+    # `torchao` Tensor objects" and "modules ... kept in float32: []" on every command
+    pytest.importorskip("diffusers")
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", IMPORT_AND_BENCH], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "mxfp8" in done.stdout
+    for noise in ("register_constant", "Unable to import `torchao`", "should be kept in float32"):
+        assert noise not in done.stderr

@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from tqdm import tqdm
 
 from dq_kernels import diffusers as dqd
+from dq_kernels._quiet import DIFFUSERS_IMPORT_NOISE, quiet_loggers
 from dq_kernels.bench import report
 
 FORMATS = ("bf16", "mxfp8", "nvfp4", "fp8_rowwise")
@@ -224,7 +225,8 @@ def build(spec: ModelSpec, tiny: bool, device: str, checkpoint: str | None = Non
     one holding a ``transformer`` subfolder) or with seeded random weights (the same every call)."""
     import diffusers
 
-    cls = getattr(diffusers, spec.class_name)
+    with quiet_loggers(*DIFFUSERS_IMPORT_NOISE):
+        cls = getattr(diffusers, spec.class_name)
     if checkpoint:
         try:
             model = cls.from_pretrained(checkpoint, subfolder="transformer", torch_dtype=torch.bfloat16)
@@ -232,7 +234,8 @@ def build(spec: ModelSpec, tiny: bool, device: str, checkpoint: str | None = Non
             model = cls.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
         return model.to(device).eval()
     torch.manual_seed(SEED)
-    with torch.device(device):
+    # diffusers 0.42 warns on every .to(dtype) about "modules kept in float32: []" (none here)
+    with torch.device(device), quiet_loggers("diffusers.models.modeling_utils"):
         model = cls(**(spec.tiny_config if tiny else spec.config)).to(torch.bfloat16)
     return model.eval()
 
