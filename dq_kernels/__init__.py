@@ -4,14 +4,19 @@ Public API: the formats and reference codecs (``dq_kernels.formats``), the custo
 Python wrappers (quantize, dequantize, mm), the backend registry, the TorchAO weight subclasses and
 configs, and the Diffusers presets (``dq_kernels.diffusers``).
 
-Importing the package never touches the GPU and never loads the native library. The configs, weight
-classes and presets load on first use (``dq.MXFP8Config``, ``dq.diffusers``, ...): importing
-``dq_kernels.config`` registers them with torchao and its safetensors allow-list, and torchao's
-safetensors support initializes CUDA when it is imported. So before loading a saved quantized
-checkpoint, touch one of them or ``import dq_kernels.config``.
+Importing the package never touches the GPU, never loads the native library and does not import
+torchao (whose import queries CUDA and takes seconds). The configs, weight classes and presets load
+on first use (``dq.MXFP8Config``, ``dq.diffusers``, ...). ``import dq_kernels`` is enough to load a
+saved quantized checkpoint: it adds ``dq_kernels.config`` to torchao's
+``ALLOWED_AO_MODULES`` (now if torchao is already imported, else as soon as it is), so that
+torchao's ``config_from_dict`` imports that module, which registers the rest, when a saved
+``quantization_config`` names one of our configs.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 from . import formats
 from .backends import (
@@ -81,5 +86,38 @@ _LAZY = {
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'dq_kernels' has no attribute {name!r}")
+    importlib.import_module(".config", __name__)  # first: it imports torchao quietly and registers the classes
     module = importlib.import_module(f".{_LAZY[name]}", __name__)
     return module if name == "diffusers" else getattr(module, name)
+
+
+_TORCHAO_CONFIG = "torchao.core.config"
+
+
+def _allow_our_configs(module) -> None:
+    module.ALLOWED_AO_MODULES.add(f"{__name__}.config")
+
+
+class _AllowOurConfigsOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``_allow_our_configs`` right after ``torchao.core.config`` is imported, then leaves
+    ``sys.meta_path``."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _TORCHAO_CONFIG:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)  # the finders that follow this one
+        exec_module = spec.loader.exec_module
+
+        def exec_and_allow(module):
+            exec_module(module)
+            _allow_our_configs(module)
+
+        spec.loader.exec_module = exec_and_allow
+        return spec
+
+
+if _TORCHAO_CONFIG in sys.modules:
+    _allow_our_configs(sys.modules[_TORCHAO_CONFIG])
+else:
+    sys.meta_path.insert(0, _AllowOurConfigsOnImport())

@@ -152,13 +152,15 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
                    help=f"one or more of: {', '.join(model.MODELS)}")
     p.add_argument("--checkpoint", metavar="PATH", help="load the transformer from this diffusers folder "
                                                         "instead of random weights (one model only)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default: 1)")
+    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1], help="batch sizes, >= 1 (default: 1)")
     p.add_argument("--resolution", type=_resolution_arg, metavar="HxW",
-                   help="HxW, or FxHxW for video (default: each model's, e.g. 1024x1024 for flux)")
+                   help="HxW, or FxHxW for video (default: each model's, e.g. 1024x1024 for flux); height and "
+                        "width multiples of 16 (flux, qwenimage) or 32 (ltx2), frames 8k + 1")
     p.add_argument("--steps", type=int, default=8,
                    help=f"denoising steps per configuration, the first {model.WARMUP_STEPS} untimed (default: 8)")
     p.add_argument("--formats", choices=model.FORMATS, nargs="+", default=list(model.FORMATS),
-                   help="formats (default: all; bf16 always runs: it is the reference)")
+                   help="formats (default: all that run here: fp8_rowwise needs a GPU of compute capability "
+                        ">= 8.9; bf16 always runs: it is the reference)")
     p.add_argument("--backends", choices=model.BACKENDS, nargs="+", default=list(model.BACKENDS),
                    help="backends for mxfp8 and nvfp4 (default: auto torchao)")
     p.add_argument("--compile", choices=model.COMPILE_MODES, nargs="+", default=["none"],
@@ -171,21 +173,30 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_bench_model)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _bench_model(args: argparse.Namespace) -> int:
     try:
-        model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint)
+        model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint, args.batch)
     except ValueError as err:
         print(err)
         return 2
-    rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
-                     args.compile, tiny=args.tiny, checkpoint=args.checkpoint)
-    print(model.table(rows))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     timing_method = ("wall clock around each denoising step, CUDA synchronized before and after; median of the "
                      f"steps after the first {model.WARMUP_STEPS}")
     header = report.json_header(device, args.command_line, timing_method)
-    if args.json:
+
+    def write_json(rows):  # after every row, so that a crash keeps the finished ones
         report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})
+
+    rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
+                     args.compile, tiny=args.tiny, checkpoint=args.checkpoint, on_row=write_json if args.json else None)
+    print(model.table(rows))
+    if args.json:
         print(f"wrote {args.json}")
     if args.plot:
         model.plot(rows, args.plot, device, header["date"])

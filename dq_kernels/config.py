@@ -18,22 +18,31 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torchao.core.config import ALLOWED_AO_MODULES, AOBaseConfig
-from torchao.prototype.safetensors import safetensors_utils
-from torchao.quantization.transform_module import register_quantize_module_handler
 
 from . import formats
+from ._quiet import TORCHAO_IMPORT_NOISE, quiet_loggers
 from .backends import BackendUnavailableError, get_backend
-from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
+
+with quiet_loggers(*TORCHAO_IMPORT_NOISE):  # before .tensor, which imports torchao too
+    from torchao.core.config import ALLOWED_AO_MODULES, AOBaseConfig
+    from torchao.prototype.safetensors import safetensors_utils
+    from torchao.quantization.transform_module import register_quantize_module_handler
+
+    from .tensor import MXFP8Weight, NVFP4Weight, QuantizedWeight
 
 __all__ = ["MXFP8Config", "NVFP4Config", "set_backend", "unsupported_reason"]
 
 logger = logging.getLogger("dq_kernels")
 
 
-def _check_backend(name: str) -> None:
+def _check_backend(owner: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{owner}: backend must be 'auto' or a registered backend name, got {name!r}")
     if name != "auto":
-        get_backend(name)  # ValueError listing the registered names
+        try:
+            get_backend(name)
+        except ValueError as error:  # it lists the registered names
+            raise ValueError(f"{owner}: backend: {error}") from None
 
 
 @dataclass
@@ -51,7 +60,7 @@ class MXFP8Config(AOBaseConfig):
     scaling: str = "rceil"
 
     def __post_init__(self):
-        _check_backend(self.backend)
+        _check_backend("MXFP8Config", self.backend)
         if self.scaling not in formats.SCALING_MODES:
             raise ValueError(f"MXFP8Config: scaling must be one of {formats.SCALING_MODES}, got {self.scaling!r}")
 
@@ -72,16 +81,15 @@ class NVFP4Config(AOBaseConfig):
     activation_amax: float | None = None
 
     def __post_init__(self):
-        _check_backend(self.backend)
+        _check_backend("NVFP4Config", self.backend)
+        if not isinstance(self.weight_only, bool):
+            raise TypeError(f"NVFP4Config: weight_only must be True or False, got {self.weight_only!r}")
         if self.activation_amax is not None:
             if self.weight_only:
                 raise ValueError(
                     "NVFP4Config: activation_amax has no use with weight_only=True (activations stay unquantized)"
                 )
-            if not (0.0 < self.activation_amax < float("inf")):
-                raise ValueError(
-                    f"NVFP4Config: activation_amax must be a positive finite number, got {self.activation_amax}"
-                )
+            self.activation_amax = formats.check_activation_amax("NVFP4Config", self.activation_amax)
 
 
 def unsupported_reason(module: torch.nn.Module, config: MXFP8Config | NVFP4Config) -> str | None:
@@ -102,7 +110,18 @@ def unsupported_reason(module: torch.nn.Module, config: MXFP8Config | NVFP4Confi
 def _quantize_linear(module: torch.nn.Module, config, quantize_weight) -> torch.nn.Module:
     reason = unsupported_reason(module, config)
     if reason is not None:
-        logger.warning("dq_kernels %s: leaving %s unquantized: %s", type(config).__name__, module, reason)
+        # torchao and diffusers hand a handler the module without its name, so describe it by shape
+        layer = (
+            f"a Linear layer {module.in_features} -> {module.out_features}"
+            if isinstance(module, torch.nn.Linear)
+            else f"a {type(module).__name__}"
+        )
+        logger.warning(
+            "dq_kernels %s: leaving %s unquantized: %s. (To list skipped layers by name, quantize with "
+            "dq_kernels.diffusers.quantize after loading, or load with "
+            "quantization_config=dq_kernels.diffusers.load_config(...), which skips them silently.)",
+            type(config).__name__, layer, reason,
+        )  # fmt: skip
         return module
     module.weight = torch.nn.Parameter(quantize_weight(module.weight), requires_grad=False)
     return module
@@ -129,7 +148,7 @@ def set_backend(model: torch.nn.Module, name: str) -> int:
     BackendUnavailableError for a backend that cannot run on the weights' device. (A weight's
     backend is a preference: a checkpoint saved with a backend this machine lacks runs on auto's
     choice, with one warning.)"""
-    _check_backend(name)
+    _check_backend("set_backend", name)
     weights = [p for p in model.parameters() if isinstance(p, QuantizedWeight)]
     if not weights:
         raise ValueError(f"set_backend: {type(model).__name__} has no dq_kernels-quantized weights")

@@ -11,6 +11,11 @@ Canonical operands (one format for every backend):
   in the high nibble; ``s`` float8_e4m3fn, one per 16 elements along K, swizzled the same way,
   shape [round_up(M, 128), round_up(K / 16, 4)]; ``tensor_scale`` a 0-dim float32 tensor.
 
+The ops check shapes, dtypes and devices, never values (that would cost a host sync per call).
+``check_scales`` and ``check_activation_scale`` are the checked path for scales made outside
+dq_kernels: call them once when the operands are made. The swizzled layout itself cannot always be
+told from the bytes: see ``check_scales`` for what it catches.
+
 Divisions by constants (amax / 448, / 6, / 2688) are torch's own: an IEEE division on CPU, a
 multiplication by the float32 reciprocal on CUDA (torch's shortcut for a Python-number divisor).
 torchao computes them the same way, so the parity holds on each device; the cast kernels follow
@@ -32,6 +37,7 @@ Special values:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +57,8 @@ __all__ = [
     "dequantize_nvfp4",
     "nvfp4_tensor_scale",
     "e8m0_to_float32",
+    "check_scales",
+    "check_activation_scale",
     "E2M1_VALUES",
 ]
 
@@ -117,6 +125,7 @@ def to_blocked(s2d: torch.Tensor) -> torch.Tensor:
 
     Padding rows and columns are written as zero bytes. (The 2-D shape is only a container: the
     layout is defined by the byte order, which is what cuBLAS, CUTLASS and our kernels read.)
+    ``check_scales`` checks a tensor claimed to be in this layout as far as its bytes allow.
     """
     if s2d.dim() != 2:
         raise ValueError(f"to_blocked: s2d must be 2-D [rows, scale_cols], got shape {tuple(s2d.shape)}")
@@ -133,8 +142,13 @@ def from_blocked(s: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Inverse of ``to_blocked``: the [rows, cols] scale matrix (a view, padding dropped).
 
     ``s`` may have any shape with round_up(rows, 128) * round_up(cols, 4) elements in the
-    swizzled byte order.
+    swizzled byte order; rows and cols are ints >= 0.
     """
+    for name, value in (("rows", rows), ("cols", cols)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"from_blocked: {name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 0:
+            raise ValueError(f"from_blocked: {name} must be >= 0, got {value}")
     rows_pad, cols_pad = swizzled_scale_shape(rows, cols)
     if s.numel() != rows_pad * cols_pad:
         raise ValueError(
@@ -213,9 +227,89 @@ def check_tensor_scale(fn: str, name: str, ts: torch.Tensor, device: torch.devic
         raise ValueError(f"{fn}: {name} is on {ts.device} but the operands are on {device}")
 
 
-def check_output_dtype(fn: str, dtype: torch.dtype) -> None:
-    if dtype not in HIGH_PRECISION_DTYPES:
-        raise TypeError(f"{fn}: the output dtype must be bfloat16, float16 or float32, got {dtype}")
+def check_activation_amax(fn: str, amax) -> float:
+    """A calibrated max |activation| given on the host: a positive finite real number."""
+    if isinstance(amax, bool) or not isinstance(amax, numbers.Real):
+        raise TypeError(f"{fn}: activation_amax must be a positive finite number, got {type(amax).__name__} {amax!r}")
+    if not 0.0 < amax < math.inf:
+        raise ValueError(f"{fn}: activation_amax must be a positive finite number, got {amax}")
+    return float(amax)
+
+
+def check_activation_scale(scale: torch.Tensor) -> None:
+    """The checked path for a static NVFP4 activation tensor scale (the ``activation_scale`` of
+    ``nvfp4_linear`` and ``NVFP4Weight``: a one-element float32 tensor, calibrated amax / 2688).
+
+    The ops never read its value (no host sync per call), and a bad one gives silently wrong
+    results: 0 makes every output 0, a negative one flips the sign of the product. This reads it
+    on the host (a device sync, so call it once when the scale is made) and raises ValueError
+    unless it is positive and finite.
+    """
+    fn = "dq_kernels.formats.check_activation_scale"
+    check_tensor_scale(fn, "activation_scale", scale, getattr(scale, "device", None))
+    value = scale.item()
+    if not 0.0 < value < math.inf:
+        raise ValueError(
+            f"{fn}: activation_scale must be positive and finite (calibrated amax / 2688), got {value}"
+        )
+
+
+def check_scales(s: torch.Tensor, fmt: Format | str, rows: int, k: int) -> None:
+    """The checked path for block scales made outside dq_kernels: raise ValueError where the bytes
+    of ``s`` show that it is not the 128x4 swizzled scale tensor of a [rows, k] ``fmt`` operand.
+
+    It reads the scales on the host (a device sync): call it once when the scales are made, not per
+    call (the ops check shapes and dtypes only). Checked:
+
+    * dtype and element count, as the ops do;
+    * the padding (scale rows >= ``rows``, scale columns >= k / block_size) is all zero bytes, as
+      ``to_blocked`` writes it. Scales in another order (a row-major [rows, k / block_size] matrix
+      copied into the padded shape, or swizzled for other dimensions) almost always put non-zero
+      bytes there;
+    * NVFP4: no scale is negative (the quantizer's e4m3 block scales are positive or NaN).
+
+    Not detectable: when rows % 128 == 0 and (k / block_size) % 4 == 0 there is no padding, and a
+    row-major matrix has exactly the swizzled shape and plausible values. Make such scales with
+    ``to_blocked`` (or take them from ``quantize_*``), never by reshaping.
+    """
+    fn = "dq_kernels.formats.check_scales"
+    fmt = FORMATS[fmt] if isinstance(fmt, str) else fmt
+    if not isinstance(s, torch.Tensor):
+        raise TypeError(f"{fn}: s must be a torch.Tensor, got {type(s).__name__}")
+    if s.dtype != fmt.scale_dtype:
+        raise TypeError(f"{fn}: s must be {fmt.scale_dtype} ({fmt.name} block scales), got {s.dtype}")
+    if k % fmt.block_size:
+        raise ValueError(f"{fn}: k = {k} must be a multiple of the {fmt.name} block size {fmt.block_size}")
+    cols = k // fmt.block_size
+    rows_pad, cols_pad = fmt.scale_shape(rows, k)
+    if s.numel() != rows_pad * cols_pad:
+        raise ValueError(
+            f"{fn}: s must hold round_up({rows}, 128) * round_up({cols}, 4) = {rows_pad * cols_pad} scales, "
+            f"got shape {tuple(s.shape)}"
+        )
+    grid = from_blocked(s, rows_pad, cols_pad).view(torch.uint8)  # every entry, padding included
+    padding = torch.cat((grid[rows:].flatten(), grid[:rows, cols:].flatten()))
+    bad_padding, negative = (padding != 0).sum(), torch.zeros((), dtype=torch.int64, device=s.device)
+    if fmt.name == "nvfp4":
+        negative = (grid[:rows, :cols] >= 0x80).sum()
+    bad_padding, negative = torch.stack((bad_padding, negative)).tolist()
+    if bad_padding:
+        raise ValueError(
+            f"{fn}: {bad_padding} padding entries of s (scale rows >= {rows} or columns >= {cols}) are not zero: "
+            "s is not in the 128x4 swizzled layout of these dimensions (row-major scales? make them with "
+            "dq_kernels.to_blocked)"
+        )
+    if negative:
+        raise ValueError(f"{fn}: {negative} NVFP4 block scales of s are negative; block scales are positive")
+
+
+def check_output_dtype(fn: str, dtype: torch.dtype, name: str = "the output dtype") -> None:
+    """``dtype`` (the argument ``name``) is torch.bfloat16, torch.float16 or torch.float32. The public
+    op wrappers call this before the op, whose schema would otherwise reject a string or None with
+    a message about ScalarType."""
+    if not isinstance(dtype, torch.dtype) or dtype not in HIGH_PRECISION_DTYPES:
+        hint = " (a torch.dtype, not a string)" if isinstance(dtype, str) else ""
+        raise TypeError(f"{fn}: {name} must be torch.bfloat16, torch.float16 or torch.float32{hint}, got {dtype!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,9 +367,18 @@ def _encode_e2m1(y: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
-    """e2m1 codes (uint8 0..15) -> float32 values."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
-    return table[codes.long()]
+    """e2m1 codes (uint8 0..15) -> float32 values (``E2M1_VALUES[code]``, -0.0 for code 8).
+
+    Built from the bit pattern with tensor ops only: no table tensor is made from Python values,
+    since that is a host-to-device copy, which CUDA graph capture forbids. Code bits: sign (3),
+    exponent (2..1), mantissa (0); exponent 0 is the subnormal 0 or 0.5, exponent e > 0 is
+    2^(e - 1) * (1 + mantissa / 2), i.e. float32 exponent field e + 126 and mantissa bit 22.
+    """
+    c = codes.to(torch.int32)
+    exponent, mantissa = (c >> 1) & 3, c & 1
+    normal = ((exponent + 126) << 23) | (mantissa << 22)
+    magnitude = torch.where(exponent == 0, mantissa * 0x3F000000, normal)  # 0x3F000000 = 0.5
+    return (magnitude | ((c >> 3) << 31)).view(torch.float32)
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

@@ -429,11 +429,13 @@ def quantize_nvfp4(
 
 def dequantize_mxfp8(q: Tensor, s: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Canonical MXFP8 -> [M, K] of ``dtype`` (exact in float32, rounded once)."""
+    formats.check_output_dtype("dq_kernels.dequantize_mxfp8", dtype, "dtype")
     return torch.ops.dq_kernels.dequantize_mxfp8(q, s, dtype)
 
 
 def dequantize_nvfp4(q: Tensor, s: Tensor, tensor_scale: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Canonical NVFP4 -> [M, K] of ``dtype``: (e2m1 * block scale) * tensor_scale."""
+    formats.check_output_dtype("dq_kernels.dequantize_nvfp4", dtype, "dtype")
     return torch.ops.dq_kernels.dequantize_nvfp4(q, s, tensor_scale, dtype)
 
 
@@ -450,6 +452,7 @@ def mxfp8_mm(
 
     ``backend``: a name from ``dq_kernels.available_backends()`` or "auto"; None defers to
     ``use_backend`` / ``DQ_KERNELS_BACKEND`` / auto."""
+    formats.check_output_dtype("dq_kernels.mxfp8_mm", out_dtype, "out_dtype")
     return torch.ops.dq_kernels.mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype, backend)
 
 
@@ -465,6 +468,7 @@ def nvfp4_mm(
     backend: str | None = None,
 ) -> Tensor:
     """a @ b.T for canonical NVFP4 a [M, K] and b [N, K] with their tensor scales; returns [M, N]."""
+    formats.check_output_dtype("dq_kernels.nvfp4_mm", out_dtype, "out_dtype")
     return torch.ops.dq_kernels.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend)
 
 

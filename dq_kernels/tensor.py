@@ -218,6 +218,7 @@ class NVFP4Weight(QuantizedWeight):
         q, s, ts = ops.quantize_nvfp4(w.detach(), None, backend=cast_backend)
         activation_scale = None
         if activation_amax is not None:
+            activation_amax = formats.check_activation_amax("NVFP4Weight.from_float", activation_amax)
             amax = torch.tensor(activation_amax, dtype=torch.float32, device=w.device)
             activation_scale = formats.nvfp4_tensor_scale(amax)
         return cls(q, s, ts, w.dtype, weight_only, backend, activation_scale=activation_scale)
@@ -436,3 +437,15 @@ def _(func, types, args, kwargs):
     for name in dst_names:
         getattr(dst, name).copy_(getattr(src, name))
     return dst
+
+
+@_implements(torch_fns=[torch.Tensor.storage])
+def _(func, types, args, kwargs):
+    # safetensors asks for the storage of every tensor it saves; a weight subclass has none. This is
+    # where diffusers' save_pretrained of a model quantized after loading ends up.
+    raise RuntimeError(
+        "dq_kernels: a quantized weight has no storage of its own and cannot be written to safetensors "
+        "as a plain tensor. For a Diffusers model quantized after loading, call "
+        "dq_kernels.diffusers.record_quantization(model) before save_pretrained (dq_kernels.diffusers.quantize "
+        "does this), or quantize while loading: from_pretrained(..., quantization_config=...)"
+    )

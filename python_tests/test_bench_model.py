@@ -102,3 +102,52 @@ def test_each_configuration_frees_the_previous_model(monkeypatch):
     monkeypatch.setattr(model, "build", build)
     model.run(["flux"], [1], None, 3, ["mxfp8"], ["auto"], ["regional", "none"], tiny=True)
     assert len(built) == 4 and len(resets) == 2  # bf16 and mxfp8, each once compiled
+
+
+# ---------------------------------------------------------------------------------------------- issue 21 #1
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA skips")
+
+
+@no_cuda
+def test_cli_defaults_skip_what_cannot_run_here(tmp_path, capsys):
+    # the default formats included fp8_rowwise, which torchao refuses without a GPU of CC >= 8.9,
+    # and regional-cudagraphs crashed without CUDA
+    out = tmp_path / "model.json"
+    code = cli.main(["bench", "model", "flux", "--tiny", "--steps", "3", "--backends", "auto",
+                     "--compile", "none", "regional-cudagraphs", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipping format fp8_rowwise: torchao's float8 needs a CUDA GPU of compute capability >= 8.9" in printed
+    assert "skipping compile mode regional-cudagraphs: CUDA graphs need a CUDA device" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["format"], r["compile"]) for r in rows] == [("bf16", "none"), ("mxfp8", "none"), ("nvfp4", "none")]
+
+
+def test_cli_writes_each_row_as_it_finishes(tmp_path, monkeypatch):
+    out = tmp_path / "model.json"
+    run_one = model._run_one
+
+    def crash_on_nvfp4(spec, inputs, batch, fmt, *args):
+        if fmt == "nvfp4":
+            raise RuntimeError("a crash in the third configuration")
+        return run_one(spec, inputs, batch, fmt, *args)
+
+    monkeypatch.setattr(model, "_run_one", crash_on_nvfp4)
+    with pytest.raises(RuntimeError, match="third configuration"):
+        cli.main(["bench", "model", "flux", "--tiny", "--steps", "3", "--formats", "mxfp8", "nvfp4",
+                  "--backends", "auto", "--json", str(out)])  # fmt: skip
+    assert [r["format"] for r in json.loads(out.read_text())["rows"]] == ["bf16", "mxfp8"]
+
+
+def test_cli_refuses_batch_0_and_resolutions_without_tokens(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "model", "flux", "--tiny", "--batch", "0"])
+    assert exit.value.code == 2
+    assert "argument --batch: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    assert cli.main(["bench", "model", "flux", "--tiny", "--resolution", "8x8"]) == 2
+    assert "--resolution: flux needs the height to be a positive multiple of 16, got 8" in capsys.readouterr().out
+    assert cli.main(["bench", "model", "ltx2", "--tiny", "--resolution", "8x64x64"]) == 2
+    assert "ltx2 needs the frames to be 8k + 1 for some k >= 1, got 8" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--batch sizes must be >= 1, got 1 0"):
+        model.run(["flux"], [1, 0], None, 3, ["mxfp8"], ["auto"], ["none"], tiny=True)

@@ -4,9 +4,14 @@ against bf16 at batch 1 and 3, save_pretrained / from_pretrained round trips, to
 
 import copy
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
+from torchao.quantization import quantize_
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -253,6 +258,87 @@ def test_from_pretrained_then_save_and_load_is_exact(name, config, tmp_path):
         loaded = model_class.from_pretrained(path, torch_dtype=torch.bfloat16, use_safetensors=use_safetensors)
         assert loaded.config.quantization_config.quant_type == config
         assert torch.equal(run(loaded, kwargs), expected)
+
+
+def quantized_names(model):
+    return {n for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), QuantizedWeight)}
+
+
+@pytest.mark.parametrize("route", ["dq.diffusers.quantize", "quantize_ then record_quantization"])
+def test_quantized_after_loading_saves_and_loads_exactly(route, tmp_path):
+    # issue 21 #9: without a recorded quantizer, save_pretrained handed the weight subclasses to
+    # safetensors ("Attempted to access the data pointer on an invalid python storage")
+    model, kwargs = bf16_model("flux"), inputs("flux", 3)
+    if route == "dq.diffusers.quantize":
+        dqd.quantize(model, "nvfp4", preset=all_layers("flux"), verbose=False)
+    else:
+        quantize_(model, MXFP8Config())
+        dqd.record_quantization(model)
+    expected = run(model, kwargs)
+    for safe in (True, False):
+        model.save_pretrained(tmp_path / str(safe), safe_serialization=safe)
+        loaded = type(model).from_pretrained(tmp_path / str(safe), torch_dtype=torch.bfloat16, use_safetensors=safe)
+        assert quantized_names(loaded) == quantized_names(model)
+        assert torch.equal(run(loaded, kwargs), expected)
+
+
+def test_saving_an_unrecorded_quantized_model_names_the_fix(tmp_path):
+    model = bf16_model("flux")
+    quantize_(model, MXFP8Config())
+    with pytest.raises(RuntimeError, match=r"record_quantization\(model\) before save_pretrained"):
+        model.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="must be a diffusers ModelMixin"):
+        dqd.record_quantization(torch.nn.Linear(32, 32))
+    with pytest.raises(ValueError, match="has no dq_kernels-quantized weights"):
+        dqd.record_quantization(bf16_model("flux"))
+
+
+LOAD_IN_A_NEW_PROCESS = """
+import sys
+import dq_kernels  # the only dq_kernels import (issue 21 #2)
+assert "torchao" not in sys.modules, "import dq_kernels must not import torchao"
+import diffusers, torch
+model = diffusers.FluxTransformer2DModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16)
+print(sorted({type(p).__name__ for p in model.parameters()}))
+"""
+
+
+def test_import_dq_kernels_is_enough_to_load_a_checkpoint(tmp_path):
+    # issue 21 #2: the new process failed with "Failed to find class MXFP8Config in any of the allowed modules"
+    bf16_model("flux").save_pretrained(tmp_path / "bf16")
+    model = diffusers.FluxTransformer2DModel.from_pretrained(
+        tmp_path / "bf16", quantization_config=diffusers.TorchAoConfig(MXFP8Config()), torch_dtype=torch.bfloat16
+    )
+    model.save_pretrained(tmp_path / "mxfp8")
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "mxfp8")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MXFP8Weight', 'Parameter']"
+
+
+@pytest.mark.parametrize("name", ["flux", "ltx2"])
+def test_load_config_reproduces_the_preset(name, tmp_path):
+    # issue 21 #10: the load-time form of quantize(model, fmt, preset), for from_pretrained
+    preset = dataclasses.replace(dqd.PRESETS[name], min_features=64)  # the size rule skips some tiny layers
+    bf16_model(name).save_pretrained(tmp_path)
+    model_class = type(bf16_model(name))
+    with torch.device("meta"):
+        skeleton = model_class.from_config(model_class.load_config(tmp_path))
+    config = dqd.load_config(skeleton, "nvfp4", preset=preset)
+    loaded = model_class.from_pretrained(tmp_path, quantization_config=config, torch_dtype=torch.bfloat16)
+    expected = bf16_model(name)
+    report = dqd.quantize(expected, "nvfp4", preset=preset, verbose=False)
+    assert report.quantized and report.skipped
+    assert quantized_names(loaded) == quantized_names(expected) == set(report.quantized)
+    loaded_params, expected_params = dict(loaded.named_parameters()), dict(expected.named_parameters())
+    for param in (f"{n}.weight" for n in report.quantized):
+        assert torch.equal(loaded_params[param].qdata, expected_params[param].qdata)
+        assert torch.equal(loaded_params[param].scale.view(torch.uint8), expected_params[param].scale.view(torch.uint8))
+    pipeline_config = diffusers.PipelineQuantizationConfig(quant_mapping={"transformer": config})
+    assert pipeline_config.quant_mapping["transformer"] is config
 
 
 # ---------------------------------------------------------------------------------------------- compile

@@ -252,7 +252,7 @@ def test_mm_bias_and_out_dtype_errors():
         dq.mxfp8_mm(a_q, a_s, b_q, b_s, torch.randn(4))
     with pytest.raises(TypeError, match=r"bias must be bfloat16, float16 or float32, got torch.int64"):
         dq.mxfp8_mm(a_q, a_s, b_q, b_s, torch.ones(8, dtype=torch.int64))
-    with pytest.raises(TypeError, match=r"output dtype must be bfloat16, float16 or float32, got torch.float8_e4m3fn"):
+    with pytest.raises(TypeError, match=r"out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got torch.float8_e4m3fn"):
         dq.mxfp8_mm(a_q, a_s, b_q, b_s, None, torch.float8_e4m3fn)
 
 
@@ -260,7 +260,7 @@ def test_dequantize_errors():
     q, s = dq.quantize_mxfp8(torch.randn(4, 64))
     with pytest.raises(ValueError, match=r"s must hold round_up\(4, 128\) \* round_up\(2, 4\) = 512"):
         dq.dequantize_mxfp8(q, s[:64])
-    with pytest.raises(TypeError, match=r"output dtype must be"):
+    with pytest.raises(TypeError, match=r"dequantize_mxfp8: dtype must be"):
         dq.dequantize_mxfp8(q, s, torch.int8)
 
 

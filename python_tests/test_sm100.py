@@ -314,9 +314,9 @@ def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with
 def interpreter(monkeypatch):
     """Skips unless this process runs Triton interpreted (TRITON_INTERPRET=1 since before triton
     was imported, as set at the top of this file when no GPU is present) with tl.dot_scaled
-    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.9's
-    reads every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as e4m3 and
-    leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
+    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.8's
+    and 3.9's read every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as
+    e4m3 and leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET is not 1 (a CUDA device is present: see the -m gpu tests)")
     triton = pytest.importorskip("triton")
@@ -326,16 +326,33 @@ def interpreter(monkeypatch):
     import triton.language as tl
     from triton.runtime import interpreter as interp
 
-    if not hasattr(interp, "_dot_scaled_scale_to_f32"):
-        pytest.skip("this Triton's interpreter has no _dot_scaled_scale_to_f32 to patch for e4m3 scales")
-    decode_e8m0 = interp._dot_scaled_scale_to_f32
+    def e4m3(scale):
+        return torch.from_numpy(scale.data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
 
-    def decode(scale, compute_type):
-        if scale.dtype == tl.float8e4nv:
-            return torch.from_numpy(scale.data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
-        return decode_e8m0(scale, compute_type)
+    if hasattr(interp, "_dot_scaled_scale_to_f32"):  # Triton 3.9: one hook decodes the scales
+        decode_e8m0 = interp._dot_scaled_scale_to_f32
 
-    monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
+        def decode(scale, compute_type):
+            return e4m3(scale) if scale.dtype == tl.float8e4nv else decode_e8m0(scale, compute_type)
+
+        monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
+    elif hasattr(interp, "_prepare_dot_scaled_operand"):  # Triton 3.8: the E8M0 decode is inline there
+        prepare = interp._prepare_dot_scaled_operand
+
+        def prepare_e4m3(value_handle, scale_handle, format_enum, k_pack, is_rhs):
+            if scale_handle is None or scale_handle.dtype != tl.float8e4nv:
+                return prepare(value_handle, scale_handle, format_enum, k_pack, is_rhs)
+            value = prepare(value_handle, None, format_enum, k_pack, is_rhs)
+            # Triton 3.8's own broadcast of [rows, K / group] scales onto the operand
+            scale = np.repeat(e4m3(scale_handle), value.shape[-2 if is_rhs else -1] // scale_handle.data.shape[-1], -1)
+            return value * (np.swapaxes(scale, -1, -2) if is_rhs else scale)
+
+        monkeypatch.setattr(interp, "_prepare_dot_scaled_operand", prepare_e4m3)
+    else:
+        pytest.skip(
+            f"Triton {triton.__version__}'s interpreter has neither _dot_scaled_scale_to_f32 (3.9) nor "
+            "_prepare_dot_scaled_operand (3.8) to patch: its dot_scaled would read NVFP4's e4m3 scales as E8M0"
+        )
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])

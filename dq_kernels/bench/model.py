@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from tqdm import tqdm
 
 from dq_kernels import diffusers as dqd
+from dq_kernels._quiet import DIFFUSERS_IMPORT_NOISE, quiet_loggers
 from dq_kernels.bench import report
 
 FORMATS = ("bf16", "mxfp8", "nvfp4", "fp8_rowwise")
@@ -65,6 +66,9 @@ class ModelSpec:
         CFG) or "double_batch" (conditional and unconditional halves in one forward, LTX-2).
     cuda_graph_blocker: why a whole denoising step cannot be captured in one CUDA graph
         (regional-cudagraphs), or None when it can.
+    resolution_rule: per resolution entry (multiple, offset): entry - offset must be a positive
+        multiple of ``multiple`` (offset 1 for video frames, 8k + 1), so that the latent grid has no
+        empty or truncated dimension.
     """
 
     name: str
@@ -78,6 +82,19 @@ class ModelSpec:
     negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
     time_kwargs: Callable = None  # (sigma, latent, kwargs) -> the timestep arguments; default below
     cuda_graph_blocker: str | None = None
+    resolution_rule: tuple[tuple[int, int], ...] = ((16, 0), (16, 0))
+
+    def resolution_error(self, resolution: tuple[int, ...]) -> str | None:
+        """Why ``resolution`` makes no input for this model (see resolution_rule), or None."""
+        names = ("frames", "height", "width")[-len(self.default_resolution):]
+        form = "x".join(n[0].upper() for n in names)
+        if len(resolution) != len(names):
+            return f"{self.name} takes a resolution {form} ({', '.join(names)}), got {'x'.join(map(str, resolution))}"
+        for name, value, (multiple, offset) in zip(names, resolution, self.resolution_rule):
+            if value <= offset or (value - offset) % multiple:
+                rule = f"{multiple}k + {offset} for some k >= 1" if offset else f"a positive multiple of {multiple}"
+                return f"{self.name} needs the {name} to be {rule}, got {value}"
+        return None
 
 
 def _timestep(sigma: float, x: torch.Tensor, kwargs: dict) -> dict:
@@ -196,6 +213,7 @@ MODELS: dict[str, ModelSpec] = {
         cfg="double_batch",
         negative_keys=("encoder_hidden_states", "audio_encoder_hidden_states"),
         time_kwargs=_ltx2_timesteps,
+        resolution_rule=((8, 1), (32, 0), (32, 0)),
         cuda_graph_blocker="its forward builds the position coordinates from host values on every call "
         "(diffusers 0.42, prepare_video_coords), which CUDA graph capture refuses",
     ),
@@ -207,7 +225,8 @@ def build(spec: ModelSpec, tiny: bool, device: str, checkpoint: str | None = Non
     one holding a ``transformer`` subfolder) or with seeded random weights (the same every call)."""
     import diffusers
 
-    cls = getattr(diffusers, spec.class_name)
+    with quiet_loggers(*DIFFUSERS_IMPORT_NOISE):
+        cls = getattr(diffusers, spec.class_name)
     if checkpoint:
         try:
             model = cls.from_pretrained(checkpoint, subfolder="transformer", torch_dtype=torch.bfloat16)
@@ -215,7 +234,8 @@ def build(spec: ModelSpec, tiny: bool, device: str, checkpoint: str | None = Non
             model = cls.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
         return model.to(device).eval()
     torch.manual_seed(SEED)
-    with torch.device(device):
+    # diffusers 0.42 warns on every .to(dtype) about "modules kept in float32: []" (none here)
+    with torch.device(device), quiet_loggers("diffusers.models.modeling_utils"):
         model = cls(**(spec.tiny_config if tiny else spec.config)).to(torch.bfloat16)
     return model.eval()
 
@@ -399,6 +419,25 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return report.rel_err(out, ref), torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
 
 
+def format_unavailable(fmt: str) -> str | None:
+    """Why ``fmt`` cannot run on this machine, or None."""
+    if fmt != "fp8_rowwise":
+        return None
+    if not torch.cuda.is_available():
+        return "torchao's float8 needs a CUDA GPU of compute capability >= 8.9; there is no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        return f"torchao's float8 needs compute capability >= 8.9; this GPU is {major}.{minor}"
+    return None
+
+
+def compile_unavailable(mode: str) -> str | None:
+    """Why compile mode ``mode`` cannot run on this machine, or None."""
+    if mode == "regional-cudagraphs" and not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA device; there is none"
+    return None
+
+
 def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str]]:
     """(format, backend) pairs: bf16 and fp8_rowwise once (backend "-"), ours once per backend."""
     pairs = []
@@ -411,11 +450,13 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
 
 
 def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: int, compile_modes: Sequence[str],
-             tiny: bool, checkpoint: str | None) -> None:
-    """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; more
-    steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a resolution of each
-    model's rank (HxW for images, FxHxW for video); regional-cudagraphs only for models whose step
-    a CUDA graph can capture."""
+             tiny: bool, checkpoint: str | None, batches: Sequence[int] = (1,)) -> None:
+    """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; batch
+    sizes >= 1; more steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a
+    resolution each model can take (``ModelSpec.resolution_error``); regional-cudagraphs only for
+    models whose step a CUDA graph can capture."""
+    if any(batch < 1 for batch in batches):
+        raise ValueError(f"bench model: --batch sizes must be >= 1, got {' '.join(map(str, batches))}")
     if not torch.cuda.is_available() and not tiny:
         raise ValueError("bench model: no CUDA device: full-size models need a GPU. Add --tiny for a smoke test on the CPU")
     if steps <= WARMUP_STEPS:
@@ -425,9 +466,9 @@ def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: i
     if tiny and checkpoint:
         raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
     for spec in (MODELS[name] for name in models):
-        if resolution is not None and len(resolution) != len(spec.default_resolution):
-            form = "FxHxW (frames, height, width)" if len(spec.default_resolution) == 3 else "HxW"
-            raise ValueError(f"bench model: {spec.name} takes a resolution {form}, got {'x'.join(map(str, resolution))}")
+        error = spec.resolution_error(resolution) if resolution is not None else None
+        if error:
+            raise ValueError(f"bench model: --resolution: {error}")
         if "regional-cudagraphs" in compile_modes and spec.cuda_graph_blocker:
             raise ValueError(f"bench model: --compile regional-cudagraphs does not work for {spec.name}: "
                              f"{spec.cuda_graph_blocker}; use --compile regional")
@@ -443,10 +484,20 @@ def run(
     compile_modes: Sequence[str],
     tiny: bool = False,
     checkpoint: str | None = None,
+    on_row: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Every model x batch x configuration x compile mode; see the module docstring."""
-    validate(models, resolution, steps, compile_modes, tiny, checkpoint)
+    """Every model x batch x configuration x compile mode; see the module docstring.
+
+    Formats and compile modes that cannot run on this machine (``format_unavailable``,
+    ``compile_unavailable``) are skipped with a printed line saying why. ``on_row(rows)`` is called
+    with the rows so far after each one finishes (the CLI rewrites its JSON there, so a crash keeps
+    the finished rows)."""
+    validate(models, resolution, steps, compile_modes, tiny, checkpoint, batches)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    formats = _runnable(formats, format_unavailable, "format")
+    compile_modes = _runnable(compile_modes, compile_unavailable, "compile mode")
+    if not compile_modes:
+        raise ValueError("bench model: none of the --compile modes asked for can run on this machine")
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
     total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps
@@ -471,9 +522,23 @@ def run(
                             bf16_ms[mode] = row.step_ms
                         row.speedup_vs_bf16 = bf16_ms[mode] / row.step_ms if mode in bf16_ms else None
                         rows.append(row)
+                        if on_row is not None:
+                            on_row(rows)
                         tqdm.write(f"  {name} batch {batch} {fmt}/{backend} {mode}: {row.step_ms:.1f} ms/step, "
                                    f"rel err {row.rel_err:.4f}")
     return rows
+
+
+def _runnable(names: Sequence[str], unavailable: Callable[[str], str | None], what: str) -> list[str]:
+    """``names`` without those that cannot run here, printing why each is skipped."""
+    kept = []
+    for name in names:
+        reason = unavailable(name)
+        if reason is None:
+            kept.append(name)
+        else:
+            print(f"bench model: skipping {what} {name}: {reason}")
+    return kept
 
 
 def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, checkpoint, progress):
