@@ -169,11 +169,21 @@ SM90_SKINNY_BEST_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm":
 SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny kernels take
 
 
+# Above this M on 9.0, MXFP8 runs faster as its weight decoded into a bf16 buffer and cuBLAS
+# (decode_cublas) than in the mixed-input kernel: 0.80-0.92x of bf16 cuBLAS against 0.73-0.84x at
+# the six FLUX shapes of M 4096 / 4608, both ops; at M = 512 the kernel wins 2 of 3 shapes
+# (benchmarks/results/gemm-h100.json). NVFP4's decode_cublas needs a float32 epilogue pass for its
+# tensor scales and loses everywhere.
+SM90_MXFP8_DECODE_CUBLAS_MIN_M = 2049
+
+
 def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
     if op.startswith("quantize"):
         return ("triton_cast",)
     if SM90_SKINNY_BEST_MAX_M[op] < m <= SM90_SKINNY_MAX_M:
         return ("triton_sm90", "cutlass")
+    if op == "mxfp8_mm" and m >= SM90_MXFP8_DECODE_CUBLAS_MIN_M:
+        return ("decode_cublas", "cutlass", "triton_sm90")
     return ("cutlass", "triton_sm90")
 
 
@@ -225,7 +235,7 @@ def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: 
 
 def _m_bucket(m: int) -> int:
     """M as the cache key: exact up to the skinny range, then its power-of-two ceiling (rankings
-    change only at powers of two)."""
+    change only at powers of two plus one)."""
     return m if m <= SM90_SKINNY_MAX_M else 1 << (m - 1).bit_length()
 
 
@@ -245,7 +255,7 @@ def select(
     """The backend that runs ``op`` on ``device`` for an [m, k] x [n, k]^T problem (n = k = K for
     quantize ops). ``requested``: the call's ``backend=`` (strict); ``preferred``: a quantized
     weight's backend (auto's choice where it cannot run). See the module docstring for the rules."""
-    if requested:
+    if requested is not None:  # "" is a name too, and an unknown one
         name, how = requested, "requested"
     elif preferred and preferred != "auto":
         name, how = preferred, "preferred"
