@@ -105,3 +105,37 @@ def test_wrapper_backend_argument_reaches_the_op():
     a_q, a_s = dq.quantize_mxfp8(torch.randn(4, 64))
     with pytest.raises(ValueError, match="unknown dq_kernels backend 'nope'"):
         dq.mxfp8_mm(a_q, a_s, a_q, a_s, backend="nope")
+
+
+CUDA = torch.device("cuda", 0)
+GEMM_OPS = ("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
+
+
+@pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1)])
+def test_auto_never_runs_the_reference_for_a_cuda_gemm(monkeypatch, capability):
+    """On every GPU family auto has a faster correct path than the float32 reference (issue 20):
+    our kernels, torchao's cuBLAS, or the weight decoded for cuBLAS (decode_cublas). Printed: the
+    choice per (capability, op, M), the table of docs/backend-selection.md."""
+    from kernel_checks import fake_capability
+
+    fake_capability(monkeypatch, capability)
+    for op in GEMM_OPS:
+        choices = {m: select(op, CUDA, m, 3072, 3072).spec.name for m in (1, 16, 48, 77, 512, 4096)}
+        print(f"{capability[0]}.{capability[1]} {op}: {choices}")
+        assert "reference" not in choices.values()
+    assert select("quantize_mxfp8", CUDA, 16, 3072, 3072).spec.name == "triton_cast"
+
+
+def test_auto_warns_once_when_a_cuda_gemm_must_run_the_reference(monkeypatch, caplog):
+    from kernel_checks import fake_capability
+
+    fake_capability(monkeypatch, (9, 0))
+    monkeypatch.setattr(backends, "ranking", lambda *a: ("reference",))
+    with caplog.at_level(logging.WARNING, logger="dq_kernels"):
+        for _ in range(2):
+            assert select("mxfp8_mm", CUDA, 4, 8, 64).spec.name == "reference"
+            backends._SELECTED.clear()
+    assert [r.getMessage() for r in caplog.records] == [
+        "dq_kernels auto: mxfp8_mm: auto runs the float32 reference for a GEMM on this GPU: no faster backend can "
+        "run it (the reasons above); expect it to be slow"
+    ]

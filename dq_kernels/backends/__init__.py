@@ -188,25 +188,43 @@ def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
 
 
 def _rank_sm100(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
-    """10.0 / 10.3: our block-scaled kernels (compile-verified only), then cuBLAS through torchao."""
+    """10.0 / 10.3: our block-scaled kernels (compile-verified only), then cuBLAS through torchao,
+    then the weight decoded for cuBLAS's bf16 GEMM (W4A16 has no block-scaled kernel here)."""
     if op.startswith("quantize"):
         return ("triton_cast",)
-    return ("cutlass", "triton_sm100", "torchao")
+    if op == "nvfp4_weight_only_mm":
+        return ("decode_cublas", "torchao")
+    return ("cutlass", "triton_sm100", "torchao", "decode_cublas")
 
 
-def _rank_other(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
-    """Any other device: the Triton cast where it compiles; the GEMMs fall to the reference."""
-    return ("triton_cast",) if op.startswith("quantize") else ()
+def _rank_sm120(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    """12.0 / 12.1 (RTX Blackwell, DGX Spark): the Triton block-scaled kernel (compile-verified
+    only), then as on 10.0."""
+    if op.startswith("quantize"):
+        return ("triton_cast",)
+    if op == "nvfp4_weight_only_mm":
+        return ("decode_cublas", "torchao")
+    return ("triton_sm100", "torchao", "decode_cublas")
 
 
-RANKINGS = {(9, 0): _rank_sm90, (10, 0): _rank_sm100, (10, 3): _rank_sm100}
+def _rank_other_cuda(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    """Any other CUDA GPU: the Triton cast where it compiles, the weight decoded for cuBLAS."""
+    return ("triton_cast",) if op.startswith("quantize") else ("decode_cublas",)
+
+
+def _rank_cpu(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
+    """CPU tensors: the reference (appended by ``ranking``) is the path."""
+    return ()
+
+
+RANKINGS = {(9, 0): _rank_sm90, (10, 0): _rank_sm100, (10, 3): _rank_sm100, (12, 0): _rank_sm120, (12, 1): _rank_sm120}
 
 
 def ranking(op: str, device: torch.device, m: int, n: int, k: int) -> tuple[str, ...]:
     """The backends auto tries for ``op`` on ``device`` at this shape, best first: the built-in
     ranking of the device's compute capability, then any other backend whose spec lets auto take
     it, then the reference."""
-    rank = _rank_other if device.type != "cuda" else RANKINGS.get(base.capability(device), _rank_other)
+    rank = _rank_cpu if device.type != "cuda" else RANKINGS.get(base.capability(device), _rank_other_cuda)
     built_in = rank(op, m, n, k)
     others = tuple(name for name, b in _REGISTRY.items() if b.spec.auto and name not in _BUILT_IN_NAMES)
     return built_in + others + ("reference",)
@@ -287,6 +305,9 @@ def _decide(op: str, device: torch.device, m: int, n: int, k: int, name: str, ho
             continue
         reason = _reason(backend, op, device, m, n, k)
         if reason is None:
+            if candidate == "reference" and device.type == "cuda" and op.endswith("_mm"):
+                _log_once(op, "reference", "auto runs the float32 reference for a GEMM on this GPU: no faster "
+                          "backend can run it (the reasons above); expect it to be slow")
             return backend
         if backend.spec.device_reason(device, op) is None and op in backend.spec.ops:
             _log_once(op, candidate, reason)
@@ -297,7 +318,10 @@ def _log_once(op: str, name: str, reason: str) -> None:
     key = (op, name, reason)
     if key not in _LOGGED:
         _LOGGED.add(key)
-        logger.warning("dq_kernels auto: skipping backend %r for %s: %s", name, op, reason)
+        if name == "reference":
+            logger.warning("dq_kernels auto: %s: %s", op, reason)
+        else:
+            logger.warning("dq_kernels auto: skipping backend %r for %s: %s", name, op, reason)
 
 
 @dataclass(frozen=True)
