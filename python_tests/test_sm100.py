@@ -18,6 +18,7 @@ No Blackwell GPU is at hand, so most of this file proves the kernels without run
 """
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -61,7 +62,7 @@ def test_registered_fastest_first():
     names = backends.backend_names()
     assert names.index("cutlass") < names.index("triton_sm100") < names.index("torchao") < names.index("reference")
     assert backends.get_backend("cutlass").spec.capabilities == ((9, 0), (10, 0))  # 9.0: test_sm90
-    assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3))
+    assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3), (12, 0), (12, 1))
     for name in SM100_BACKENDS:
         spec = backends.get_backend(name).spec
         assert set(OPS) <= set(spec.ops) and not spec.cpu and spec.auto
@@ -260,35 +261,54 @@ def test_wrapper_rejects_float16_output_and_cpu_tensors(sm100_library):
 # Triton: ahead-of-time compilation for sm_100
 # ----------------------------------------------------------------------------------------------
 
-# Run by run_fresh: compiles the kernel for sm_100 from the arguments triton_sm100.kernel_arguments
-# builds for CPU stand-ins of the operands, and prints what the PTX holds.
+# Run by run_fresh: compiles the kernel, for every (format, out dtype, bias, capability) job in the
+# JSON list argv[1], from the arguments triton_sm100.kernel_arguments builds for CPU stand-ins of
+# the operands, and prints a JSON list of what each PTX holds. One process for all jobs: starting
+# one per compilation would cost more than the compilations.
 AOT_SCRIPT = r"""
 import json, re, sys, torch
 from dq_kernels import formats
 from dq_kernels.backends import triton_sm100
 
-fmt_name, out_dtype, with_bias, capability = sys.argv[1], getattr(torch, sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-fmt = formats.FORMATS[fmt_name]
-m, n, k = 256, 1024, 512
-quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
-a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
-ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
-bias = torch.randn(n) if with_bias else None
-out = torch.empty(m, n, dtype=out_dtype)
-args, constexprs, options = triton_sm100.kernel_arguments(fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out)
-compiled = aot_compile(triton_sm100._kernel(), args, constexprs, options, capability)
-ptx = compiled.asm["ptx"]
-print(json.dumps({
-    "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
-    "tcgen05_cp": len(re.findall(r"tcgen05\.cp", ptx)),
-    "shared": compiled.metadata.shared,
-}))
+results = []
+for fmt_name, out_dtype, with_bias, capability in json.loads(sys.argv[1]):
+    m, n, k = 256, 1024, 512
+    quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
+    a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
+    ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
+    bias = torch.randn(n) if with_bias else None
+    out = torch.empty(m, n, dtype=getattr(torch, out_dtype))
+    args, constexprs, options = triton_sm100.kernel_arguments(
+        fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out, divmod(capability, 10))
+    compiled = aot_compile(triton_sm100._kernel(), args, constexprs, options, capability)
+    ptx = compiled.asm["ptx"]
+    results.append({
+        "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
+        "tcgen05_cp": len(re.findall(r"tcgen05\.cp", ptx)),
+        "shared": compiled.metadata.shared,
+    })
+print(json.dumps(results))
 """
+
+# (format, out dtype, with a bias, capability): sm_100 with both outputs; 12.0 with every tile
+# config tiles_for picks there (16-bit and float32 output of both formats); 12.1 shares them.
+AOT_JOBS = [
+    *[(fmt, "bfloat16", True, 100) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 100) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "bfloat16", True, 120) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 120) for fmt in ("mxfp8", "nvfp4")],
+    ("mxfp8", "bfloat16", True, 121),
+]
+
+
+@functools.cache
+def compiled_jobs() -> dict[tuple, dict]:
+    stdout = run_fresh(AOT_SCRIPT, json.dumps(AOT_JOBS))
+    return dict(zip(AOT_JOBS, json.loads(stdout.strip().splitlines()[-1])))
 
 
 def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100) -> dict:
-    stdout = run_fresh(AOT_SCRIPT, fmt, out_dtype, "1" if with_bias else "0", str(capability))
-    return json.loads(stdout.strip().splitlines()[-1])
+    return compiled_jobs()[(fmt, out_dtype, with_bias, capability)]
 
 
 MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}
@@ -305,6 +325,24 @@ def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with
     assert compiled["shared"] <= SM100_MAX_SHARED
 
 
+# The block-scaled mma.sync of sm_120 / sm_121 (PTX ISA 8.7): one K32 (MXFP8) or K64 (NVFP4) step
+# per instruction, E8M0 scales once per 32 elements, e4m3 scales once per 16 (scale_vec::4X).
+SM120_MMA = {
+    "mxfp8": "mma.sync.aligned.m16n8k32.row.col.kind::mxf8f6f4.block_scale.scale_vec::1X.f32.e4m3.e4m3.f32.ue8m0",
+    "nvfp4": "mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale.scale_vec::4X.f32.e2m1.e2m1.f32.ue4m3",
+}
+
+
+@pytest.mark.parametrize("fmt, out_dtype, with_bias, capability", [job for job in AOT_JOBS if job[3] >= 120])
+def test_triton_kernel_compiles_to_block_scaled_mma_sync_on_sm120(fmt, out_dtype, with_bias, capability):
+    """The tiles tiles_for picks for 12.x (2 stages; NVFP4 with float32 output BLOCK_K 128) compile
+    to nothing but the block-scaled mma.sync and fit in the 99 KB of shared memory per block."""
+    compiled = compile_for(fmt, out_dtype, with_bias, capability)
+    assert compiled["mma"] == [SM120_MMA[fmt]]
+    assert compiled["tcgen05_cp"] == 0
+    assert compiled["shared"] <= triton_sm100.SM120_MAX_SHARED
+
+
 # ----------------------------------------------------------------------------------------------
 # Triton: the kernels under the interpreter, against fp64
 # ----------------------------------------------------------------------------------------------
@@ -314,8 +352,8 @@ def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with
 def interpreter(monkeypatch):
     """Skips unless this process runs Triton interpreted (TRITON_INTERPRET=1 since before triton
     was imported, as set at the top of this file when no GPU is present) with tl.dot_scaled
-    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.9's
-    reads every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as e4m3 and
+    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.8's and
+    3.9's read every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as e4m3 and
     leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET is not 1 (a CUDA device is present: see the -m gpu tests)")
@@ -326,29 +364,50 @@ def interpreter(monkeypatch):
     import triton.language as tl
     from triton.runtime import interpreter as interp
 
-    if not hasattr(interp, "_dot_scaled_scale_to_f32"):
-        pytest.skip("this Triton's interpreter has no _dot_scaled_scale_to_f32 to patch for e4m3 scales")
-    decode_e8m0 = interp._dot_scaled_scale_to_f32
+    def e4m3_to_f32(data):
+        return torch.from_numpy(data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
 
-    def decode(scale, compute_type):
-        if scale.dtype == tl.float8e4nv:
-            return torch.from_numpy(scale.data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
-        return decode_e8m0(scale, compute_type)
+    if hasattr(interp, "_dot_scaled_scale_to_f32"):  # Triton 3.9: one decode for every scale
+        decode_e8m0 = interp._dot_scaled_scale_to_f32
 
-    monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
+        def decode(scale, compute_type):
+            return e4m3_to_f32(scale.data) if scale.dtype == tl.float8e4nv else decode_e8m0(scale, compute_type)
+
+        monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
+    elif hasattr(interp, "_prepare_dot_scaled_operand"):  # Triton 3.8: decode inside the operand setup
+        prepare = interp._prepare_dot_scaled_operand
+
+        def prepare_e4m3(value_handle, scale_handle, format_enum, k_pack, is_rhs):
+            if scale_handle is None or scale_handle.dtype != tl.float8e4nv:
+                return prepare(value_handle, scale_handle, format_enum, k_pack, is_rhs)
+            value = prepare(value_handle, None, format_enum, k_pack, is_rhs)  # unscaled
+            scale = e4m3_to_f32(scale_handle.data)  # [rows, K / VEC], as Triton's own E8M0 path has it
+            if is_rhs:  # value is [K, N]
+                return value * np.swapaxes(np.repeat(scale, value.shape[-2] // scale.shape[-1], axis=-1), -1, -2)
+            return value * np.repeat(scale, value.shape[-1] // scale.shape[-1], axis=-1)
+
+        monkeypatch.setattr(interp, "_prepare_dot_scaled_operand", prepare_e4m3)
+    else:
+        pytest.skip("this Triton's interpreter has no dot_scaled scale decode to patch for e4m3 scales")
 
 
+@pytest.mark.parametrize("capability", [(10, 0), (12, 0)])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m, n, k", [(128, 1000, 64), (200, 1000, 160), (256, 1000, 256)])
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_dtype):
-    """M not a multiple of 128 (padded scale rows, zero-filled qdata), K not a multiple of BLOCK_K
-    (padded scale columns), N = 1000 (a partial last tile), a bias on every other shape, and two
-    persistent programs for 8 to 16 tiles."""
+def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_dtype, capability):
+    """With the tiles of sm_100 and of sm_120: M not a multiple of 128 (padded scale rows,
+    zero-filled qdata), K not a multiple of BLOCK_K (padded scale columns), N = 1000 (a partial last
+    tile), a bias on every other shape, and two persistent programs for 8 to 16 tiles."""
+    tiles = triton_sm100.tiles_for(fmt, capability, out_dtype)
+    if capability != (10, 0) and tiles.block_k == triton_sm100.tiles_for(fmt, (10, 0), out_dtype).block_k:
+        pytest.skip("the same tiles as sm_100's but for the stage count, which the interpreter does not model")
     a, b = quantized(fmt, m, k, seed=m + k), quantized(fmt, n, k, seed=m + k + 1)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(k)) if m != 200 else None
     ts = (a[2], b[2]) if fmt == "nvfp4" else (None, None)
-    out = triton_sm100.block_scaled_mm(fmt, a[0], a[1], b[0], b[1], *ts, bias, out_dtype, num_programs=2)
+    out = triton_sm100.block_scaled_mm(
+        fmt, a[0], a[1], b[0], b[1], *ts, bias, out_dtype, num_programs=2, capability=capability
+    )
     expected = dequantized_f64(fmt, a) @ dequantized_f64(fmt, b).T
     if bias is not None:
         expected += bias.double()
