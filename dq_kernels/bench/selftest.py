@@ -308,8 +308,8 @@ def summary_rows(cases: list[Case]) -> list[list[str]]:
         worst = max(errors, key=lambda c: c.error / c.tolerance if c.tolerance else c.error, default=None)
         error = "-" if worst is None else f"{worst.error:.2e}"
         tol = "bit-identical" if op in CAST_OPS else "-" if worst is None else f"{worst.tolerance:.2e} (K={worst.k})"
-        seconds = sum(c.seconds or 0.0 for c in ran)
-        rows.append([name, op, variant, result, error, tol, f"{seconds:.3f}"])
+        seconds = f"{sum(c.seconds or 0.0 for c in ran):.3f}" if ran else "-"
+        rows.append([name, op, variant, result, error, tol, seconds])
     return rows
 
 
