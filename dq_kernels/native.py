@@ -304,7 +304,7 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 # tcgen05 kernels, sm_100a only)
 # ----------------------------------------------------------------------------------------------
 
-_FAMILY_ARCH = {SM90_FAMILY: "90a", SM100_FAMILY: "100a"}
+_FAMILY_ARCH = {SM90_FAMILY: "90a", SM100_FAMILY: "100f"}  # the arch each family needs in DQ_KERNELS_CUDA_ARCHS
 _SM100_OUT_CODES = {"float32": 0, "bfloat16": 1}  # DQ_FLOAT32, DQ_BFLOAT16 (no float16)
 
 

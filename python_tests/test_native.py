@@ -46,7 +46,7 @@ def test_library_is_built_when_expected():
     # CI sets DQ_KERNELS_EXPECT_NATIVE=1 when nvcc is present: a silently skipped build fails here
     ok, why = native.status()
     assert ok, why
-    assert {"90a", "100a"} <= set(native.build_info()["archs"])
+    assert {"90a", "100f"} <= set(native.build_info()["archs"])  # the default DQ_KERNELS_CUDA_ARCHS
 
 
 def test_disable_env_var(monkeypatch):
@@ -99,7 +99,11 @@ def test_supports_device_needs_cuda():
         ("100a", (10, 0), True),
         ("100a", (10, 3), False),
         ("100a", (12, 0), False),
+        ("100f", (10, 0), True),
         ("100f", (10, 3), True),
+        ("100f", (12, 0), False),
+        ("103a", (10, 3), True),
+        ("103a", (10, 0), False),
         ("80", (8, 6), True),
         ("80", (9, 0), False),
         ("89", (8, 6), False),
@@ -121,7 +125,7 @@ def test_build_info():
     assert ";".join(info["archs"]) in native.status()[1]
 
 
-@pytest.mark.parametrize("arch", ["90a", "100a"])
+@pytest.mark.parametrize("arch", ["90a", "100f"])
 def test_library_has_device_code_for(arch):
     loaded_library()
     triton = pytest.importorskip("triton")

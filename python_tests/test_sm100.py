@@ -2,18 +2,21 @@
 
 No Blackwell GPU is at hand, so most of this file proves the kernels without running them on one:
 
-* selection: auto picks them on compute capability 10.x only, and choosing them anywhere else
-  raises naming the capability (device capabilities are faked; nothing runs);
-* CUTLASS (needs the native library with the sm100_gemm family): the sm_100a SASS holds the
-  block-scaled MMA (UTCQMMA for MXFP8, UTCOMMA for NVFP4) and the scale copies (UTCCP); the CUTLASS
+* selection: auto picks them only on the capabilities their specs name (10.x; triton_sm100 also
+  12.x), and choosing them anywhere else raises naming the capability (device capabilities are
+  faked; nothing runs);
+* CUTLASS (needs the native library with the sm100_gemm family): the SASS of every arch it was
+  built for (100f by default) holds the block-scaled MMA (UTCQMMA for MXFP8, UTCOMMA for NVFP4)
+  and the scale copies (UTCCP); the CUTLASS
   arguments the launch code builds (``dq_sm100_*_mm_plan``, host only) put every scale where
   ``formats.to_blocked`` does (the layout the dequantize kernels run with on an H100), use the
   packed row strides, and are accepted by CUTLASS's ``can_implement`` exactly for the shapes the
   backend spec admits; the C argument checks;
 * Triton: each kernel, compiled ahead of time for ``GPUTarget("cuda", 100, 32)`` from the very
   arguments the backend launches it with, has ``tcgen05.mma ... block_scale`` and ``tcgen05.cp`` in
-  its PTX and fits in sm_100's shared memory; the same kernels run under ``TRITON_INTERPRET=1`` on
-  the CPU against an fp64 product of the dequantized operands;
+  its PTX and fits in sm_100's shared memory; compiled for 120 and 121 with the tiles chosen there,
+  only the block-scaled ``mma.sync`` and within 99 KB; the same kernels run under
+  ``TRITON_INTERPRET=1`` on the CPU against an fp64 product of the dequantized operands;
 * on a Blackwell GPU (``-m gpu``): both backends against the reference.
 """
 
@@ -105,17 +108,21 @@ def test_auto_never_picks_them_on_another_arch(monkeypatch, capability):
 
 
 def test_auto_picks_them_on_blackwell(monkeypatch):
-    """What a B200 user gets from auto: cutlass when the library has the sm100_gemm family, else
-    triton_sm100 when triton is installed; on a B300 (10.3) triton_sm100 (cutlass is sm_100a only)."""
+    """What a B200 or B300 user gets from auto: cutlass where its spec admits the capability and the
+    library has sm100_gemm code for it (the default 100f build covers 10.0 and 10.3), else
+    triton_sm100 when triton is installed."""
     triton_ok = backends.get_backend("triton_sm100").availability()[0]
-    fake_capability(monkeypatch, (10, 0))
-    expected = "cutlass" if family_built(native.SM100_FAMILY) else "triton_sm100" if triton_ok else None
-    for op in OPS:
-        picked = select(op, CUDA, 4096, 3072, 3072).spec.name
-        assert picked == expected if expected else picked not in SM100_BACKENDS
-    fake_capability(monkeypatch, (10, 3))
-    for op in OPS:
-        assert (select(op, CUDA, 4096, 3072, 3072).spec.name == "triton_sm100") == triton_ok
+    cutlass = backends.get_backend("cutlass")
+    for capability in ((10, 0), (10, 3)):
+        fake_capability(monkeypatch, capability)
+        built = family_built(native.SM100_FAMILY) and any(
+            native._arch_runs_on(arch, capability) for arch in native.build_info()["families"][native.SM100_FAMILY]
+        )
+        cutlass_ok = built and cutlass.spec.device_reason(CUDA) is None
+        expected = "cutlass" if cutlass_ok else "triton_sm100" if triton_ok else None
+        for op in OPS:
+            picked = select(op, CUDA, 4096, 3072, 3072).spec.name
+            assert picked == expected if expected else picked not in SM100_BACKENDS, (capability, op)
 
 
 @pytest.mark.parametrize("n, k", [(1001, 256), (1004, 256), (1000, 48), (1000, 80)])
@@ -144,31 +151,31 @@ def sm100_library() -> ctypes.CDLL:
 
 @pytest.mark.skipif(os.environ.get("DQ_KERNELS_EXPECT_NATIVE") != "1", reason="DQ_KERNELS_EXPECT_NATIVE is not 1")
 def test_sm100_family_is_built_when_expected():
+    """A default build compiles the family once, for 100f: one cubin for 10.0 and 10.3."""
     ok, why = native.status()
     assert ok, why
     info = native.build_info()
-    if "100a" in info["archs"]:
-        assert info["families"][native.SM100_FAMILY] == ["100a"]
+    if "100f" in info["archs"]:
+        assert "100f" in info["families"][native.SM100_FAMILY]
     assert backends.get_backend("cutlass").availability() == (True, "")
 
 
-
-
-
 def test_sass_has_the_block_scaled_mma(sm100_library):
-    functions = sass_functions(native.LIBRARY_PATH, "sm_100a")
-    # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
-    mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
-    nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}
-    assert len(mxfp8) == 4 and len(nvfp4) == 4  # {1-SM, 2-SM} x {bf16, fp32 out}
-    for sass in mxfp8.values():
-        assert re.search(r"\bUTCQMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
-        assert not re.search(r"\bUTCOMMA\b", sass)
-    for sass in nvfp4.values():
-        assert re.search(r"\bUTCOMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
-        assert not re.search(r"\bUTCQMMA\b", sass)
-    two_sm = [name for name, sass in {**mxfp8, **nvfp4}.items() if ".2CTA" in sass]
-    assert len(two_sm) == 4  # the 2-SM kernels issue the MMA for a CTA pair
+    """For every arch the family was built for (100f by default; 100a or 103a on request)."""
+    for arch in native.build_info()["families"][native.SM100_FAMILY]:
+        functions = sass_functions(native.LIBRARY_PATH, f"sm_{arch}")
+        # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
+        mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
+        nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}
+        assert len(mxfp8) == 4 and len(nvfp4) == 4, arch  # {1-SM, 2-SM} x {bf16, fp32 out}
+        for sass in mxfp8.values():
+            assert re.search(r"\bUTCQMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+            assert not re.search(r"\bUTCOMMA\b", sass)
+        for sass in nvfp4.values():  # UTCOMMA.4X on 100a and 100f, UTCOMMA.BLOCK16 on 103a
+            assert re.search(r"\bUTCOMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+            assert not re.search(r"\bUTCQMMA\b", sass)
+        two_sm = [name for name, sass in {**mxfp8, **nvfp4}.items() if ".2CTA" in sass]
+        assert len(two_sm) == 4, arch  # the 2-SM kernels issue the MMA for a CTA pair
 
 
 PLAN_SHAPES = [(1, 8, 32), (77, 1000, 160), (129, 1000, 4160), (300, 256, 1024), (4096, 3072, 3072)]
