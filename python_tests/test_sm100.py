@@ -278,8 +278,8 @@ from dq_kernels import formats
 from dq_kernels.backends import triton_sm100
 
 results = []
-for fmt_name, out_dtype, with_bias, capability in json.loads(sys.argv[1]):
-    m, n, k = 256, 1024, 512
+for fmt_name, out_dtype, with_bias, capability, k in json.loads(sys.argv[1]):
+    m, n = 256, 1024
     quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
     a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
     ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
@@ -297,14 +297,16 @@ for fmt_name, out_dtype, with_bias, capability in json.loads(sys.argv[1]):
 print(json.dumps(results))
 """
 
-# (format, out dtype, with a bias, capability): sm_100 with both outputs; 12.0 with every tile
-# config tiles_for picks there (16-bit and float32 output of both formats); 12.1 shares them.
+# (format, out dtype, with a bias, capability, K): sm_100 with both outputs; 12.0 with every tile
+# config tiles_for picks there (16-bit and float32 output of both formats); 12.1 shares them. K 512
+# has no scale padding columns; K 160 has (5 or 10 scale columns): the kernel then masks them.
 AOT_JOBS = [
-    *[(fmt, "bfloat16", True, 100) for fmt in ("mxfp8", "nvfp4")],
-    *[(fmt, "float32", False, 100) for fmt in ("mxfp8", "nvfp4")],
-    *[(fmt, "bfloat16", True, 120) for fmt in ("mxfp8", "nvfp4")],
-    *[(fmt, "float32", False, 120) for fmt in ("mxfp8", "nvfp4")],
-    ("mxfp8", "bfloat16", True, 121),
+    *[(fmt, "bfloat16", True, 100, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 100, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "bfloat16", True, 120, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 120, 512) for fmt in ("mxfp8", "nvfp4")],
+    ("mxfp8", "bfloat16", True, 121, 512),
+    *[(fmt, "bfloat16", False, capability, 160) for fmt in ("mxfp8", "nvfp4") for capability in (100, 120)],
 ]
 
 
@@ -314,21 +316,24 @@ def compiled_jobs() -> dict[tuple, dict]:
     return dict(zip(AOT_JOBS, json.loads(stdout.strip().splitlines()[-1])))
 
 
-def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100) -> dict:
-    return compiled_jobs()[(fmt, out_dtype, with_bias, capability)]
+def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100, k: int = 512) -> dict:
+    return compiled_jobs()[(fmt, out_dtype, with_bias, capability, k)]
 
 
 MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}
 
 
-@pytest.mark.parametrize("out_dtype, with_bias", [("bfloat16", True), ("float32", False)])
+@pytest.mark.parametrize("out_dtype, with_bias, k", [("bfloat16", True, 512), ("float32", False, 512), ("bfloat16", False, 160)])
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias):
-    compiled = compile_for(fmt, out_dtype, with_bias)
+def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias, k):
+    """K = 160: the variant that zeroes the scale padding columns keeps the block-scaled MMA, but its
+    scales reach tensor memory through registers instead of tcgen05.cp (not timed on hardware)."""
+    compiled = compile_for(fmt, out_dtype, with_bias, k=k)
     assert compiled["mma"], "no MMA instruction in the PTX"
     for mma in compiled["mma"]:  # every MMA is the block-scaled one: nothing fell back to bf16
         assert mma.startswith("tcgen05.mma") and MMA_KIND[fmt] in mma and "block_scale" in mma, mma
-    assert compiled["tcgen05_cp"] > 0  # scales copied to tensor memory
+    padded = (k // formats.FORMATS[fmt].block_size) % 4 != 0
+    assert (compiled["tcgen05_cp"] > 0) == (not padded)  # scales copied from shared to tensor memory
     assert compiled["shared"] <= SM100_MAX_SHARED
 
 
@@ -340,11 +345,11 @@ SM120_MMA = {
 }
 
 
-@pytest.mark.parametrize("fmt, out_dtype, with_bias, capability", [job for job in AOT_JOBS if job[3] >= 120])
-def test_triton_kernel_compiles_to_block_scaled_mma_sync_on_sm120(fmt, out_dtype, with_bias, capability):
+@pytest.mark.parametrize("fmt, out_dtype, with_bias, capability, k", [job for job in AOT_JOBS if job[3] >= 120])
+def test_triton_kernel_compiles_to_block_scaled_mma_sync_on_sm120(fmt, out_dtype, with_bias, capability, k):
     """The tiles tiles_for picks for 12.x (2 stages; NVFP4 with float32 output BLOCK_K 128) compile
     to nothing but the block-scaled mma.sync and fit in the 99 KB of shared memory per block."""
-    compiled = compile_for(fmt, out_dtype, with_bias, capability)
+    compiled = compile_for(fmt, out_dtype, with_bias, capability, k)
     assert compiled["mma"] == [SM120_MMA[fmt]]
     assert compiled["tcgen05_cp"] == 0
     assert compiled["shared"] <= triton_sm100.SM120_MAX_SHARED
@@ -420,6 +425,24 @@ def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_d
         expected += bias.double()
     assert out.dtype == out_dtype and out.shape == (m, n)
     assert relative_error(out, expected) <= TOLERANCE[out_dtype]
+
+
+@pytest.mark.parametrize("capability", [(10, 0), (12, 0)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_kernel_interpreted_ignores_nan_scale_padding(interpreter, fmt, capability):
+    """0xFF (NaN) in every padding byte of both scale tensors (K = 160: 5 MXFP8 or 10 NVFP4 scale
+    columns, padded to 8 or 12; M = 77, N = 200: padded rows): the kernel zeroes the padding
+    columns the MMA reads, so the result equals the one with zero padding."""
+    from dq_kernels.bench.selftest import nan_padded
+
+    m, n, k = 77, 200, 160
+    a, b = quantized(fmt, m, k, seed=3), quantized(fmt, n, k, seed=4)
+    ts = (a[2], b[2]) if fmt == "nvfp4" else (None, None)
+    a_s, b_s = nan_padded(a[1], fmt, m, k), nan_padded(b[1], fmt, n, k)
+    assert not torch.equal(a_s.view(torch.uint8), a[1].view(torch.uint8))
+    clean = triton_sm100.block_scaled_mm(fmt, a[0], a[1], b[0], b[1], *ts, None, torch.float32, 2, capability)
+    padded = triton_sm100.block_scaled_mm(fmt, a[0], a_s, b[0], b_s, *ts, None, torch.float32, 2, capability)
+    assert torch.equal(padded, clean)
 
 
 # ----------------------------------------------------------------------------------------------

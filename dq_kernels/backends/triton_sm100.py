@@ -127,7 +127,8 @@ def kernel_arguments(fmt_name, a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out, capabi
         k,
     )
     constexprs = dict(
-        FORMAT=DOT_FORMAT[fmt_name], VEC=fmt.block_size, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=tiles.group_m
+        FORMAT=DOT_FORMAT[fmt_name], VEC=fmt.block_size, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=tiles.group_m,
+        MASK_PADDING=(k // fmt.block_size) % 4 != 0,
     )
     return args, constexprs, dict(num_stages=tiles.num_stages, num_warps=tiles.num_warps)
 
