@@ -21,7 +21,8 @@ def test_tiny_grid_passes_for_every_op_of_the_cpu_backends():
     for name in ("reference", "torchao"):  # both implement every op
         assert {(name, op) for op in selftest.MM_OPS + selftest.CAST_OPS} <= ran
     mm = [c for c in cases if c.op in selftest.MM_OPS]
-    assert len(mm) == 2 * 3 * len(TINY.ms) * len(TINY.variants)
+    # every variant, plus the NaN-padding check (both shapes have padded scales)
+    assert len(mm) == 2 * 3 * len(TINY.ms) * (len(TINY.variants) + 1)
     assert all(c.error <= c.tolerance and c.seconds is not None for c in mm)
 
 
@@ -68,6 +69,22 @@ def test_shapes_a_spec_refuses_are_skipped_with_its_reason():
     assert any("needs N to be a multiple of 8" in c.note for c in sm100)
     assert all(c.status == "pass" for c in cases if c.backend == "reference")
     assert any(line.startswith("skipped triton_sm100 mxfp8_mm: needs N") for line in selftest.problems(cases))
+
+
+def test_nan_in_the_scale_padding_reaches_no_output_on_any_cpu_backend():
+    """Every backend that runs here (under TRITON_INTERPRET=1 also the Triton kernels), with 0xFF
+    (NaN) in every padding byte of both operands' scales: padded scale rows (M = 77, N = 72) and
+    columns (K = 96: 3 MXFP8, 6 NVFP4 scale columns). triton_sm100's MMA reads the padding columns
+    (times zero-filled qdata): its kernel zeroes them; the others never read them."""
+    grid = selftest.Grid(ms=(77,), ns=(72,), ks=(96,), variants=())
+    cases = selftest.run(grid, progress=lambda line: None)
+    padded = [c for c in cases if c.variant == "fp32 NaN padding"]
+    assert {"reference", "torchao"} <= {c.backend for c in padded if c.status == "pass"}
+    for c in padded:
+        assert c.status == "pass" or (c.status == "skip" and (c.backend, c.op) in selftest.INTERPRETER_GAPS), c
+    assert selftest.nan_padded(torch.zeros(128, 4, dtype=torch.uint8), "mxfp8", 77, 96).view(128, 4).sum() == (
+        (128 * 4 - 77 * 3) * 255
+    )
 
 
 def test_tolerances_grow_with_k_and_bf16_rounding():

@@ -7,7 +7,10 @@ For every available backend and every op it implements:
   and float32 output) against the fp64 oracle: both operands decoded to float64
   (``formats.dequantize_*``), multiplied in float64, the bias added in float64. The error of a case
   is ``max |out - oracle| / max |oracle|`` (the worst element, relative to the output's largest
-  magnitude); it passes when the error is at most ``tolerance(out_dtype, K)``;
+  magnitude); it passes when the error is at most ``tolerance(out_dtype, K)``. Once more per
+  shape with NaN in every padding byte of both operands' 128x4 swizzled scales (variant "fp32
+  NaN padding"): a backend that lets the padding reach valid outputs fails it (the layout's
+  padding is zero as our quantizers write it, but scales made elsewhere may hold anything there);
 * the casts (``quantize_mxfp8`` in both scaling modes, ``quantize_nvfp4`` with a dynamic and a given
   tensor scale) against ``dq_kernels.formats``: qdata, scales (padding included) and tensor scale
   bit-identical.
@@ -158,11 +161,20 @@ class Operands:
         self._quantized: dict[str, tuple] = {}
         self._oracles: dict[tuple, torch.Tensor] = {}
 
-    def quantized(self, fmt: str) -> tuple[tuple, tuple]:
-        if fmt not in self._quantized:
-            quantize = formats.quantize_mxfp8 if fmt == "mxfp8" else formats.quantize_nvfp4
-            self._quantized[fmt] = (quantize(self.x), quantize(self.w))
-        return self._quantized[fmt]
+    def quantized(self, fmt: str, nan_padding: bool = False) -> tuple[tuple, tuple]:
+        """(a, b) canonical operands of ``fmt``; ``nan_padding``: with NaN (0xFF) in every padding
+        byte of their scales."""
+        if (fmt, nan_padding) not in self._quantized:
+            if nan_padding:
+                k = self.x.shape[1]
+                a, b = self.quantized(fmt)
+                a = (a[0], nan_padded(a[1], fmt, self.x.shape[0], k), *a[2:])
+                b = (b[0], nan_padded(b[1], fmt, self.w.shape[0], k), *b[2:])
+            else:
+                quantize = formats.quantize_mxfp8 if fmt == "mxfp8" else formats.quantize_nvfp4
+                a, b = quantize(self.x), quantize(self.w)
+            self._quantized[fmt, nan_padding] = (a, b)
+        return self._quantized[fmt, nan_padding]
 
     def oracle(self, op: str, out_dtype: torch.dtype, with_bias: bool) -> torch.Tensor:
         """The fp64 product of ``op`` on these operands (W4A16: of the activation in ``out_dtype``,
@@ -181,9 +193,24 @@ class Operands:
         return self._oracles[key]
 
 
-def _mm_call(name: str, op: str, direct: bool, ops: Operands, bias, out_dtype) -> Callable[[], torch.Tensor]:
+def nan_padded(s: torch.Tensor, fmt: str, rows: int, k: int) -> torch.Tensor:
+    """A copy of swizzled scales ``s`` of a [rows, k] operand with every padding byte (scale rows
+    >= rows, scale columns >= k / block) 0xFF: NaN as E8M0 and as e4m3."""
+    rows_pad, cols_pad = formats.FORMATS[fmt].scale_shape(rows, k)
+    grid = formats.from_blocked(s, rows_pad, cols_pad).view(torch.uint8).clone()
+    grid[rows:] = 0xFF
+    grid[:, k // formats.FORMATS[fmt].block_size :] = 0xFF
+    return formats.to_blocked(grid).view(s.dtype).reshape(s.shape)
+
+
+def has_padding(fmt: str, m: int, n: int, k: int) -> bool:
+    """Whether the scales of an [m, k] x [n, k] problem have padding bytes."""
+    return m % 128 != 0 or n % 128 != 0 or (k // formats.FORMATS[fmt].block_size) % 4 != 0
+
+
+def _mm_call(name, op, direct, ops: Operands, bias, out_dtype, nan_padding) -> Callable[[], torch.Tensor]:
     """A no-argument call of GEMM ``op`` on backend ``name`` (public op, or its method if ``direct``)."""
-    a_op, b_op = ops.quantized(OP_FORMAT[op])
+    a_op, b_op = ops.quantized(OP_FORMAT[op], nan_padding)
     target = backends.get_backend(name) if direct else None
     if op == "nvfp4_weight_only_mm":
         a = ops.x.to(out_dtype)
@@ -197,9 +224,11 @@ def _mm_call(name: str, op: str, direct: bool, ops: Operands, bias, out_dtype) -
     return lambda: public(*a_op, *b_op, bias=bias, out_dtype=out_dtype, backend=name)
 
 
-def check_mm(name: str, op: str, direct: bool, ops: Operands, with_bias: bool, out_dtype: torch.dtype) -> Case:
+def check_mm(
+    name: str, op: str, direct: bool, ops: Operands, with_bias: bool, out_dtype: torch.dtype, nan_padding=False
+) -> Case:
     m, n, k = ops.x.shape[0], ops.w.shape[0], ops.x.shape[1]
-    variant = DTYPE_NAMES[out_dtype] + ("+bias" if with_bias else "")
+    variant = DTYPE_NAMES[out_dtype] + ("+bias" if with_bias else "") + (" NaN padding" if nan_padding else "")
     case = Case(name, op, m, n, k, variant, "skip", tolerance=tolerance(out_dtype, k))
     spec = backends.get_backend(name).spec
     reason = INTERPRETER_GAPS.get((name, op)) if direct else None
@@ -208,7 +237,7 @@ def check_mm(name: str, op: str, direct: bool, ops: Operands, with_bias: bool, o
     if reason:
         case.note = reason
         return case
-    call = _mm_call(name, op, direct, ops, ops.bias if with_bias else None, out_dtype)
+    call = _mm_call(name, op, direct, ops, ops.bias if with_bias else None, out_dtype, nan_padding)
     try:
         out = call()
     except BackendUnavailableError as e:
@@ -278,6 +307,8 @@ def run(grid: Grid, only: list[str] | None = None, progress: Callable[[str], Non
         for name, op, direct in mm:
             for with_bias, out_dtype in grid.variants:
                 cases.append(check_mm(name, op, direct, ops, with_bias, out_dtype))
+            if has_padding(OP_FORMAT[op], m, n, k):
+                cases.append(check_mm(name, op, direct, ops, False, torch.float32, nan_padding=True))
         failed = sum(c.status in ("fail", "error") for c in cases)
         progress(f"[{i}/{len(shapes)}] GEMMs M={m} N={n} K={k}: {time.perf_counter() - started:.1f} s, "
                  f"{failed} failed so far")
