@@ -97,8 +97,11 @@ def _library() -> _Native:
             f"{info['cuda_version'] // 1000}.0 or newer: update the NVIDIA driver, or rebuild dq_kernels with a "
             "CUDA toolkit no newer than the driver"
         ))  # fmt: skip
-    reason = f"loaded {LIBRARY_PATH}, built for {';'.join(info['archs'])} with CUDA {_version_name(info['cuda_version'])}"
-    return _Native(lib, info, reason + ("" if driver is None else f", driver for CUDA {_version_name(driver)}"))
+    built_with = _version_name(info["cuda_version"])
+    reason = f"loaded {LIBRARY_PATH}, built for {';'.join(info['archs'])} with CUDA {built_with}"
+    if driver is not None:
+        reason += f", driver for CUDA {_version_name(driver)}"
+    return _Native(lib, info, reason)
 
 
 def _version_name(version: int) -> str:

@@ -323,7 +323,9 @@ def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100
 MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}
 
 
-@pytest.mark.parametrize("out_dtype, with_bias, k", [("bfloat16", True, 512), ("float32", False, 512), ("bfloat16", False, 160)])
+@pytest.mark.parametrize(
+    "out_dtype, with_bias, k", [("bfloat16", True, 512), ("float32", False, 512), ("bfloat16", False, 160)]
+)
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
 def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias, k):
     """K = 160: the variant that zeroes the scale padding columns keeps the block-scaled MMA, but its

@@ -92,7 +92,7 @@ class Case:
     m: int
     n: int | None  # None for casts
     k: int
-    variant: str  # mm: "bf16" / "fp32" output, "+bias"; casts: the scaling mode or tensor-scale kind
+    variant: str  # mm: "bf16" / "fp32" output, "+bias", " NaN padding"; casts: scaling mode or tensor-scale kind
     status: str
     error: float | None = None
     tolerance: float | None = None
@@ -248,7 +248,8 @@ def check_mm(
         return case
     expected = ops.oracle(op, out_dtype, with_bias)
     if out.shape != expected.shape or out.dtype != out_dtype:
-        case.status, case.note = "fail", f"returned {out.dtype} {tuple(out.shape)}, expected {out_dtype} {tuple(expected.shape)}"
+        case.status = "fail"
+        case.note = f"returned {out.dtype} {tuple(out.shape)}, expected {out_dtype} {tuple(expected.shape)}"
         return case
     case.error = _relative_error(out, expected)
     case.status = "pass" if case.error <= case.tolerance else "fail"
