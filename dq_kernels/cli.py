@@ -299,8 +299,14 @@ def _selftest(args: argparse.Namespace) -> int:
         print(line)
     if args.json:
         header = report.json_header(device, args.command_line, "wall clock of one call after the checked one")
-        report.write_json(args.json, {**header, "grid": {"M": grid.ms, "N": grid.ns, "K": grid.ks},
-                                      "cases": selftest.to_json(cases)})
+        report.write_json(args.json, {
+            **header,
+            "native": dq_kernels.native.status()[1],
+            "build_info": dq_kernels.native.build_info(),
+            "backends": {s.name: s.reason for s in dq_kernels.available_backends()},
+            "grid": {"M": grid.ms, "N": grid.ns, "K": grid.ks},
+            "cases": selftest.to_json(cases),
+        })
         print(f"wrote {args.json}")
     bad = selftest.failed(cases)
     print("selftest: FAILED" if bad else "selftest: passed")

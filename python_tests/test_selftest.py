@@ -46,6 +46,7 @@ def test_a_wrong_result_fails_and_the_command_exits_1(monkeypatch, tmp_path, cap
     failed = {(c["op"], c["m"]) for c in document["cases"] if c["status"] == "fail"}
     assert ("mxfp8_mm", 33) in failed and all(op == "mxfp8_mm" for op, _ in failed)
     assert document["grid"] == {"M": [1, 33], "N": [72], "K": [96]} and "torch" in document
+    assert "native" in document and "reference" in document["backends"]  # what a bug report needs
 
 
 def test_command_passes_and_writes_json(monkeypatch, tmp_path, capsys):
