@@ -10,7 +10,8 @@ Environment variables:
 
 * ``DQ_KERNELS_BUILD_CUDA``: ``0`` skips the native library, ``1`` requires it (an error without
   nvcc); unset, it is built when nvcc is found.
-* ``DQ_KERNELS_CUDA_ARCHS``: GPU archs for device code, default ``90a;100a``.
+* ``DQ_KERNELS_CUDA_ARCHS``: GPU archs for device code, default ``90a;100f`` (``100f``: one cubin for
+  the sm_100 family, compute capability 10.0 and 10.3).
 * ``CUDACXX`` (the nvcc path) or ``CUDA_HOME`` (the toolkit folder) locate nvcc; otherwise ``PATH``,
   then ``/usr/local/cuda/bin/nvcc``.
 * ``MAX_JOBS``: parallel compile jobs (default: the CPU count).
@@ -33,7 +34,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 NATIVE_EXT = "dq_kernels.libdq_kernels_native"
 NATIVE_FILE = os.path.join("dq_kernels", "libdq_kernels_native.so")
-DEFAULT_ARCHS = "90a;100a"
+DEFAULT_ARCHS = "90a;100f"
 
 
 def find_nvcc() -> tuple[str | None, str]:

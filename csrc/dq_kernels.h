@@ -18,7 +18,11 @@
  * csrc/scale_layout.cuh): for R rows and S scale columns, with S_pad = round_up(S, 4), the scale
  * of (row r, scale column c) is the byte at
  *     (r / 128) * (S_pad / 4) * 512 + (c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + c % 4
- * and the buffer holds round_up(R, 128) * S_pad bytes.
+ * and the buffer holds round_up(R, 128) * S_pad bytes. The padding bytes (rows >= R, columns >= S)
+ * must be zero, as the quantizers write them: Blackwell's block-scaled MMAs (tcgen05 and the sm_120
+ * mma.sync) read the padding columns of a K step (S not a multiple of 4) and multiply them with
+ * zero-filled data, so a NaN byte there makes valid outputs NaN. `dq-kernels selftest` checks each
+ * backend with NaN padding.
  */
 #ifndef DQ_KERNELS_H
 #define DQ_KERNELS_H
@@ -102,7 +106,7 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *             else DQ_ERR_BAD_DTYPE) for NVFP4.
  *   b_q, b_s: the weight B [N, K]. MXFP8: float8_e4m3fn bytes, row-major with K contiguous, not
  *             padded, and E8M0 bytes, block 32, in the 128x4 swizzled layout for N rows and K / 32
- *             scale columns, padding included (the padding bytes are never used). NVFP4: as for
+ *             scale columns, padding included (zero: see the layout note above). NVFP4: as for
  *             dq_sm100_nvfp4_mm. All 16-byte aligned.
  *   MXFP8 (alpha = 1): each weight element times its E8M0 scale, rounded to bf16, which is exact
  *     unless a scale byte below 3 meets nonzero data (the value falls below bf16's subnormals);

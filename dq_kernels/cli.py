@@ -5,6 +5,7 @@
     dq-kernels bench quant [options]     activation-cast bandwidth against torchao's casts
     dq-kernels bench model MODEL [...]   diffusion-transformer steps end to end per format
     dq-kernels bench host [options]      host time per eager quantized Linear call against bf16
+    dq-kernels selftest [--quick]        every backend here against an fp64 oracle (run this first)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import dq_kernels
 import dq_kernels.backends
 import dq_kernels.native
-from dq_kernels.bench import gemm, host, model, quant, report, timing
+from dq_kernels.bench import gemm, host, model, quant, report, selftest, timing
 from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_parser(benches)
     _add_model_parser(benches)
     _add_host_parser(benches)
+    _add_selftest_parser(commands)
     return parser
 
 
@@ -329,6 +331,54 @@ def _info(args: argparse.Namespace) -> int:
             for s in dq_kernels.available_backends()]
     print(report.format_table(("backend", "available", "formats", "reason"), [rows]))
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# dq-kernels selftest
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_selftest_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "selftest",
+        help="check every backend on this machine against an fp64 oracle (run this first on a new GPU)",
+        description="Check every available backend, for every op it implements, against an fp64 oracle "
+                    "(GEMMs) and the reference (casts, bit for bit). Exits 1 if any check fails.",
+        epilog=textwrap.fill(" ".join(selftest.__doc__.split("\n\n", 1)[1].split()), 100),
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="the small grid (automatic without a CUDA device: CPU and Triton interpreter)")
+    p.add_argument("--backends", type=_backend_arg, nargs="+", action="extend", metavar="NAME",
+                   help="check these backends only (default: every available one)")
+    p.add_argument("--json", metavar="PATH", help="write every case and a header (device, versions, date) as JSON, "
+                                                    "to attach to a bug report")
+    p.set_defaults(run=_selftest)
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    quick = args.quick or not torch.cuda.is_available()
+    grid = selftest.QUICK_GRID if quick else selftest.GRID
+    device = _gpu_description()
+    print(f"dq-kernels selftest on {device}, {'quick' if quick else 'full'} grid: M {grid.ms}, N {grid.ns}, "
+          f"K {grid.ks}", flush=True)
+    cases = selftest.run(grid, args.backends, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.format_table(selftest.TABLE_HEADERS, [selftest.summary_rows(cases)]))
+    for line in selftest.problems(cases):
+        print(line)
+    if args.json:
+        header = report.json_header(device, args.command_line, "wall clock of one call after the checked one")
+        report.write_json(args.json, {
+            **header,
+            "native": dq_kernels.native.status()[1],
+            "build_info": dq_kernels.native.build_info(),
+            "backends": {s.name: s.reason for s in dq_kernels.available_backends()},
+            "grid": {"M": grid.ms, "N": grid.ns, "K": grid.ks},
+            "cases": selftest.to_json(cases),
+        })
+        print(f"wrote {args.json}")
+    bad = selftest.failed(cases)
+    print("selftest: FAILED" if bad else "selftest: passed")
+    return 1 if bad else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

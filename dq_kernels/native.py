@@ -99,8 +99,40 @@ def _library() -> _Native:
             _declare_sm100_functions(lib)
     except (AttributeError, ValueError) as e:  # a missing function or bad build info: a stale library
         return _Native(None, None, f"{LIBRARY_PATH} does not match this package (reinstall dq_kernels): {e}")
-    cuda_version = f"{info['cuda_version'] // 1000}.{info['cuda_version'] % 1000 // 10}"
-    return _Native(lib, info, f"loaded {LIBRARY_PATH}, built for {';'.join(info['archs'])} with CUDA {cuda_version}")
+    driver = _driver_version()
+    if driver is not None and driver // 1000 < info["cuda_version"] // 1000:
+        # Every call would fail with cudaErrorInsufficientDriver: refuse the library (build info kept
+        # for status reports), so the reference backend decodes with torch instead.
+        return _Native(None, info, (
+            f"the CUDA driver supports CUDA {_version_name(driver)} only, but {LIBRARY_PATH.name} links the CUDA "
+            f"{_version_name(info['cuda_version'])} runtime statically, which needs a driver for CUDA "
+            f"{info['cuda_version'] // 1000}.0 or newer: update the NVIDIA driver, or rebuild dq_kernels with a "
+            "CUDA toolkit no newer than the driver"
+        ))  # fmt: skip
+    built_with = _version_name(info["cuda_version"])
+    reason = f"loaded {LIBRARY_PATH}, built for {';'.join(info['archs'])} with CUDA {built_with}"
+    if driver is not None:
+        reason += f", driver for CUDA {_version_name(driver)}"
+    return _Native(lib, info, reason)
+
+
+def _version_name(version: int) -> str:
+    """A CUDA version number as CUDA reports it (13000, 12080) -> "13.0", "12.8"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _driver_version() -> int | None:
+    """The CUDA version the installed driver supports (cuDriverGetVersion, e.g. 12080), or None when
+    there is no driver (no libcuda.so.1). Asks the driver library only: no device is touched and
+    CUDA is not initialized."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value
 
 
 def _declare_functions(lib: ctypes.CDLL) -> None:
@@ -327,7 +359,7 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 # tcgen05 kernels, sm_100a only)
 # ----------------------------------------------------------------------------------------------
 
-_FAMILY_ARCH = {SM90_FAMILY: "90a", SM100_FAMILY: "100a"}
+_FAMILY_ARCH = {SM90_FAMILY: "90a", SM100_FAMILY: "100f"}  # the arch each family needs in DQ_KERNELS_CUDA_ARCHS
 _SM100_OUT_CODES = {"float32": 0, "bfloat16": 1}  # DQ_FLOAT32, DQ_BFLOAT16 (no float16)
 
 

@@ -46,7 +46,7 @@ def test_library_is_built_when_expected():
     # CI sets DQ_KERNELS_EXPECT_NATIVE=1 when nvcc is present: a silently skipped build fails here
     ok, why = native.status()
     assert ok, why
-    assert {"90a", "100a"} <= set(native.build_info()["archs"])
+    assert {"90a", "100f"} <= set(native.build_info()["archs"])  # the default DQ_KERNELS_CUDA_ARCHS
 
 
 def test_disable_env_var(monkeypatch):
@@ -90,6 +90,47 @@ def test_supports_device_needs_cuda():
     assert not ok and "not a CUDA device" in why
 
 
+# ----------------------------------------------------------------------------------------------
+# The driver check: the library links the CUDA runtime statically, so an older driver fails every call
+# ----------------------------------------------------------------------------------------------
+
+
+def test_driver_version_asks_the_driver_library_only():
+    """None on a machine without a CUDA driver (CI), else the version the driver supports."""
+    version = native._driver_version()
+    assert version is None or version >= 10000
+
+
+def test_an_old_driver_makes_the_library_unavailable_with_the_reason(monkeypatch):
+    loaded_library()  # built and loadable here
+    built_with = native.build_info()["cuda_version"]
+    older = (built_with // 1000 - 1) * 1000 + 80  # e.g. 12080 (CUDA 12.8) for a CUDA 13 build
+    native._reset()
+    monkeypatch.setattr(native, "_driver_version", lambda: older)
+    ok, why = native.status()
+    assert not ok
+    assert f"driver supports CUDA {older // 1000}.8 only" in why and "update the NVIDIA driver" in why
+    assert native.build_info()["cuda_version"] == built_with  # still reported
+    # the reference backend asks supports_device before decoding natively: it falls back to torch
+    assert native.supports_device(torch.device("cuda", 0)) == (False, why)
+    from dq_kernels.backends import get_backend
+
+    ok, cutlass_why = get_backend("cutlass").availability()
+    assert not ok and why in cutlass_why
+
+
+@pytest.mark.parametrize("driver", ["same major", None])
+def test_a_new_enough_driver_or_none_loads(monkeypatch, driver):
+    """No driver (a build machine, CI) loads too: the host-only entry points work without one."""
+    loaded_library()
+    built_with = native.build_info()["cuda_version"]
+    native._reset()
+    monkeypatch.setattr(native, "_driver_version", lambda: None if driver is None else built_with // 1000 * 1000)
+    ok, why = native.status()
+    assert ok, why
+    assert ("driver for CUDA" in why) == (driver is not None)
+
+
 @pytest.mark.parametrize(
     "arch, capability, runs",
     [
@@ -99,7 +140,11 @@ def test_supports_device_needs_cuda():
         ("100a", (10, 0), True),
         ("100a", (10, 3), False),
         ("100a", (12, 0), False),
+        ("100f", (10, 0), True),
         ("100f", (10, 3), True),
+        ("100f", (12, 0), False),
+        ("103a", (10, 3), True),
+        ("103a", (10, 0), False),
         ("80", (8, 6), True),
         ("80", (9, 0), False),
         ("89", (8, 6), False),
@@ -121,7 +166,7 @@ def test_build_info():
     assert ";".join(info["archs"]) in native.status()[1]
 
 
-@pytest.mark.parametrize("arch", ["90a", "100a"])
+@pytest.mark.parametrize("arch", ["90a", "100f"])
 def test_library_has_device_code_for(arch):
     loaded_library()
     triton = pytest.importorskip("triton")

@@ -2,22 +2,26 @@
 
 No Blackwell GPU is at hand, so most of this file proves the kernels without running them on one:
 
-* selection: auto picks them on compute capability 10.x only, and choosing them anywhere else
-  raises naming the capability (device capabilities are faked; nothing runs);
-* CUTLASS (needs the native library with the sm100_gemm family): the sm_100a SASS holds the
-  block-scaled MMA (UTCQMMA for MXFP8, UTCOMMA for NVFP4) and the scale copies (UTCCP); the CUTLASS
+* selection: auto picks them only on the capabilities their specs name (10.x; triton_sm100 also
+  12.x), and choosing them anywhere else raises naming the capability (device capabilities are
+  faked; nothing runs);
+* CUTLASS (needs the native library with the sm100_gemm family): the SASS of every arch it was
+  built for (100f by default) holds the block-scaled MMA (UTCQMMA for MXFP8, UTCOMMA for NVFP4)
+  and the scale copies (UTCCP); the CUTLASS
   arguments the launch code builds (``dq_sm100_*_mm_plan``, host only) put every scale where
   ``formats.to_blocked`` does (the layout the dequantize kernels run with on an H100), use the
   packed row strides, and are accepted by CUTLASS's ``can_implement`` exactly for the shapes the
   backend spec admits; the C argument checks;
 * Triton: each kernel, compiled ahead of time for ``GPUTarget("cuda", 100, 32)`` from the very
   arguments the backend launches it with, has ``tcgen05.mma ... block_scale`` and ``tcgen05.cp`` in
-  its PTX and fits in sm_100's shared memory; the same kernels run under ``TRITON_INTERPRET=1`` on
-  the CPU against an fp64 product of the dequantized operands;
+  its PTX and fits in sm_100's shared memory; compiled for 120 and 121 with the tiles chosen there,
+  only the block-scaled ``mma.sync`` and within 99 KB; the same kernels run under
+  ``TRITON_INTERPRET=1`` on the CPU against an fp64 product of the dequantized operands;
 * on a Blackwell GPU (``-m gpu``): both backends against the reference.
 """
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -57,11 +61,12 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-3}
 # ----------------------------------------------------------------------------------------------
 
 
-def test_registered_fastest_first():
-    names = backends.backend_names()
-    assert names.index("cutlass") < names.index("triton_sm100") < names.index("torchao") < names.index("reference")
-    assert backends.get_backend("cutlass").spec.capabilities == ((9, 0), (10, 0))  # 9.0: test_sm90
-    assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3))
+def test_specs_and_auto_order_on_blackwell():
+    for capability in ((10, 0), (10, 3)):
+        rank = backends.RANKINGS[capability]("mxfp8_mm", 4096, 3072, 3072)
+        assert rank.index("cutlass") < rank.index("triton_sm100") < rank.index("torchao")
+    assert backends.get_backend("cutlass").spec.capabilities == ((9, 0), (10, 0), (10, 3))  # 9.0: test_sm90
+    assert backends.get_backend("triton_sm100").spec.capabilities == ((10, 0), (10, 3), (12, 0), (12, 1))
     for name in SM100_BACKENDS:
         spec = backends.get_backend(name).spec
         assert set(OPS) <= set(spec.ops) and not spec.cpu and spec.auto
@@ -104,17 +109,21 @@ def test_auto_never_picks_them_on_another_arch(monkeypatch, capability):
 
 
 def test_auto_picks_them_on_blackwell(monkeypatch):
-    """What a B200 user gets from auto: cutlass when the library has the sm100_gemm family, else
-    triton_sm100 when triton is installed; on a B300 (10.3) triton_sm100 (cutlass is sm_100a only)."""
+    """What a B200 or B300 user gets from auto: cutlass where its spec admits the capability and the
+    library has sm100_gemm code for it (the default 100f build covers 10.0 and 10.3), else
+    triton_sm100 when triton is installed."""
     triton_ok = backends.get_backend("triton_sm100").availability()[0]
-    fake_capability(monkeypatch, (10, 0))
-    expected = "cutlass" if family_built(native.SM100_FAMILY) else "triton_sm100" if triton_ok else None
-    for op in OPS:
-        picked = select(op, CUDA, 4096, 3072, 3072).spec.name
-        assert picked == expected if expected else picked not in SM100_BACKENDS
-    fake_capability(monkeypatch, (10, 3))
-    for op in OPS:
-        assert (select(op, CUDA, 4096, 3072, 3072).spec.name == "triton_sm100") == triton_ok
+    cutlass = backends.get_backend("cutlass")
+    for capability in ((10, 0), (10, 3)):
+        fake_capability(monkeypatch, capability)
+        built = family_built(native.SM100_FAMILY) and any(
+            native._arch_runs_on(arch, capability) for arch in native.build_info()["families"][native.SM100_FAMILY]
+        )
+        cutlass_ok = built and cutlass.spec.device_reason(CUDA) is None
+        expected = "cutlass" if cutlass_ok else "triton_sm100" if triton_ok else None
+        for op in OPS:
+            picked = select(op, CUDA, 4096, 3072, 3072).spec.name
+            assert picked == expected if expected else picked not in SM100_BACKENDS, (capability, op)
 
 
 @pytest.mark.parametrize("n, k", [(1001, 256), (1004, 256), (1000, 48), (1000, 80)])
@@ -143,31 +152,31 @@ def sm100_library() -> ctypes.CDLL:
 
 @pytest.mark.skipif(os.environ.get("DQ_KERNELS_EXPECT_NATIVE") != "1", reason="DQ_KERNELS_EXPECT_NATIVE is not 1")
 def test_sm100_family_is_built_when_expected():
+    """A default build compiles the family once, for 100f: one cubin for 10.0 and 10.3."""
     ok, why = native.status()
     assert ok, why
     info = native.build_info()
-    if "100a" in info["archs"]:
-        assert info["families"][native.SM100_FAMILY] == ["100a"]
+    if "100f" in info["archs"]:
+        assert "100f" in info["families"][native.SM100_FAMILY]
     assert backends.get_backend("cutlass").availability() == (True, "")
 
 
-
-
-
 def test_sass_has_the_block_scaled_mma(sm100_library):
-    functions = sass_functions(native.LIBRARY_PATH, "sm_100a")
-    # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
-    mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
-    nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}
-    assert len(mxfp8) == 4 and len(nvfp4) == 4  # {1-SM, 2-SM} x {bf16, fp32 out}
-    for sass in mxfp8.values():
-        assert re.search(r"\bUTCQMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
-        assert not re.search(r"\bUTCOMMA\b", sass)
-    for sass in nvfp4.values():
-        assert re.search(r"\bUTCOMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
-        assert not re.search(r"\bUTCQMMA\b", sass)
-    two_sm = [name for name, sass in {**mxfp8, **nvfp4}.items() if ".2CTA" in sass]
-    assert len(two_sm) == 4  # the 2-SM kernels issue the MMA for a CTA pair
+    """For every arch the family was built for (100f by default; 100a or 103a on request)."""
+    for arch in native.build_info()["families"][native.SM100_FAMILY]:
+        functions = sass_functions(native.LIBRARY_PATH, f"sm_{arch}")
+        # The CUTLASS kernels are named by their types: E8M0 scales (ue8m0) for MXFP8, e4m3 (ue4m3) for NVFP4.
+        mxfp8 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue8m0_t" in name}
+        nvfp4 = {name: sass for name, sass in functions.items() if "device_kernel" in name and "float_ue4m3_t" in name}
+        assert len(mxfp8) == 4 and len(nvfp4) == 4, arch  # {1-SM, 2-SM} x {bf16, fp32 out}
+        for sass in mxfp8.values():
+            assert re.search(r"\bUTCQMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+            assert not re.search(r"\bUTCOMMA\b", sass)
+        for sass in nvfp4.values():  # UTCOMMA.4X on 100a and 100f, UTCOMMA.BLOCK16 on 103a
+            assert re.search(r"\bUTCOMMA\b", sass) and re.search(r"\bUTCCP\b", sass)
+            assert not re.search(r"\bUTCQMMA\b", sass)
+        two_sm = [name for name, sass in {**mxfp8, **nvfp4}.items() if ".2CTA" in sass]
+        assert len(two_sm) == 4, arch  # the 2-SM kernels issue the MMA for a CTA pair
 
 
 PLAN_SHAPES = [(1, 8, 32), (77, 1000, 160), (129, 1000, 4160), (300, 256, 1024), (4096, 3072, 3072)]
@@ -260,49 +269,93 @@ def test_wrapper_rejects_float16_output_and_cpu_tensors(sm100_library):
 # Triton: ahead-of-time compilation for sm_100
 # ----------------------------------------------------------------------------------------------
 
-# Run by run_fresh: compiles the kernel for sm_100 from the arguments triton_sm100.kernel_arguments
-# builds for CPU stand-ins of the operands, and prints what the PTX holds.
+# Run by run_fresh: compiles the kernel, for every (format, out dtype, bias, capability) job in the
+# JSON list argv[1], from the arguments triton_sm100.kernel_arguments builds for CPU stand-ins of
+# the operands, and prints a JSON list of what each PTX holds. One process for all jobs: starting
+# one per compilation would cost more than the compilations.
 AOT_SCRIPT = r"""
 import json, re, sys, torch
 from dq_kernels import formats
 from dq_kernels.backends import triton_sm100
 
-fmt_name, out_dtype, with_bias, capability = sys.argv[1], getattr(torch, sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-fmt = formats.FORMATS[fmt_name]
-m, n, k = 256, 1024, 512
-quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
-a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
-ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
-bias = torch.randn(n) if with_bias else None
-out = torch.empty(m, n, dtype=out_dtype)
-args, constexprs, options = triton_sm100.kernel_arguments(fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out)
-compiled = aot_compile(triton_sm100._kernel(), args, constexprs, options, capability)
-ptx = compiled.asm["ptx"]
-print(json.dumps({
-    "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
-    "tcgen05_cp": len(re.findall(r"tcgen05\.cp", ptx)),
-    "shared": compiled.metadata.shared,
-}))
+results = []
+for fmt_name, out_dtype, with_bias, capability, k in json.loads(sys.argv[1]):
+    m, n = 256, 1024
+    quantize = formats.quantize_mxfp8 if fmt_name == "mxfp8" else formats.quantize_nvfp4
+    a, b = quantize(torch.randn(m, k)), quantize(torch.randn(n, k))
+    ts = (a[2], b[2]) if fmt_name == "nvfp4" else (None, None)
+    bias = torch.randn(n) if with_bias else None
+    out = torch.empty(m, n, dtype=getattr(torch, out_dtype))
+    args, constexprs, options = triton_sm100.kernel_arguments(
+        fmt_name, a[0], a[1], b[0], b[1], *ts, bias, out, divmod(capability, 10))
+    compiled = aot_compile(triton_sm100._kernel(), args, constexprs, options, capability)
+    ptx = compiled.asm["ptx"]
+    results.append({
+        "mma": sorted(set(re.findall(r"(?:tcgen05\.mma|mma\.sync)[\w:.]*", ptx))),
+        "tcgen05_cp": len(re.findall(r"tcgen05\.cp", ptx)),
+        "shared": compiled.metadata.shared,
+    })
+print(json.dumps(results))
 """
 
+# (format, out dtype, with a bias, capability, K): sm_100 with both outputs; 12.0 with every tile
+# config tiles_for picks there (16-bit and float32 output of both formats); 12.1 shares them. K 512
+# has no scale padding columns; K 160 has (5 or 10 scale columns): the kernel then masks them.
+AOT_JOBS = [
+    *[(fmt, "bfloat16", True, 100, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 100, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "bfloat16", True, 120, 512) for fmt in ("mxfp8", "nvfp4")],
+    *[(fmt, "float32", False, 120, 512) for fmt in ("mxfp8", "nvfp4")],
+    ("mxfp8", "bfloat16", True, 121, 512),
+    *[(fmt, "bfloat16", False, capability, 160) for fmt in ("mxfp8", "nvfp4") for capability in (100, 120)],
+]
 
-def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100) -> dict:
-    stdout = run_fresh(AOT_SCRIPT, fmt, out_dtype, "1" if with_bias else "0", str(capability))
-    return json.loads(stdout.strip().splitlines()[-1])
+
+@functools.cache
+def compiled_jobs() -> dict[tuple, dict]:
+    stdout = run_fresh(AOT_SCRIPT, json.dumps(AOT_JOBS))
+    return dict(zip(AOT_JOBS, json.loads(stdout.strip().splitlines()[-1])))
+
+
+def compile_for(fmt: str, out_dtype: str, with_bias: bool, capability: int = 100, k: int = 512) -> dict:
+    return compiled_jobs()[(fmt, out_dtype, with_bias, capability, k)]
 
 
 MMA_KIND = {"mxfp8": "kind::mxf8f6f4", "nvfp4": "kind::mxf4nvf4"}
 
 
-@pytest.mark.parametrize("out_dtype, with_bias", [("bfloat16", True), ("float32", False)])
+@pytest.mark.parametrize(
+    "out_dtype, with_bias, k", [("bfloat16", True, 512), ("float32", False, 512), ("bfloat16", False, 160)]
+)
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias):
-    compiled = compile_for(fmt, out_dtype, with_bias)
+def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with_bias, k):
+    """K = 160: the variant that zeroes the scale padding columns keeps the block-scaled MMA, but its
+    scales reach tensor memory through registers instead of tcgen05.cp (not timed on hardware)."""
+    compiled = compile_for(fmt, out_dtype, with_bias, k=k)
     assert compiled["mma"], "no MMA instruction in the PTX"
     for mma in compiled["mma"]:  # every MMA is the block-scaled one: nothing fell back to bf16
         assert mma.startswith("tcgen05.mma") and MMA_KIND[fmt] in mma and "block_scale" in mma, mma
-    assert compiled["tcgen05_cp"] > 0  # scales copied to tensor memory
+    padded = (k // formats.FORMATS[fmt].block_size) % 4 != 0
+    assert (compiled["tcgen05_cp"] > 0) == (not padded)  # scales copied from shared to tensor memory
     assert compiled["shared"] <= SM100_MAX_SHARED
+
+
+# The block-scaled mma.sync of sm_120 / sm_121 (PTX ISA 8.7): one K32 (MXFP8) or K64 (NVFP4) step
+# per instruction, E8M0 scales once per 32 elements, e4m3 scales once per 16 (scale_vec::4X).
+SM120_MMA = {
+    "mxfp8": "mma.sync.aligned.m16n8k32.row.col.kind::mxf8f6f4.block_scale.scale_vec::1X.f32.e4m3.e4m3.f32.ue8m0",
+    "nvfp4": "mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale.scale_vec::4X.f32.e2m1.e2m1.f32.ue4m3",
+}
+
+
+@pytest.mark.parametrize("fmt, out_dtype, with_bias, capability, k", [job for job in AOT_JOBS if job[3] >= 120])
+def test_triton_kernel_compiles_to_block_scaled_mma_sync_on_sm120(fmt, out_dtype, with_bias, capability, k):
+    """The tiles tiles_for picks for 12.x (2 stages; NVFP4 with float32 output BLOCK_K 128) compile
+    to nothing but the block-scaled mma.sync and fit in the 99 KB of shared memory per block."""
+    compiled = compile_for(fmt, out_dtype, with_bias, capability, k)
+    assert compiled["mma"] == [SM120_MMA[fmt]]
+    assert compiled["tcgen05_cp"] == 0
+    assert compiled["shared"] <= triton_sm100.SM120_MAX_SHARED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,9 +367,9 @@ def test_triton_kernel_compiles_to_tcgen05_block_scaled_mma(fmt, out_dtype, with
 def interpreter(monkeypatch):
     """Skips unless this process runs Triton interpreted (TRITON_INTERPRET=1 since before triton
     was imported, as set at the top of this file when no GPU is present) with tl.dot_scaled
-    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.8's
-    and 3.9's read every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as
-    e4m3 and leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
+    support (Triton >= 3.8). Patches the interpreter's decode of dot_scaled scales: Triton 3.8's and
+    3.9's read every scale as E8M0, also the e4m3 scales of NVFP4; the patch decodes those as e4m3 and
+    leaves E8M0 to Triton. The kernels are otherwise run as the GPU would get them."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET is not 1 (a CUDA device is present: see the -m gpu tests)")
     triton = pytest.importorskip("triton")
@@ -326,51 +379,73 @@ def interpreter(monkeypatch):
     import triton.language as tl
     from triton.runtime import interpreter as interp
 
-    def e4m3(scale):
-        return torch.from_numpy(scale.data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
+    def e4m3_to_f32(data):
+        return torch.from_numpy(data.view(np.uint8).copy()).view(torch.float8_e4m3fn).float().numpy()
 
-    if hasattr(interp, "_dot_scaled_scale_to_f32"):  # Triton 3.9: one hook decodes the scales
+    if hasattr(interp, "_dot_scaled_scale_to_f32"):  # Triton 3.9: one decode for every scale
         decode_e8m0 = interp._dot_scaled_scale_to_f32
 
         def decode(scale, compute_type):
-            return e4m3(scale) if scale.dtype == tl.float8e4nv else decode_e8m0(scale, compute_type)
+            return e4m3_to_f32(scale.data) if scale.dtype == tl.float8e4nv else decode_e8m0(scale, compute_type)
 
         monkeypatch.setattr(interp, "_dot_scaled_scale_to_f32", decode)
-    elif hasattr(interp, "_prepare_dot_scaled_operand"):  # Triton 3.8: the E8M0 decode is inline there
+    elif hasattr(interp, "_prepare_dot_scaled_operand"):  # Triton 3.8: decode inside the operand setup
         prepare = interp._prepare_dot_scaled_operand
 
         def prepare_e4m3(value_handle, scale_handle, format_enum, k_pack, is_rhs):
             if scale_handle is None or scale_handle.dtype != tl.float8e4nv:
                 return prepare(value_handle, scale_handle, format_enum, k_pack, is_rhs)
-            value = prepare(value_handle, None, format_enum, k_pack, is_rhs)
-            # Triton 3.8's own broadcast of [rows, K / group] scales onto the operand
-            scale = np.repeat(e4m3(scale_handle), value.shape[-2 if is_rhs else -1] // scale_handle.data.shape[-1], -1)
-            return value * (np.swapaxes(scale, -1, -2) if is_rhs else scale)
+            value = prepare(value_handle, None, format_enum, k_pack, is_rhs)  # unscaled
+            scale = e4m3_to_f32(scale_handle.data)  # [rows, K / VEC], as Triton's own E8M0 path has it
+            if is_rhs:  # value is [K, N]
+                return value * np.swapaxes(np.repeat(scale, value.shape[-2] // scale.shape[-1], axis=-1), -1, -2)
+            return value * np.repeat(scale, value.shape[-1] // scale.shape[-1], axis=-1)
 
         monkeypatch.setattr(interp, "_prepare_dot_scaled_operand", prepare_e4m3)
     else:
-        pytest.skip(
-            f"Triton {triton.__version__}'s interpreter has neither _dot_scaled_scale_to_f32 (3.9) nor "
-            "_prepare_dot_scaled_operand (3.8) to patch: its dot_scaled would read NVFP4's e4m3 scales as E8M0"
-        )
+        pytest.skip("this Triton's interpreter has no dot_scaled scale decode to patch for e4m3 scales")
 
 
+@pytest.mark.parametrize("capability", [(10, 0), (12, 0)])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m, n, k", [(128, 1000, 64), (200, 1000, 160), (256, 1000, 256)])
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_dtype):
-    """M not a multiple of 128 (padded scale rows, zero-filled qdata), K not a multiple of BLOCK_K
-    (padded scale columns), N = 1000 (a partial last tile), a bias on every other shape, and two
-    persistent programs for 8 to 16 tiles."""
+def test_triton_kernel_interpreted_matches_fp64(interpreter, fmt, m, n, k, out_dtype, capability):
+    """With the tiles of sm_100 and of sm_120: M not a multiple of 128 (padded scale rows,
+    zero-filled qdata), K not a multiple of BLOCK_K (padded scale columns), N = 1000 (a partial last
+    tile), a bias on every other shape, and two persistent programs for 8 to 16 tiles."""
+    tiles = triton_sm100.tiles_for(fmt, capability, out_dtype)
+    if capability != (10, 0) and tiles.block_k == triton_sm100.tiles_for(fmt, (10, 0), out_dtype).block_k:
+        pytest.skip("the same tiles as sm_100's but for the stage count, which the interpreter does not model")
     a, b = quantized(fmt, m, k, seed=m + k), quantized(fmt, n, k, seed=m + k + 1)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(k)) if m != 200 else None
     ts = (a[2], b[2]) if fmt == "nvfp4" else (None, None)
-    out = triton_sm100.block_scaled_mm(fmt, a[0], a[1], b[0], b[1], *ts, bias, out_dtype, num_programs=2)
+    out = triton_sm100.block_scaled_mm(
+        fmt, a[0], a[1], b[0], b[1], *ts, bias, out_dtype, num_programs=2, capability=capability
+    )
     expected = dequantized_f64(fmt, a) @ dequantized_f64(fmt, b).T
     if bias is not None:
         expected += bias.double()
     assert out.dtype == out_dtype and out.shape == (m, n)
     assert relative_error(out, expected) <= TOLERANCE[out_dtype]
+
+
+@pytest.mark.parametrize("capability", [(10, 0), (12, 0)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_kernel_interpreted_ignores_nan_scale_padding(interpreter, fmt, capability):
+    """0xFF (NaN) in every padding byte of both scale tensors (K = 160: 5 MXFP8 or 10 NVFP4 scale
+    columns, padded to 8 or 12; M = 77, N = 200: padded rows): the kernel zeroes the padding
+    columns the MMA reads, so the result equals the one with zero padding."""
+    from dq_kernels.bench.selftest import nan_padded
+
+    m, n, k = 77, 200, 160
+    a, b = quantized(fmt, m, k, seed=3), quantized(fmt, n, k, seed=4)
+    ts = (a[2], b[2]) if fmt == "nvfp4" else (None, None)
+    a_s, b_s = nan_padded(a[1], fmt, m, k), nan_padded(b[1], fmt, n, k)
+    assert not torch.equal(a_s.view(torch.uint8), a[1].view(torch.uint8))
+    clean = triton_sm100.block_scaled_mm(fmt, a[0], a[1], b[0], b[1], *ts, None, torch.float32, 2, capability)
+    padded = triton_sm100.block_scaled_mm(fmt, a[0], a_s, b[0], b_s, *ts, None, torch.float32, 2, capability)
+    assert torch.equal(padded, clean)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The ``cutlass`` backend: the native library's GEMMs (CUTLASS/CuTe and plain CUDA), per compute capability.
 
-- 10.0 (the ``sm100_gemm`` kernel family, built for sm_100a): ``csrc/sm100_mxfp8_gemm.cu`` and
+- 10.0 and 10.3 (the ``sm100_gemm`` kernel family, built for sm_100f, one cubin for both): ``csrc/sm100_mxfp8_gemm.cu`` and
   ``csrc/sm100_nvfp4_gemm.cu``, CUTLASS 4.2 tcgen05 block-scaled MMA (``kind::mxf8f6f4`` /
   ``kind::mxf4nvf4``) on the canonical operands as they are (the 128x4 swizzled scales are
   CUTLASS's own scale layout). Compile-verified only.
@@ -44,7 +44,7 @@ from . import reference
 from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
-_FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY}
+_FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY, (10, 3): native.SM100_FAMILY}
 
 
 def _on_hopper(device: torch.device) -> bool:
@@ -103,11 +103,11 @@ class CutlassBackend(Backend):
         name="cutlass",
         description=(
             "native GEMMs: sm_90a MXFP8/NVFP4/W4A16 with the weight decoded exactly in registers (M <= 64: "
-            "mma.sync streaming the weight; above: bf16/f16 wgmma, weight as the register operand); sm_100a "
+            "mma.sync streaming the weight; above: bf16/f16 wgmma, weight as the register operand); sm_100f "
             "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only)"
         ),
         ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
-        capabilities=((9, 0), (10, 0)),
+        capabilities=((9, 0), (10, 0), (10, 3)),
         op_capabilities=(("nvfp4_weight_only_mm", ((9, 0),)),),
         n_multiple=8,
         k_multiple=32,
@@ -121,7 +121,7 @@ class CutlassBackend(Backend):
         if not any(native.build_info()["families"].get(family) for family in _FAMILIES.values()):
             return False, (
                 f"the native library was built without GEMM kernels (families {', '.join(_FAMILIES.values())}; "
-                "DQ_KERNELS_CUDA_ARCHS must include 90a or 100a)"
+                "DQ_KERNELS_CUDA_ARCHS must include 90a or 100f)"
             )
         return True, ""
 
