@@ -320,11 +320,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"native library: {'loaded' if loaded else 'not loaded'} ({reason})")
     for key, value in (dq_kernels.native.build_info() or {}).items():
         print(f"  {key}: {_describe(value)}")
-    try:
-        chosen = dq_kernels.backends.env_backend()
-    except ValueError as err:
-        print(f"backend: {err}")
-        return 2
+    chosen = dq_kernels.backends.env_backend()
     print(f"backend: {chosen} ({dq_kernels.backends.ENV_BACKEND}={os.environ.get(dq_kernels.backends.ENV_BACKEND, '')!r})")
     print()
     rows = [[s.name, "yes" if s.available else "no", " ".join(s.formats), s.reason or "-"]
@@ -386,4 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = "dq-kernels " + shlex.join(argv)
+    try:
+        dq_kernels.backends.env_backend()
+    except ValueError as err:  # a bad DQ_KERNELS_BACKEND: say so once, not as a traceback from every op
+        print(f"dq-kernels: {err}", file=sys.stderr)
+        return 2
     return args.run(args)

@@ -194,3 +194,12 @@ def test_host_benchmark_on_cpu(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     assert [(r["format"], r["M"], r["K"], r["N"]) for r in rows] == [("bf16", 4, 64, 32), ("mxfp8", 4, 64, 32)]
     assert all(r["host_us"] > 0 for r in rows) and rows[1]["backend"] == "reference"
+
+
+def test_cli_refuses_a_bad_environment_value_without_a_traceback(monkeypatch, capsys):
+    from dq_kernels import cli
+
+    monkeypatch.setenv("DQ_KERNELS_BACKEND", "bogus")
+    assert cli.main(["bench", "gemm", "--shape", "4x64x32", "--formats", "mxfp8"]) == 2
+    err = capsys.readouterr().err
+    assert "DQ_KERNELS_BACKEND='bogus'" in err and "Traceback" not in err
