@@ -25,6 +25,7 @@ NotImplementedError naming the op.
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,6 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import formats, ops
-import weakref
-
 from .backends import get_backend, select
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
@@ -84,7 +83,6 @@ class QuantizedWeight(TorchAOBaseTensor):
     def _check(self) -> None:
         """Check the canonical operands once, when the weight is made (calls then check only the
         activation)."""
-        n, k = self.qdata.shape[0], self.qdata.shape[1] * self.fmt.elements_per_byte
         fn = f"dq_kernels.{type(self).__name__}"
         formats.check_quantized(fn, self.fmt, "qdata", self.qdata, "scale", self.scale)
         for name in self.__tensor_flatten__()[0]:
