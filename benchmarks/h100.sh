@@ -11,6 +11,8 @@
 #   host       dq-kernels bench host for the baseline (if built) and this tree
 #   gemm       dq-kernels bench gemm --preset flux, both ops
 #   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
+#   selftest   dq-kernels selftest, the full grid, every backend here
+#   readme     the README's commands: the quickstart snippet, then its dq-kernels commands
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -41,6 +43,17 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
     gemm) python3 -m dq_kernels bench gemm --preset flux --json "$out/gemm-h100.json" >"$out/gemm.log" 2>&1; tail -40 "$out/gemm.log" ;;
     model) python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 --backends auto \
              --compile none regional-cudagraphs --json "$out/model-h100.json" >"$out/model.log" 2>&1; tail -20 "$out/model.log" ;;
+    selftest) timeout ${SELFTEST_TIMEOUT:-300} python3 -m dq_kernels selftest --json "$out/selftest-h100.json" \
+                >"$out/selftest.log" 2>&1; echo "selftest rc=$?"; grep -v "^\[" "$out/selftest.log" | tail -40 ;;
+    readme)
+      (mkdir -p /tmp/readme && cd /tmp/readme && export PYTHONPATH=$OLDPWD:$PYTHONPATH \
+        && python3 -c "import re; exec(re.findall(r'\`\`\`python\n(.*?)\`\`\`', open('$OLDPWD/README.md').read(), re.S)[0])" \
+        && echo "quickstart snippet: ok" \
+        && python3 -m dq_kernels bench gemm --shape 4096x3072x3072 --json gemm.json --plot gemm.png | tail -3 \
+        && python3 -m dq_kernels bench model flux --tiny --json model.json | tail -4 \
+        && python3 -m dq_kernels bench host --formats bf16 mxfp8 | tail -3 \
+        && python3 -m dq_kernels bench quant --shape 4096x3072 | tail -3 && echo "README commands: ok") >"$out/readme.log" 2>&1
+      echo "readme rc=$?"; grep -v register_constant "$out/readme.log" | tail -20 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "== $step took $(( $(date +%s) - start )) s"
