@@ -27,12 +27,13 @@ pytestmark = pytest.mark.skipif(
 
 # (format, options): NVFP4 both with the dynamic activation tensor scale (amax of each call's
 # activation) and with a static one (activation_amax), which makes every token's quantization
-# independent of the other tokens in the tensor.
+# independent of the other tokens in the tensor; and NVFP4 weight-only (activations stay bf16).
 CASES = {
     "bf16": None,
     "mxfp8": ("mxfp8", {}),
     "nvfp4": ("nvfp4", {}),
     "nvfp4-static": ("nvfp4", {"activation_amax": 8.0}),
+    "nvfp4-w4a16": ("nvfp4", {"weight_only": True}),
 }
 
 
@@ -90,7 +91,7 @@ def two_process_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("case", ["bf16", "mxfp8", "nvfp4-static"])
+@pytest.mark.parametrize("case", ["bf16", "mxfp8", "nvfp4-static", "nvfp4-w4a16"])
 def test_ulysses_matches_one_process(two_process_results, case):
     """Ulysses splits the sequence for the Linears (each token's MXFP8 block scales and a static
     NVFP4 tensor scale do not depend on the other tokens) and all-to-alls heads for attention, which
