@@ -172,8 +172,9 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PATH", help="write PNG charts of step latency (PATH) and weight memory "
                                                     "(PATH with -memory before the suffix)")
     p.add_argument("--cp", type=_positive_int, default=1, metavar="N",
-                   help="also run each configuration with diffusers' context parallelism of degree N (one process "
-                        "per GPU: launch with torchrun --nproc-per-node N -m dq_kernels bench model ...; default: 1, off)")
+                   help="also run each configuration with diffusers' context parallelism of degree N (one "
+                        "process per GPU: launch with torchrun --nproc-per-node N -m dq_kernels bench model ...; "
+                        "default: 1, off)")
     p.add_argument("--cp-kind", choices=model.CP_KINDS, default="ulysses",
                    help="how attention is split: ulysses (all-to-all over heads) or ring (CUDA only; default: ulysses)")
     p.set_defaults(run=_bench_model)

@@ -308,7 +308,8 @@ def cp_launch_error(degree: int) -> str | None:
     if world is None or "LOCAL_RANK" not in os.environ:
         return f"bench model: --cp {degree} runs one process per GPU and WORLD_SIZE / LOCAL_RANK are unset; {launch}"
     if int(world) != degree:
-        return f"bench model: --cp {degree} needs WORLD_SIZE == {degree}, but torchrun started {world} processes; {launch}"
+        return (f"bench model: --cp {degree} needs WORLD_SIZE == {degree}, but torchrun started {world} processes; "
+                f"{launch}")
     if torch.cuda.is_available() and torch.cuda.device_count() < degree:
         return f"bench model: --cp {degree} needs {degree} GPUs, this machine has {torch.cuda.device_count()}"
     return None
@@ -324,12 +325,15 @@ def cp_error(spec: ModelSpec, degree: int, kind: str, tiny: bool, compile_modes:
         return f"bench model: --cp: diffusers' {spec.class_name} has no _cp_plan (no context parallelism)"
     heads = (spec.tiny_config if tiny else spec.config)["num_attention_heads"]
     if kind == "ulysses" and heads % degree:
-        return f"bench model: --cp {degree} ulysses splits the heads: {spec.name} has {heads}, not a multiple of {degree}"
+        return (f"bench model: --cp {degree} ulysses splits the heads: {spec.name} has {heads}, "
+                f"not a multiple of {degree}")
     if kind == "ring" and not torch.cuda.is_available():
-        return (f"bench model: --cp-kind ring needs an attention backend that returns the log-sum-exp; in diffusers "
-                f"{diffusers.__version__} those are CUDA-only (native attention refuses return_lse). Use --cp-kind ulysses")
+        return (f"bench model: --cp-kind ring needs an attention backend that returns the log-sum-exp; in "
+                f"diffusers {diffusers.__version__} those are CUDA-only (native attention refuses return_lse). "
+                "Use --cp-kind ulysses")
     if "regional-cudagraphs" in compile_modes:
-        return "bench model: --cp with --compile regional-cudagraphs (collectives inside a captured step) is not supported"
+        return ("bench model: --cp with --compile regional-cudagraphs (collectives inside a captured step) "
+                "is not supported")
     return None
 
 
