@@ -37,6 +37,11 @@ CASES = {
 }
 
 
+# The processes started here run the CPU (gloo) path on any machine: with a GPU visible, diffusers
+# would build a cuda device mesh and bench model would use nccl.
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,7 +92,13 @@ def _worker(rank: int, port: int, out_path: str) -> None:
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cp") / "results.json"
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=2)
+    saved = dict(os.environ)
+    os.environ.update(CPU_ONLY)  # spawned processes inherit the environment
+    try:
+        torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return json.loads(out.read_text())
 
 
@@ -119,7 +130,7 @@ def test_bench_model_cp_under_torchrun(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(_free_port()), "-m", "dq_kernels", "bench", "model", "flux", "--tiny", "--steps", "3", "--formats",
                "mxfp8", "--backends", "auto", "--cp", "2", "--json", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=CPU_ONLY)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["format"], r["cp_degree"], r["cp_kind"]) for r in rows] == [
@@ -141,6 +152,10 @@ def test_bench_model_cp_refusals(monkeypatch, capsys):
     assert cli.main(["bench", "model", "flux", "--tiny", "--cp", "2"]) == 2
     assert "needs WORLD_SIZE == 2, but torchrun started 3" in capsys.readouterr().out
     monkeypatch.setenv("WORLD_SIZE", "2")
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        assert cli.main(["bench", "model", "flux", "--tiny", "--cp", "2"]) == 2
+        assert "needs 2 GPUs" in capsys.readouterr().out
+        return
     assert cli.main(["bench", "model", "flux", "--tiny", "--cp", "2", "--compile", "regional-cudagraphs"]) == 2
     assert "regional-cudagraphs" in capsys.readouterr().out
     if not torch.cuda.is_available():
