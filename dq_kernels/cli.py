@@ -171,6 +171,12 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
     p.add_argument("--plot", metavar="PATH", help="write PNG charts of step latency (PATH) and weight memory "
                                                     "(PATH with -memory before the suffix)")
+    p.add_argument("--cp", type=_positive_int, default=1, metavar="N",
+                   help="also run each configuration with diffusers' context parallelism of degree N (one "
+                        "process per GPU: launch with torchrun --nproc-per-node N -m dq_kernels bench model ...; "
+                        "default: 1, off)")
+    p.add_argument("--cp-kind", choices=model.CP_KINDS, default="ulysses",
+                   help="how attention is split: ulysses (all-to-all over heads) or ring (CUDA only; default: ulysses)")
     p.set_defaults(run=_bench_model)
 
 
@@ -182,20 +188,28 @@ def _positive_int(text: str) -> int:
 
 def _bench_model(args: argparse.Namespace) -> int:
     try:
-        model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint, args.batch)
+        model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint, args.batch,
+                       args.cp, args.cp_kind)
     except ValueError as err:
         print(err)
         return 2
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     timing_method = ("wall clock around each denoising step, CUDA synchronized before and after; median of the "
-                     f"steps after the first {model.WARMUP_STEPS}")
+                     f"steps after the first {model.WARMUP_STEPS}" + ("; context-parallel rows: the slowest rank's"
+                                                                      " median" if args.cp > 1 else ""))
     header = report.json_header(device, args.command_line, timing_method)
 
     def write_json(rows):  # after every row, so that a crash keeps the finished ones
         report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})
 
+    rank = int(os.environ.get("RANK", "0")) if args.cp > 1 else 0
     rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
-                     args.compile, tiny=args.tiny, checkpoint=args.checkpoint, on_row=write_json if args.json else None)
+                     args.compile, tiny=args.tiny, checkpoint=args.checkpoint,
+                     on_row=write_json if args.json else None, cp=args.cp, cp_kind=args.cp_kind)
+    if args.cp > 1:
+        torch.distributed.destroy_process_group()
+    if rank != 0:  # rank 0 prints and writes the rows
+        return 0
     print(model.table(rows))
     if args.json:
         print(f"wrote {args.json}")

@@ -23,12 +23,20 @@ Per configuration: step latency (median over the steps after ``WARMUP_STEPS``), 
 in the same compile mode, peak GPU memory, transformer weight memory, error against bf16, and
 compile time (the warm-up steps' time beyond the median). Without a CUDA device only ``--tiny``
 runs (1 + 1 layers, for a smoke test of the whole path on the CPU; nothing is timed meaningfully).
+
+Context parallelism (``--cp N``, launched with ``torchrun --nproc-per-node N``): each process builds
+the whole model on its own GPU (nccl; gloo on the CPU), every configuration runs first on one GPU
+(cp 1) and then with diffusers' context parallelism of degree N (Ulysses or ring), which splits the
+sequence across the processes; CP rows add the error against the same configuration's one-GPU
+latent, the slowest rank's step time and each rank's peak memory. Rank 0 prints and writes the rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +53,10 @@ from dq_kernels.bench import report
 FORMATS = ("bf16", "mxfp8", "nvfp4", "fp8_rowwise")
 BACKENDS = ("auto", "torchao")
 COMPILE_MODES = ("none", "regional", "regional-cudagraphs")
+CP_KINDS = ("ulysses", "ring")
+# Ring attention merges per-chunk outputs with their log-sum-exp; diffusers 0.42's native backend
+# refuses return_lse=True, and its backends that return it are CUDA-only (_native_flash used here).
+RING_ATTENTION_BACKEND = "_native_flash"
 WARMUP_STEPS = 2
 GUIDANCE = 4.0
 SEED = 0
@@ -284,6 +296,101 @@ def apply_compile(model: torch.nn.Module, mode: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Context parallelism (--cp)
+# ----------------------------------------------------------------------------------------------
+
+
+def cp_launch_error(degree: int) -> str | None:
+    """Why this process cannot run ``--cp degree`` (not started by torchrun with ``degree``
+    processes, or fewer GPUs than processes), or None."""
+    launch = f"launch it as: torchrun --nproc-per-node {degree} -m dq_kernels bench model ... --cp {degree}"
+    world = os.environ.get("WORLD_SIZE")
+    if world is None or "LOCAL_RANK" not in os.environ:
+        return f"bench model: --cp {degree} runs one process per GPU and WORLD_SIZE / LOCAL_RANK are unset; {launch}"
+    if int(world) != degree:
+        return (f"bench model: --cp {degree} needs WORLD_SIZE == {degree}, but torchrun started {world} processes; "
+                f"{launch}")
+    if torch.cuda.is_available() and torch.cuda.device_count() < degree:
+        return f"bench model: --cp {degree} needs {degree} GPUs, this machine has {torch.cuda.device_count()}"
+    return None
+
+
+def cp_error(spec: ModelSpec, degree: int, kind: str, tiny: bool, compile_modes: Sequence[str]) -> str | None:
+    """Why ``spec`` cannot run with context parallelism (degree, kind) here, or None."""
+    import diffusers
+
+    with quiet_loggers(*DIFFUSERS_IMPORT_NOISE):
+        cls = getattr(diffusers, spec.class_name)
+    if getattr(cls, "_cp_plan", None) is None:
+        return f"bench model: --cp: diffusers' {spec.class_name} has no _cp_plan (no context parallelism)"
+    heads = (spec.tiny_config if tiny else spec.config)["num_attention_heads"]
+    if kind == "ulysses" and heads % degree:
+        return (f"bench model: --cp {degree} ulysses splits the heads: {spec.name} has {heads}, "
+                f"not a multiple of {degree}")
+    if kind == "ring" and not torch.cuda.is_available():
+        return (f"bench model: --cp-kind ring needs an attention backend that returns the log-sum-exp; in "
+                f"diffusers {diffusers.__version__} those are CUDA-only (native attention refuses return_lse). "
+                "Use --cp-kind ulysses")
+    if "regional-cudagraphs" in compile_modes:
+        return ("bench model: --cp with --compile regional-cudagraphs (collectives inside a captured step) "
+                "is not supported")
+    return None
+
+
+def init_process_group() -> None:
+    """The default process group of this torchrun process: nccl on its GPU (LOCAL_RANK), with NVLink
+    multicast off unless NCCL_NVLS_ENABLE says otherwise; gloo without CUDA."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+@contextlib.contextmanager
+def _one_device_without_accelerator():
+    """diffusers 0.42 ``ModelMixin._resolve_parallel_config`` computes the device as ``rank %
+    torch.accelerator.device_count()``, which divides by zero on a machine without an accelerator;
+    the device it computes is only recorded. Inside this context a CPU-only process reports one
+    device; with an accelerator nothing changes."""
+    if torch.accelerator.device_count() > 0:
+        yield
+        return
+    count = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = count
+
+
+def enable_cp(model: torch.nn.Module, degree: int, kind: str) -> None:
+    """diffusers' context parallelism of ``degree`` (``kind``: "ulysses" or "ring") on ``model``:
+    hooks split the inputs along the sequence and gather the output; the weights are untouched."""
+    import diffusers
+
+    if kind == "ring":
+        model.set_attention_backend(RING_ATTENTION_BACKEND)
+    config = diffusers.ContextParallelConfig(**{f"{kind}_degree": degree})
+    with _one_device_without_accelerator(), quiet_loggers("diffusers.models.modeling_utils"):
+        model.enable_parallelism(config=config)
+
+
+def _gather(value) -> list:
+    """``value`` from every rank, in rank order."""
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
 # The denoising loop
 # ----------------------------------------------------------------------------------------------
 
@@ -393,6 +500,10 @@ class Row:
     rel_err: float
     cosine: float
     compile_s: float | None = None
+    cp_degree: int = 1  # context-parallel degree: 1 is one GPU
+    cp_kind: str | None = None  # "ulysses" or "ring" when cp_degree > 1
+    rel_err_vs_one_gpu: float | None = None  # CP rows: against this configuration's cp 1 latent
+    peak_gib_per_rank: list[float] | None = None  # CP rows on CUDA: each rank's peak (peak_gib is their max)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -403,14 +514,16 @@ class Row:
             return "-" if value is None else format(value, spec)
 
         return [
-            self.model, str(self.batch), self.format, self.backend, self.compile, f"{self.step_ms:.1f}",
+            self.model, str(self.batch), self.format, self.backend, self.compile,
+            f"{self.cp_degree} {self.cp_kind}" if self.cp_kind else "1", f"{self.step_ms:.1f}",
             optional(self.speedup_vs_bf16, ".2f"), optional(self.peak_gib, ".2f"), f"{self.weights_gib:.2f}",
-            f"{self.rel_err:.4f}", f"{self.cosine:.5f}", optional(self.compile_s, ".0f"),
+            f"{self.rel_err:.4f}", f"{self.cosine:.5f}", optional(self.rel_err_vs_one_gpu, ".1e"),
+            optional(self.compile_s, ".0f"),
         ]  # fmt: skip
 
 
-TABLE_HEADERS = ("model", "batch", "format", "backend", "compile", "ms/step", "x bf16", "peak GiB", "weights GiB",
-                 "rel err", "cosine", "compile s")
+TABLE_HEADERS = ("model", "batch", "format", "backend", "compile", "cp", "ms/step", "x bf16", "peak GiB",
+                 "weights GiB", "rel err", "cosine", "err vs cp 1", "compile s")
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -450,11 +563,20 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
 
 
 def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: int, compile_modes: Sequence[str],
-             tiny: bool, checkpoint: str | None, batches: Sequence[int] = (1,)) -> None:
+             tiny: bool, checkpoint: str | None, batches: Sequence[int] = (1,), cp: int = 1,
+             cp_kind: str = "ulysses") -> None:
     """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; batch
     sizes >= 1; more steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a
     resolution each model can take (``ModelSpec.resolution_error``); regional-cudagraphs only for
-    models whose step a CUDA graph can capture."""
+    models whose step a CUDA graph can capture; for ``cp`` > 1 a torchrun launch of ``cp``
+    processes (``cp_launch_error``) and models that can run it (``cp_error``)."""
+    if cp_kind not in CP_KINDS:
+        raise ValueError(f"bench model: --cp-kind must be one of {', '.join(CP_KINDS)}, got {cp_kind!r}")
+    if cp > 1:
+        error = cp_launch_error(cp) or next(filter(None, (cp_error(MODELS[name], cp, cp_kind, tiny, compile_modes)
+                                                          for name in models)), None)
+        if error:
+            raise ValueError(error)
     if any(batch < 1 for batch in batches):
         raise ValueError(f"bench model: --batch sizes must be >= 1, got {' '.join(map(str, batches))}")
     if not torch.cuda.is_available() and not tiny:
@@ -485,14 +607,25 @@ def run(
     tiny: bool = False,
     checkpoint: str | None = None,
     on_row: Callable[[list[Row]], None] | None = None,
+    cp: int = 1,
+    cp_kind: str = "ulysses",
 ) -> list[Row]:
-    """Every model x batch x configuration x compile mode; see the module docstring.
+    """Every model x batch x configuration x compile mode; see the module docstring. With ``cp`` > 1
+    (under torchrun, one process per GPU) each of those runs on one GPU and then with context
+    parallelism of degree ``cp`` and kind ``cp_kind``; every rank returns the rows.
 
     Formats and compile modes that cannot run on this machine (``format_unavailable``,
     ``compile_unavailable``) are skipped with a printed line saying why. ``on_row(rows)`` is called
-    with the rows so far after each one finishes (the CLI rewrites its JSON there, so a crash keeps
-    the finished rows)."""
-    validate(models, resolution, steps, compile_modes, tiny, checkpoint, batches)
+    (on rank 0) with the rows so far after each one finishes (the CLI rewrites its JSON there, so a
+    crash keeps the finished rows)."""
+    validate(models, resolution, steps, compile_modes, tiny, checkpoint, batches, cp, cp_kind)
+    rank = 0
+    if cp > 1:
+        import torch.distributed as dist
+
+        init_process_group()
+        rank = dist.get_rank()
+    degrees = (1, cp) if cp > 1 else (1,)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     formats = _runnable(formats, format_unavailable, "format")
     compile_modes = _runnable(compile_modes, compile_unavailable, "compile mode")
@@ -500,32 +633,41 @@ def run(
         raise ValueError("bench model: none of the --compile modes asked for can run on this machine")
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
-    total = len(models) * len(batches) * len(pairs) * len(compile_modes) * steps
+    total = len(models) * len(batches) * len(pairs) * len(compile_modes) * len(degrees) * steps
     rows: list[Row] = []
-    with torch.inference_mode(), tqdm(total=total, desc="bench model", unit="step") as progress:
+    with torch.inference_mode(), tqdm(total=total, desc="bench model", unit="step", disable=rank != 0) as progress:
         for name in models:
             spec = MODELS[name]
             res = resolution or (spec.tiny_resolution if tiny else spec.default_resolution)
             for batch in batches:
                 inputs = make_inputs(spec, batch, res, tiny, device)
                 reference = None
-                bf16_ms: dict[str, float] = {}
+                bf16_ms: dict[tuple[str, int], float] = {}
                 for fmt, backend in pairs:
                     for mode in compile_modes:
-                        progress.set_postfix_str(f"{name} b{batch} {fmt}/{backend} {mode}")
-                        row, latent = _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device,
-                                               checkpoint, progress)
-                        if reference is None:  # bf16 in the first compile mode asked for (eager by default)
-                            reference = latent
-                        row.rel_err, row.cosine = compare(latent, reference)
-                        if fmt == "bf16":
-                            bf16_ms[mode] = row.step_ms
-                        row.speedup_vs_bf16 = bf16_ms[mode] / row.step_ms if mode in bf16_ms else None
-                        rows.append(row)
-                        if on_row is not None:
-                            on_row(rows)
-                        tqdm.write(f"  {name} batch {batch} {fmt}/{backend} {mode}: {row.step_ms:.1f} ms/step, "
-                                   f"rel err {row.rel_err:.4f}")
+                        one_gpu = None
+                        for degree in degrees:
+                            progress.set_postfix_str(f"{name} b{batch} {fmt}/{backend} {mode} cp{degree}")
+                            row, latent = _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device,
+                                                   checkpoint, progress, degree, cp_kind)
+                            if reference is None:  # bf16 on one GPU in the first compile mode asked for
+                                reference = latent
+                            if one_gpu is None:
+                                one_gpu = latent
+                            else:
+                                row.rel_err_vs_one_gpu = compare(latent, one_gpu)[0]
+                            row.rel_err, row.cosine = compare(latent, reference)
+                            if fmt == "bf16":
+                                bf16_ms[mode, degree] = row.step_ms
+                            baseline = bf16_ms.get((mode, degree))
+                            row.speedup_vs_bf16 = baseline / row.step_ms if baseline else None
+                            rows.append(row)
+                            if rank != 0:
+                                continue
+                            if on_row is not None:
+                                on_row(rows)
+                            tqdm.write(f"  {name} batch {batch} {fmt}/{backend} {mode} cp {degree}: "
+                                       f"{row.step_ms:.1f} ms/step, rel err {row.rel_err:.4f}")
     return rows
 
 
@@ -541,10 +683,13 @@ def _runnable(names: Sequence[str], unavailable: Callable[[str], str | None], wh
     return kept
 
 
-def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, checkpoint, progress):
+def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, checkpoint, progress, cp=1,
+             cp_kind="ulysses"):
     model = build(spec, tiny, device, checkpoint)
     apply_format(model, spec, fmt, backend, tiny)
     weights = weight_bytes(model)
+    if cp > 1:
+        enable_cp(model, cp, cp_kind)
     apply_compile(model, mode)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -552,6 +697,12 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     measured = seconds[WARMUP_STEPS:]
     step_ms = statistics.median(measured) * 1e3
+    peaks = None
+    if cp > 1:  # the slowest rank's step time; every rank's peak memory
+        step_ms = max(_gather(step_ms))
+        if peak is not None:
+            peaks = _gather(peak)
+            peak = max(peaks)
     compile_s = max(0.0, sum(seconds[:WARMUP_STEPS]) - WARMUP_STEPS * step_ms / 1e3) if mode != "none" else None
     del model
     if mode != "none":
@@ -559,7 +710,8 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    row = Row(spec.name, fmt, backend, batch, mode, step_ms, None, peak, weights / 2**30, 0.0, 1.0, compile_s)
+    row = Row(spec.name, fmt, backend, batch, mode, step_ms, None, peak, weights / 2**30, 0.0, 1.0, compile_s,
+              cp_degree=cp, cp_kind=cp_kind if cp > 1 else None, peak_gib_per_rank=peaks)
     return row, latent
 
 
@@ -572,7 +724,7 @@ def table(rows: Sequence[Row]) -> str:
     groups = {}
     for r in rows:
         groups.setdefault((r.model, r.batch), []).append(r.cells())
-    return report.format_table(TABLE_HEADERS, list(groups.values()), right_aligned=range(5, 12))
+    return report.format_table(TABLE_HEADERS, list(groups.values()), right_aligned=range(6, 14))
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
