@@ -297,7 +297,8 @@ def _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias):
 @_op("nvfp4_weight_only_mm(Tensor a, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, str? backend) -> Tensor")
 def _nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend):
     m, n, k = _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-    return _run_nvfp4_weight_only_mm(select("nvfp4_weight_only_mm", a.device, m, n, k, backend), a, b_q, b_s, b_ts, bias)
+    mm = select("nvfp4_weight_only_mm", a.device, m, n, k, backend)
+    return _run_nvfp4_weight_only_mm(mm, a, b_q, b_s, b_ts, bias)
 
 
 def _run_nvfp4_weight_only_mm(mm: Backend, a, b_q, b_s, b_ts, bias):

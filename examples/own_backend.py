@@ -42,8 +42,10 @@ def naive_mxfp8_mm_kernel(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         blocks = k0 // 32 + tl.arange(0, BLOCK_K // 32).to(tl.int64)
-        a = tl.load(a_ptr + rows_a[:, None] * K + ks[None, :], mask=(rows_a[:, None] < M) & (ks[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + rows_b[:, None] * K + ks[None, :], mask=(rows_b[:, None] < N) & (ks[None, :] < K), other=0.0)
+        a_mask = (rows_a[:, None] < M) & (ks[None, :] < K)
+        b_mask = (rows_b[:, None] < N) & (ks[None, :] < K)
+        a = tl.load(a_ptr + rows_a[:, None] * K + ks[None, :], mask=a_mask, other=0.0)
+        b = tl.load(b_ptr + rows_b[:, None] * K + ks[None, :], mask=b_mask, other=0.0)
         # scales of rows past M / N and blocks past K are padding: never read (they may hold anything)
         a_e = tl.load(a_s_ptr + swizzled_scale_offsets(rows_a, blocks, scale_tiles_per_row),
                       mask=(rows_a[:, None] < M) & (blocks[None, :] < K // 32), other=127)
@@ -101,7 +103,8 @@ def flux_inputs(device: torch.device) -> dict:
         pooled_projections=torch.randn(1, 64, generator=g), timestep=torch.full((1,), 0.5),
         img_ids=ids.reshape(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.full((1,), 3.5),
     )  # fmt: skip
-    return {k: v.to(device, torch.bfloat16 if k not in ("img_ids", "txt_ids") else torch.float32) for k, v in inputs.items()}
+    ids = ("img_ids", "txt_ids")  # positions stay float32
+    return {k: v.to(device, torch.float32 if k in ids else torch.bfloat16) for k, v in inputs.items()}
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -270,7 +270,7 @@ def register_backend(backend: Backend, *, auto: bool | str = False, replace: boo
     backend (say "cutlass") runs yours wherever the built-in would run, auto's choices included;
     ``unregister_backend`` brings the built-in back.
 
-    Raises TypeError / ValueError naming what is wrong: not a Backend instance, a spec that is not
+    Raises TypeError / ValueError naming what is wrong: not a (hashable) Backend instance, a spec that is not
     a ``BackendSpec``, a reserved or taken name, an unknown op in ``spec.ops``, an op in
     ``spec.ops`` whose method the class does not override.
     """
@@ -279,6 +279,9 @@ def register_backend(backend: Backend, *, auto: bool | str = False, replace: boo
     if not isinstance(backend, Backend):
         raise TypeError(f"register_backend: backend must be an instance of a dq_kernels.Backend subclass, "
                         f"got {type(backend).__name__}")
+    if type(backend).__hash__ is None:  # the selection caches key on backends
+        raise TypeError(f"register_backend: {type(backend).__name__} must be hashable (a @dataclass backend "
+                        f"needs eq=False)")
     spec = getattr(backend, "spec", None)
     if not isinstance(spec, BackendSpec):
         raise TypeError(f"register_backend: {type(backend).__name__}.spec must be a dq_kernels.BackendSpec, "
