@@ -1,8 +1,9 @@
 """dq_kernels: MXFP8 and NVFP4 GEMM kernels as torch custom ops.
 
 Public API: the formats and reference codecs (``dq_kernels.formats``), the custom ops and their
-Python wrappers (quantize, dequantize, mm), the backend registry, the TorchAO weight subclasses and
-configs, and the Diffusers presets (``dq_kernels.diffusers``).
+Python wrappers (quantize, dequantize, mm), the backend registry (your own backends included:
+``Backend``, ``BackendSpec``, ``register_backend``, ``load_plugins``; docs/own-backend.md), the
+TorchAO weight subclasses and configs, and the Diffusers presets (``dq_kernels.diffusers``).
 
 Importing the package never touches the GPU, never loads the native library and does not import
 torchao (whose import queries CUDA and takes seconds). The configs, weight classes and presets load
@@ -20,9 +21,13 @@ import sys
 
 from . import formats
 from .backends import (
+    Backend,
+    BackendSpec,
     BackendUnavailableError,
     available_backends,
     get_backend,
+    register_backend,
+    unregister_backend,
     use_backend,
 )
 from .formats import FORMATS, MXFP8, NVFP4, Format, from_blocked, to_blocked
@@ -37,6 +42,7 @@ from .ops import (
     quantize_mxfp8,
     quantize_nvfp4,
 )
+from .plugins import PluginError, load_plugins
 
 __version__ = "0.1.0"
 
@@ -62,6 +68,12 @@ __all__ = [
     "get_backend",
     "use_backend",
     "BackendUnavailableError",
+    "Backend",
+    "BackendSpec",
+    "register_backend",
+    "unregister_backend",
+    "load_plugins",
+    "PluginError",
     "MXFP8Config",
     "NVFP4Config",
     "set_backend",

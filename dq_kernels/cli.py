@@ -6,6 +6,10 @@
     dq-kernels bench model MODEL [...]   diffusion-transformer steps end to end per format
     dq-kernels bench host [options]      host time per eager quantized Linear call against bf16
     dq-kernels selftest [--quick]        every backend here against an fp64 oracle (run this first)
+
+Backends of plugins (docs/own-backend.md) are seen by every command: those of the installed
+packages' entry points (group ``dq_kernels.backends``), loaded first, and ``--plugin MODULE``
+before the command (``dq-kernels --plugin my_package.my_backend bench gemm --backends mine``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import dq_kernels
 import dq_kernels.backends
 import dq_kernels.native
+import dq_kernels.plugins
 from dq_kernels.bench import gemm, host, model, quant, report, selftest, timing
 from dq_kernels.bench.shapes import CPU_MAX_K, CPU_MAX_M, CPU_MAX_N, PRESETS, SHAPE_FORM, Shape, parse_shape
 
@@ -162,8 +167,9 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", choices=model.FORMATS, nargs="+", default=list(model.FORMATS),
                    help="formats (default: all that run here: fp8_rowwise needs a GPU of compute capability "
                         ">= 8.9; bf16 always runs: it is the reference)")
-    p.add_argument("--backends", choices=model.BACKENDS, nargs="+", default=list(model.BACKENDS),
-                   help="backends for mxfp8 and nvfp4 (default: auto torchao)")
+    p.add_argument("--backends", type=_backend_arg, nargs="+", default=list(model.BACKENDS), metavar="NAME",
+                   help="backends for mxfp8 and nvfp4: auto or a registered name, yours included "
+                        "(default: auto torchao)")
     p.add_argument("--compile", choices=model.COMPILE_MODES, nargs="+", default=["none"],
                    help="compile modes (default: none; regional-cudagraphs: flux only, see below)")
     p.add_argument("--tiny", action="store_true", help="1 + 1 layer models: a smoke test of the whole path, "
@@ -261,9 +267,25 @@ def _bench_host(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ImportPlugin(argparse.Action):
+    """``--plugin MODULE``: import the module now, while parsing, so that the backends it registers
+    are known to the options parsed after it (``--backends``)."""
+
+    def __call__(self, parser, namespace, module, option_string=None):
+        try:
+            dq_kernels.plugins.import_plugin(module)
+        except dq_kernels.plugins.PluginError as err:
+            parser.error(f"{option_string} {module}: {err}")
+        namespace.plugins = [*(namespace.plugins or []), module]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq-kernels", description="MXFP8 and NVFP4 GEMM kernels: info and benchmarks.")
     parser.add_argument("--version", action="version", version=f"dq_kernels {dq_kernels.__version__}")
+    parser.add_argument("--plugin", action=_ImportPlugin, metavar="MODULE", dest="plugins", default=[],
+                        help="import this Python module first: a plugin that registers backends with "
+                             "dq_kernels.register_backend (repeatable; before the command). Entry points of the "
+                             f"group {dq_kernels.plugins.ENTRY_POINT_GROUP!r} load without it")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="show the GPU, versions, native library and backends",
                                description="Show the GPU, package versions, the native library and every backend.")
@@ -340,6 +362,11 @@ def _info(args: argparse.Namespace) -> int:
     rows = [[s.name, "yes" if s.available else "no", " ".join(s.formats), s.reason or "-"]
             for s in dq_kernels.available_backends()]
     print(report.format_table(("backend", "available", "formats", "reason"), [rows]))
+    backends = [dq_kernels.get_backend(name) for name in dq_kernels.backends.backend_names()]
+    registered = [b.spec for b in backends if b in dq_kernels.backends.user_backends]
+    if registered:
+        auto = {False: "never chosen by auto", True: "auto after the built-ins", "first": "auto first"}
+        print("registered (plugins): " + "; ".join(f"{spec.name} ({auto[spec.auto]})" for spec in registered))
     return 0
 
 
@@ -394,6 +421,11 @@ def _selftest(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dq-kernels``; ``argv`` without the program name (default: sys.argv[1:])."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        dq_kernels.plugins.load_plugins()
+    except dq_kernels.plugins.PluginError as err:
+        print(f"dq-kernels: {err}\n(fix or uninstall the package that provides it)", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     args.command_line = "dq-kernels " + shlex.join(argv)
     try:

@@ -27,6 +27,10 @@ The linear ops are a quantized Linear in one op: the cast op on x [M, K] then th
 x's dtype; where the mm backend takes its activation decoded (``takes_decoded_activation``) and the
 cast backend can round to the format's grid and decode in one pass, the quantized activation is
 never written. Same result either way.
+
+A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
+(``_check_outputs``: shape, dtype and device, no sync); a wrong result raises naming the backend
+and the op. The built-in backends are not checked.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ import torch
 from torch import Tensor
 
 from . import formats
-from .backends import LinearPlan, plan_linear, reference, select
-from .formats import MXFP8, NVFP4
+from .backends import Backend, LinearPlan, plan_linear, reference, select, user_backends
+from .formats import MXFP8, NVFP4, Format
 
 __all__ = [
     "quantize_mxfp8",
@@ -93,6 +97,40 @@ def _rows_and_k(x: Tensor) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------
+# What a backend returns (the fake implementations build it; registered backends are checked)
+# ----------------------------------------------------------------------------------------------
+
+Outputs = tuple[tuple[tuple[int, ...], torch.dtype], ...]  # (shape, dtype) of each output
+
+
+def _cast_outputs(fmt: Format, m: int, k: int) -> Outputs:
+    """The outputs of a cast of [m, k] to ``fmt``: q, the swizzled scales, and NVFP4's 0-dim
+    float32 tensor scale."""
+    outputs = ((fmt.qdata_shape(m, k), fmt.qdata_dtype), (fmt.scale_shape(m, k), fmt.scale_dtype))
+    return outputs + (((), torch.float32),) if fmt.has_tensor_scale else outputs
+
+
+def _check_outputs(backend: Backend, op: str, got, expected: Outputs, device: torch.device) -> None:
+    """Raise RuntimeError naming the backend and the op unless ``got`` (a tensor, or a tuple of
+    them for a cast) has the ``expected`` shapes and dtypes on ``device``. For registered backends
+    (``backends.user_backends``): metadata only, so it costs no sync."""
+    outputs = got if isinstance(got, tuple) else (got,)
+    if len(outputs) == len(expected) and all(
+        isinstance(t, Tensor) and tuple(t.shape) == shape and t.dtype == dtype and t.device == device
+        for t, (shape, dtype) in zip(outputs, expected)
+    ):
+        return
+    want = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in expected)
+    have = ", ".join(
+        f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__ for t in outputs
+    )
+    raise RuntimeError(
+        f"dq_kernels backend {backend.spec.name!r} returned a wrong result from {op}: expected {want} on {device}, "
+        f"got {have} (what each op must return: the docstring of dq_kernels.Backend.{op})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # Quantize
 # ----------------------------------------------------------------------------------------------
 
@@ -101,7 +139,11 @@ def _rows_and_k(x: Tensor) -> tuple[int, int]:
 def _quantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> tuple[Tensor, Tensor]:
     _check_quantize_mxfp8(x, scaling)
     m, k = _rows_and_k(x)
-    return select("quantize_mxfp8", x.device, m, k, k, backend).quantize_mxfp8(x, scaling)
+    chosen = select("quantize_mxfp8", x.device, m, k, k, backend)
+    result = chosen.quantize_mxfp8(x, scaling)
+    if chosen in user_backends:
+        _check_outputs(chosen, "quantize_mxfp8", result, _cast_outputs(MXFP8, m, k), x.device)
+    return result
 
 
 def _check_quantize_mxfp8(x, scaling):
@@ -119,14 +161,18 @@ def _check_scaling(fn, scaling):
 def _(x, scaling, backend):
     _check_quantize_mxfp8(x, scaling)
     m, k = _rows_and_k(x)
-    return x.new_empty((m, k), dtype=MXFP8.qdata_dtype), x.new_empty(MXFP8.scale_shape(m, k), dtype=MXFP8.scale_dtype)
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in _cast_outputs(MXFP8, m, k))
 
 
 @_op("quantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor, Tensor, Tensor)")
 def _quantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None) -> tuple[Tensor, Tensor, Tensor]:
     _check_quantize_nvfp4(x, tensor_scale)
     m, k = _rows_and_k(x)
-    q, s, ts = select("quantize_nvfp4", x.device, m, k, k, backend).quantize_nvfp4(x, tensor_scale)
+    chosen = select("quantize_nvfp4", x.device, m, k, k, backend)
+    result = chosen.quantize_nvfp4(x, tensor_scale)
+    if chosen in user_backends:
+        _check_outputs(chosen, "quantize_nvfp4", result, _cast_outputs(NVFP4, m, k), x.device)
+    q, s, ts = result
     if tensor_scale is not None and ts.untyped_storage().data_ptr() == tensor_scale.untyped_storage().data_ptr():
         ts = ts.clone()  # an op's outputs must not alias its inputs
     return q, s, ts
@@ -143,11 +189,7 @@ def _check_quantize_nvfp4(x, tensor_scale):
 def _(x, tensor_scale, backend):
     _check_quantize_nvfp4(x, tensor_scale)
     m, k = _rows_and_k(x)
-    return (
-        x.new_empty(NVFP4.qdata_shape(m, k), dtype=NVFP4.qdata_dtype),
-        x.new_empty(NVFP4.scale_shape(m, k), dtype=NVFP4.scale_dtype),
-        x.new_empty((), dtype=torch.float32),
-    )
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in _cast_outputs(NVFP4, m, k))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +244,11 @@ def _(q, s, tensor_scale, dtype):
 )
 def _mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype, backend):
     m, n, k = _check_mm("dq_kernels.mxfp8_mm", MXFP8, a_q, a_s, b_q, b_s, bias, out_dtype)
-    return select("mxfp8_mm", a_q.device, m, n, k, backend).mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+    chosen = select("mxfp8_mm", a_q.device, m, n, k, backend)
+    out = chosen.mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+    if chosen in user_backends:
+        _check_outputs(chosen, "mxfp8_mm", out, (((m, n), out_dtype),), a_q.device)
+    return out
 
 
 @_mxfp8_mm.register_fake
@@ -226,7 +272,10 @@ def _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
 def _nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
     m, n, k = _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
     chosen = select("nvfp4_mm", a_q.device, m, n, k, backend)
-    return chosen.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+    out = chosen.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+    if chosen in user_backends:
+        _check_outputs(chosen, "nvfp4_mm", out, (((m, n), out_dtype),), a_q.device)
+    return out
 
 
 @_nvfp4_mm.register_fake
@@ -248,7 +297,15 @@ def _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias):
 @_op("nvfp4_weight_only_mm(Tensor a, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, str? backend) -> Tensor")
 def _nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend):
     m, n, k = _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-    return select("nvfp4_weight_only_mm", a.device, m, n, k, backend).nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+    mm = select("nvfp4_weight_only_mm", a.device, m, n, k, backend)
+    return _run_nvfp4_weight_only_mm(mm, a, b_q, b_s, b_ts, bias)
+
+
+def _run_nvfp4_weight_only_mm(mm: Backend, a, b_q, b_s, b_ts, bias):
+    out = mm.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+    if mm in user_backends:
+        _check_outputs(mm, "nvfp4_weight_only_mm", out, (((a.shape[0], b_q.shape[0]), a.dtype),), a.device)
+    return out
 
 
 @_nvfp4_weight_only_mm.register_fake
@@ -280,9 +337,16 @@ def _check_mxfp8_linear(x, b_q, b_s, bias, scaling):
 
 def _run_mxfp8_linear(plan: LinearPlan, x, b_q, b_s, bias, scaling):
     if plan.decoded:
-        return plan.mm.mxfp8_mm_decoded(plan.cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
-    x_q, x_s = plan.cast.quantize_mxfp8(x, scaling)
-    return plan.mm.mxfp8_mm(x_q, x_s, b_q, b_s, bias, x.dtype)
+        out = plan.mm.mxfp8_mm_decoded(plan.cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
+    else:
+        quantized = plan.cast.quantize_mxfp8(x, scaling)
+        if plan.checked:
+            _check_outputs(plan.cast, "quantize_mxfp8", quantized, _cast_outputs(MXFP8, *x.shape), x.device)
+        x_q, x_s = quantized
+        out = plan.mm.mxfp8_mm(x_q, x_s, b_q, b_s, bias, x.dtype)
+    if plan.checked:
+        _check_outputs(plan.mm, "mxfp8_mm", out, (((x.shape[0], b_q.shape[0]), x.dtype),), x.device)
+    return out
 
 
 @_op(
@@ -313,9 +377,16 @@ def _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias):
 def _run_nvfp4_linear(plan: LinearPlan, x, b_q, b_s, b_ts, activation_scale, bias):
     if plan.decoded:
         values, x_ts = plan.cast.quantize_dequantize_nvfp4(x, activation_scale)
-        return plan.mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
-    x_q, x_s, x_ts = plan.cast.quantize_nvfp4(x, activation_scale)
-    return plan.mm.nvfp4_mm(x_q, x_s, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+        out = plan.mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+    else:
+        quantized = plan.cast.quantize_nvfp4(x, activation_scale)
+        if plan.checked:
+            _check_outputs(plan.cast, "quantize_nvfp4", quantized, _cast_outputs(NVFP4, *x.shape), x.device)
+        x_q, x_s, x_ts = quantized
+        out = plan.mm.nvfp4_mm(x_q, x_s, x_ts, b_q, b_s, b_ts, bias, x.dtype)
+    if plan.checked:
+        _check_outputs(plan.mm, "nvfp4_mm", out, (((x.shape[0], b_q.shape[0]), x.dtype),), x.device)
+    return out
 
 
 @_op(
@@ -403,7 +474,7 @@ def nvfp4_weight_only_eager(x, b_q, b_s, b_ts, bias, backend: str) -> Tensor:
     n, k = b_q.shape[0], b_q.shape[1] * 2
     m = check_activation("dq_kernels.nvfp4_weight_only_mm", x, k, b_q.device)
     mm = select("nvfp4_weight_only_mm", x.device, m, n, k, None, backend)
-    return mm.nvfp4_weight_only_mm(x, b_q, b_s, b_ts, _eager_bias(bias, mm.spec.bias_dtype))
+    return _run_nvfp4_weight_only_mm(mm, x, b_q, b_s, b_ts, _eager_bias(bias, mm.spec.bias_dtype))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import formats, ops
-from .backends import get_backend, select
+from .backends import backend_names, get_backend, select
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
@@ -43,8 +43,9 @@ aten = torch.ops.aten
 def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: int) -> str | None:
     """The ``backend=`` argument a weight passes to ``op``: its backend where that backend runs the
     op here, else None (defer to the registry: "auto", a GEMM-only backend asked to quantize an
-    activation, or a backend this machine lacks: a weight's backend is a preference)."""
-    if backend == "auto" or op not in get_backend(backend).spec.ops:
+    activation, or a backend this machine lacks or that is not registered here: a weight's backend
+    is a preference)."""
+    if backend == "auto" or backend not in backend_names() or op not in get_backend(backend).spec.ops:
         return None
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 

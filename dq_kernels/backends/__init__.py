@@ -17,12 +17,17 @@ the environment variable ``DQ_KERNELS_BACKEND``, else ``"auto"``.
 
 Selections are cached per (op, device, M bucket, N, K, the name in effect); every way of naming a
 backend is part of the key, and ``_forget_selections`` empties the cache when the registry changes.
+
+Your own backend (docs/own-backend.md): subclass ``Backend``, give it a ``BackendSpec``, and
+``register_backend(MyBackend(), auto=...)``; from then on it is chosen by name everywhere a built-in
+one is, and auto ranks it where ``auto`` says. ``unregister_backend(name)`` removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -55,6 +60,9 @@ __all__ = [
     "ranking",
     "env_backend",
     "ENV_BACKEND",
+    "register_backend",
+    "unregister_backend",
+    "user_backends",
 ]
 
 ENV_BACKEND = "DQ_KERNELS_BACKEND"
@@ -73,6 +81,7 @@ _REGISTRY: dict[str, Backend] = {
         TritonStockBackend(),
     )
 }
+_BUILT_IN: dict[str, Backend] = dict(_REGISTRY)  # the backends we ship, by name (ranked by the functions below)
 _CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("dq_kernels_backend", default=None)
 _LOGGED: set[tuple[str, str, str]] = set()
 
@@ -221,16 +230,114 @@ RANKINGS = {(9, 0): _rank_sm90, (10, 0): _rank_sm100, (10, 3): _rank_sm100, (12,
 
 
 def ranking(op: str, device: torch.device, m: int, n: int, k: int) -> tuple[str, ...]:
-    """The backends auto tries for ``op`` on ``device`` at this shape, best first: the built-in
-    ranking of the device's compute capability, then any other backend whose spec lets auto take
-    it, then the reference."""
+    """The backends auto tries for ``op`` on ``device`` at this shape, best first: registered
+    backends with ``spec.auto == "first"``, the built-in ranking of the device's compute capability,
+    registered backends with ``spec.auto`` True, then the reference (each name once: a backend that
+    replaced a built-in keeps the built-in's place)."""
     rank = _rank_cpu if device.type != "cuda" else RANKINGS.get(base.capability(device), _rank_other_cuda)
-    built_in = rank(op, m, n, k)
-    others = tuple(name for name, b in _REGISTRY.items() if b.spec.auto and name not in _BUILT_IN_NAMES)
-    return built_in + others + ("reference",)
+    registered = [(name, b.spec.auto) for name, b in _REGISTRY.items() if _BUILT_IN.get(name) is not b]
+    first = tuple(name for name, auto in registered if auto == "first")
+    after = tuple(name for name, auto in registered if auto is True)
+    return tuple(dict.fromkeys(first + rank(op, m, n, k) + after + ("reference",)))
 
 
-_BUILT_IN_NAMES = frozenset(_REGISTRY)  # ranked by the functions above only
+# ----------------------------------------------------------------------------------------------
+# Your own backends (docs/own-backend.md)
+# ----------------------------------------------------------------------------------------------
+
+RESERVED_NAMES = {
+    "": "an empty name",
+    "auto": "the name of automatic selection",
+    "cublas": "the benchmarks' name for the cuBLAS baselines",
+}
+
+# The backends register_backend added: their outputs are checked on every call (dq_kernels.ops).
+user_backends: set[Backend] = set()
+
+
+def register_backend(backend: Backend, *, auto: bool | str = False, replace: bool = False) -> Backend:
+    """Add ``backend`` (an instance of a ``Backend`` subclass) to the registry under
+    ``backend.spec.name``; returns it.
+
+    From then on the name works everywhere a built-in backend's does: an op's ``backend=``,
+    ``use_backend``, ``DQ_KERNELS_BACKEND``, ``MXFP8Config`` / ``NVFP4Config``, ``set_backend`` on a
+    quantized model, the ``dq-kernels`` tools. ``auto``: False (default) runs it only where it is
+    named; True lets auto take it after the built-in backends (before the reference); "first" lets
+    auto try it before them (it must then refuse, through its spec or ``shape_limit``, what it
+    cannot run). The registered backend's ``spec.auto`` is set to this value.
+
+    ``replace``: needed to register a name that is already registered. Replacing a built-in
+    backend (say "cutlass") runs yours wherever the built-in would run, auto's choices included;
+    ``unregister_backend`` brings the built-in back.
+
+    Raises TypeError / ValueError naming what is wrong: not a (hashable) Backend instance, a spec that is not
+    a ``BackendSpec``, a reserved or taken name, an unknown op in ``spec.ops``, an op in
+    ``spec.ops`` whose method the class does not override.
+    """
+    if isinstance(backend, type):
+        raise TypeError(f"register_backend: pass an instance, {backend.__name__}(), not the class")
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend: backend must be an instance of a dq_kernels.Backend subclass, "
+                        f"got {type(backend).__name__}")
+    if type(backend).__hash__ is None:  # the selection caches key on backends
+        raise TypeError(f"register_backend: {type(backend).__name__} must be hashable (a @dataclass backend "
+                        f"needs eq=False)")
+    spec = getattr(backend, "spec", None)
+    if not isinstance(spec, BackendSpec):
+        raise TypeError(f"register_backend: {type(backend).__name__}.spec must be a dq_kernels.BackendSpec, "
+                        f"got {type(spec).__name__}")
+    name = spec.name
+    if not isinstance(name, str) or name in RESERVED_NAMES or name != name.strip():
+        why = RESERVED_NAMES.get(name, "a name must be a non-empty string without surrounding spaces")
+        raise ValueError(f"register_backend: {type(backend).__name__}.spec.name {name!r} cannot be used: {why}")
+    if name in _REGISTRY and not replace:
+        what = "a built-in backend" if _REGISTRY[name] is _BUILT_IN.get(name) else "already registered"
+        raise ValueError(f"register_backend: the name {name!r} is {what}; pass replace=True to replace it "
+                         f"(or choose another spec.name)")
+    _check_spec_ops(backend)
+    if auto is not False and auto is not True and auto != "first":
+        raise ValueError(f"register_backend: auto must be False, True or 'first', got {auto!r}")
+    previous = _REGISTRY.get(name)
+    user_backends.discard(previous)
+    backend.spec = dataclasses.replace(spec, auto=auto)
+    _REGISTRY[name] = backend
+    user_backends.add(backend)
+    _forget_selections()
+    return backend
+
+
+def _check_spec_ops(backend: Backend) -> None:
+    """``spec.ops``: a non-empty tuple of known op names, each overridden by the backend's class."""
+    cls, ops = type(backend), backend.spec.ops
+    if not isinstance(ops, tuple) or not ops or not all(isinstance(op, str) for op in ops):
+        raise ValueError(f"register_backend: {cls.__name__}.spec.ops must be a non-empty tuple of op names "
+                         f"from {OPS}, got {ops!r}")
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise ValueError(f"register_backend: {cls.__name__}.spec.ops names unknown ops {unknown}; the ops are {OPS}")
+    missing = [op for op in ops if getattr(cls, op) is getattr(Backend, op)]
+    if missing:
+        raise ValueError(f"register_backend: {cls.__name__}.spec.ops lists {missing} but {cls.__name__} does not "
+                         f"implement {'it' if len(missing) == 1 else 'them'}: define the method(s) "
+                         f"{', '.join(missing)} (see dq_kernels.Backend) or drop them from spec.ops")
+
+
+def unregister_backend(name: str) -> Backend:
+    """Remove the backend ``register_backend`` added as ``name`` and return it (a replaced built-in
+    comes back). ValueError for a built-in backend or an unknown name."""
+    backend = _REGISTRY.get(name)
+    if backend is None:
+        raise ValueError(f"unregister_backend: no backend is registered as {name!r}; known: {', '.join(_REGISTRY)}")
+    if backend is _BUILT_IN.get(name):
+        raise ValueError(f"unregister_backend: {name!r} is a built-in backend; only backends added with "
+                         f"register_backend can be removed")
+    if name in _BUILT_IN:
+        _REGISTRY[name] = _BUILT_IN[name]
+    else:
+        del _REGISTRY[name]
+    user_backends.discard(backend)
+    _forget_selections()
+    return backend
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,10 +368,13 @@ _SELECTED: dict[tuple, Backend] = {}
 
 
 def _forget_selections() -> None:
-    """Empty the selection caches (the registry or a backend's availability changed)."""
+    """Empty the selection caches (the registry or a backend's availability changed), and check
+    ``DQ_KERNELS_BACKEND`` against the registry again at its next read."""
+    global _ENV_CHECKED
     _SELECTED.clear()
     _PLANS.clear()
     _LOGGED.clear()
+    _ENV_CHECKED = (None, "auto")
 
 
 def select(
@@ -288,7 +398,10 @@ def select(
 
 def _decide(op: str, device: torch.device, m: int, n: int, k: int, name: str, how: str) -> Backend:
     assert op in OPS, op
-    if name != "auto":
+    if how == "preferred" and name not in _REGISTRY:
+        _log_once(op, name, "no backend of this name is registered here (a quantized weight's backend is a "
+                  "preference: auto runs it instead; load the plugin that registers it to run it there)")
+    elif name != "auto":
         backend = get_backend(name)
         if how == "requested" or op in backend.spec.ops:
             reason = _reason(backend, op, device, m, n, k)
@@ -334,6 +447,7 @@ class LinearPlan:
     cast: Backend
     mm: Backend
     decoded: bool
+    checked: bool  # whether either step runs on a registered backend, whose outputs ops checks
 
 
 _PLANS: dict[tuple, LinearPlan] = {}
@@ -354,5 +468,6 @@ def plan_linear(
     plan = _PLANS.get(key)
     if plan is None:
         decoded = mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
-        plan = _PLANS[key] = LinearPlan(cast, mm, decoded)
+        checked = cast in user_backends or mm in user_backends
+        plan = _PLANS[key] = LinearPlan(cast, mm, decoded, checked)
     return plan

@@ -1,4 +1,6 @@
-"""The backend spec (what a backend supports, as data) and the interface every backend implements.
+"""The backend spec (what a backend supports, as data) and the interface every backend implements:
+the public interface of your own backends too (``dq_kernels.register_backend``,
+docs/own-backend.md).
 
 All backends take and return the canonical operands described in ``dq_kernels.formats``. The ops
 layer validates arguments before calling a backend, so backends may assume well-formed operands
@@ -31,12 +33,21 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """What a backend supports. The registry selects from it; tests skip from it.
+    """What a backend supports, as data. The registry selects from it (a backend is only called
+    for an op, device and shape its spec allows); tests and the tools skip from it.
 
-    ``capabilities``: CUDA compute capabilities it runs on (None: any); ``op_capabilities`` narrows
-    them for single ops, as (op, capabilities) pairs. ``cpu``: whether it runs on CPU tensors. Shape limits apply to mm ops (M rows of a, N rows of b, K the reduction).
-    ``auto``: whether auto may rank it after the built-in ranking (built-in backends are ranked
-    by ``dq_kernels.backends.ranking`` alone).
+    ``name``: the name it is chosen by (``backend="name"``); ``description``: one line for
+    ``dq-kernels info``. ``ops``: the ops it implements, from ``OPS``; each needs the method of
+    the same name on the backend (``Backend.quantize_mxfp8`` ... ``Backend.nvfp4_weight_only_mm``).
+    ``cpu``: whether it runs on CPU tensors. ``capabilities``: the CUDA compute capabilities it
+    runs on, e.g. ((9, 0),) (None: any CUDA device); ``op_capabilities`` narrows them for single
+    ops, as (op, capabilities) pairs. ``n_multiple`` / ``k_multiple``: the mm ops' N and K must be
+    multiples of these (M rows of a, N rows of b, K the reduction); other limits go in
+    ``Backend.shape_limit``.
+    ``auto``: whether auto may rank it. Built-in backends are ranked by
+    ``dq_kernels.backends.ranking``'s per-GPU functions alone (their ``auto`` documents it);
+    ``register_backend(backend, auto=...)`` sets it for yours: False never, True after the
+    built-in ranking, "first" before it.
     ``bias_dtype``: the dtype its GEMMs read the bias in (None: any); eager Linear calls hand the
     bias over converted, once per bias, instead of converting it in every call.
     """
@@ -47,7 +58,7 @@ class BackendSpec:
     cpu: bool = False
     capabilities: tuple[tuple[int, int], ...] | None = None
     op_capabilities: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
-    auto: bool = True
+    auto: bool | str = True
     n_multiple: int = 1
     k_multiple: int = 1
     bias_dtype: torch.dtype | None = None
@@ -123,8 +134,45 @@ def capability(device: torch.device) -> tuple[int, int]:
 
 
 class Backend:
-    """Base class: a backend overrides the ops its spec lists, and ``availability`` when it needs
-    something beyond torch (a library, the native build)."""
+    """Base class of every backend: a subclass sets ``spec`` (a ``BackendSpec``), overrides the
+    method of each op in ``spec.ops``, and ``availability`` when it needs something beyond torch (a
+    library, a build). For your own backend that is all (``dq_kernels.register_backend``); the
+    other hooks below (``availability_on``, ``kernel_config``, ``takes_decoded_activation``,
+    ``can_quantize_dequantize``) have working defaults and serve the built-in backends.
+
+    The op methods receive checked canonical operands (``dq_kernels.formats``), on one device,
+    within the limits of the spec: contiguous row-major, M >= 1, K a multiple of the block size
+    (32 for MXFP8, 16 for NVFP4). The mm methods compute a @ b.T + bias for a [M, K] and b [N, K]
+    (b stored like an nn.Linear weight); bias is None or [N] of bfloat16, float16 or float32 (add
+    it in float32). Operand layouts, per format:
+
+    * MXFP8: q float8_e4m3fn [rows, K]; s uint8 E8M0 (2^(byte - 127); 255 is NaN) one per 32
+      elements along K, 128x4 swizzled (``formats.to_blocked`` gives the byte offset of scale
+      (row, block)), shape [round_up(rows, 128), round_up(K / 32, 4)]; the padding is zero as
+      our quantizers write it, but scales made elsewhere may hold anything there: never let it
+      reach an output.
+    * NVFP4: q uint8 [rows, K / 2], two e2m1 codes per byte (element 2i in the low nibble);
+      s float8_e4m3fn one per 16 elements, swizzled the same way, [round_up(rows, 128),
+      round_up(K / 16, 4)]; ts a 0-dim float32 tensor scale: value = e2m1 * s * ts.
+
+    What each method must return, on the operands' device (the ops check this on every call of
+    a registered backend and raise naming the backend and the op otherwise):
+
+    * ``quantize_mxfp8(x, scaling)``: x [M, K] bf16/fp16/fp32 (leading dims may remain: flatten
+      them), scaling "rceil" or "floor" -> (q, s) as above for rows = M, bit-identical to
+      ``formats.quantize_mxfp8``.
+    * ``quantize_nvfp4(x, tensor_scale)``: tensor_scale None (compute amax / 2688) or a 0-dim
+      float32 tensor -> (q, s, ts), bit-identical to ``formats.quantize_nvfp4``.
+    * ``mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)`` -> [M, N] of ``out_dtype`` (bf16, fp16
+      or fp32).
+    * ``nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)`` -> [M, N] of ``out_dtype``.
+    * ``nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)``: a [M, K] bf16/fp16/fp32, not quantized
+      -> [M, N] of a's dtype.
+
+    Results must be new tensors (never an input, nor a view of one); the methods run inside
+    custom ops, so under ``torch.compile`` too (fullgraph and CUDA graphs included: launch on the
+    current stream, no host sync, no allocation outside torch's allocator).
+    """
 
     spec: BackendSpec
 
