@@ -40,7 +40,7 @@ extern "C" {
  * change a caller could misread; dq_kernels/native.py refuses a library whose dq_abi_version()
  * differs from its own ABI_VERSION (a stale build), instead of calling it with the wrong arguments.
  */
-#define DQ_ABI_VERSION 2
+#define DQ_ABI_VERSION 3
 
 /* Output dtypes (the out_dtype argument). */
 enum {
@@ -183,8 +183,8 @@ DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8
 
 /*
  * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.
- * with 100a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device code runs on
- * compute capability 10.0 only). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.
+ * with 100f, 100a or 103a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device
+ * code of 100f runs on compute capability 10.0 and 10.3, that of 100a on 10.0, that of 103a on 10.3). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.
  *
  *   out[m, n] = alpha * sum_k A[m, k] * B[n, k] + bias[n]     (out = A @ B^T + bias)
  *
@@ -219,6 +219,24 @@ DQ_API int dq_sm100_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8
 DQ_API int dq_sm100_nvfp4_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
                              const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
                              int64_t K, int out_dtype, int config, void* stream);
+
+/*
+ * Host only (launches nothing, allocates nothing, sets no kernel attribute; needs a CUDA driver but
+ * no sm_100 GPU): everything the _mm function of the same format does before its launch, for the
+ * same arguments (stream aside). The argument checks, CUTLASS's can_implement, and the kernel's
+ * Params (GemmKernel::to_underlying_arguments), for which the CUDA driver encodes the TMA descriptors
+ * of a_q, b_q, a_s, b_s and out (cuTensorMapEncodeTiled) from these pointers, shapes and strides.
+ * Runs on any GPU, e.g. an H100, to check the descriptors a B200 launch would get.
+ * Returns DQ_OK, or the negative DQ_ERR_* code the _mm function would return (DQ_ERR_MISALIGNED
+ * for a pointer that is not 16-byte aligned), or DQ_ERR_UNSUPPORTED when the driver refused a
+ * descriptor (CUTLASS also prints the refusal to stderr).
+ */
+DQ_API int dq_sm100_mxfp8_mm_prepare(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
+                                     const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+                                     int config);
+DQ_API int dq_sm100_nvfp4_mm_prepare(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                                     const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M,
+                                     int64_t N, int64_t K, int out_dtype, int config);
 
 /*
  * Host only (needs no GPU; allocates nothing): builds the CUTLASS arguments that the _mm function of

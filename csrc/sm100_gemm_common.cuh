@@ -128,6 +128,20 @@ struct Operands {
   void* out = nullptr;                                 // [M, N]
 };
 
+inline Operands make_operands(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                              const uint8_t* b_s, const float* b_ts, const float* bias, void* out) {
+  Operands ops;
+  ops.a_q = a_q;
+  ops.a_s = a_s;
+  ops.b_q = b_q;
+  ops.b_s = b_s;
+  ops.alpha_factors[0] = a_ts;
+  ops.alpha_factors[1] = b_ts;
+  ops.bias = bias;
+  ops.out = out;
+  return ops;
+}
+
 // The CUTLASS arguments for out = A @ B^T with packed (dense, row-major) operands. Strides are in
 // elements (an NVFP4 row of K elements is K / 2 bytes).
 template <class KernelT>
@@ -183,6 +197,35 @@ int launch(const typename KernelT::Arguments& args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// Whether the CUDA driver encoded `descriptor`. cute's make_tma_copy reports a refusal of
+// cuTensorMapEncodeTiled only on stderr (and an assert, compiled out in release builds) and leaves
+// the descriptor zero-initialized; an encoded one holds at least the tensor's address and shape.
+inline bool encoded(const cute::TmaDescriptor* descriptor) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(descriptor);
+  for (size_t i = 0; i < sizeof(*descriptor); ++i) {
+    if (bytes[i] != 0) return true;
+  }
+  return false;
+}
+
+// What launch() does before it launches, on the host only: the kernel's Params from the arguments,
+// which has the CUDA driver encode the TMA descriptors of A, B, their scales and out. Not
+// GemmUniversalAdapter::initialize, which also sets the kernel's shared memory attribute and so fails
+// on a GPU without sm_100 code; nothing here needs the kernel's device code.
+template <class KernelT>
+int encode_descriptors(const typename KernelT::Arguments& args) {
+  const auto params = KernelT::GemmKernel::to_underlying_arguments(args, nullptr);
+  const cute::TmaDescriptor* descriptors[] = {
+      params.mainloop.tma_load_a.get_tma_descriptor(),   params.mainloop.tma_load_b.get_tma_descriptor(),
+      params.mainloop.tma_load_sfa.get_tma_descriptor(), params.mainloop.tma_load_sfb.get_tma_descriptor(),
+      params.epilogue.tma_store_d.get_tma_descriptor(),
+  };
+  for (const cute::TmaDescriptor* descriptor : descriptors) {
+    if (!encoded(descriptor)) return DQ_ERR_UNSUPPORTED;
+  }
+  return DQ_OK;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Checks, the tile heuristic, dispatch
 // ------------------------------------------------------------------------------------------------
@@ -234,18 +277,34 @@ int with_kernel(int out_dtype, int config, Fn&& fn) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// The two entry points each format exports (see dq_kernels.h)
+// The entry points each format exports (see dq_kernels.h)
 // ------------------------------------------------------------------------------------------------
 
-template <class Format>
-int mm(const Operands& ops, int64_t M, int64_t N, int64_t K, int out_dtype, int config, void* stream) {
+// The argument checks of the _mm function, then fn(KernelT{}, args) with the CUTLASS arguments
+// of the kernel it runs (AUTO resolved).
+template <class Format, class Fn>
+int with_arguments(const Operands& ops, int64_t M, int64_t N, int64_t K, int out_dtype, int config, Fn&& fn) {
   if (int error = check_problem<Format>(M, N, K, out_dtype, config)) return error;
   if (int error = check_pointers(ops, std::is_same_v<Format, Nvfp4>)) return error;
   return with_kernel<Format>(out_dtype, resolve_config(config, M), [&](auto kernel) {
     using KernelT = decltype(kernel);
     const auto args = make_arguments<KernelT>(ops, M, N, K);
     if (int error = check_arguments<KernelT>(args)) return error;
-    return launch<KernelT>(args, static_cast<cudaStream_t>(stream));
+    return fn(kernel, args);
+  });
+}
+
+template <class Format>
+int mm(const Operands& ops, int64_t M, int64_t N, int64_t K, int out_dtype, int config, void* stream) {
+  return with_arguments<Format>(ops, M, N, K, out_dtype, config, [&](auto kernel, const auto& args) {
+    return launch<decltype(kernel)>(args, static_cast<cudaStream_t>(stream));
+  });
+}
+
+template <class Format>
+int prepare(const Operands& ops, int64_t M, int64_t N, int64_t K, int out_dtype, int config) {
+  return with_arguments<Format>(ops, M, N, K, out_dtype, config, [](auto kernel, const auto& args) {
+    return encode_descriptors<decltype(kernel)>(args);
   });
 }
 

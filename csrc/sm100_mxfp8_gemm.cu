@@ -7,14 +7,15 @@
 extern "C" int dq_sm100_mxfp8_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
                                  const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
                                  int config, void* stream) {
-  dq::sm100::Operands ops;
-  ops.a_q = a_q;
-  ops.a_s = a_s;
-  ops.b_q = b_q;
-  ops.b_s = b_s;
-  ops.bias = bias;
-  ops.out = out;
+  const auto ops = dq::sm100::make_operands(a_q, a_s, nullptr, b_q, b_s, nullptr, bias, out);
   return dq::sm100::mm<dq::sm100::Mxfp8>(ops, M, N, K, out_dtype, config, stream);
+}
+
+extern "C" int dq_sm100_mxfp8_mm_prepare(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
+                                         const uint8_t* b_s, const float* bias, void* out, int64_t M, int64_t N,
+                                         int64_t K, int out_dtype, int config) {
+  const auto ops = dq::sm100::make_operands(a_q, a_s, nullptr, b_q, b_s, nullptr, bias, out);
+  return dq::sm100::prepare<dq::sm100::Mxfp8>(ops, M, N, K, out_dtype, config);
 }
 
 extern "C" int dq_sm100_mxfp8_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,

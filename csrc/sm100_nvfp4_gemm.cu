@@ -8,16 +8,15 @@
 extern "C" int dq_sm100_nvfp4_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
                                  const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M,
                                  int64_t N, int64_t K, int out_dtype, int config, void* stream) {
-  dq::sm100::Operands ops;
-  ops.a_q = a_q;
-  ops.a_s = a_s;
-  ops.b_q = b_q;
-  ops.b_s = b_s;
-  ops.alpha_factors[0] = a_ts;
-  ops.alpha_factors[1] = b_ts;
-  ops.bias = bias;
-  ops.out = out;
+  const auto ops = dq::sm100::make_operands(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out);
   return dq::sm100::mm<dq::sm100::Nvfp4>(ops, M, N, K, out_dtype, config, stream);
+}
+
+extern "C" int dq_sm100_nvfp4_mm_prepare(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts,
+                                         const uint8_t* b_q, const uint8_t* b_s, const float* b_ts, const float* bias,
+                                         void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int config) {
+  const auto ops = dq::sm100::make_operands(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out);
+  return dq::sm100::prepare<dq::sm100::Nvfp4>(ops, M, N, K, out_dtype, config);
 }
 
 extern "C" int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,

@@ -42,11 +42,12 @@ __all__ = [
     "sm100_mxfp8_mm",
     "sm100_nvfp4_mm",
     "sm100_mm_plan",
+    "sm100_mm_prepare",
     "Sm100Plan",
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
-ABI_VERSION = 2  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
+ABI_VERSION = 3  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
@@ -167,9 +168,12 @@ def _declare_sm100_functions(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.dq_sm100_mxfp8_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
     lib.dq_sm100_nvfp4_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, i32, p]
+    lib.dq_sm100_mxfp8_mm_prepare.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, i32]
+    lib.dq_sm100_nvfp4_mm_prepare.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, i32]
     for plan in (lib.dq_sm100_mxfp8_mm_plan, lib.dq_sm100_nvfp4_mm_plan):
         plan.argtypes = [i64, i64, i64, i32, i32, p, p, p]
-    for fn in (lib.dq_sm100_mxfp8_mm, lib.dq_sm100_nvfp4_mm, lib.dq_sm100_mxfp8_mm_plan, lib.dq_sm100_nvfp4_mm_plan):
+    for fn in (lib.dq_sm100_mxfp8_mm, lib.dq_sm100_nvfp4_mm, lib.dq_sm100_mxfp8_mm_prepare,
+               lib.dq_sm100_nvfp4_mm_prepare, lib.dq_sm100_mxfp8_mm_plan, lib.dq_sm100_nvfp4_mm_plan):
         fn.restype = i32
 
 
@@ -393,9 +397,10 @@ def _add_bias(fn: str, bias, n: int, tensors: dict, alignments: dict) -> None:
     alignments["bias"] = 16
 
 
-def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes):
-    """Checks the operands of a GEMM of ``family`` (``extra``: its NVFP4 tensor scales, if any);
-    returns (library, out dtype code, M, N, K)."""
+def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes, any_device: bool = False):
+    """Checks the operands of a GEMM of ``family`` (``extra``: its NVFP4 tensor scales, if any) and,
+    unless ``any_device``, that the family has code for out's device; returns (library, out dtype
+    code, M, N, K)."""
     per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
     m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * per_byte
     tensors = {"a_q": a_q, "a_s": a_s, "b_q": b_q, "b_s": b_s, **extra, "out": out}
@@ -406,7 +411,7 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
         if tensors[name].element_size() != 1:
             raise ValueError(f"dq_kernels.native.{fn}: {name} must hold bytes (float8 or uint8), got {tensors[name].dtype}")
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments, out_dtypes)
-    runs, why = supports_device(out.device, family)
+    runs, why = (True, "") if any_device else supports_device(out.device, family)
     if not runs:
         raise ValueError(f"dq_kernels.native.{fn}: {why}")
     if b_q.shape[1] * per_byte != k:
@@ -670,6 +675,40 @@ def sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, config: str = "aut
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
     args += (bias_ptr, out.data_ptr(), m, n, k, code, _sm100_config(fn, config))
     _launch(fn, lib.dq_sm100_nvfp4_mm, out.device, *args)
+
+
+def sm100_mm_prepare(fmt, a_q, a_s, b_q, b_s, bias, out, a_ts=None, b_ts=None, config: str = "auto") -> None:
+    """Everything ``sm100_{fmt}_mm`` does before its launch, on the host, for these operands (as
+    ``sm100_mxfp8_mm`` / ``sm100_nvfp4_mm`` take them; a_ts and b_ts for NVFP4 only): the checks,
+    CUTLASS's can_implement and the kernel's parameters, for which the CUDA driver encodes the TMA
+    descriptors of a_q, b_q, a_s, b_s and out from their pointers and strides. Launches nothing, so
+    it runs on any CUDA GPU (the library needs the sm100_gemm family, not a Blackwell device): on an
+    H100 it checks the descriptors a B200 launch would get. ValueError naming the problem when the
+    checks, CUTLASS or the driver refuse it."""
+    import torch
+
+    fn = "sm100_mm_prepare"
+    if fmt not in ("mxfp8", "nvfp4"):
+        raise ValueError(f"dq_kernels.native.{fn}: fmt must be mxfp8 or nvfp4, got {fmt!r}")
+    given = (a_ts is not None, b_ts is not None)
+    if given != ((True, True) if fmt == "nvfp4" else (False, False)):
+        raise ValueError(f"dq_kernels.native.{fn}: a_ts and b_ts are required for nvfp4 and taken for it only")
+    extra = {"a_ts": a_ts, "b_ts": b_ts} if fmt == "nvfp4" else {}
+    out_dtypes = (torch.float32, torch.bfloat16)
+    lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, fmt, a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes, True)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    if fmt == "mxfp8":
+        prepare = lib.dq_sm100_mxfp8_mm_prepare
+        args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr())
+    else:
+        prepare = lib.dq_sm100_nvfp4_mm_prepare
+        args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
+    args += (bias_ptr, out.data_ptr(), m, n, k, code, _sm100_config(fn, config))
+    with torch.cuda.device(out.device):
+        result = prepare(*args)
+    if result != 0:
+        message = lib.dq_error_string(result).decode()
+        raise ValueError(f"dq_kernels.native.{fn}: {fmt} M={m} N={n} K={k} {out.dtype} config={config}: {message}")
 
 
 @dataclass(frozen=True)

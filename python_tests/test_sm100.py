@@ -11,13 +11,18 @@ No Blackwell GPU is at hand, so most of this file proves the kernels without run
   arguments the launch code builds (``dq_sm100_*_mm_plan``, host only) put every scale where
   ``formats.to_blocked`` does (the layout the dequantize kernels run with on an H100), use the
   packed row strides, and are accepted by CUTLASS's ``can_implement`` exactly for the shapes the
-  backend spec admits; the C argument checks;
+  backend spec admits; the C argument checks; on any CUDA GPU (``-m gpu``, an H100 included), the
+  host half of a launch for real device tensors (``dq_sm100_*_mm_prepare``: the CUDA driver encodes
+  every TMA descriptor from our pointers), for both configs;
 * Triton: each kernel, compiled ahead of time for ``GPUTarget("cuda", 100, 32)`` from the very
   arguments the backend launches it with, has ``tcgen05.mma ... block_scale`` and ``tcgen05.cp`` in
   its PTX and fits in sm_100's shared memory; compiled for 120 and 121 with the tiles chosen there,
   only the block-scaled ``mma.sync`` and within 99 KB; the same kernels run under
-  ``TRITON_INTERPRET=1`` on the CPU against an fp64 product of the dequantized operands;
-* on a Blackwell GPU (``-m gpu``): both backends against the reference.
+  ``TRITON_INTERPRET=1`` on the CPU against an fp64 product of the dequantized operands; on a
+  Hopper GPU (``-m gpu``), where Triton upcasts ``tl.dot_scaled`` to bf16, the MXFP8 kernel body
+  (descriptors, zero fill, persistent loop, epilogue) against fp64;
+* on a Blackwell GPU (``-m gpu``): both backends against fp64, and each CUTLASS config on the edge
+  shapes, with float32 tolerances that grow with K.
 """
 
 import ctypes
@@ -32,7 +37,9 @@ import torch
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
 from dq_kernels.backends import BackendUnavailableError, select, triton_sm100
-from kernel_checks import dequantized_f64, fake_capability, family_built, relative_error, run_fresh, sass_functions
+from kernel_checks import (
+    dequantized_f64, fake_capability, family_built, fp64_product, relative_error, run_fresh, sass_functions,
+)  # fmt: skip
 
 if not torch.cuda.is_available():
     # The Triton kernels run interpreted on CPU tensors; the variable must be set before triton is
@@ -55,6 +62,17 @@ def quantized(fmt: str, rows: int, k: int, seed: int):
 # Exactness bounds of the Hopper issues: relative (Frobenius) error against an fp64 product of the
 # dequantized operands.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-3}
+
+
+def blackwell_tolerance(out_dtype: torch.dtype, k: int) -> float:
+    """The bound on a Blackwell GPU, whose block-scaled MMAs are not documented to accumulate as
+    exactly as float32 adds: (K + 4) * 2^-24 for a float32 output (every one of the K products'
+    additions and the epilogue's alpha, bias and rounding may err by 2^-24 of the running sum, in
+    the same direction if the MMA truncates), never below the Hopper bound; a 16-bit output's
+    rounding dominates (4e-3)."""
+    if out_dtype != torch.float32:
+        return TOLERANCE[torch.bfloat16]
+    return max(TOLERANCE[torch.float32], (k + 4) * 2**-24)
 
 # ----------------------------------------------------------------------------------------------
 # Selection: the right arch only
@@ -250,6 +268,14 @@ def test_c_argument_checks(sm100_library):
     assert mxfp8(config=3) == -6
     for code in (-5, -6, -7):
         assert lib.dq_error_string(code).startswith(b"dq_kernels: ")
+    # the prepare entry points apply the same checks before anything reaches CUTLASS or the driver
+    prepare_mx, prepare_nv = lib.dq_sm100_mxfp8_mm_prepare, lib.dq_sm100_nvfp4_mm_prepare
+    assert prepare_mx(p, p, p, None, None, p, 128, 1000, 256, 1, 0) == -1
+    assert prepare_mx(p, p, p, p, None, p, 128, 1000, 48, 1, 0) == -2
+    assert prepare_mx(p + 8, p, p, p, None, p, 128, 1000, 256, 1, 0) == -4
+    assert prepare_mx(p, p, p, p, None, p, 128, 1000, 256, 1, 3) == -6
+    assert prepare_nv(p, p, p, p, p, None, None, p, 128, 1000, 256, 1, 0) == -1  # b_ts
+    assert prepare_nv(p, p, p, p, p, p, None, p, 128, 1001, 256, 1, 0) == -5  # can_implement: N % 8, bf16 out
     # the plan entry points apply the same checks, plus CUTLASS's can_implement
     plan = lib.dq_sm100_nvfp4_mm_plan
     assert plan(128, 1000, 48, 1, 0, None, None, None) == -5  # K % 32: CUTLASS's fp4 TMA rows
@@ -263,6 +289,61 @@ def test_wrapper_rejects_float16_output_and_cpu_tensors(sm100_library):
         native.sm100_mxfp8_mm(a_q, a_s, a_q, a_s, None, torch.empty(4, 4, dtype=torch.float16))
     with pytest.raises(ValueError, match="CUDA device"):
         native.sm100_mxfp8_mm(a_q, a_s, a_q, a_s, None, torch.empty(4, 4, dtype=torch.bfloat16))
+
+
+def cuda_operands(fmt: str, m: int, n: int, k: int, device: torch.device) -> dict:
+    """Canonical operands of random [m, k] and [n, k] tensors on ``device``, as the keyword
+    arguments of native.sm100_mm_prepare (a_ts, b_ts for NVFP4), with a float32 bias."""
+    a, b = [[t.to(device) for t in quantized(fmt, rows, k, seed=rows + k)] for rows in (m, n)]
+    operands = dict(a_q=a[0], a_s=a[1], b_q=b[0], b_s=b[1], bias=torch.randn(n, device=device))
+    return operands | (dict(a_ts=a[2], b_ts=b[2]) if fmt == "nvfp4" else {})
+
+
+PREPARE_SHAPES = [(300, 1000, 160), (1, 1000, 4160), (77, 8, 32), (1, 8, 32), (512, 3072, 3072)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["1sm", "2sm"])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_cutlass_descriptors_from_the_driver(sm100_library, fmt, config):
+    """On any CUDA GPU (an H100 included: nothing is launched): for real device tensors, the sm100
+    GEMM's checks, CUTLASS's can_implement and the kernel's parameters, for which the CUDA driver
+    encodes the TMA descriptors of A, B, their 5-D-tiled scales and out (dq_sm100_*_mm_prepare).
+    M = 300 leaves the 2-SM tile's second CTA pair half empty, M = 1 and K = 32 are the smallest."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    for m, n, k in PREPARE_SHAPES:
+        operands = cuda_operands(fmt, m, n, k, device)
+        for out_dtype in (torch.float32, torch.bfloat16):
+            out = torch.empty(m, n, dtype=out_dtype, device=device)
+            native.sm100_mm_prepare(fmt, **operands, out=out, config=config)
+            native.sm100_mm_prepare(fmt, **(operands | {"bias": None}), out=out, config=config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_cutlass_prepare_refuses_misaligned_pointers(sm100_library, fmt):
+    """A tensor that starts 1 byte past a 16-byte boundary: the wrapper names it, and the C entry
+    point, given it anyway, returns DQ_ERR_MISALIGNED (-4) before CUTLASS or the driver see it."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    m, n, k = 128, 1000, 256
+    operands = cuda_operands(fmt, m, n, k, device)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device=device)
+    shifted = torch.empty(operands["b_q"].numel() + 16, dtype=torch.uint8, device=device)[1:]
+    b_q = shifted[: operands["b_q"].numel()].view(operands["b_q"].shape)
+    with pytest.raises(ValueError, match="b_q.data_ptr\\(\\) must be 16-byte aligned"):
+        native.sm100_mm_prepare(fmt, **(operands | {"b_q": b_q}), out=out)
+    pointers = {name: t.data_ptr() for name, t in operands.items()} | {"b_q": b_q.data_ptr()}
+    if fmt == "mxfp8":
+        names = ("a_q", "a_s", "b_q", "b_s", "bias")
+        prepare = sm100_library.dq_sm100_mxfp8_mm_prepare
+    else:
+        names = ("a_q", "a_s", "a_ts", "b_q", "b_s", "b_ts", "bias")
+        prepare = sm100_library.dq_sm100_nvfp4_mm_prepare
+    code = prepare(*[pointers[name] for name in names], out.data_ptr(), m, n, k, 1, 0)
+    assert code == -4
+    assert sm100_library.dq_error_string(code).decode().startswith("dq_kernels: a pointer is not aligned")
+    aligned = prepare(*[operands[name].data_ptr() for name in names], out.data_ptr(), m, n, k, 1, 0)
+    assert aligned == 0, sm100_library.dq_error_string(aligned).decode()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,6 +530,53 @@ def test_triton_kernel_interpreted_ignores_nan_scale_padding(interpreter, fmt, c
 
 
 # ----------------------------------------------------------------------------------------------
+# Triton: the kernel body on a Hopper GPU
+# ----------------------------------------------------------------------------------------------
+
+HOPPER_TILES = (12, 0)  # sm_120's tiles (2 stages): on sm_90 MXFP8 takes 99 KB (16-bit out) or 132 KB (fp32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m, n, k", [(300, 1000, 160), (129, 1000, 4160), (1, 1000, 4160), (200, 1000, 512)])
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_triton_kernel_body_on_hopper_against_fp64(fmt, m, n, k, out_dtype, with_bias):
+    """The triton_sm100 kernel on an H100, where Triton lowers tl.dot_scaled by upcasting both
+    operands to bf16 for wgmma: everything around the MMA runs on real hardware as on Blackwell, the
+    TMA descriptors (the 5-D ones over the swizzled scales), the zero fill past M = 300, 129 or 1
+    and N = 1000 (not multiples of 128), the masked scale padding columns (K = 160 and 4160; K = 512
+    has none), the persistent loop (3 programs for 8 to 24 tiles), alpha, bias and both output
+    dtypes. The backend refuses 9.0, so this calls its launcher with sm_120's tiles, which fit
+    Hopper's shared memory. NVFP4 is tried and skipped where Triton cannot compile its dot_scaled
+    for sm_90 (Triton 3.6: the TritonGPUAccelerateMatmul pass fails)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        pytest.skip("needs a Hopper GPU (compute capability 9.x); on Blackwell see test_on_blackwell_against_fp64")
+    triton = pytest.importorskip("triton")
+    pytest.importorskip("triton.tools.tensor_descriptor", reason=f"Triton {triton.__version__} has no TensorDescriptor")
+    a, b = quantized(fmt, m, k, seed=m + k), quantized(fmt, n, k, seed=m + k + 1)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(k)) if with_bias else None
+    a_d, b_d = [t.to(device) for t in a], [t.to(device) for t in b]
+    ts = (a_d[2], b_d[2]) if fmt == "nvfp4" else (None, None)
+    bias_d = None if bias is None else bias.to(device)
+    args = (fmt, a_d[0], a_d[1], b_d[0], b_d[1], *ts, bias_d, out_dtype)
+    if fmt == "nvfp4":
+        try:
+            out = triton_sm100.block_scaled_mm(*args, num_programs=3, capability=HOPPER_TILES)
+        except (RuntimeError, triton.compiler.errors.CompilationError) as e:
+            if "PassManager::run failed" not in str(e) and not isinstance(e, triton.compiler.errors.CompilationError):
+                raise
+            pytest.skip(f"Triton {triton.__version__} cannot compile NVFP4 tl.dot_scaled for sm_90: {str(e)[-200:]}")
+    else:
+        out = triton_sm100.block_scaled_mm(*args, num_programs=3, capability=HOPPER_TILES)
+    assert out.dtype == out_dtype and out.shape == (m, n) and out.device == device
+    error = relative_error(out, fp64_product(fmt, a, b, bias))
+    print(f"{fmt} {m}x{n}x{k} {out_dtype} bias={with_bias}: relative error {error:.3g} (Triton {triton.__version__})")
+    assert error <= TOLERANCE[out_dtype]
+
+
+# ----------------------------------------------------------------------------------------------
 # On a Blackwell GPU: both backends against fp64
 # ----------------------------------------------------------------------------------------------
 
@@ -473,4 +601,35 @@ def test_on_blackwell_against_fp64(name, fmt, m, n, k, out_dtype):
     on_device = [t.to(device) for t in (*a, *b, bias)]
     mm = dq.mxfp8_mm if fmt == "mxfp8" else dq.nvfp4_mm
     out = mm(*on_device[:-1], bias=on_device[-1], out_dtype=out_dtype, backend=name)
-    assert relative_error(out, expected) <= TOLERANCE.get(out_dtype, 4e-3)
+    error = relative_error(out, expected)
+    print(f"{name} {fmt} {m}x{n}x{k} {out_dtype}: relative error {error:.3g}")
+    assert error <= blackwell_tolerance(out_dtype, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "m, n, k, config",
+    [(300, 1000, 4160, "2sm"), (300, 1000, 160, "2sm"), (1, 1000, 160, "2sm"), (1, 1000, 4160, "2sm"),
+     (300, 1000, 32, "2sm"), (77, 8, 32, "1sm"), (1, 8, 32, "2sm")],
+)  # fmt: skip
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_cutlass_configs_on_blackwell_against_fp64(sm100_library, fmt, m, n, k, config, out_dtype):
+    """Each CUTLASS tile config forced through the native call: the 2-SM kernel with a half-empty
+    second 256-row tile (M = 300: its second CTA pair holds 44 rows, one CTA none), the 2-SM config
+    at M = 1, and K = 32 (one K step, mostly zero-filled)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    runs, why = native.supports_device(device, native.SM100_FAMILY)
+    if torch.cuda.get_device_capability(device)[0] != 10 or not runs:
+        pytest.skip(f"needs a Blackwell GPU (compute capability 10.x) the library has sm100_gemm code for: {why}")
+    a, b = quantized(fmt, m, k, seed=1), quantized(fmt, n, k, seed=2)
+    bias = torch.randn(n)
+    a_d, b_d = [t.to(device) for t in a], [t.to(device) for t in b]
+    out = torch.empty(m, n, dtype=out_dtype, device=device)
+    if fmt == "mxfp8":
+        native.sm100_mxfp8_mm(a_d[0], a_d[1], b_d[0], b_d[1], bias.to(device), out, config=config)
+    else:
+        native.sm100_nvfp4_mm(*a_d, *b_d, bias.to(device), out, config=config)
+    error = relative_error(out, fp64_product(fmt, a, b, bias))
+    print(f"cutlass {config} {fmt} {m}x{n}x{k} {out_dtype}: relative error {error:.3g}")
+    assert error <= blackwell_tolerance(out_dtype, k)
