@@ -45,7 +45,7 @@ MM_OPS = ("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
 def test_cutlass_on_hopper_runs_every_m_and_auto_takes_it_outside_triton_range(monkeypatch):
     """On 9.0, cutlass runs every mm op at any M (the skinny kernels up to M = 64, the mixed-input
     kernel above); auto takes it up to the measured crossover of each op, triton_sm90 from there to
-    M = 64, and cutlass again above."""
+    M = 64, and cutlass again above (MXFP8 up to M = 2048, decode_cublas above)."""
     fake_capability(monkeypatch, (9, 0))
     for op in MM_OPS:
         limit = backends.SM90_SKINNY_BEST_MAX_M[op]
@@ -53,7 +53,9 @@ def test_cutlass_on_hopper_runs_every_m_and_auto_takes_it_outside_triton_range(m
         if limit < native.SM90_SKINNY_MAX_M:
             assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name != "cutlass"
         assert backends.select(op, CUDA, native.SM90_SKINNY_MAX_M + 1, 3072, 3072).spec.name == "cutlass"
-        assert backends.select(op, CUDA, 4096, 3072, 3072).spec.name == "cutlass"
+        large = "decode_cublas" if op == "mxfp8_mm" else "cutlass"  # MXFP8 above M = 2048 (backend-selection.md)
+        assert backends.select(op, CUDA, backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M - 1, 3072, 3072).spec.name == "cutlass"
+        assert backends.select(op, CUDA, 4096, 3072, 3072).spec.name == large
         assert backends.select(op, CUDA, 64, 3072, 3072, "cutlass").spec.name == "cutlass"
 
 
