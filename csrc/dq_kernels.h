@@ -229,7 +229,10 @@ DQ_API int dq_sm100_nvfp4_mm(const uint8_t* a_q, const uint8_t* a_s, const float
  * Runs on any GPU, e.g. an H100, to check the descriptors a B200 launch would get.
  * Returns DQ_OK, or the negative DQ_ERR_* code the _mm function would return (DQ_ERR_MISALIGNED
  * for a pointer that is not 16-byte aligned), or DQ_ERR_UNSUPPORTED when the driver refused a
- * descriptor (CUTLASS also prints the refusal to stderr).
+ * descriptor and left it zero (CUTLASS prints every refusal to stderr). Not every refusal is seen:
+ * on an H100 the driver refuses NVFP4's 4-bit TMA type (CU_TENSOR_MAP_DATA_TYPE_16U4_ALIGN8B) and
+ * dq_sm100_nvfp4_mm_prepare still returned DQ_OK, so call it on a Blackwell GPU only
+ * (dq_kernels.native.sm100_mm_prepare refuses it elsewhere); the MXFP8 descriptors encode on an H100.
  */
 DQ_API int dq_sm100_mxfp8_mm_prepare(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
                                      const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,

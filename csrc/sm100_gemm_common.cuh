@@ -197,9 +197,11 @@ int launch(const typename KernelT::Arguments& args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Whether the CUDA driver encoded `descriptor`. cute's make_tma_copy reports a refusal of
-// cuTensorMapEncodeTiled only on stderr (and an assert, compiled out in release builds) and leaves
-// the descriptor zero-initialized; an encoded one holds at least the tensor's address and shape.
+// Whether the CUDA driver encoded `descriptor`, as far as can be told here. cute's make_tma_copy
+// reports a refusal of cuTensorMapEncodeTiled only on stderr (and an assert, compiled out in release
+// builds). A descriptor left all zero is caught; a refused one the driver left non-zero is not: on an
+// H100 the driver refused NVFP4's 4-bit type (CU_TENSOR_MAP_DATA_TYPE_16U4_ALIGN8B, printed by cute)
+// and this returned true. So the NVFP4 entry point is refused before Blackwell (prepare()).
 inline bool encoded(const cute::TmaDescriptor* descriptor) {
   const auto* bytes = reinterpret_cast<const unsigned char*>(descriptor);
   for (size_t i = 0; i < sizeof(*descriptor); ++i) {

@@ -682,9 +682,11 @@ def sm100_mm_prepare(fmt, a_q, a_s, b_q, b_s, bias, out, a_ts=None, b_ts=None, c
     ``sm100_mxfp8_mm`` / ``sm100_nvfp4_mm`` take them; a_ts and b_ts for NVFP4 only): the checks,
     CUTLASS's can_implement and the kernel's parameters, for which the CUDA driver encodes the TMA
     descriptors of a_q, b_q, a_s, b_s and out from their pointers and strides. Launches nothing, so
-    it runs on any CUDA GPU (the library needs the sm100_gemm family, not a Blackwell device): on an
-    H100 it checks the descriptors a B200 launch would get. ValueError naming the problem when the
-    checks, CUTLASS or the driver refuse it."""
+    it runs on any CUDA GPU for MXFP8 (the library needs the sm100_gemm family, not a Blackwell
+    device): on an H100 it checks the descriptors a B200 launch would get. NVFP4 only on a Blackwell
+    GPU: an older GPU's driver refuses its 4-bit TMA type, a refusal CUTLASS reports on stderr only
+    (measured on an H100, dq_kernels.h). ValueError naming the problem when the checks, CUTLASS or
+    the driver refuse it."""
     import torch
 
     fn = "sm100_mm_prepare"
@@ -696,6 +698,11 @@ def sm100_mm_prepare(fmt, a_q, a_s, b_q, b_s, bias, out, a_ts=None, b_ts=None, c
     extra = {"a_ts": a_ts, "b_ts": b_ts} if fmt == "nvfp4" else {}
     out_dtypes = (torch.float32, torch.bfloat16)
     lib, code, m, n, k = _mm_args(fn, SM100_FAMILY, fmt, a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes, True)
+    if fmt == "nvfp4" and out.is_cuda and torch.cuda.get_device_capability(out.device)[0] < 10:
+        raise ValueError(
+            f"dq_kernels.native.{fn}: nvfp4 needs a Blackwell GPU: the driver of {out.device} refuses the 4-bit "
+            "TMA data type (CU_TENSOR_MAP_DATA_TYPE_16U4_ALIGN8B), and CUTLASS reports that on stderr only"
+        )
     bias_ptr = None if bias is None else bias.data_ptr()
     if fmt == "mxfp8":
         prepare = lib.dq_sm100_mxfp8_mm_prepare

@@ -311,6 +311,13 @@ def test_cutlass_descriptors_from_the_driver(sm100_library, fmt, config):
     encodes the TMA descriptors of A, B, their 5-D-tiled scales and out (dq_sm100_*_mm_prepare).
     M = 300 leaves the 2-SM tile's second CTA pair half empty, M = 1 and K = 32 are the smallest."""
     device = torch.device("cuda", torch.cuda.current_device())
+    if fmt == "nvfp4" and torch.cuda.get_device_capability(device)[0] < 10:
+        # measured on an H100: the driver refuses NVFP4's 4-bit TMA type and CUTLASS only prints it
+        operands = cuda_operands(fmt, *PREPARE_SHAPES[0], device)
+        out = torch.empty(PREPARE_SHAPES[0][:2], dtype=torch.bfloat16, device=device)
+        with pytest.raises(ValueError, match="nvfp4 needs a Blackwell GPU"):
+            native.sm100_mm_prepare(fmt, **operands, out=out, config=config)
+        pytest.skip("NVFP4's 4-bit TMA descriptors encode on a Blackwell GPU only (refused above, with the reason)")
     for m, n, k in PREPARE_SHAPES:
         operands = cuda_operands(fmt, m, n, k, device)
         for out_dtype in (torch.float32, torch.bfloat16):
@@ -342,6 +349,8 @@ def test_cutlass_prepare_refuses_misaligned_pointers(sm100_library, fmt):
     code = prepare(*[pointers[name] for name in names], out.data_ptr(), m, n, k, 1, 0)
     assert code == -4
     assert sm100_library.dq_error_string(code).decode().startswith("dq_kernels: a pointer is not aligned")
+    if fmt == "nvfp4" and torch.cuda.get_device_capability(device)[0] < 10:
+        return  # the aligned call would "pass" without its 4-bit descriptors (dq_kernels.h)
     aligned = prepare(*[operands[name].data_ptr() for name in names], out.data_ptr(), m, n, k, 1, 0)
     assert aligned == 0, sm100_library.dq_error_string(aligned).decode()
 
