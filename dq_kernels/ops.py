@@ -35,7 +35,7 @@ and the op. The built-in backends are not checked.
 
 from __future__ import annotations
 
-import weakref
+import contextlib
 
 import torch
 from torch import Tensor
@@ -117,10 +117,11 @@ def _check_outputs(backend: Backend, op: str, got, expected: Outputs, device: to
     outputs = got if isinstance(got, tuple) else (got,)
     if len(outputs) == len(expected) and all(
         isinstance(t, Tensor) and tuple(t.shape) == shape and t.dtype == dtype and t.device == device
+        and t.is_contiguous()
         for t, (shape, dtype) in zip(outputs, expected)
     ):
         return
-    want = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in expected)
+    want = ", ".join(f"contiguous {dtype} {list(shape)}" for shape, dtype in expected)
     have = ", ".join(
         f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__ for t in outputs
     )
@@ -418,6 +419,14 @@ def tracing(x: Tensor) -> bool:
     return type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
 
 
+def _on_device(x: Tensor):
+    """x's CUDA device made current while its kernels launch (Triton and the native library launch
+    on the current device), or nothing when it already is or x is on the CPU."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 def check_activation(fn: str, x: Tensor, k: int, device: torch.device) -> int:
     """The per-call check of a quantized Linear's activation x [M, K]: a bf16/fp16/fp32 2-D tensor
     with K columns, M >= 1, on the weight's device. Returns M."""
@@ -430,34 +439,13 @@ def check_activation(fn: str, x: Tensor, k: int, device: torch.device) -> int:
     return x.shape[0]
 
 
-# id(bias) -> (a weak reference to the bias, its version counter, the bias converted)
-_CONVERTED_BIASES: dict[int, tuple[weakref.ref, int, Tensor]] = {}
-
-
-def _eager_bias(bias: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    """The bias in the dtype the GEMM backend reads (``BackendSpec.bias_dtype``), converted once
-    per bias and kept while the bias lives unchanged (same object, same version counter; a bias
-    made under ``torch.inference_mode`` has none and is converted every time). Eager calls only: a
-    copy kept across calls must not come from a CUDA-graph memory pool."""
-    if bias is None or dtype is None or bias.dtype == dtype:
-        return bias
-    if bias.is_inference():  # no version counter to tell an in-place change: convert every time
-        return bias.to(dtype)
-    kept = _CONVERTED_BIASES.get(id(bias))
-    if kept is not None and kept[0]() is bias and kept[1] == bias._version:
-        return kept[2]
-    converted = bias.to(dtype).contiguous()
-    key = id(bias)
-    _CONVERTED_BIASES[key] = (weakref.ref(bias, lambda _: _CONVERTED_BIASES.pop(key, None)), bias._version, converted)
-    return converted
-
-
 def mxfp8_linear_eager(x, b_q, b_s, bias, scaling: str, backend: str) -> Tensor:
     """``mxfp8_linear`` for x [M, K] and a checked weight whose backend is ``backend`` (a preference)."""
     n, k = b_q.shape
     m = check_activation("dq_kernels.mxfp8_linear", x, k, b_q.device)
     plan = plan_linear("mxfp8", x.device, m, n, k, None, None, backend)
-    return _run_mxfp8_linear(plan, x, b_q, b_s, _eager_bias(bias, plan.mm.spec.bias_dtype), scaling)
+    with _on_device(x):
+        return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
 
 
 def nvfp4_linear_eager(x, b_q, b_s, b_ts, activation_scale, bias, backend: str) -> Tensor:
@@ -465,8 +453,8 @@ def nvfp4_linear_eager(x, b_q, b_s, b_ts, activation_scale, bias, backend: str) 
     n, k = b_q.shape[0], b_q.shape[1] * 2
     m = check_activation("dq_kernels.nvfp4_linear", x, k, b_q.device)
     plan = plan_linear("nvfp4", x.device, m, n, k, None, None, backend)
-    bias = _eager_bias(bias, plan.mm.spec.bias_dtype)
-    return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
+    with _on_device(x):
+        return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
 
 
 def nvfp4_weight_only_eager(x, b_q, b_s, b_ts, bias, backend: str) -> Tensor:
@@ -474,7 +462,8 @@ def nvfp4_weight_only_eager(x, b_q, b_s, b_ts, bias, backend: str) -> Tensor:
     n, k = b_q.shape[0], b_q.shape[1] * 2
     m = check_activation("dq_kernels.nvfp4_weight_only_mm", x, k, b_q.device)
     mm = select("nvfp4_weight_only_mm", x.device, m, n, k, None, backend)
-    return _run_nvfp4_weight_only_mm(mm, x, b_q, b_s, b_ts, _eager_bias(bias, mm.spec.bias_dtype))
+    with _on_device(x):
+        return _run_nvfp4_weight_only_mm(mm, x, b_q, b_s, b_ts, bias)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ NotImplementedError naming the op.
 from __future__ import annotations
 
 import hashlib
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import formats, ops
-from .backends import backend_names, get_backend, select
+from .backends import select
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
@@ -45,8 +44,10 @@ def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: 
     op here, else None (defer to the registry: "auto", a GEMM-only backend asked to quantize an
     activation, or a backend this machine lacks or that is not registered here: a weight's backend
     is a preference)."""
-    if backend == "auto" or backend not in backend_names() or op not in get_backend(backend).spec.ops:
+    if backend == "auto":
         return None
+    if not isinstance(m, int):  # a symbolic M (torch.compile with dynamic shapes): no M-dependent limit is
+        m = 1  # asked here; the op body selects again with the real M
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 
 
@@ -92,18 +93,17 @@ class QuantizedWeight(TorchAOBaseTensor):
 
     def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run the op's body
-        directly (``ops.*_eager``), traced ones the custom op."""
-        if bias is not None and (self._checked_bias is None or self._checked_bias() is not bias):
-            n = self.qdata.shape[0]
-            if bias.dtype not in formats.HIGH_PRECISION_DTYPES or tuple(bias.shape) != (n,) or bias.device != x.device:
-                raise ValueError(
-                    f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
-                    f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
-                )
-            if not ops.tracing(bias):
-                self._checked_bias = weakref.ref(bias)
-        if ops.tracing(x):
-            return self._linear_op(x, bias)
+        directly (``ops.*_eager``); traced ones, and calls autograd would record, the custom op."""
+        if ops.tracing(x) or (torch.is_grad_enabled() and (x.requires_grad or getattr(bias, "requires_grad", False))):
+            return self._linear_op(x, bias)  # traced, or autograd would need a formula: the custom op
+        n = self.qdata.shape[0]
+        if bias is not None and (
+            bias.dtype not in formats.HIGH_PRECISION_DTYPES or tuple(bias.shape) != (n,) or bias.device != x.device
+        ):
+            raise ValueError(
+                f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
+                f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
+            )
         return self._linear_eager(x, bias)
 
     def _linear_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -150,7 +150,6 @@ class MXFP8Weight(QuantizedWeight):
         self = cls._make_wrapper(qdata, orig_dtype, transposed)
         self.qdata, self.scale = qdata, scale
         self.orig_dtype, self.scaling, self.backend, self.transposed = orig_dtype, scaling, backend, transposed
-        self._checked_bias = None
         self._check()
         return self
 
@@ -163,7 +162,7 @@ class MXFP8Weight(QuantizedWeight):
         return cls(q, s, w.dtype, scaling, backend)
 
     def _linear_op(self, x, bias):
-        (m, k), n = x.shape, self.qdata.shape[0]
+        m, (n, k) = x.shape[0], self.shape
         cast_backend = _op_backend(self.backend, "quantize_mxfp8", x.device, m, k, k)
         mm_backend = _op_backend(self.backend, "mxfp8_mm", x.device, m, n, k)
         return ops.mxfp8_linear(x, self.qdata, self.scale, bias, self.scaling, cast_backend, mm_backend)
@@ -198,7 +197,6 @@ class NVFP4Weight(QuantizedWeight):
         self = cls._make_wrapper(qdata, orig_dtype, transposed)
         self.qdata, self.scale, self.tensor_scale, self.activation_scale = qdata, scale, tensor_scale, activation_scale
         self.orig_dtype, self.weight_only, self.backend, self.transposed = orig_dtype, weight_only, backend, transposed
-        self._checked_bias = None
         self._check()
         return self
 
@@ -223,7 +221,7 @@ class NVFP4Weight(QuantizedWeight):
         return cls(q, s, ts, w.dtype, weight_only, backend, activation_scale=activation_scale)
 
     def _linear_op(self, x, bias):
-        (m, k), n = x.shape, self.qdata.shape[0]
+        m, (n, k) = x.shape[0], self.shape
         if self.weight_only:
             backend = _op_backend(self.backend, "nvfp4_weight_only_mm", x.device, m, n, k)
             return ops.nvfp4_weight_only_mm(x, self.qdata, self.scale, self.tensor_scale, bias, backend=backend)

@@ -47,7 +47,7 @@ def recorder(monkeypatch):
     return backend
 
 
-def test_selection_is_cached_per_shape_bucket_and_name(recorder, monkeypatch):
+def test_selection_is_cached_per_shape_and_name(recorder, monkeypatch):
     calls = []
     decide = backends._decide
     monkeypatch.setattr(backends, "_decide", lambda *a: calls.append(a) or decide(*a))
@@ -63,7 +63,9 @@ def test_selection_is_cached_per_shape_bucket_and_name(recorder, monkeypatch):
     assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "recorder"
     monkeypatch.setenv("DQ_KERNELS_BACKEND", "auto")
     assert select("mxfp8_mm", CPU, 4, 8, 64).spec.name == "reference"
-    assert select("mxfp8_mm", CPU, 2048, 8, 64) is select("mxfp8_mm", CPU, 1500, 8, 64)  # one bucket above 64
+    before = len(calls)
+    select("mxfp8_mm", CPU, 2048, 8, 64), select("mxfp8_mm", CPU, 1500, 8, 64)
+    assert len(calls) == before + 2  # every M decides once: a backend's limits may depend on M
 
 
 def test_model_follows_set_backend_use_backend_and_the_environment(recorder, monkeypatch):
@@ -131,14 +133,54 @@ def test_weight_is_checked_when_made_and_the_call_checks_the_activation():
         F.linear(randn(2, 64), w, randn(47))
 
 
-def test_eager_bias_is_converted_once_per_bias_version():
-    bias = randn(48, dtype=torch.bfloat16)
-    first = ops._eager_bias(bias, torch.float32)
-    assert first.dtype == torch.float32 and ops._eager_bias(bias, torch.float32) is first
-    bias.add_(1)
-    second = ops._eager_bias(bias, torch.float32)
-    assert second is not first and torch.equal(second, bias.float())
-    assert ops._eager_bias(bias, None) is bias
+class UpTo100Rows(ReferenceBackend):
+    spec = BackendSpec(name="up_to_100", description="test double", ops=OPS, cpu=True, auto=False)
+
+    def shape_limit(self, op, device, m, n, k):
+        return None if m <= 100 else f"takes M <= 100, got M = {m}"
+
+
+def test_a_limit_on_m_is_asked_for_every_m(monkeypatch):
+    monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "up_to_100": UpTo100Rows()})
+    assert select("mxfp8_mm", CPU, 100, 8, 64, "up_to_100").spec.name == "up_to_100"
+    with pytest.raises(dq.BackendUnavailableError, match="takes M <= 100"):
+        select("mxfp8_mm", CPU, 101, 8, 64, "up_to_100")
+
+
+def test_a_preference_that_cannot_run_falls_back_to_use_backend_in_both_paths(recorder, monkeypatch):
+    """A weight's backend that cannot run hands over to use_backend / the environment, then auto, in
+    the eager path (select with the preference) as in the traced one (the op gets None)."""
+    from dq_kernels.tensor import _op_backend
+
+    monkeypatch.setattr(Recorder, "availability", lambda self: (False, "gone"))
+    backends._forget_selections()
+    assert select("mxfp8_mm", CPU, 3, 32, 64, None, "recorder").spec.name == "reference"
+    assert _op_backend("recorder", "mxfp8_mm", CPU, 3, 32, 64) is None
+    with dq.use_backend("torchao"):
+        assert select("mxfp8_mm", CPU, 3, 32, 64, None, "recorder").spec.name == "torchao"
+        assert select("mxfp8_mm", CPU, 3, 32, 64, None).spec.name == "torchao"  # what the op then selects
+
+
+def test_calls_autograd_would_record_take_the_custom_op(monkeypatch):
+    weight = MXFP8Weight.from_float(randn(48, 64))
+    traced = []
+    op = ops.mxfp8_linear
+    monkeypatch.setattr(ops, "mxfp8_linear", lambda *a: traced.append(True) or op(*a))
+    F.linear(randn(5, 64).requires_grad_(), weight)
+    assert traced == [True]
+    with torch.no_grad():
+        F.linear(randn(5, 64).requires_grad_(), weight)
+    assert traced == [True]
+
+
+def test_dynamic_shapes_with_a_named_backend():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_(model, MXFP8Config(backend="reference"))
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    with torch.no_grad():
+        for m in (3, 5):
+            x = randn(m, 64, seed=m)
+            assert torch.equal(compiled(x), model(x))
 
 
 class Unavailable(ReferenceBackend):

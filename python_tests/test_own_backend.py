@@ -220,13 +220,17 @@ class WrongOutput(Toy):
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         out = super().mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+        if getattr(self, "strided", False):  # the right shape and dtype, not row-major
+            return out.new_zeros(out.shape[::-1], dtype=out.dtype).t()
         return out.new_zeros(self.shape_of(*out.shape), dtype=self.dtype or out.dtype)
 
 
 @pytest.mark.parametrize("fault, expected", [
     ({"shape_of": staticmethod(lambda m, n: (n, m))},
-     r"expected torch.bfloat16 \[4, 8\] on cpu, got torch.bfloat16 \[8, 4\]"),
-    ({"dtype": torch.float16}, r"expected torch.bfloat16 \[4, 8\] on cpu, got torch.float16 \[4, 8\] on cpu"),
+     r"expected contiguous torch.bfloat16 \[4, 8\] on cpu, got torch.bfloat16 \[8, 4\]"),
+    ({"dtype": torch.float16}, r"expected contiguous torch.bfloat16 \[4, 8\] on cpu, got torch.float16 \[4, 8\] on cpu"),
+    ({"shape_of": staticmethod(lambda m, n: (m, n)), "strided": True},
+     r"expected contiguous torch.bfloat16 \[4, 8\] on cpu, got torch.bfloat16 \[4, 8\] on cpu"),
 ])  # fmt: skip
 def test_a_wrong_result_raises_naming_the_backend_and_op(registered, fault, expected):
     registered(type("Faulty", (WrongOutput,), fault)())

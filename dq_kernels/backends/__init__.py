@@ -15,7 +15,7 @@ the environment variable ``DQ_KERNELS_BACKEND``, else ``"auto"``.
   where, and takes the first backend that can run the call; when it passes over a backend that
   would suit this device but cannot run, it logs why once.
 
-Selections are cached per (op, device, M bucket, N, K, the name in effect); every way of naming a
+Selections are cached per (op, device, M, N, K, the names in effect); every way of naming a
 backend is part of the key, and ``_forget_selections`` empties the cache when the registry changes.
 
 Your own backend (docs/own-backend.md): subclass ``Backend``, give it a ``BackendSpec``, and
@@ -358,13 +358,8 @@ def _reason(backend: Backend, op: str, device: torch.device, m: int, n: int, k: 
     return reason
 
 
-def _m_bucket(m: int) -> int:
-    """M as the cache key: exact up to the skinny range, then its power-of-two ceiling (rankings
-    change only at powers of two plus one)."""
-    return m if m <= SM90_SKINNY_MAX_M else 1 << (m - 1).bit_length()
-
-
 _SELECTED: dict[tuple, Backend] = {}
+KEPT_SELECTIONS = 16384  # the selection and plan caches are emptied when they reach this many entries
 
 
 def _forget_selections() -> None:
@@ -382,36 +377,48 @@ def select(
 ) -> Backend:
     """The backend that runs ``op`` on ``device`` for an [m, k] x [n, k]^T problem (n = k = K for
     quantize ops). ``requested``: the call's ``backend=`` (strict); ``preferred``: a quantized
-    weight's backend (auto's choice where it cannot run). See the module docstring for the rules."""
+    weight's backend (where it cannot run, the ``use_backend`` / ``DQ_KERNELS_BACKEND`` / auto choice
+    runs instead). See the module docstring for the rules. Cached per exact shape: a backend's limits
+    may depend on M."""
+    scoped = _CHOSEN.get() or env_backend()
     if requested is not None:  # "" is a name too, and an unknown one
         name, how = requested, "requested"
     elif preferred and preferred != "auto":
         name, how = preferred, "preferred"
     else:
-        name, how = _CHOSEN.get() or env_backend(), "scoped"
-    key = (op, device, _m_bucket(m), n, k, name, how)
+        name, how = scoped, "scoped"
+    key = (op, device, m, n, k, name, how, scoped)
     backend = _SELECTED.get(key)
     if backend is None:
-        backend = _SELECTED[key] = _decide(op, device, m, n, k, name, how)
+        if len(_SELECTED) >= KEPT_SELECTIONS:
+            _SELECTED.clear()
+        backend = _SELECTED[key] = _decide(op, device, m, n, k, name, how, scoped)
     return backend
 
 
-def _decide(op: str, device: torch.device, m: int, n: int, k: int, name: str, how: str) -> Backend:
+def _decide(op: str, device: torch.device, m: int, n: int, k: int, name: str, how: str, scoped: str) -> Backend:
     assert op in OPS, op
-    if how == "preferred" and name not in _REGISTRY:
-        _log_once(op, name, "no backend of this name is registered here (a quantized weight's backend is a "
-                  "preference: auto runs it instead; load the plugin that registers it to run it there)")
-    elif name != "auto":
+    if how == "preferred":
+        backend = _REGISTRY.get(name)
+        if backend is None:
+            _log_once(op, name, "no backend of this name is registered here (a quantized weight's backend is a "
+                      "preference: the scoped or auto choice runs it instead; load the plugin that registers it)")
+        elif op in backend.spec.ops:
+            reason = _reason(backend, op, device, m, n, k)
+            if reason is None:
+                return backend
+            _log_once(op, name, f"{reason} (a quantized weight's backend is a preference: the scoped or auto "
+                      "choice runs it instead)")
+        return _decide(op, device, m, n, k, scoped, "scoped", scoped)
+    if name != "auto":
         backend = get_backend(name)
         if how == "requested" or op in backend.spec.ops:
             reason = _reason(backend, op, device, m, n, k)
             if reason is None:
                 return backend
-            if how != "preferred":
-                raise BackendUnavailableError(
-                    f"dq_kernels backend {name!r} cannot run {op} on {device} (M={m}, N={n}, K={k}): {reason}"
-                )
-            _log_once(op, name, f"{reason} (a quantized weight's backend is a preference: auto runs it instead)")
+            raise BackendUnavailableError(
+                f"dq_kernels backend {name!r} cannot run {op} on {device} (M={m}, N={n}, K={k}): {reason}"
+            )
     for candidate in ranking(op, device, m, n, k):
         backend = _REGISTRY.get(candidate)
         if backend is None:
@@ -464,9 +471,11 @@ def plan_linear(
     backend can produce it)."""
     cast = select(f"quantize_{fmt}", device, m, k, k, cast_backend, preferred)
     mm = select(f"{fmt}_mm", device, m, n, k, mm_backend, preferred)
-    key = (cast, mm, fmt, device, _m_bucket(m))
+    key = (cast, mm, fmt, device, m)
     plan = _PLANS.get(key)
     if plan is None:
+        if len(_PLANS) >= KEPT_SELECTIONS:
+            _PLANS.clear()
         decoded = mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
         checked = cast in user_backends or mm in user_backends
         plan = _PLANS[key] = LinearPlan(cast, mm, decoded, checked)

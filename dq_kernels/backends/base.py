@@ -48,8 +48,6 @@ class BackendSpec:
     ``dq_kernels.backends.ranking``'s per-GPU functions alone (their ``auto`` documents it);
     ``register_backend(backend, auto=...)`` sets it for yours: False never, True after the
     built-in ranking, "first" before it.
-    ``bias_dtype``: the dtype its GEMMs read the bias in (None: any); eager Linear calls hand the
-    bias over converted, once per bias, instead of converting it in every call.
     """
 
     name: str
@@ -61,7 +59,6 @@ class BackendSpec:
     auto: bool | str = True
     n_multiple: int = 1
     k_multiple: int = 1
-    bias_dtype: torch.dtype | None = None
 
     @property
     def formats(self) -> tuple[str, ...]:

@@ -111,7 +111,6 @@ class CutlassBackend(Backend):
         op_capabilities=(("nvfp4_weight_only_mm", ((9, 0),)),),
         n_multiple=8,
         k_multiple=32,
-        bias_dtype=torch.float32,
     )
 
     def availability(self):

@@ -34,8 +34,9 @@ class FastLaunch:
     H100 host, measured in docs/host-path.md): the kernel Triton compiled for a specialization is
     kept under the key ``_specialization`` gives each argument (plus the constexprs and the device)
     and launched directly the next time. Called as ``launch(grid, *args, **constexprs_and_options)``
-    with every kernel parameter after ``args`` given by name. The interpreter and unusual
-    arguments take Triton's own path."""
+    with every kernel parameter after ``args`` given by name, the constexprs among them. The
+    interpreter, unusual arguments and a constexpr passed positionally (keyed on its value's
+    divisibility only) take Triton's own path every time."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -51,7 +52,8 @@ class FastLaunch:
         if compiled is None:
             compiled = self.kernel[grid](*args, **kwargs)
             names = self.kernel.arg_names[len(args):]
-            if None not in specs and all(name in kwargs for name in names):
+            positional_constexpr = any(p.is_constexpr for p in self.kernel.params[: len(args)])
+            if None not in specs and not positional_constexpr and all(name in kwargs for name in names):
                 self.compiled[key] = (compiled, [kwargs[name] for name in names])
             return
         compiled, constexprs = compiled
