@@ -357,7 +357,8 @@ def _run_mxfp8_linear(plan: LinearPlan, x, b_q, b_s, bias, scaling):
 def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
     m, n, k = _check_mxfp8_linear(x, b_q, b_s, bias, scaling)
     plan = plan_linear("mxfp8", x.device, m, n, k, cast_backend, mm_backend)
-    return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
+    with _on_device(x):
+        return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
 
 
 @_mxfp8_linear.register_fake
@@ -397,7 +398,8 @@ def _run_nvfp4_linear(plan: LinearPlan, x, b_q, b_s, b_ts, activation_scale, bia
 def _nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
     m, n, k = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
     plan = plan_linear("nvfp4", x.device, m, n, k, cast_backend, mm_backend)
-    return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
+    with _on_device(x):
+        return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
 
 
 @_nvfp4_linear.register_fake
