@@ -19,7 +19,7 @@ from mxfp8_cases import extreme_pair, oracle
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native
-from dq_kernels.backends import base, cutlass, triton_sm90, triton_stock
+from dq_kernels.backends import base, triton_sm90, triton_stock
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-3, torch.float16: 4e-3}
 ODD_SHAPES = [(1, 1000, 160), (77, 256, 4160), (129, 1000, 160), (200, 136, 96), (64, 8, 32)]

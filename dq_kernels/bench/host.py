@@ -124,7 +124,6 @@ def run(shapes, formats, device: torch.device, profile: str | None = None) -> tu
             if profile == fmt and (m, k, n) == tuple(shapes[0]):
                 with torch.inference_mode():
                     print(_profile(lambda: linear(x), device))
-            del linear
     return rows, notes
 
 
