@@ -1,15 +1,19 @@
 """``dq-kernels bench model`` on tiny models (CPU CI): bf16, mxfp8 and nvfp4 on both backends, eager,
 run through the denoising loop; rows carry the documented fields, errors are measured against bf16,
-and the JSON, table and charts are written; regional compile frees each model before the next, and
-regional-cudagraphs is refused where a step cannot be captured. Not covered here: fp8_rowwise
-(torchao's float8 needs a GPU) and running regional-cudagraphs (CUDA graphs need a GPU). Times on the
-CPU mean nothing and are not checked."""
+and the JSON, table and charts are written; regional compile frees each model before the next; no
+model's step copies host values to the device (what CUDA graph capture refuses), checked on the meta
+device. Not covered on the CPU: fp8_rowwise (torchao's float8 needs a GPU) and running
+regional-cudagraphs (CUDA graphs need a GPU; a GPU test compares its latent with the uncaptured
+step's). Times on the CPU mean nothing and are not checked."""
 
 import json
+import traceback
 import weakref
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("diffusers")
 
@@ -72,10 +76,8 @@ def test_bad_arguments_are_refused(capsys):
     assert "FxHxW" in capsys.readouterr().out
     assert cli.main(["bench", "model", "flux", "--tiny", "--checkpoint", "/nonexistent"]) == 2
     capsys.readouterr()
-    # their diffusers forwards copy host values to the GPU every call: no whole-step CUDA graph
-    for name in ("qwenimage", "ltx2"):
-        assert cli.main(["bench", "model", name, "--tiny", "--compile", "regional-cudagraphs"]) == 2
-        assert "use --compile regional" in capsys.readouterr().out
+    # QwenImage and LTX-2 were refused while their steps copied host values to the GPU
+    model.validate(list(model.MODELS), None, 3, ["regional-cudagraphs"], True, None)
 
 
 def test_steps_must_exceed_the_warm_up(capsys):
@@ -151,3 +153,125 @@ def test_cli_refuses_batch_0_and_resolutions_without_tokens(capsys):
     assert "ltx2 needs the frames to be 8k + 1 for some k >= 1, got 8" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--batch sizes must be >= 1, got 1 0"):
         model.run(["flux"], [1, 0], None, 3, ["mxfp8"], ["auto"], ["none"], tiny=True)
+
+
+# ---------------------------------------------------------------------------------------------- issue 22: CUDA graphs
+
+
+class HostValues(TorchFunctionMode):
+    """Records, as (what, where in diffusers), each place a forward makes a device tensor from host
+    values or reads a device value on the host: torch.tensor / as_tensor, a copy between devices,
+    .item() / .tolist() / nonzero / bool(tensor), and (through ``operands``) an op whose operands sit
+    on different devices. CUDA graph capture refuses the copies and freezes the host reads."""
+
+    HOST_CALLS = {"tensor", "as_tensor", "from_numpy", "item", "tolist", "nonzero", "__bool__", "__int__",
+                  "__float__", "__index__"}  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+        self.operands = _MixedDevices(self.found)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        source, target = (args[1], args[0]) if name == "copy_" else (args[0] if args else None, out)
+        crossed = (name in ("to", "copy_", "cuda") and isinstance(source, torch.Tensor)
+                   and isinstance(target, torch.Tensor) and source.device != target.device)  # fmt: skip
+        if name in self.HOST_CALLS or crossed:
+            self.found.append((name, _diffusers_frame()))
+        return out
+
+
+class _MixedDevices(TorchDispatchMode):
+    def __init__(self, found):
+        super().__init__()
+        self.found = found
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+        if len({t.device for t in leaves if isinstance(t, torch.Tensor)}) > 1:
+            self.found.append((str(func), _diffusers_frame()))
+        return func(*args, **(kwargs or {}))
+
+
+def _diffusers_frame() -> str:
+    frames = [f for f in traceback.extract_stack() if "diffusers" in f.filename.split("site-packages")[-1]]
+    return f"{frames[-1].filename.split('diffusers')[-1]}:{frames[-1].name}" if frames else "outside diffusers"
+
+
+def on_meta(spec, batch):
+    """(tiny bf16 model, its inputs with the precomputed arguments), all on the meta device: a
+    device that is not the host, so that every host-to-device copy shows."""
+    built = model.build(spec, True, "meta")
+    inputs = model.make_inputs(spec, batch, spec.tiny_resolution, True, "cpu")
+    inputs = model.Inputs(*(torch.utils._pytree.tree_map(lambda v: v.to("meta") if torch.is_tensor(v) else v, part)
+                            for part in (inputs.kwargs, inputs.negative, inputs.noise)))  # fmt: skip
+    return built, model.with_precomputed(built, spec, inputs)
+
+
+@pytest.mark.parametrize("name", list(model.MODELS))
+def test_a_step_copies_no_host_values_to_the_device(name):
+    spec = model.MODELS[name]
+    built, inputs = on_meta(spec, 2)
+    x = inputs.noise
+    time = (spec.time_kwargs or model._timestep)(0.5, x, inputs.kwargs)
+    with torch.inference_mode():
+        model._velocity(built, spec, inputs, x, time)  # the warm-up fills diffusers' RoPE caches
+        with HostValues() as record, record.operands:
+            model._velocity(built, spec, inputs, x, time)
+    assert record.found == []
+
+
+def test_the_recorder_finds_what_the_forwards_would_copy():
+    """Without what the bench feeds them, QwenImage (a text mask) and LTX-2 (no coordinates) copy
+    host values in every forward: the recorder above sees those copies."""
+    for name, where in (("qwenimage", "compute_text_seq_len_from_mask"), ("ltx2", "prepare_video_coords")):
+        spec = model.MODELS[name]
+        built, inputs = on_meta(spec, 1)
+        if name == "qwenimage":
+            inputs.kwargs["encoder_hidden_states_mask"] = torch.ones(1, 8, device="meta")
+        else:
+            inputs.kwargs["video_coords"] = None  # the forward builds them
+        time = (spec.time_kwargs or model._timestep)(0.5, inputs.noise, inputs.kwargs)
+        with torch.inference_mode(), HostValues() as record, record.operands:
+            model._velocity(built, spec, inputs, inputs.noise, time)
+        assert record.found and all(found[1].endswith(where) for found in record.found), record.found
+
+
+def test_the_precomputed_inputs_change_no_forward_output():
+    """LTX-2's coordinates computed before the loop are the forward's own; QwenImage without a text
+    mask computes what it computes with an all-ones mask (on the CPU, bit for bit)."""
+    for name in ("qwenimage", "ltx2"):
+        spec = model.MODELS[name]
+        built = model.build(spec, True, "cpu")
+        inputs = model.make_inputs(spec, 2, spec.tiny_resolution, True, "cpu")
+        time = (spec.time_kwargs or model._timestep)(0.5, inputs.noise, inputs.kwargs)
+        given = model.with_precomputed(built, spec, inputs).kwargs
+        if name == "qwenimage":
+            own = {**inputs.kwargs, "encoder_hidden_states_mask": torch.ones(2, 8)}
+        else:
+            own = inputs.kwargs
+            assert set(given) - set(own) == {"video_coords", "audio_coords"}
+        with torch.inference_mode():
+            outputs = [built(hidden_states=inputs.noise, **kwargs, **time, return_dict=False)[0] for kwargs in (own, given)]
+        assert torch.equal(*outputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(model.MODELS))
+def test_regional_cudagraphs_replays_the_uncaptured_step(name):
+    """The captured step (regional-cudagraphs) gives the latent of the same compiled model's
+    uncaptured steps, bit for bit, as inductor's reduce-overhead does in test_diffusers."""
+    spec = model.MODELS[name]
+    inputs = model.make_inputs(spec, 1, spec.tiny_resolution, True, "cuda")
+    built = model.build(spec, True, "cuda")
+    model.apply_format(built, spec, "nvfp4", "auto", tiny=True)
+    model.apply_compile(built, "regional-cudagraphs")
+    try:
+        with torch.inference_mode():
+            uncaptured, _ = model.denoise(built, spec, inputs, 4)
+            captured, _ = model.denoise(built, spec, inputs, 4, cuda_graph=True)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(captured, uncaptured), model.compare(captured, uncaptured)

@@ -16,8 +16,11 @@ model's preset, on ``auto`` or on ``torchao``'s stock kernels), and ``fp8_rowwis
 ``Float8DynamicActivationFloat8WeightConfig`` with per-row scales, the best 8-bit option on Hopper
 today, same layer selection). Compile modes: ``none``; ``regional`` (``compile_repeated_blocks``,
 fullgraph); ``regional-cudagraphs`` (the same, with each whole denoising step captured in one CUDA
-graph after the warm-up and replayed; refused for models whose forward copies host values to the
-GPU on every call, which capture cannot take: QwenImage and LTX-2 in diffusers 0.42).
+graph after the warm-up and replayed). Capture refuses host-to-device copies, so the step feeds each
+forward what its pipeline feeds it and no more: LTX-2 gets its RoPE coordinates computed once before
+the loop (``ModelSpec.precompute``) and QwenImage no text mask (every prompt token is valid); given
+those, none of the three forwards copies a host value (the copies they would make otherwise:
+docs/benchmarks.md, "CUDA graphs").
 
 Per configuration: step latency (median over the steps after ``WARMUP_STEPS``), speedup against bf16
 in the same compile mode, peak GPU memory, transformer weight memory, error against bf16, and
@@ -76,8 +79,9 @@ class ModelSpec:
         [batch, tokens, channels]); resolution is (height, width) or (frames, height, width).
     cfg: "none", "two_forwards" (a second forward with the negative conditioning, QwenImage's true
         CFG) or "double_batch" (conditional and unconditional halves in one forward, LTX-2).
-    cuda_graph_blocker: why a whole denoising step cannot be captured in one CUDA graph
-        (regional-cudagraphs), or None when it can.
+    precompute(model, kwargs, latent) -> forward arguments computed once per run from the built
+        model, which the forward would otherwise compute from host values on every call (a
+        host-to-device copy, which CUDA graph capture refuses), or None.
     resolution_rule: per resolution entry (multiple, offset): entry - offset must be a positive
         multiple of ``multiple`` (offset 1 for video frames, 8k + 1), so that the latent grid has no
         empty or truncated dimension.
@@ -93,7 +97,7 @@ class ModelSpec:
     cfg: str = "none"
     negative_keys: tuple[str, ...] = ()  # conditioning replaced by zeros for the unconditional pass
     time_kwargs: Callable = None  # (sigma, latent, kwargs) -> the timestep arguments; default below
-    cuda_graph_blocker: str | None = None
+    precompute: Callable = None
     resolution_rule: tuple[tuple[int, int], ...] = ((16, 0), (16, 0))
 
     def resolution_error(self, resolution: tuple[int, ...]) -> str | None:
@@ -135,13 +139,14 @@ def _flux_inputs(batch, resolution, tiny, device, g):
 
 
 def _qwenimage_inputs(batch, resolution, tiny, device, g):
-    """QwenImage: 8x VAE, 16 latent channels packed 2x2 to 64; a 128-token prompt (8 in --tiny)."""
+    """QwenImage: 8x VAE, 16 latent channels packed 2x2 to 64; a 128-token prompt (8 in --tiny).
+    No text mask: every token is valid, and QwenImagePipeline passes None for an all-ones mask (a
+    mask would cost a host-to-device copy per forward, in compute_text_seq_len_from_mask)."""
     height, width = resolution
     h, w = height // 16, width // 16
     text, text_dim = (8, 64) if tiny else (128, 3584)
     kwargs = dict(
         encoder_hidden_states=_randn(g, device, batch, text, text_dim),
-        encoder_hidden_states_mask=torch.ones(batch, text, device=device),
         img_shapes=[(1, h, w)] * batch,
     )
     return kwargs, _randn(g, device, batch, h * w, 64)
@@ -164,6 +169,17 @@ def _ltx2_inputs(batch, resolution, tiny, device, g):
         audio_num_frames=audio_frames,
     )
     return kwargs, _randn(g, device, batch, f * h * w, channels)
+
+
+def _ltx2_coords(model, kwargs: dict, latent: torch.Tensor) -> dict:
+    """LTX-2's RoPE coordinates for ``latent``'s batch, computed once as LTX2Pipeline does: the
+    forward's own prepare_video_coords copies the patch size and VAE scale factors to the device on
+    every call. video_coords: float32 [batch, 3, video tokens, 2]; audio_coords: float32 [batch, 1,
+    audio tokens, 2] (start and end of each patch; for "double_batch" CFG _velocity doubles them)."""
+    batch, device = latent.shape[0], latent.device
+    return {"video_coords": model.rope.prepare_video_coords(batch, kwargs["num_frames"], kwargs["height"],
+                                                            kwargs["width"], device),
+            "audio_coords": model.audio_rope.prepare_audio_coords(batch, kwargs["audio_num_frames"], device)}
 
 
 def _ltx2_timesteps(sigma: float, x: torch.Tensor, kwargs: dict) -> dict:
@@ -203,8 +219,6 @@ MODELS: dict[str, ModelSpec] = {
         inputs=_qwenimage_inputs,
         cfg="two_forwards",
         negative_keys=("encoder_hidden_states",),
-        cuda_graph_blocker="its forward copies a host value to the GPU on every call (diffusers 0.42, "
-        "compute_text_seq_len_from_mask), which CUDA graph capture refuses",
     ),
     "ltx2": ModelSpec(
         "ltx2",
@@ -226,8 +240,7 @@ MODELS: dict[str, ModelSpec] = {
         negative_keys=("encoder_hidden_states", "audio_encoder_hidden_states"),
         time_kwargs=_ltx2_timesteps,
         resolution_rule=((8, 1), (32, 0), (32, 0)),
-        cuda_graph_blocker="its forward builds the position coordinates from host values on every call "
-        "(diffusers 0.42, prepare_video_coords), which CUDA graph capture refuses",
+        precompute=_ltx2_coords,
     ),
 }
 
@@ -411,6 +424,14 @@ def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str
     return Inputs(kwargs, negative, noise)
 
 
+def with_precomputed(model, spec: ModelSpec, inputs: Inputs) -> Inputs:
+    """``inputs`` with the arguments ``spec.precompute`` computes once from ``model`` added to the
+    conditioning, so that no forward of the loop copies host values to the device."""
+    if spec.precompute is None:
+        return inputs
+    return dataclasses.replace(inputs, kwargs={**inputs.kwargs, **spec.precompute(model, inputs.kwargs, inputs.noise)})
+
+
 def _velocity(model, spec: ModelSpec, inputs: Inputs, x: torch.Tensor, time: dict) -> torch.Tensor:
     """The guided velocity at latent x; ``time`` holds the timestep tensors of this step."""
     batch = x.shape[0]
@@ -456,6 +477,7 @@ def denoise(model, spec: ModelSpec, inputs: Inputs, steps: int, progress: tqdm |
     """(final latent, per-step seconds): ``steps`` Euler steps of x += (sigma_next - sigma) * v.
     cuda_graph: the last warm-up step captures the step's forwards in a CUDA graph, and every step
     from there on replays it."""
+    inputs = with_precomputed(model, spec, inputs)
     x = inputs.noise.clone()
     sigmas = [1.0 - i / steps for i in range(steps + 1)]
     time_kwargs = spec.time_kwargs or _timestep
@@ -567,9 +589,8 @@ def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: i
              cp_kind: str = "ulysses") -> None:
     """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; batch
     sizes >= 1; more steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a
-    resolution each model can take (``ModelSpec.resolution_error``); regional-cudagraphs only for
-    models whose step a CUDA graph can capture; for ``cp`` > 1 a torchrun launch of ``cp``
-    processes (``cp_launch_error``) and models that can run it (``cp_error``)."""
+    resolution each model can take (``ModelSpec.resolution_error``); for ``cp`` > 1 a torchrun
+    launch of ``cp`` processes (``cp_launch_error``) and models that can run it (``cp_error``)."""
     if cp_kind not in CP_KINDS:
         raise ValueError(f"bench model: --cp-kind must be one of {', '.join(CP_KINDS)}, got {cp_kind!r}")
     if cp > 1:
@@ -591,9 +612,6 @@ def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: i
         error = spec.resolution_error(resolution) if resolution is not None else None
         if error:
             raise ValueError(f"bench model: --resolution: {error}")
-        if "regional-cudagraphs" in compile_modes and spec.cuda_graph_blocker:
-            raise ValueError(f"bench model: --compile regional-cudagraphs does not work for {spec.name}: "
-                             f"{spec.cuda_graph_blocker}; use --compile regional")
 
 
 def run(
