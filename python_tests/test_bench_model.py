@@ -164,8 +164,8 @@ class HostValues(TorchFunctionMode):
     .item() / .tolist() / nonzero / bool(tensor), and (through ``operands``) an op whose operands sit
     on different devices. CUDA graph capture refuses the copies and freezes the host reads."""
 
-    HOST_CALLS = {"tensor", "as_tensor", "from_numpy", "item", "tolist", "nonzero", "__bool__", "__int__",
-                  "__float__", "__index__"}  # fmt: skip
+    HOST_CALLS = frozenset({"tensor", "as_tensor", "from_numpy", "item", "tolist", "nonzero", "__bool__", "__int__",
+                            "__float__", "__index__"})  # fmt: skip
 
     def __init__(self):
         super().__init__()
@@ -254,7 +254,8 @@ def test_the_precomputed_inputs_change_no_forward_output():
             own = inputs.kwargs
             assert set(given) - set(own) == {"video_coords", "audio_coords"}
         with torch.inference_mode():
-            outputs = [built(hidden_states=inputs.noise, **kwargs, **time, return_dict=False)[0] for kwargs in (own, given)]
+            outputs = [built(hidden_states=inputs.noise, **kwargs, **time, return_dict=False)[0]
+                       for kwargs in (own, given)]
         assert torch.equal(*outputs)
 
 
