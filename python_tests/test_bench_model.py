@@ -196,8 +196,8 @@ class _MixedDevices(TorchDispatchMode):
 
 
 def _diffusers_frame() -> str:
-    frames = [f for f in traceback.extract_stack() if "diffusers" in f.filename.split("site-packages")[-1]]
-    return f"{frames[-1].filename.split('diffusers')[-1]}:{frames[-1].name}" if frames else "outside diffusers"
+    frames = [f for f in traceback.extract_stack() if "/diffusers/" in f.filename]
+    return f"{frames[-1].filename.split('/diffusers/')[-1]}:{frames[-1].name}" if frames else "outside diffusers"
 
 
 def on_meta(spec, batch):
