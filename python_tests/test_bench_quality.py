@@ -1,0 +1,215 @@
+"""``bench model --images`` (issue 22) on the CPU: PSNR and LPIPS plumbing (bench/quality.py), the
+latents -> images path of FLUX and QwenImage (bench/images.py) against the pipelines' formulas, and
+runs end to end through the CLI and ``model.run`` on checkpoints of a tiny random transformer and a
+tiny random VAE written by the tests (no downloads). Not covered here: LPIPS with the real lpips
+package and AlexNet weights (neither is installed in CI; a stand-in checks the column), prompts
+through real text encoders (the transformers package is not installed), and anything on a GPU."""
+
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from dq_kernels import cli  # noqa: E402
+from dq_kernels.bench import images, model, quality  # noqa: E402
+
+
+def flux_vae():
+    """A 4-level (8x) AutoencoderKL with 8 latent channels (the tiny FLUX transformer's 32 / 4),
+    FLUX.1's scaling and shift factors."""
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=8, norm_num_groups=4,
+        scaling_factor=0.3611, shift_factor=0.1159)  # fmt: skip
+
+
+def qwenimage_vae():
+    """An 8x AutoencoderKLQwenImage with QwenImage's 16 latent channels (and its default factors)."""
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+
+
+def write_checkpoint(folder, name, vae):
+    """A diffusers folder: transformer/ (the model's tiny config, random weights) and vae/."""
+    spec = model.MODELS[name]
+    torch.manual_seed(0)
+    getattr(diffusers, spec.class_name)(**spec.tiny_config).save_pretrained(folder / "transformer")
+    vae.save_pretrained(folder / "vae")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def flux_checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("flux"), "flux", flux_vae())
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cube on a table\n\na cat in the snow\n")
+    return str(path)
+
+
+def pack(z):
+    """diffusers 0.42 FluxPipeline._pack_latents (also QwenImagePipeline's): [B, C, 2h, 2w] -> [B, h*w, 4C]."""
+    b, c, height, width = z.shape
+    z = z.view(b, c, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return z.reshape(b, (height // 2) * (width // 2), c * 4)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_psnr_of_known_images():
+    a = torch.full((2, 3, 8, 8), 0.5)
+    b = a.clone()
+    b[0] += 0.1  # MSE 0.01 -> 20 dB at peak 1
+    assert quality.psnr(b, a) == [pytest.approx(20.0), math.inf]
+    with pytest.raises(ValueError, match="differ in shape"):
+        quality.psnr(a, a[:1])
+
+
+def test_lpips_unavailable_says_why(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips raises ImportError
+    lp = quality.load_lpips("cpu")
+    assert lp.distance is None and "pip install lpips" in lp.unavailable
+    # the package present but AlexNet's weights not in torch's cache: no download, the path and the fix
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace())
+    tv = types.ModuleType("torchvision.models")
+    tv.AlexNet_Weights = types.SimpleNamespace(IMAGENET1K_V1=types.SimpleNamespace(url="https://x/alexnet-owt.pth"))
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    lp = quality.load_lpips("cpu")
+    assert lp.distance is None
+    assert str(tmp_path / "hub" / "checkpoints" / "alexnet-owt.pth") in lp.unavailable and "TORCH_HOME" in lp.unavailable
+
+
+# ---------------------------------------------------------------------------------------------- latents -> images
+
+
+def test_unpack_inverts_the_pipelines_packing():
+    z = torch.randn(2, 16, 6, 8)
+    assert torch.equal(images.unpack(pack(z), 3, 4), z)
+    with pytest.raises(ValueError, match="not a 4x4 grid"):
+        images.unpack(pack(z), 4, 4)
+
+
+@pytest.mark.parametrize("name, vae", [("flux", flux_vae), ("qwenimage", qwenimage_vae)])
+def test_decoder_follows_the_pipeline(tmp_path, name, vae):
+    """Decoder(packed) == the pipeline's decode: FLUX z / scaling_factor + shift_factor; QwenImage
+    z * latents_std + latents_mean on one frame, frame 0 of the output; then (x + 1) / 2 clamped."""
+    vae = vae().to(torch.bfloat16)
+    vae.save_pretrained(tmp_path / "vae")
+    config = vae.config
+    z = torch.randn(1, 8 if name == "flux" else 16, 8, 8, dtype=torch.bfloat16)
+    if name == "flux":
+        expected = vae.decode(z / config.scaling_factor + config.shift_factor).sample
+    else:
+        std, mean = (torch.tensor(v).view(1, -1, 1, 1, 1).to(z) for v in (config.latents_std, config.latents_mean))
+        expected = vae.decode(z.unsqueeze(2) * std + mean).sample[:, :, 0]
+    with torch.inference_mode():
+        out = images.Decoder(name, str(tmp_path)).decode([pack(z)], 64, 64)
+    assert out.shape == (1, 3, 64, 64) and out.dtype == torch.float32
+    assert torch.equal(out, (expected.float() / 2 + 0.5).clamp(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_cli_images_report_psnr_lpips_and_save_pngs(flux_checkpoint, prompts, tmp_path, monkeypatch, capsys):
+    # LPIPS through a stand-in (the mean absolute difference): the column's plumbing, not AlexNet
+    monkeypatch.setattr(quality, "load_lpips", lambda device: quality.Lpips(
+        lambda a, b: (a - b).abs().flatten(1).mean(1).tolist()))
+    out, pngs = tmp_path / "model.json", tmp_path / "png"
+    code = cli.main(["bench", "model", "flux", "--tiny", "--checkpoint", flux_checkpoint, "--steps", "3",
+                     "--formats", "nvfp4", "--backends", "auto", "--images", "2", "--prompts", prompts,
+                     "--json", str(out), "--save-images", str(pngs)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "LPIPS" in printed and "PSNR dB" in printed
+    assert "seeded random conditioning per prompt" in printed and "text does not reach the model" in printed
+    bf16, nvfp4 = json.loads(out.read_text())["rows"]
+    assert bf16["images"] == nvfp4["images"] == 2
+    assert bf16["lpips"] == 0 and bf16["psnr"] is None  # the reference itself: PSNR infinite
+    assert 0 < nvfp4["lpips"] < 0.1 and 20 < nvfp4["psnr"] < 100
+    assert "seeded random" in nvfp4["image_conditioning"]
+    assert sorted(p.name for p in pngs.iterdir()) == [f"flux-{c}-none-{i:03d}.png" for c in ("bf16", "nvfp4-auto")
+                                                      for i in range(3)]
+
+
+def test_run_images_without_lpips(flux_checkpoint, prompts, monkeypatch):
+    """Without the lpips package: LPIPS None with the reason, PSNR still there; images only in the
+    first batch size's rows."""
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    rows = model.run(["flux"], [1, 2], None, 3, ["mxfp8"], ["auto"], ["none"], tiny=True, checkpoint=flux_checkpoint,
+                     images=1, prompts=prompts)
+    assert [(r.format, r.batch, r.images) for r in rows] == [("bf16", 1, 1), ("mxfp8", 1, 1), ("bf16", 2, None),
+                                                           ("mxfp8", 2, None)]
+    mxfp8 = rows[1]
+    assert mxfp8.lpips is None and "pip install lpips" in mxfp8.lpips_unavailable and 20 < mxfp8.psnr < 100
+    assert "n/a" in model.table(rows) and "LPIPS n/a (flux): the lpips package cannot be imported" in model.table(rows)
+
+
+def test_random_conditioning_is_seeded_per_prompt(flux_checkpoint, tmp_path):
+    """Without text encoders: image 2 (prompt 0 again) has prompt 0's conditioning and its own noise;
+    prompt 1's conditioning differs."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("one\ntwo\n")
+    run = model.ImageRun(model.MODELS["flux"], flux_checkpoint, 3, str(path), (64, 64), True, "cpu", 3)
+    assert run.prompts.encoded is None and "seeded random" in run.prompts.conditioning
+    first, second, third = (run.image_inputs(i) for i in range(3))
+    for key in ("encoder_hidden_states", "pooled_projections"):
+        assert torch.equal(first.kwargs[key], third.kwargs[key]) and not torch.equal(first.kwargs[key],
+                                                                                      second.kwargs[key])
+    assert not torch.equal(first.noise, third.noise)
+    assert torch.equal(run.image_inputs(0).noise, first.noise)  # the same seeds in every configuration
+
+
+def test_qwenimage_images(tmp_path, prompts):
+    checkpoint = write_checkpoint(tmp_path / "qwen", "qwenimage", qwenimage_vae())
+    rows = model.run(["qwenimage"], [1], None, 3, ["nvfp4"], ["auto"], ["none"], tiny=True, checkpoint=checkpoint,
+                     images=1, prompts=prompts)
+    assert [r.images for r in rows] == [1, 1] and 10 < rows[1].psnr < 100
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_images_arguments_are_checked(flux_checkpoint, prompts, tmp_path, capsys):
+    def refused(*args):
+        assert cli.main(["bench", "model", *args]) == 2
+        return capsys.readouterr().out
+
+    assert "needs --checkpoint PATH" in refused("flux", "--tiny", "--images", "2", "--prompts", prompts)
+    assert "--images is not supported for ltx2" in refused("ltx2", "--tiny", "--checkpoint", flux_checkpoint,
+                                                           "--images", "1", "--prompts", prompts)
+    assert "needs --prompts FILE" in refused("flux", "--tiny", "--checkpoint", flux_checkpoint, "--images", "1")
+    missing = str(tmp_path / "missing.txt")
+    assert f"--prompts {missing}: No such file" in refused("flux", "--tiny", "--checkpoint", flux_checkpoint,
+                                                            "--images", "1", "--prompts", missing)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    assert "holds no prompt" in refused("flux", "--tiny", "--checkpoint", flux_checkpoint, "--images", "1",
+                                        "--prompts", str(tmp_path / "empty.txt"))
+    assert "--save-images writes the images of --images" in refused("flux", "--tiny", "--save-images", "x")
+    no_vae = tmp_path / "no_vae"
+    (no_vae / "transformer").mkdir(parents=True)
+    (no_vae / "transformer" / "config.json").write_text(json.dumps(model.MODELS["flux"].tiny_config))
+    assert "has no vae/ folder" in refused("flux", "--tiny", "--checkpoint", str(no_vae), "--images", "1",
+                                           "--prompts", prompts)
+    (no_vae / "transformer" / "config.json").write_text(json.dumps({**model.MODELS["flux"].tiny_config,
+                                                                      "num_layers": 19}))
+    assert "needs a checkpoint of the tiny flux config" in refused("flux", "--tiny", "--checkpoint", str(no_vae))
+
+
+def test_images_refused_with_cp(flux_checkpoint, prompts, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match="--images with --cp is not supported"):
+        model.validate(["flux"], None, 3, ["none"], True, flux_checkpoint, cp=2, images=1, prompts=prompts)
