@@ -29,6 +29,10 @@ the whole model on its own GPU (nccl; gloo on the CPU), every configuration runs
 (cp 1) and then with diffusers' context parallelism of degree N (Ulysses or ring), which splits the
 sequence across the processes; CP rows add the error against the same configuration's one-GPU
 latent, the slowest rank's step time and each rank's peak memory. Rank 0 prints and writes the rows.
+
+Image quality (``--images N --prompts FILE`` with ``--checkpoint``): each configuration's model also
+makes N images, decoded by the checkpoint's VAE, and its row reports their LPIPS and PSNR against
+bf16's (``ImageRun``; prompts and decoding in bench/images.py, metrics in bench/quality.py).
 """
 
 from __future__ import annotations
