@@ -91,6 +91,22 @@ def test_lpips_unavailable_says_why(monkeypatch, tmp_path):
     assert str(tmp_path / "hub" / "checkpoints" / "alexnet-owt.pth") in lp.unavailable and "TORCH_HOME" in lp.unavailable
 
 
+def test_lpips_through_the_package(tmp_path, monkeypatch):
+    """Where lpips and torchvision are installed (not in CI): the real package's path, on AlexNet
+    weights the test writes (random: this checks the calls and shapes, not LPIPS values)."""
+    pytest.importorskip("lpips")
+    torchvision = pytest.importorskip("torchvision")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "hub" / "checkpoints" / url.split("/")[-1])
+    lp = quality.load_lpips("cpu", chunk=2)
+    a = torch.rand(3, 3, 64, 64)
+    b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+    assert lp.unavailable is None and lp.distance(a, a) == [0.0] * 3
+    assert all(d > 0 for d in lp.distance(a, b)) and len(lp.distance(a, b)) == 3
+
+
 # ---------------------------------------------------------------------------------------------- latents -> images
 
 

@@ -23,6 +23,7 @@ LTX-2 (a video VAE conditioned on a decode timestep, plus an audio VAE) is not s
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import zlib
@@ -117,6 +118,7 @@ def load_prompts(model: str, checkpoint: str, path: str, device: str) -> Prompts
         encoded.append(dict(encoder_hidden_states=embeds.to(torch.bfloat16).cpu(),
                             pooled_projections=pooled.to(torch.bfloat16).cpu(), txt_ids=text_ids.float().cpu()))
     del pipe
+    gc.collect()  # the text encoders must be gone before the timed runs measure their peak memory
     return Prompts(texts, encoded, "the checkpoint's text encoders (the pipeline's encode_prompt)")
 
 

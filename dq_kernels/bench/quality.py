@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,7 +56,9 @@ def load_lpips(device: str, chunk: int = 8) -> Lpips:
         return Lpips(None, f"torchvision's AlexNet weights are not at {weights} (lpips would download them; "
                            "copy the file there from a machine with network, or set TORCH_HOME to a folder "
                            "holding hub/checkpoints/ with it)")
-    net = lpips.LPIPS(net="alex", version="0.1", verbose=False).eval()
+    with warnings.catch_warnings():  # lpips 0.1.4 asks torchvision for AlexNet with its deprecated pretrained=True
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        net = lpips.LPIPS(net="alex", version="0.1", verbose=False).eval()
 
     def distance(images: torch.Tensor, reference: torch.Tensor) -> list[float]:
         net.to(device)
