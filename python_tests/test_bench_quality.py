@@ -1,12 +1,16 @@
 """``bench model --images`` (issue 22) on the CPU: PSNR and LPIPS plumbing (bench/quality.py), the
 latents -> images path of FLUX and QwenImage (bench/images.py) against the pipelines' formulas, and
 runs end to end through the CLI and ``model.run`` on checkpoints of a tiny random transformer and a
-tiny random VAE written by the tests (no downloads). Not covered here: LPIPS with the real lpips
-package and AlexNet weights (neither is installed in CI; a stand-in checks the column), prompts
-through real text encoders (the transformers package is not installed), and anything on a GPU."""
+tiny random VAE written by the tests (no downloads). Not covered in CI: LPIPS with the real lpips
+package (not installed; a stand-in checks the column, and a test that skips without it checks the
+package's path on random AlexNet weights), prompts through real text encoders (transformers is not
+installed: a stand-in pipeline checks the plumbing, and a test that skips without transformers >= 5
+runs FluxPipeline.encode_prompt on tiny CLIP and T5 encoders), anything on a GPU."""
 
 import json
 import math
+import os
+import string
 import sys
 import types
 
@@ -268,3 +272,48 @@ def test_prompts_through_the_pipelines_encode_prompt(flux_checkpoint, tmp_path, 
     assert second.kwargs["encoder_hidden_states"].shape == (1, 5, 64)
     assert (second.kwargs["encoder_hidden_states"] == 3).all() and (second.kwargs["pooled_projections"] == -3).all()
     assert second.kwargs["encoder_hidden_states"].dtype == torch.bfloat16 and second.kwargs["txt_ids"].shape == (5, 3)
+
+
+def test_prompts_through_real_tiny_text_encoders(flux_checkpoint, tmp_path, prompts, monkeypatch):
+    """Where transformers >= 5 is installed (not in CI): tiny CLIP and T5 encoders with their
+    tokenizers in the checkpoint, FluxPipeline.encode_prompt on each prompt, images made."""
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("the tiny T5 tokenizer is built with the transformers >= 5 API")
+    checkpoint = tmp_path / "with_encoders"
+    checkpoint.mkdir()
+    for sub in ("transformer", "vae"):
+        (checkpoint / sub).symlink_to(f"{flux_checkpoint}/{sub}")
+    chars = list(string.ascii_lowercase)
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
+                               model_max_length=77).save_pretrained(checkpoint / "tokenizer")
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + c, -1.0) for c in chars]
+    transformers.T5TokenizerFast(vocab=pieces, extra_ids=0).save_pretrained(checkpoint / "tokenizer_2")
+    torch.manual_seed(0)  # 64 wide: the tiny transformer's pooled and text widths
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1,
+        pad_token_id=len(vocab) - 1)).save_pretrained(checkpoint / "text_encoder")
+    transformers.T5EncoderModel(transformers.T5Config(vocab_size=len(pieces), d_model=64, d_ff=64, d_kv=16,
+                                                      num_layers=1, num_heads=2)).save_pretrained(
+        checkpoint / "text_encoder_2")
+    diffusers.FlowMatchEulerDiscreteScheduler().save_pretrained(checkpoint / "scheduler")
+    (checkpoint / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)  # restored after the test
+    run = model.ImageRun(model.MODELS["flux"], str(checkpoint), 2, prompts, (64, 64), True, "cpu", 3)
+    assert os.environ["USE_HUB_KERNELS"] == "0"  # else transformers 5 wants the kernels package and the Hub
+    assert run.prompts.conditioning == "the checkpoint's text encoders (the pipeline's encode_prompt)"
+    first, second = run.image_inputs(0), run.image_inputs(1)
+    assert first.kwargs["encoder_hidden_states"].shape == (1, 512, 64)  # T5 padded to 512 tokens
+    assert first.kwargs["pooled_projections"].shape == (1, 64) and first.kwargs["txt_ids"].shape == (512, 3)
+    assert not torch.equal(first.kwargs["encoder_hidden_states"], second.kwargs["encoder_hidden_states"])
+    rows = model.run(["flux"], [1], None, 3, ["nvfp4"], ["auto"], ["none"], tiny=True, checkpoint=str(checkpoint),
+                     images=1, prompts=prompts)
+    assert rows[1].images == 1 and 10 < rows[1].psnr < 100

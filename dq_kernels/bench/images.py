@@ -111,6 +111,9 @@ def load_prompts(model: str, checkpoint: str, path: str, device: str) -> Prompts
 
     with quiet_loggers(*DIFFUSERS_IMPORT_NOISE):
         pipeline_cls = getattr(diffusers, TEXT_ENCODERS[model][0])
+    # transformers >= 5 fetches kernels from the Hub by default (needs the kernels package and network); the
+    # bench loads from disk only
+    os.environ.setdefault("USE_HUB_KERNELS", "0")
     pipe = pipeline_cls.from_pretrained(checkpoint, transformer=None, vae=None, torch_dtype=torch.bfloat16).to(device)
     encoded = []
     for text in texts:
