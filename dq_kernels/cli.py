@@ -187,8 +187,8 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
                    help="how attention is split: ulysses (all-to-all over heads) or ring (CUDA only; default: ulysses)")
     p.add_argument("--images", type=_positive_int, default=0, metavar="N",
                    help="also make N images per configuration (in the first batch size; not with --cp) and report "
-                        "their LPIPS (AlexNet, needs the lpips package) and PSNR against bf16's; needs --checkpoint "
-                        "with a vae/ (flux, qwenimage) and --prompts; see docs/benchmarks.md")
+                        "their LPIPS (AlexNet, needs the lpips package) and PSNR against bf16's (ltx2: every frame "
+                        "of N videos); needs --checkpoint with a vae/ and --prompts; see docs/benchmarks.md")
     p.add_argument("--prompts", metavar="FILE", help="prompts for --images, one per line, cycled; without the "
                                                       "checkpoint's text encoders each prompt's conditioning is seeded "
                                                       "random (said in the output)")

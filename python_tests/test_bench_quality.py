@@ -33,6 +33,15 @@ def flux_vae():
         scaling_factor=0.3611, shift_factor=0.1159)  # fmt: skip
 
 
+def ltx2_vae():
+    """A 32x spatial, 8x temporal AutoencoderKLLTX2Video with 32 latent channels (the tiny LTX-2
+    transformer's), its default per-channel statistics and scaling factor."""
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKLLTX2Video(latent_channels=32, block_out_channels=(8, 16, 32, 64),
+                                            decoder_block_out_channels=(8, 16, 32), layers_per_block=(1,) * 5,
+                                            decoder_layers_per_block=(1,) * 4)
+
+
 def qwenimage_vae():
     """An 8x AutoencoderKLQwenImage with QwenImage's 16 latent channels (and its default factors)."""
     torch.manual_seed(0)
@@ -135,9 +144,30 @@ def test_decoder_follows_the_pipeline(tmp_path, name, vae):
         std, mean = (torch.tensor(v).view(1, -1, 1, 1, 1).to(z) for v in (config.latents_std, config.latents_mean))
         expected = vae.decode(z.unsqueeze(2) * std + mean).sample[:, :, 0]
     with torch.inference_mode():
-        out = images.Decoder(name, str(tmp_path)).decode([pack(z)], 64, 64)
+        out = images.Decoder(name, str(tmp_path)).decode([pack(z)], (64, 64), {})
     assert out.shape == (1, 3, 64, 64) and out.dtype == torch.float32
     assert torch.equal(out, (expected.float() / 2 + 0.5).clamp(0, 1))
+
+
+def test_ltx2_decoder_follows_the_pipeline(tmp_path):
+    """LTX2Pipeline's decode at its defaults: tokens (frame, row, column order, patch 1) to [B, C, f,
+    h, w], z * latents_std / scaling_factor + latents_mean, decode; the frames become the images."""
+    vae = ltx2_vae().to(torch.bfloat16)
+    with torch.no_grad():  # statistics that are not 0 and 1, so that the formula shows
+        vae.latents_mean.normal_()
+        vae.latents_std.uniform_(0.5, 2)
+    vae.save_pretrained(tmp_path / "vae")
+    z = torch.randn(1, 32, 2, 2, 2, dtype=torch.bfloat16)  # [B, C, f, h, w]
+    std, mean = (t.view(1, -1, 1, 1, 1).to(z) for t in (vae.latents_std, vae.latents_mean))
+    expected = vae.decode(z * std / vae.config.scaling_factor + mean, None).sample  # [1, 3, 9, 64, 64]
+    tokens = z.permute(0, 2, 3, 4, 1).reshape(1, 8, 32)  # as diffusers' LTX2Pipeline._pack_latents at patch 1
+    with torch.inference_mode():
+        out = images.Decoder("ltx2", str(tmp_path)).decode([tokens], (9, 64, 64),
+                                                          dict(num_frames=2, height=2, width=2))
+    assert out.shape == (9, 3, 64, 64)
+    assert torch.equal(out, (expected.float()[0].transpose(0, 1) / 2 + 0.5).clamp(0, 1))
+    with pytest.raises(ValueError, match="made 9 frames from the latents of a 17-frame run"):
+        images.Decoder("ltx2", str(tmp_path)).decode([tokens], (17, 64, 64), dict(num_frames=2, height=2, width=2))
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -192,11 +222,13 @@ def test_random_conditioning_is_seeded_per_prompt(flux_checkpoint, tmp_path):
     assert torch.equal(run.image_inputs(0).noise, first.noise)  # the same seeds in every configuration
 
 
-def test_qwenimage_images(tmp_path, prompts):
-    checkpoint = write_checkpoint(tmp_path / "qwen", "qwenimage", qwenimage_vae())
-    rows = model.run(["qwenimage"], [1], None, 3, ["nvfp4"], ["auto"], ["none"], tiny=True, checkpoint=checkpoint,
+@pytest.mark.parametrize("name, vae, count", [("qwenimage", qwenimage_vae, 1), ("ltx2", ltx2_vae, 9)])
+def test_qwenimage_and_ltx2_images(tmp_path, prompts, name, vae, count):
+    """QwenImage: one image per image; LTX-2: a 9-frame video per image, each frame compared."""
+    checkpoint = write_checkpoint(tmp_path / name, name, vae())
+    rows = model.run([name], [1], None, 3, ["nvfp4"], ["auto"], ["none"], tiny=True, checkpoint=checkpoint,
                      images=1, prompts=prompts)
-    assert [r.images for r in rows] == [1, 1] and 10 < rows[1].psnr < 100
+    assert [r.images for r in rows] == [count, count] and 10 < rows[1].psnr < 100
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -208,8 +240,6 @@ def test_images_arguments_are_checked(flux_checkpoint, prompts, tmp_path, capsys
         return capsys.readouterr().out
 
     assert "needs --checkpoint PATH" in refused("flux", "--tiny", "--images", "2", "--prompts", prompts)
-    assert "--images is not supported for ltx2" in refused("ltx2", "--tiny", "--checkpoint", flux_checkpoint,
-                                                           "--images", "1", "--prompts", prompts)
     assert "needs --prompts FILE" in refused("flux", "--tiny", "--checkpoint", flux_checkpoint, "--images", "1")
     missing = str(tmp_path / "missing.txt")
     assert f"--prompts {missing}: No such file" in refused("flux", "--tiny", "--checkpoint", flux_checkpoint,

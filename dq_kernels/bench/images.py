@@ -18,7 +18,10 @@ transformers package), de-normalized with the VAE config's factors, decoded in b
 - FLUX (``AutoencoderKL``): latent / scaling_factor + shift_factor.
 - QwenImage (``AutoencoderKLQwenImage``, a video VAE run on one frame): latent * latents_std +
   latents_mean per channel, frame 0 of the output.
-LTX-2 (a video VAE conditioned on a decode timestep, plus an audio VAE) is not supported.
+- LTX-2 (``AutoencoderKLLTX2Video``): tokens of one latent voxel each (patch 1) on the grid the
+  transformer was given, latent * latents_std / scaling_factor + latents_mean, decoded with the
+  pipeline's default decode timestep 0; each video's frames are the images. The audio latent (a
+  fixed input of the bench, not denoised) is not decoded.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from dq_kernels._quiet import DIFFUSERS_IMPORT_NOISE, quiet_loggers
 
 # model name -> its VAE class
-DECODERS = {"flux": "AutoencoderKL", "qwenimage": "AutoencoderKLQwenImage"}
+DECODERS = {"flux": "AutoencoderKL", "qwenimage": "AutoencoderKLQwenImage", "ltx2": "AutoencoderKLLTX2Video"}
 # model name -> (pipeline class whose encode_prompt is used, the text encoders it needs); models not
 # listed use no text encoder
 TEXT_ENCODERS = {"flux": ("FluxPipeline", ("text_encoder", "text_encoder_2"))}
@@ -45,9 +48,6 @@ def images_error(model: str, checkpoint: str | None) -> str | None:
     if not checkpoint:
         return ("bench model: --images decodes the final latents with the checkpoint's VAE: it needs --checkpoint "
                 "PATH (a diffusers folder with transformer/ and vae/)")
-    if model not in DECODERS:
-        return (f"bench model: --images is not supported for {model} (its VAE decode is not wired here); "
-                f"supported: {', '.join(DECODERS)}")
     if not os.path.isdir(os.path.join(checkpoint, "vae")):
         return f"bench model: --images needs the checkpoint's VAE, and {checkpoint} has no vae/ folder"
     return None
@@ -146,6 +146,8 @@ class Decoder:
             vae_cls = getattr(diffusers, DECODERS[model])
         self.model = model
         self.vae = vae_cls.from_pretrained(checkpoint, subfolder="vae", torch_dtype=torch.bfloat16).eval()
+        if model == "ltx2":  # the grid comes from the transformer's arguments; the frames are checked after decoding
+            return
         if model == "flux":  # FluxPipeline.vae_scale_factor
             self.scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         else:  # QwenImagePipeline.vae_scale_factor
@@ -154,21 +156,30 @@ class Decoder:
             raise ValueError(f"bench model: --images: the checkpoint's VAE downsamples by {self.scale_factor}; the "
                              f"bench's {model} inputs assume 8 (16 pixels per token)")
 
-    def decode(self, latents: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
-        """Images [N, 3, height, width] float32 in [0, 1] on the CPU from N packed latents [1,
-        (height // 16) * (width // 16), 4 * latent channels] (the VAE runs on their device)."""
+    def decode(self, latents: list[torch.Tensor], resolution: tuple[int, ...], forward_kwargs: dict) -> torch.Tensor:
+        """Images [N, 3, H, W] float32 in [0, 1] on the CPU from N packed latents [1, tokens,
+        features] of ``resolution`` (H, W; for LTX-2 (frames, H, W), and the images are the N videos'
+        frames in order, N * frames of them); ``forward_kwargs``: the transformer's arguments, where
+        LTX-2's latent grid is read. The VAE runs on the latents' device."""
         from diffusers.image_processor import VaeImageProcessor
 
         self.vae.to(latents[0].device)
         try:
-            images = [self._decode_one(latent, height, width).cpu() for latent in latents]
+            images = [self._decode_one(latent, resolution, forward_kwargs).cpu() for latent in latents]
         finally:
             self.vae.to("cpu")
-        return VaeImageProcessor.denormalize(torch.cat(images))
+        images = torch.cat(images)
+        if images.shape[-2:] != tuple(resolution[-2:]):
+            raise ValueError(f"bench model: --images: the checkpoint's VAE made {tuple(images.shape[-2:])} images "
+                             f"from the latents of a {'x'.join(map(str, resolution))} run")
+        return VaeImageProcessor.denormalize(images)
 
-    def _decode_one(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The VAE's output [batch, 3, height, width] float32 in [-1, 1] for packed ``latents``."""
+    def _decode_one(self, latents: torch.Tensor, resolution: tuple[int, ...], forward_kwargs: dict) -> torch.Tensor:
+        """The VAE's output for one packed latent: [batch (* frames), 3, H, W] float32 in [-1, 1]."""
         config = self.vae.config
+        if self.model == "ltx2":
+            return self._decode_video(latents, resolution[0], forward_kwargs)
+        height, width = resolution
         patches = 2 * self.scale_factor  # pixels per token side
         x = unpack(latents, height // patches, width // patches).to(torch.bfloat16)
         if self.model == "flux":
@@ -177,6 +188,25 @@ class Decoder:
         x = (x.unsqueeze(2) * torch.tensor(config.latents_std).view(shape).to(x)
              + torch.tensor(config.latents_mean).view(shape).to(x))
         return self.vae.decode(x, return_dict=False)[0][:, :, 0].float()
+
+    def _decode_video(self, latents: torch.Tensor, frames: int, forward_kwargs: dict) -> torch.Tensor:
+        """LTX2Pipeline's decode with its defaults (decode_timestep 0, so no noise is mixed in): the
+        tokens [batch, f * h * w, channels] (patch 1) to [batch, channels, f, h, w], latent * std /
+        scaling_factor + mean per channel, decode (with timestep 0 where the VAE is conditioned on
+        one); the video's frames in order, [batch * frames, 3, H, W]."""
+        grid = forward_kwargs["num_frames"], forward_kwargs["height"], forward_kwargs["width"]
+        batch = latents.shape[0]
+        x = latents.reshape(batch, *grid, -1).permute(0, 4, 1, 2, 3).to(torch.bfloat16)
+        shape = (1, -1, 1, 1, 1)
+        x = x * self.vae.latents_std.view(shape).to(x) / self.vae.config.scaling_factor + \
+            self.vae.latents_mean.view(shape).to(x)
+        timestep = torch.zeros(batch, device=x.device, dtype=x.dtype) if self.vae.config.timestep_conditioning \
+            else None
+        video = self.vae.decode(x, timestep, return_dict=False)[0].float()  # [batch, 3, frames, H, W]
+        if video.shape[2] != frames:
+            raise ValueError(f"bench model: --images: the checkpoint's VAE made {video.shape[2]} frames from the "
+                             f"latents of a {frames}-frame run")
+        return video.transpose(1, 2).flatten(0, 1)
 
 
 def save_png(image: torch.Tensor, path: str) -> None:

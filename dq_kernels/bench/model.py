@@ -531,7 +531,7 @@ class ImageRun:
     def measure(self, row: "Row", label: str) -> None:
         """Decode the latents of ``denoise_all``, fill the row's quality fields against the
         reference (the first call's images become it) and save PNGs as ``{label}-{i:03d}.png``."""
-        images = self.decoder.decode(self.latents, *self.resolution)
+        images = self.decoder.decode(self.latents, self.resolution, self.image_inputs(0).kwargs)
         self.latents = []
         if self.reference is None:
             self.reference = images
