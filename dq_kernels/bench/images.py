@@ -11,7 +11,7 @@ transformer depends on the checkpoint:
   itself does not reach the model. ``Prompts.conditioning`` says which, and the output repeats it.
 
 Latents -> images (``Decoder``): the bench's final latent is packed as the pipeline's is, [batch,
-tokens, channels] with 2x2 latent patches per token; it is unpacked as the pipeline's
+tokens, channels] (FLUX, QwenImage: a 2x2 latent patch per token); it is unpacked as the pipeline's
 ``_unpack_latents`` does (``unpack``: the pipeline classes cannot be imported without the
 transformers package), de-normalized with the VAE config's factors, decoded in bf16 and mapped from
 [-1, 1] to [0, 1] (diffusers' ``VaeImageProcessor.denormalize``): images [batch, 3, H, W] float32.
