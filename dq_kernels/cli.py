@@ -193,7 +193,7 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
                                                       "checkpoint's text encoders each prompt's conditioning is seeded "
                                                       "random (said in the output)")
     p.add_argument("--save-images", metavar="DIR", help="write the --images as PNGs "
-                                                         "(MODEL-FORMAT-BACKEND-COMPILE-NNN.png)")
+                                                         "(MODEL-FORMAT[-BACKEND]-COMPILE-NNN.png)")
     p.set_defaults(run=_bench_model)
 
 
