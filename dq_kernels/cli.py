@@ -156,8 +156,10 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="+", choices=list(model.MODELS), metavar="MODEL",
                    help=f"one or more of: {', '.join(model.MODELS)}")
-    p.add_argument("--checkpoint", metavar="PATH", help="load the transformer from this diffusers folder "
-                                                        "instead of random weights (one model only)")
+    p.add_argument("--checkpoint", metavar="PATH", help="load the transformer (for --images also the VAE and any "
+                                                        "text encoders) from this diffusers folder instead of random "
+                                                        "weights (one model only; with --tiny: a checkpoint of the "
+                                                        "tiny config)")
     p.add_argument("--batch", type=_positive_int, nargs="+", default=[1], help="batch sizes, >= 1 (default: 1)")
     p.add_argument("--resolution", type=_resolution_arg, metavar="HxW",
                    help="HxW, or FxHxW for video (default: each model's, e.g. 1024x1024 for flux); height and "
@@ -183,6 +185,15 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
                         "default: 1, off)")
     p.add_argument("--cp-kind", choices=model.CP_KINDS, default="ulysses",
                    help="how attention is split: ulysses (all-to-all over heads) or ring (CUDA only; default: ulysses)")
+    p.add_argument("--images", type=_positive_int, default=0, metavar="N",
+                   help="also make N images per configuration (in the first batch size; not with --cp) and report "
+                        "their LPIPS (AlexNet, needs the lpips package) and PSNR against bf16's (ltx2: every frame "
+                        "of N videos); needs --checkpoint with a vae/ and --prompts; see docs/benchmarks.md")
+    p.add_argument("--prompts", metavar="FILE", help="prompts for --images, one per line, cycled; without the "
+                                                      "checkpoint's text encoders each prompt's conditioning is seeded "
+                                                      "random (said in the output)")
+    p.add_argument("--save-images", metavar="DIR", help="write the --images as PNGs "
+                                                         "(MODEL-FORMAT[-BACKEND]-COMPILE-NNN.png)")
     p.set_defaults(run=_bench_model)
 
 
@@ -195,7 +206,7 @@ def _positive_int(text: str) -> int:
 def _bench_model(args: argparse.Namespace) -> int:
     try:
         model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint, args.batch,
-                       args.cp, args.cp_kind)
+                       args.cp, args.cp_kind, args.images, args.prompts, args.save_images)
     except ValueError as err:
         print(err)
         return 2
@@ -211,7 +222,8 @@ def _bench_model(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0")) if args.cp > 1 else 0
     rows = model.run(args.models, args.batch, args.resolution, args.steps, args.formats, args.backends,
                      args.compile, tiny=args.tiny, checkpoint=args.checkpoint,
-                     on_row=write_json if args.json else None, cp=args.cp, cp_kind=args.cp_kind)
+                     on_row=write_json if args.json else None, cp=args.cp, cp_kind=args.cp_kind,
+                     images=args.images, prompts=args.prompts, save_images=args.save_images)
     if args.cp > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:  # rank 0 prints and writes the rows

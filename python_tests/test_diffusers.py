@@ -2,7 +2,6 @@
 layers, 2 heads of 32, widths multiples of 32): selective quantization with the presets, error
 against bf16 at batch 1 and 3, save_pretrained / from_pretrained round trips, torch.compile."""
 
-import copy
 import dataclasses
 import os
 import pathlib

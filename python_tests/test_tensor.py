@@ -1,7 +1,6 @@
 """The weight subclasses (dq_kernels.tensor) and the configs (dq_kernels.config): every implemented
 op on the subclass directly, serialization, the error messages, set_backend and torch.compile."""
 
-import copy
 import io
 
 import pytest

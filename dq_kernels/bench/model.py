@@ -32,6 +32,10 @@ the whole model on its own GPU (nccl; gloo on the CPU), every configuration runs
 (cp 1) and then with diffusers' context parallelism of degree N (Ulysses or ring), which splits the
 sequence across the processes; CP rows add the error against the same configuration's one-GPU
 latent, the slowest rank's step time and each rank's peak memory. Rank 0 prints and writes the rows.
+
+Image quality (``--images N --prompts FILE`` with ``--checkpoint``): each configuration's model also
+makes N images, decoded by the checkpoint's VAE, and its row reports their LPIPS and PSNR against
+bf16's (``ImageRun``; prompts and decoding in bench/images.py, metrics in bench/quality.py).
 """
 
 from __future__ import annotations
@@ -39,10 +43,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
+import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -51,7 +58,8 @@ from tqdm import tqdm
 
 from dq_kernels import diffusers as dqd
 from dq_kernels._quiet import DIFFUSERS_IMPORT_NOISE, quiet_loggers
-from dq_kernels.bench import report
+from dq_kernels.bench import images as bench_images
+from dq_kernels.bench import quality, report
 
 FORMATS = ("bf16", "mxfp8", "nvfp4", "fp8_rowwise")
 BACKENDS = ("auto", "torchao")
@@ -417,8 +425,9 @@ class Inputs:
     noise: torch.Tensor
 
 
-def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str) -> Inputs:
-    g = torch.Generator(device=device).manual_seed(SEED + 1)
+def make_inputs(spec: ModelSpec, batch: int, resolution, tiny: bool, device: str, seed: int = SEED + 1) -> Inputs:
+    """Conditioning and noise drawn from one generator seeded with ``seed``; zeros as negatives."""
+    g = torch.Generator(device=device).manual_seed(seed)
     kwargs, noise = spec.inputs(batch, resolution, tiny, device, g)
     negative = {key: torch.zeros_like(kwargs[key]) for key in spec.negative_keys}
     return Inputs(kwargs, negative, noise)
@@ -504,6 +513,65 @@ def denoise(model, spec: ModelSpec, inputs: Inputs, steps: int, progress: tqdm |
 
 
 # ----------------------------------------------------------------------------------------------
+# Images (--images): quality against bf16
+# ----------------------------------------------------------------------------------------------
+
+
+class ImageRun:
+    """``count`` images per configuration, from one model (name) of a checkpoint: image i has prompt
+    i (cycling through the prompts) and noise seeded with SEED + i, is denoised in ``steps`` steps
+    at batch 1 (eager steps through whatever compile mode the model has, no whole-step CUDA graph)
+    and decoded by the checkpoint's VAE (bench/images.py). The first images made (bf16's) are the
+    reference of the LPIPS and PSNR of all (bench/quality.py)."""
+
+    def __init__(self, spec: ModelSpec, checkpoint: str, count: int, prompts_path: str, resolution, tiny: bool,
+                 device: str, steps: int, save_dir: str | None = None):
+        self.spec, self.count, self.resolution, self.tiny, self.device = spec, count, resolution, tiny, device
+        self.steps, self.save_dir = steps, save_dir
+        self.prompts = bench_images.load_prompts(spec.name, checkpoint, prompts_path, device)
+        self.decoder = bench_images.Decoder(spec.name, checkpoint)
+        self.lpips = quality.load_lpips(device)
+        self.reference: torch.Tensor | None = None
+        self.latents: list[torch.Tensor] = []
+
+    def image_inputs(self, i: int) -> Inputs:
+        """Image i's inputs (made when needed, so that none sit in GPU memory during timed runs)."""
+        index = i % len(self.prompts.texts)
+        made = partial(make_inputs, self.spec, 1, self.resolution, self.tiny, self.device)
+        if self.prompts.encoded is None:  # seeded random conditioning per prompt
+            conditioning = made(bench_images.prompt_seed(self.prompts.texts[index]))
+        else:  # the encoded prompt in place of the random conditioning
+            conditioning = made()
+            conditioning.kwargs.update({k: v.to(self.device) for k, v in self.prompts.encoded[index].items()})
+        return Inputs(conditioning.kwargs, conditioning.negative, made(SEED + i).noise)
+
+    def denoise_all(self, model: torch.nn.Module, progress: tqdm | None = None) -> None:
+        """Denoise every image's latent with ``model`` (kept in ``latents`` until ``measure``)."""
+        self.latents = [denoise(model, self.spec, self.image_inputs(i), self.steps, progress)[0]
+                        for i in range(self.count)]
+
+    def measure(self, row: "Row", label: str) -> None:
+        """Decode the latents of ``denoise_all``, fill the row's quality fields against the
+        reference (the first call's images become it) and save PNGs as ``{label}-{i:03d}.png``."""
+        images = self.decoder.decode(self.latents, self.resolution, self.image_inputs(0).kwargs)
+        self.latents = []
+        if self.reference is None:
+            self.reference = images
+        row.images = len(images)
+        row.image_conditioning = self.prompts.conditioning
+        psnr = statistics.fmean(quality.psnr(images, self.reference))
+        row.psnr = None if math.isinf(psnr) else psnr  # JSON has no infinity
+        if self.lpips.distance is None:
+            row.lpips_unavailable = self.lpips.unavailable
+        else:
+            row.lpips = statistics.fmean(self.lpips.distance(images, self.reference))
+        if self.save_dir:
+            os.makedirs(self.save_dir, exist_ok=True)
+            for i, image in enumerate(images):
+                bench_images.save_png(image, os.path.join(self.save_dir, f"{label}-{i:03d}.png"))
+
+
+# ----------------------------------------------------------------------------------------------
 # Rows
 # ----------------------------------------------------------------------------------------------
 
@@ -526,6 +594,12 @@ class Row:
     cp_kind: str | None = None  # "ulysses" or "ring" when cp_degree > 1
     rel_err_vs_one_gpu: float | None = None  # CP rows: against this configuration's cp 1 latent
     peak_gib_per_rank: list[float] | None = None  # CP rows on CUDA: each rank's peak (peak_gib is their max)
+    images: int | None = None  # --images: how many images this row's model made (see bench/images.py)
+    lpips: float | None = None  # their mean LPIPS (AlexNet) against the bf16 row's images; None: see below
+    psnr: float | None = None  # their mean PSNR in dB (images in [0, 1]) against the bf16 row's; None with
+    # images: infinite (an image equal to its reference, as in the bf16 row itself)
+    lpips_unavailable: str | None = None  # why LPIPS is None although images were made
+    image_conditioning: str | None = None  # how the prompts reached the transformer (bench/images.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -543,9 +617,18 @@ class Row:
             optional(self.compile_s, ".0f"),
         ]  # fmt: skip
 
+    def quality_cells(self) -> list[str]:
+        """The image-quality cells (QUALITY_HEADERS): "-" without images, "n/a" for an LPIPS that
+        could not run (``table`` prints why)."""
+        if not self.images:
+            return ["-", "-", "-"]
+        return [str(self.images), "n/a" if self.lpips is None else f"{self.lpips:.4f}",
+                "inf" if self.psnr is None else f"{self.psnr:.2f}"]
+
 
 TABLE_HEADERS = ("model", "batch", "format", "backend", "compile", "cp", "ms/step", "x bf16", "peak GiB",
                  "weights GiB", "rel err", "cosine", "err vs cp 1", "compile s")
+QUALITY_HEADERS = ("images", "LPIPS", "PSNR dB")  # shown when a row has images (--images)
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -586,11 +669,15 @@ def configurations(formats: Sequence[str], backends: Sequence[str]) -> list[tupl
 
 def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: int, compile_modes: Sequence[str],
              tiny: bool, checkpoint: str | None, batches: Sequence[int] = (1,), cp: int = 1,
-             cp_kind: str = "ulysses") -> None:
+             cp_kind: str = "ulysses", images: int = 0, prompts: str | None = None,
+             save_images: str | None = None) -> None:
     """ValueError, saying why, unless the arguments make a run: a CUDA device or ``tiny``; batch
-    sizes >= 1; more steps than the warm-up; ``checkpoint`` for one model and not with ``tiny``; a
-    resolution each model can take (``ModelSpec.resolution_error``); for ``cp`` > 1 a torchrun
-    launch of ``cp`` processes (``cp_launch_error``) and models that can run it (``cp_error``)."""
+    sizes >= 1; more steps than the warm-up; ``checkpoint`` an existing folder, for one model, and
+    with ``tiny`` only when it holds the tiny config (``tiny_checkpoint_error``); a resolution each
+    model can take (``ModelSpec.resolution_error``); for ``cp`` > 1 a torchrun launch of ``cp`` processes
+    (``cp_launch_error``) and models that can run it (``cp_error``); ``images`` only with a
+    checkpoint holding a VAE the bench can decode with (``images.images_error``), a prompts file
+    with a prompt, and not with ``cp`` > 1; ``save_images`` only with ``images``."""
     if cp_kind not in CP_KINDS:
         raise ValueError(f"bench model: --cp-kind must be one of {', '.join(CP_KINDS)}, got {cp_kind!r}")
     if cp > 1:
@@ -606,12 +693,42 @@ def validate(models: Sequence[str], resolution: tuple[int, ...] | None, steps: i
         raise ValueError(f"bench model: --steps must be more than the {WARMUP_STEPS} warm-up steps")
     if checkpoint and len(models) != 1:
         raise ValueError("bench model: --checkpoint needs exactly one model")
+    if checkpoint and not os.path.isdir(checkpoint):
+        raise ValueError(f"bench model: --checkpoint {checkpoint}: no such folder")
+    if save_images and not images:
+        raise ValueError("bench model: --save-images writes the images of --images N; add --images")
+    if images and cp > 1:
+        raise ValueError("bench model: --images with --cp is not supported; make the images in a run without --cp")
+    if images:
+        error = next(filter(None, (bench_images.images_error(name, checkpoint) for name in models)), None)
+        if error:
+            raise ValueError(error)
+        bench_images.read_prompts(prompts)
     if tiny and checkpoint:
-        raise ValueError("bench model: --tiny builds 1 + 1 layer models; it does not combine with --checkpoint")
+        error = tiny_checkpoint_error(MODELS[models[0]], checkpoint)
+        if error:
+            raise ValueError(error)
     for spec in (MODELS[name] for name in models):
         error = spec.resolution_error(resolution) if resolution is not None else None
         if error:
             raise ValueError(f"bench model: --resolution: {error}")
+
+
+def tiny_checkpoint_error(spec: ModelSpec, checkpoint: str) -> str | None:
+    """Why ``checkpoint``'s transformer cannot run with --tiny (whose inputs and preset are sized for
+    ``spec.tiny_config``: a checkpoint of that config, e.g. a test's), or None."""
+    paths = [os.path.join(checkpoint, "transformer", "config.json"), os.path.join(checkpoint, "config.json")]
+    path = next((p for p in paths if os.path.isfile(p)), None)
+    if path is None:
+        return f"bench model: --checkpoint {checkpoint}: no transformer/config.json or config.json"
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    wrong = [f"{key} {config.get(key)!r}, not {value!r}" for key, value in spec.tiny_config.items()
+             if config.get(key) != (list(value) if isinstance(value, tuple) else value)]
+    if wrong:
+        return (f"bench model: --tiny with --checkpoint needs a checkpoint of the tiny {spec.name} config; "
+                f"{path} has {'; '.join(wrong)}. Drop --tiny for a full-size checkpoint")
+    return None
 
 
 def run(
@@ -627,6 +744,9 @@ def run(
     on_row: Callable[[list[Row]], None] | None = None,
     cp: int = 1,
     cp_kind: str = "ulysses",
+    images: int = 0,
+    prompts: str | None = None,
+    save_images: str | None = None,
 ) -> list[Row]:
     """Every model x batch x configuration x compile mode; see the module docstring. With ``cp`` > 1
     (under torchrun, one process per GPU) each of those runs on one GPU and then with context
@@ -635,8 +755,13 @@ def run(
     Formats and compile modes that cannot run on this machine (``format_unavailable``,
     ``compile_unavailable``) are skipped with a printed line saying why. ``on_row(rows)`` is called
     (on rank 0) with the rows so far after each one finishes (the CLI rewrites its JSON there, so a
-    crash keeps the finished rows)."""
-    validate(models, resolution, steps, compile_modes, tiny, checkpoint, batches, cp, cp_kind)
+    crash keeps the finished rows).
+
+    ``images`` > 0 (with ``checkpoint`` and the ``prompts`` file, not with ``cp``): in the first
+    batch size, each configuration's model also makes that many images (``ImageRun``), saved as PNGs under
+    ``save_images`` when given, and its row gets their LPIPS and PSNR against bf16's."""
+    validate(models, resolution, steps, compile_modes, tiny, checkpoint, batches, cp, cp_kind, images, prompts,
+             save_images)
     rank = 0
     if cp > 1:
         import torch.distributed as dist
@@ -651,12 +776,14 @@ def run(
         raise ValueError("bench model: none of the --compile modes asked for can run on this machine")
     formats = ["bf16", *[f for f in formats if f != "bf16"]]  # bf16 first: it is the reference
     pairs = configurations(formats, backends)
-    total = len(models) * len(batches) * len(pairs) * len(compile_modes) * len(degrees) * steps
+    total = len(models) * len(pairs) * len(compile_modes) * (len(batches) * len(degrees) + images) * steps
     rows: list[Row] = []
     with torch.inference_mode(), tqdm(total=total, desc="bench model", unit="step", disable=rank != 0) as progress:
         for name in models:
             spec = MODELS[name]
             res = resolution or (spec.tiny_resolution if tiny else spec.default_resolution)
+            image_run = ImageRun(spec, checkpoint, images, prompts, res, tiny, device, steps, save_images) if images \
+                else None
             for batch in batches:
                 inputs = make_inputs(spec, batch, res, tiny, device)
                 reference = None
@@ -666,8 +793,12 @@ def run(
                         one_gpu = None
                         for degree in degrees:
                             progress.set_postfix_str(f"{name} b{batch} {fmt}/{backend} {mode} cp{degree}")
+                            with_images = image_run is not None and batch == batches[0]
+                            make_images = partial(image_run.denoise_all, progress=progress) if with_images else None
                             row, latent = _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device,
-                                                   checkpoint, progress, degree, cp_kind)
+                                                   checkpoint, progress, degree, cp_kind, make_images)
+                            if with_images:
+                                image_run.measure(row, "-".join(p for p in (name, fmt, backend, mode) if p != "-"))
                             if reference is None:  # bf16 on one GPU in the first compile mode asked for
                                 reference = latent
                             if one_gpu is None:
@@ -702,7 +833,8 @@ def _runnable(names: Sequence[str], unavailable: Callable[[str], str | None], wh
 
 
 def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, checkpoint, progress, cp=1,
-             cp_kind="ulysses"):
+             cp_kind="ulysses", on_model=None):
+    """(row, final latent) of one configuration; ``on_model(model)`` runs after the timed steps."""
     model = build(spec, tiny, device, checkpoint)
     apply_format(model, spec, fmt, backend, tiny)
     weights = weight_bytes(model)
@@ -722,6 +854,8 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
             peaks = _gather(peak)
             peak = max(peaks)
     compile_s = max(0.0, sum(seconds[:WARMUP_STEPS]) - WARMUP_STEPS * step_ms / 1e3) if mode != "none" else None
+    if on_model is not None:
+        on_model(model)
     del model
     if mode != "none":
         torch._dynamo.reset()  # its caches keep the compiled model alive (seen as peak memory of the next ones)
@@ -739,10 +873,17 @@ def _run_one(spec, inputs, batch, fmt, backend, mode, steps, tiny, device, check
 
 
 def table(rows: Sequence[Row]) -> str:
+    """The rows grouped by (model, batch); with --images also the quality columns, and below the
+    table how the prompts conditioned the images and why LPIPS is missing where it is."""
+    with_images = any(r.images for r in rows)
+    headers = TABLE_HEADERS + (QUALITY_HEADERS if with_images else ())
     groups = {}
     for r in rows:
-        groups.setdefault((r.model, r.batch), []).append(r.cells())
-    return report.format_table(TABLE_HEADERS, list(groups.values()), right_aligned=range(6, 14))
+        groups.setdefault((r.model, r.batch), []).append(r.cells() + (r.quality_cells() if with_images else []))
+    text = report.format_table(headers, list(groups.values()), right_aligned=range(6, len(headers)))
+    notes = [f"images ({r.model}): {r.image_conditioning}" for r in rows if r.images]
+    notes += [f"LPIPS n/a ({r.model}): {r.lpips_unavailable}" for r in rows if r.images and r.lpips_unavailable]
+    return "\n".join([text, *dict.fromkeys(notes)])
 
 
 def plot(rows: Sequence[Row], path: str, device: str, date: str) -> None:
