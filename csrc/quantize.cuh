@@ -126,9 +126,10 @@ __host__ __device__ __forceinline__ uint32_t row_form_f16x2(uint32_t pair, uint3
   return uint32_t(raw.x) | (uint32_t(raw.y) << 16);
 }
 
-// Two e4m3 bytes of a flagged row -> their exact bf16 decode (formats.dequantize_mxfp8 to
-// bfloat16: q * 2^(byte - 127) in float32, rounded once) as bf16x2 bits.
-__host__ __device__ __forceinline__ uint32_t row_form_bf16x2(uint32_t pair, uint32_t byte) {
+// Two e4m3 bytes (low and high byte of `pair`) with E8M0 scale byte `byte` -> their exact bf16
+// decode as bf16x2 bits (formats.dequantize_mxfp8 to bfloat16: q * 2^(byte - 127) in float32,
+// rounded once): a flagged row of the row form, and MXFP8's quantize-dequantize.
+__host__ __device__ __forceinline__ uint32_t decode_mxfp8_bf16x2(uint32_t pair, uint32_t byte) {
   const float scale = decode_e8m0(byte);
   const __nv_bfloat16_raw lo = __float2bfloat16_rn(decode_e4m3(pair & 0xFF) * scale);
   const __nv_bfloat16_raw hi = __float2bfloat16_rn(decode_e4m3((pair >> 8) & 0xFF) * scale);
@@ -169,6 +170,16 @@ __host__ __device__ __forceinline__ uint32_t encode_e2m1(float y) {
   const uint32_t magnitude = uint32_t(a > 0.25f) + uint32_t(a >= 0.75f) + uint32_t(a > 1.25f) + uint32_t(a >= 1.75f) +
                              uint32_t(a > 2.5f) + uint32_t(a >= 3.5f) + uint32_t(a > 5.f);
   return magnitude | ((bits_of_float(y) >> 31) << 3);
+}
+
+// Two e2m1 codes with e4m3 block scale byte `byte` -> their values code * scale as f16x2 bits (the low
+// code in the low half), without the tensor scale: exact (at most 6 significant bits, |v| <= 2688),
+// formats.dequantize_nvfp4 to float16 with a tensor scale of 1, which is how the sm_90a mixed-input
+// GEMM takes an NVFP4 activation.
+__host__ __device__ __forceinline__ uint32_t decode_nvfp4_f16x2(uint32_t code_lo, uint32_t code_hi, uint32_t byte) {
+  const float scale = decode_e4m3(byte);
+  const __half2_raw raw = __floats2half2_rn(decode_e2m1(code_lo) * scale, decode_e2m1(code_hi) * scale);
+  return uint32_t(raw.x) | (uint32_t(raw.y) << 16);
 }
 
 }  // namespace dq

@@ -64,7 +64,7 @@ void h_mxfp8_row_form(const uint8_t* q, const uint8_t* e, int64_t rows, int64_t 
     for (int64_t i = 0; i < k; i += 2) {
       const uint32_t pair = q[r * k + i] | (uint32_t(q[r * k + i + 1]) << 8);
       const uint32_t byte = er[i / 32];
-      const uint32_t two = exp == dq::kRowFlagged ? dq::row_form_bf16x2(pair, byte) : dq::row_form_f16x2(pair, byte, exp);
+      const uint32_t two = exp == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, byte) : dq::row_form_f16x2(pair, byte, exp);
       values[r * k + i] = uint16_t(two & 0xFFFF);
       values[r * k + i + 1] = uint16_t(two >> 16);
     }
@@ -85,6 +85,15 @@ void h_quantize_nvfp4(const float* x, int64_t rows, int64_t k, float ts, int by_
       q[b * 8 + i / 2] = uint8_t(dq::encode_e2m1(xb[i] * scale.reciprocal) |
                                  (dq::encode_e2m1(xb[i + 1] * scale.reciprocal) << 4));
     }
+  }
+}
+
+// The f16 values [rows, k] of NVFP4 q [rows, k / 2] and s [rows, k / 16] without the tensor scale.
+void h_decode_nvfp4_f16(const uint8_t* q, const uint8_t* s, int64_t rows, int64_t k, uint16_t* values) {
+  for (int64_t i = 0; i < rows * k; i += 2) {
+    const uint32_t two = dq::decode_nvfp4_f16x2(q[i / 2] & 0xF, q[i / 2] >> 4, s[i / 16]);
+    values[i] = uint16_t(two & 0xFFFF);
+    values[i + 1] = uint16_t(two >> 16);
   }
 }
 

@@ -47,6 +47,7 @@ def harness(tmp_path_factory):
     lib.h_nvfp4_tensor_scale.argtypes = [f32, i32]
     lib.h_nvfp4_tensor_scale.restype = f32
     lib.h_quantize_nvfp4.argtypes = [p, i64, i64, f32, i32, p, p]
+    lib.h_decode_nvfp4_f16.argtypes = [p, p, i64, i64, p]
     return lib
 
 
@@ -188,6 +189,7 @@ def nvfp4_on_harness(harness, x: torch.Tensor, ts: float, by_reciprocal: bool = 
 
 def check_nvfp4(harness, x: torch.Tensor, tensor_scale: torch.Tensor | None) -> None:
     q_ref, s_ref, ts_ref = formats.quantize_nvfp4(x, tensor_scale)
+    decoded_ref = formats.dequantize_nvfp4(q_ref, s_ref, torch.tensor(1.0), torch.float16)
     if tensor_scale is None:
         amax = x.abs().amax().float()
         ts = harness.h_nvfp4_tensor_scale(amax.item(), 0)
@@ -199,6 +201,11 @@ def check_nvfp4(harness, x: torch.Tensor, tensor_scale: torch.Tensor | None) -> 
     # the codes of a NaN-scaled block, and of every block under a non-finite tensor scale, are unspecified
     keep = ((s_ref & 0x7F) != E4M3_NAN).repeat_interleave(8, dim=1) & bool(torch.isfinite(ts_ref))
     assert torch.equal(q[keep], q_ref[keep])
+    # the decoded values the sm_90a mixed-input GEMM takes (cast.cu's quantize-dequantize)
+    decoded = torch.empty(m, k, dtype=torch.int16)
+    harness.h_decode_nvfp4_f16(ptr(q), ptr(s), m, k, ptr(decoded))
+    keep = keep.repeat_interleave(2, dim=1)
+    assert torch.equal(decoded[keep], decoded_ref.view(torch.int16)[keep])
 
 
 @pytest.mark.parametrize("ts", (2.0**-30, 3.1e-5, 0.37, 1.0, 2.0**10, 2.0**30, 0.0))
