@@ -116,11 +116,11 @@ __host__ __device__ __forceinline__ int mxfp8_row_exponent(int largest, int smal
 
 // Two e4m3 bytes of an unflagged row (low and high byte of `pair`) with block scale byte `byte` ->
 // their f16 row-form values q * 2^(byte - R) as f16x2 bits (the low element in the low half):
-// exact for byte - R in [-15, 7]; a block below that (bytes 0..2 only, in an unflagged row) is 0.
+// exact for byte - R in [-15, 7]; a block below that (bytes 0..2 only, in an unflagged row) holds
+// q * 0, zeros of q's sign.
 __host__ __device__ __forceinline__ uint32_t row_form_f16x2(uint32_t pair, uint32_t byte, int row_exp) {
   const int shift = int(byte) - row_exp;
-  if (shift < -15) return 0u;
-  const float scale = float_of_bits(uint32_t(shift + 127) << 23);
+  const float scale = shift < -15 ? 0.f : float_of_bits(uint32_t(shift + 127) << 23);
   const __half2 v = __floats2half2_rn(decode_e4m3(pair & 0xFF) * scale, decode_e4m3((pair >> 8) & 0xFF) * scale);
   const __half2_raw raw = v;
   return uint32_t(raw.x) | (uint32_t(raw.y) << 16);

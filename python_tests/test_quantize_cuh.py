@@ -239,7 +239,7 @@ def row_form_rows() -> torch.Tensor:
     x = x * torch.exp2(torch.rand(24, 32, generator=g).repeat_interleave(32, 1) * spreads.unsqueeze(1) - spreads.unsqueeze(1) / 2)
     x[0, :64] = 0.0  # zero blocks
     x[1] = 0.0  # an all-zero row
-    x[2, 32:64] = 2.0**-130  # a block of scale byte 0..2 in a row of large values
+    x[2, 32:64] = 2.0**-130 * torch.randn(32, generator=g).sign()  # a block of scale byte 0..2 in a row of large values
     x[3, :] = 2.0**-128  # a row of tiny blocks only
     x[4, 5] = float("nan")
     x[5, 40] = float("inf")
