@@ -182,9 +182,9 @@ def test_strides_batch_dims_and_ops(cutlass):
     assert_same_nvfp4(dq.quantize_nvfp4(x, ts, backend="cutlass"), formats.quantize_nvfp4(x, ts))
     finite = wide[..., 32:160].nan_to_num()
     assert_same_nvfp4(dq.quantize_nvfp4(finite, backend="cutlass"), formats.quantize_nvfp4(finite))
-    misaligned = torch.randn(4 * 64 + 8, dtype=torch.bfloat16, device="cuda")[8:].view(4, 64)  # 16-byte offset: fine
-    odd = torch.randn(4 * 64 + 1, dtype=torch.float16, device="cuda")[1:].view(4, 64)  # 2-byte offset: copied
-    for y in (misaligned, odd):
+    offset_16 = torch.randn(4 * 64 + 8, dtype=torch.bfloat16, device="cuda")[8:].view(4, 64)  # read in place
+    offset_2 = torch.randn(4 * 64 + 1, dtype=torch.float16, device="cuda")[1:].view(4, 64)  # copied first
+    for y in (offset_16, offset_2):
         assert_same_mxfp8(*cutlass.quantize_mxfp8(y, "rceil"), *formats.quantize_mxfp8(y, "rceil"))
 
 
