@@ -160,7 +160,7 @@ def test_mxfp8_every_16_bit_amax_and_scale_steps(harness):
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16, torch.float32))
 def test_mxfp8_awkward_tensors(harness, dtype):
-    x = awkward(257, 4160, dtype, seed=3)
+    x = awkward(131, 2080, dtype, seed=3)
     x[5, 64:96] = float("nan")
     x[6, 100] = float("inf")
     x[7, 200] = -float("inf")
@@ -208,14 +208,14 @@ def check_nvfp4(harness, x: torch.Tensor, tensor_scale: torch.Tensor | None) -> 
     assert torch.equal(decoded[keep], decoded_ref.view(torch.int16)[keep])
 
 
-@pytest.mark.parametrize("ts", (2.0**-30, 3.1e-5, 0.37, 1.0, 2.0**10, 2.0**30, 0.0))
+@pytest.mark.parametrize("ts", (2.0**-30, 0.37, 2.0**30, 0.0))
 def test_nvfp4_every_16_bit_amax_given_tensor_scale(harness, ts):
     check_nvfp4(harness, blocks_with_amax(amax_values(), 16, seed=4), torch.tensor(ts))
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16, torch.float32))
 def test_nvfp4_awkward_tensors_dynamic_tensor_scale(harness, dtype):
-    x = awkward(129, 4160, dtype, seed=5)
+    x = awkward(65, 2080, dtype, seed=5)
     if dtype == torch.float32:
         x = x.clamp(-1e30, 1e30)  # keep amax / 2688 finite
     check_nvfp4(harness, x, None)
