@@ -163,20 +163,18 @@ __host__ __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float amax
 
 // float32 y -> e2m1 code (0..15), formats._encode_e2m1 after formats' clamp to [-6, 6]: round to
 // nearest even on the magnitude (formats' thresholds: > at 0.25, 1.25, 2.5, 5; >= at 0.75, 1.75,
-// 3.5), sign bit 3. Fewer instructions than seven comparisons (the NVFP4 cast is near ALU-bound):
-// from 1 up, the float32 mantissa is rounded to its first bit on the bits (ties to even), capped at
-// 6, and the exponent and that bit are the code (1.0 -> 2 ... 6.0 -> 7); below 1 the grid is 0,
-// 0.5, 1. NaN gives 7 or 15 (its sign): codes in a NaN block are unspecified (formats.py).
+// 3.5), sign bit 3. In few instructions, as the NVFP4 cast is near ALU-bound: the e2m1 grid has step
+// 0.5 below 2 (codes 0..4), 1 up to 4 (codes 4..6) and 2 up to 6 (codes 6, 7); a + magic, where
+// float32's spacing at the power of two magic is that step, rounds a to the grid once, ties to an
+// even number of steps (an even e2m1 mantissa), and its bits less magic's count the steps. NaN gives
+// 7 or 15 (its sign): codes in a NaN block are unspecified (formats.py).
 __host__ __device__ __forceinline__ uint32_t encode_e2m1(float y) {
-  const uint32_t bits = bits_of_float(y), magnitude = bits & 0x7FFFFFFFu;
-  uint32_t code;
-  if (magnitude >= 0x3F800000u) {  // |y| >= 1
-    const uint32_t rounded = magnitude + 0x1FFFFFu + ((magnitude >> 22) & 1);  // carries past bit 22 if it rounds up
-    code = ((rounded < 0x40C00000u ? rounded : 0x40C00000u) >> 22) - 252;    // 0x40C00000: 6.0
-  } else {
-    code = uint32_t(magnitude > 0x3E800000u) + uint32_t(magnitude >= 0x3F400000u);  // > 0.25, >= 0.75
-  }
-  return code | ((bits >> 28) & 8);
+  const float a = fminf(fabsf(y), 6.f);
+  const uint32_t exponent = bits_of_float(a) >> 23;
+  const uint32_t binade = exponent > 127 ? exponent : 127;      // 127: a < 2, 128: [2, 4), 129: [4, 6]
+  const float magic = float_of_bits((binade + 22) << 23);         // 2^(binade - 105): spacing 2^(binade - 128)
+  const uint32_t steps = bits_of_float(a + magic) - bits_of_float(magic);
+  return (steps + 2 * (binade - 127)) | ((bits_of_float(y) >> 28) & 8);
 }
 
 // Two e2m1 codes with e4m3 block scale byte `byte` -> their values code * scale as f16x2 bits (the low
