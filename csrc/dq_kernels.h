@@ -54,10 +54,10 @@ enum {
   DQ_OK = 0,
   DQ_ERR_NULL_POINTER = -1, /* a tensor pointer is NULL */
   DQ_ERR_BAD_SHAPE = -2,    /* a dimension out of the range the function documents (block multiples, limits) */
-  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not one the function supports */
+  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype (or a cast's x_dtype) is not one the function supports */
   DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
   DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it) */
-  DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens) is not one of the values the function documents */
+  DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens, or a cast's scaling) is not one of the values the function documents */
   DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
 };
 
