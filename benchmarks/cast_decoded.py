@@ -37,7 +37,7 @@ def cases(x: torch.Tensor, ts: torch.Tensor):
 
 def same(out, ref) -> bool:
     outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
-    return all(torch.equal(o.view(torch.uint8), r.view(torch.uint8)) for o, r in zip(outs, refs))
+    return all(torch.equal(o.view(torch.uint8), r.view(torch.uint8)) for o, r in zip(outs, refs, strict=True))
 
 
 def main() -> None:

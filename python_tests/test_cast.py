@@ -124,10 +124,9 @@ def test_mxfp8_bit_identical(cutlass, dtype, m, k):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k", SHAPES)
 def test_nvfp4_bit_identical(cutlass, dtype, m, k):
-    x = finite_tensor_scale(awkward(m, k, dtype, seed=m * k)).cuda()
-    nan = special(x)
-    one = torch.ones((), device="cuda")
-    for x, ts in ((x, None), (x, torch.tensor(0.37, device="cuda")), (nan, torch.tensor(0.37, device="cuda")), (nan, None)):
+    finite = finite_tensor_scale(awkward(m, k, dtype, seed=m * k)).cuda()
+    nan, given, one = special(finite), torch.tensor(0.37, device="cuda"), torch.ones((), device="cuda")
+    for x, ts in ((finite, None), (finite, given), (nan, given), (nan, None)):
         assert_same_nvfp4(cutlass.quantize_nvfp4(x, ts), formats.quantize_nvfp4(x, ts))
         q, s, t = formats.quantize_nvfp4(x, ts)
         values, t_out = cutlass.quantize_dequantize_nvfp4(x, ts)
