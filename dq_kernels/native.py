@@ -31,13 +31,6 @@ __all__ = [
     "supports_device",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
-    "quantize_mxfp8",
-    "quantize_dequantize_mxfp8",
-    "quantize_mxfp8_row_form",
-    "quantize_nvfp4",
-    "quantize_dequantize_nvfp4",
-    "CAST_FAMILY",
-    "ROW_FORM_MAX_K",
     "sm90_mxfp8_skinny_mm",
     "sm90_nvfp4_skinny_mm",
     "sm90_nvfp4_w4a16_skinny_mm",
@@ -51,6 +44,13 @@ __all__ = [
     "sm100_mm_plan",
     "sm100_mm_prepare",
     "Sm100Plan",
+    "quantize_mxfp8",
+    "quantize_dequantize_mxfp8",
+    "quantize_mxfp8_row_form",
+    "quantize_nvfp4",
+    "quantize_dequantize_nvfp4",
+    "CAST_FAMILY",
+    "ROW_FORM_MAX_K",
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
@@ -152,6 +152,11 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     lib.dq_dequantize_mxfp8.restype = i32
     lib.dq_dequantize_nvfp4.argtypes = [p, p, p, p, i64, i64, i32, p]
     lib.dq_dequantize_nvfp4.restype = i32
+    lib.dq_build_info.argtypes = []
+    lib.dq_build_info.restype = ctypes.c_char_p
+    lib.dq_error_string.argtypes = [i32]
+    lib.dq_error_string.restype = ctypes.c_char_p
+    # the casts (csrc/cast.cu)
     lib.dq_quantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
     lib.dq_quantize_dequantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p]
     lib.dq_quantize_mxfp8_row_form.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
@@ -160,10 +165,6 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     for fn in (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8, lib.dq_quantize_mxfp8_row_form,
                lib.dq_quantize_nvfp4, lib.dq_quantize_dequantize_nvfp4):
         fn.restype = i32
-    lib.dq_build_info.argtypes = []
-    lib.dq_build_info.restype = ctypes.c_char_p
-    lib.dq_error_string.argtypes = [i32]
-    lib.dq_error_string.restype = ctypes.c_char_p
 
 
 def _declare_sm90_functions(lib: ctypes.CDLL) -> None:

@@ -18,10 +18,6 @@ and its activation casts.
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
 
-The casts (``quantize_mxfp8``, ``quantize_nvfp4``, their one-pass decodes for the mixed-input
-kernel, and ``quantize_mxfp8_row_form``) are ``csrc/cast.cu``: plain CUDA built for every arch of the
-library, bit-identical to ``dq_kernels.formats`` (on CUDA tensors).
-
 The ops check every operand before a backend runs (and the weight classes check their weight once),
 so this backend calls the sm_90a kernels with ``checked=False``: the native wrappers' own checks
 would repeat them on every call of a model's Linear.
@@ -37,6 +33,10 @@ Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a
 CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
 bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the kernels' int
 indexing bounds M and N near 2^31 (dq_kernels.h), far beyond any model layer.
+
+The casts (``quantize_mxfp8``, ``quantize_nvfp4``, their one-pass decodes for the mixed-input
+kernel, and ``quantize_mxfp8_row_form``) are ``csrc/cast.cu``: plain CUDA built for every arch of the
+library, bit-identical to ``dq_kernels.formats`` (on CUDA tensors).
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ def _on_hopper(device: torch.device) -> bool:
 def _skinny(device: torch.device, m: int) -> bool:
     """Whether this call runs csrc/sm90_skinny_gemm.cu."""
     return _on_hopper(device) and m <= native.SM90_SKINNY_MAX_M
+
+
+def _cast_input(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
+    16-byte aligned rows), copied only where no such view exists."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(1) != 1 or x2.stride(0) < x2.shape[1] or x2.data_ptr() % 16 or (x2.stride(0) * x2.element_size()) % 16:
+        x2 = x2.clone(memory_format=torch.contiguous_format)
+    return x2
 
 
 def skinny_config(m: int) -> str:
@@ -94,15 +103,6 @@ def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch
     a = torch.empty(a_q.shape[0], 2 * a_q.shape[1], dtype=torch.float16, device=a_q.device)
     native.dequantize_nvfp4(a_q, a_s, None, a)  # no tensor scale: the GEMM applies it
     return a
-
-
-def _cast_input(x: torch.Tensor) -> torch.Tensor:
-    """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
-    16-byte aligned rows), copied only where no such view exists."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(1) != 1 or x2.stride(0) < x2.shape[1] or x2.data_ptr() % 16 or (x2.stride(0) * x2.element_size()) % 16:
-        x2 = x2.clone(memory_format=torch.contiguous_format)
-    return x2
 
 
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -157,6 +157,56 @@ class CutlassBackend(Backend):
     def takes_decoded_activation(self, op, device, m):
         return _on_hopper(device) and m > native.SM90_SKINNY_MAX_M
 
+    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
+        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
+            return self.mxfp8_mm_decoded(_decoded_activation("mxfp8", aligned_16(a_q), a_s), b_q, b_s, bias, out_dtype)
+        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
+        if _skinny(a_q.device, a_q.shape[0]):
+            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, checked=False)
+        else:
+            native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
+        return out.to(out_dtype)
+
+    def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
+        """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
+        return out
+
+    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
+            a = _decoded_activation("nvfp4", aligned_16(a_q), a_s)
+            return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
+        a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
+        if _skinny(a_q.device, a_q.shape[0]):
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, checked=False)
+        else:
+            native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
+        return out.to(out_dtype)
+
+    def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
+        a [M, K] float16 (its tensor scale a_ts apart)."""
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
+        return out
+
+    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
+        if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
+            return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias)
+        out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
+        if _skinny(a.device, a.shape[0]):
+            native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
+        else:
+            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out, checked=False)
+        return out
+
     def quantize_mxfp8(self, x, scaling):
         x = _cast_input(x)
         m, k = x.shape
@@ -207,53 +257,3 @@ class CutlassBackend(Backend):
         row_exp = torch.empty(m, dtype=torch.int32, device=x.device)
         native.quantize_mxfp8_row_form(x, scaling, values, row_exp, checked=False)
         return values, row_exp
-
-    def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
-        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
-            return self.mxfp8_mm_decoded(_decoded_activation("mxfp8", aligned_16(a_q), a_s), b_q, b_s, bias, out_dtype)
-        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
-        out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, checked=False)
-        else:
-            native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
-        return out.to(out_dtype)
-
-    def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
-        """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
-        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
-        return out
-
-    def nvfp4_mm(self, a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
-        if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
-            a = _decoded_activation("nvfp4", aligned_16(a_q), a_s)
-            return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
-        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
-        out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
-        if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, checked=False)
-        else:
-            native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
-        return out.to(out_dtype)
-
-    def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
-        """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
-        a [M, K] float16 (its tensor scale a_ts apart)."""
-        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
-        return out
-
-    def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
-        if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
-            return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
-        if _skinny(a.device, a.shape[0]):
-            native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
-        else:
-            native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out, checked=False)
-        return out
