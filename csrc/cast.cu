@@ -13,7 +13,8 @@
 //    too: a padding row is a zero block, whose scale byte the padding holds (0), and the thread of
 //    a row's first chunk writes the row's padding columns.
 //  - The MXFP8 row form: one CTA per row, kChunks chunks per thread, the whole row in registers:
-//    the block scales give the row exponent (a CTA reduction) before any value is written.
+//    the block scales give the row exponent (a CTA reduction) before any value is written; the
+//    exponent and the f16 decode are decode.cuh's, which the mixed-input GEMM decodes weights with.
 //
 // Do not build with --use_fast_math: it flushes float32 subnormals (scales and scaled values).
 
@@ -218,12 +219,12 @@ __global__ void __launch_bounds__(kThreads)
 // The MXFP8 row form of one row per CTA (blockDim.x threads, a multiple of 32): values [M, K] 16-bit
 // (f16 bits, or bf16 bits in a flagged row), row_exp [M]. Thread t takes chunks t, t + blockDim.x, ...
 // (kChunks of them, the row's chunks_per_row at most), so the two halves of a block are in
-// neighbouring lanes.
+// neighbouring lanes. The row exponent and the f16 decode are decode.cuh's (the mixed-input GEMM's).
 template <typename In, int kChunks>
 __global__ void __launch_bounds__(kMaxRowThreads)
     mxfp8_row_form_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ values,
                           int32_t* __restrict__ row_exp, int64_t K, int scaling) {
-  __shared__ int warp_largest[kMaxRowThreads / 32], warp_smallest[kMaxRowThreads / 32], warp_nan[kMaxRowThreads / 32];
+  __shared__ uint32_t warp_top[kMaxRowThreads / 32], warp_bottom[kMaxRowThreads / 32];  // dq::RowExponent's
   __shared__ int exponent;
   const int64_t row = blockIdx.x;
   const int chunks_per_row = int(K / kChunk);
@@ -235,7 +236,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     if (chunk < chunks_per_row) chunks[j].load(x + row * x_stride + int64_t(chunk) * kChunk);
   }
   uint32_t q[kChunks][4], bytes[kChunks];
-  int largest = -1, smallest = 256, has_nan = 0;
+  dq::RowExponent row_exponent;
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     const bool valid = j * int(blockDim.x) + int(threadIdx.x) < chunks_per_row;
@@ -246,45 +247,32 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const dq::Mxfp8BlockScale scale = dq::mxfp8_block_scale(__uint_as_float(amax), scaling, true);
     encode_mxfp8_chunk(v, scale.multiplier, q[j]);
     bytes[j] = scale.byte;
-    if (valid && dq::row_form_considered(scale.byte)) {
-      largest = max(largest, int(scale.byte));
-      smallest = min(smallest, int(scale.byte));
-    }
-    has_nan |= valid && scale.byte == 255;
+    if (valid) row_exponent.add(scale.byte);
   }
-  // the row's largest and smallest considered byte and whether any is 255: warps, then the CTA
-  for (int offset = 16; offset > 0; offset /= 2) {
-    largest = max(largest, __shfl_xor_sync(0xFFFFFFFFu, largest, offset));
-    smallest = min(smallest, __shfl_xor_sync(0xFFFFFFFFu, smallest, offset));
-  }
-  has_nan = __any_sync(0xFFFFFFFFu, has_nan);
-  const int warp = threadIdx.x / 32;
+  row_exponent.merge_lanes<32>();
   if (threadIdx.x % 32 == 0) {
-    warp_largest[warp] = largest;
-    warp_smallest[warp] = smallest;
-    warp_nan[warp] = has_nan;
+    warp_top[threadIdx.x / 32] = row_exponent.top;
+    warp_bottom[threadIdx.x / 32] = row_exponent.bottom;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / 32); ++w) {
-      largest = max(largest, warp_largest[w]);
-      smallest = min(smallest, warp_smallest[w]);
-      has_nan |= warp_nan[w];
-    }
-    exponent = dq::mxfp8_row_exponent(largest, smallest, has_nan != 0);
+    for (int w = 1; w < int(blockDim.x / 32); ++w) row_exponent.merge(dq::RowExponent{warp_top[w], warp_bottom[w]});
+    exponent = row_exponent.value();
     row_exp[row] = exponent;
   }
   __syncthreads();
-  const int r = exponent;
+  const int r = exponent, shift = dq::row_form_shift(r);
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     const int chunk = j * int(blockDim.x) + int(threadIdx.x);
     if (chunk >= chunks_per_row) continue;
+    const uint32_t multiplier = dq::row_form_multiplier(bytes[j], shift);
     uint32_t out[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const uint32_t pair = q[j][i / 2] >> (16 * (i % 2));
-      out[i] = r == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, bytes[j]) : dq::row_form_f16x2(pair, bytes[j], r);
+      out[i] = r == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, bytes[j])
+                                    : dq::hmul2_bits(dq::e4m3x2_to_f16x2(pair), multiplier);
     }
     store_32_bytes(values + (row * K + int64_t(chunk) * kChunk) / 2, out);
   }

@@ -2,7 +2,7 @@
 // (csrc/cast.cu) and any kernel that quantizes its own activation. One implementation of each step.
 //
 // Everything here is __host__ __device__ and bit-identical to formats.quantize_mxfp8 /
-// quantize_nvfp4 / mxfp8_row_form (and so to torchao): python_tests/test_quantize_cuh.py builds
+// quantize_nvfp4 (and so to torchao): python_tests/test_quantize_cuh.py builds
 // these functions into a host library and compares them with formats on the CPU; the GPU tests
 // compare the kernels. The arithmetic is the reference's, step by step, with float32 roundings where
 // torch rounds; do not build with --use_fast_math (it flushes float32 subnormals, which the scales
@@ -31,7 +31,6 @@ constexpr int kScalingFloor = 1;  // the OCP rule: 2^(floor(log2(amax)) - 8)
 
 constexpr float kE4m3Max = 448.f;
 constexpr float kE4m3Tiny = 0.015625f;  // 2^-6, the smallest normal e4m3 value
-constexpr int kRowFlagged = -1;         // formats.MXFP8_ROW_FLAGGED: row_exp of a flagged row
 
 __host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int max_int(int a, int b) { return a > b ? a : b; }
@@ -100,35 +99,10 @@ __host__ __device__ __forceinline__ Mxfp8BlockScale mxfp8_block_scale(float amax
   return {uint32_t(byte), multiplier};
 }
 
-// ---- The MXFP8 row form (/work/ROWFORM.md, formats.mxfp8_row_form) -----------------------------
-
-// Whether a scale byte takes part in the row exponent: 3 <= byte <= 254.
-__host__ __device__ __forceinline__ bool row_form_considered(uint32_t byte) { return byte >= 3 && byte <= 254; }
-
-// The row exponent R of a row (>= 0), or kRowFlagged, from the largest and the smallest considered
-// scale byte of the row (-1 and 256 when none is) and whether a block of the row has byte 255:
-// R = max(7, largest) - 7; flagged when a byte is 255 or the smallest considered byte lies more than
-// 15 below R.
-__host__ __device__ __forceinline__ int mxfp8_row_exponent(int largest, int smallest, bool has_nan) {
-  const int r = max_int(7, largest) - 7;
-  return has_nan || (smallest <= 254 && smallest - r < -15) ? kRowFlagged : r;
-}
-
-// Two e4m3 bytes of an unflagged row (low and high byte of `pair`) with block scale byte `byte` ->
-// their f16 row-form values q * 2^(byte - R) as f16x2 bits (the low element in the low half):
-// exact for byte - R in [-15, 7]; a block below that (bytes 0..2 only, in an unflagged row) holds
-// q * 0, zeros of q's sign.
-__host__ __device__ __forceinline__ uint32_t row_form_f16x2(uint32_t pair, uint32_t byte, int row_exp) {
-  const int shift = int(byte) - row_exp;
-  const float scale = shift < -15 ? 0.f : float_of_bits(uint32_t(shift + 127) << 23);
-  const __half2 v = __floats2half2_rn(decode_e4m3(pair & 0xFF) * scale, decode_e4m3((pair >> 8) & 0xFF) * scale);
-  const __half2_raw raw = v;
-  return uint32_t(raw.x) | (uint32_t(raw.y) << 16);
-}
-
 // Two e4m3 bytes (low and high byte of `pair`) with E8M0 scale byte `byte` -> their exact bf16
 // decode as bf16x2 bits (formats.dequantize_mxfp8 to bfloat16: q * 2^(byte - 127) in float32,
-// rounded once): a flagged row of the row form, and MXFP8's quantize-dequantize.
+// rounded once): MXFP8's quantize-dequantize, and a flagged row of the row form (whose other rows
+// decode.cuh's row_form_multiplier scales).
 __host__ __device__ __forceinline__ uint32_t decode_mxfp8_bf16x2(uint32_t pair, uint32_t byte) {
   const float scale = decode_e8m0(byte);
   const __nv_bfloat16_raw lo = __float2bfloat16_rn(decode_e4m3(pair & 0xFF) * scale);

@@ -44,33 +44,6 @@ void h_quantize_mxfp8(const float* x, int64_t rows, int64_t k, int scaling, int 
   }
 }
 
-// The MXFP8 row form of (q, e) as above: values [rows, k] 16-bit, row_exp [rows].
-void h_mxfp8_row_form(const uint8_t* q, const uint8_t* e, int64_t rows, int64_t k, uint16_t* values,
-                      int32_t* row_exp) {
-  const int64_t blocks = k / 32;
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* er = e + r * blocks;
-    int largest = -1, smallest = 256;
-    bool has_nan = false;
-    for (int64_t b = 0; b < blocks; ++b) {
-      has_nan |= er[b] == 255;
-      if (dq::row_form_considered(er[b])) {
-        largest = dq::max_int(largest, er[b]);
-        smallest = dq::min_int(smallest, er[b]);
-      }
-    }
-    const int exp = dq::mxfp8_row_exponent(largest, smallest, has_nan);
-    row_exp[r] = exp;
-    for (int64_t i = 0; i < k; i += 2) {
-      const uint32_t pair = q[r * k + i] | (uint32_t(q[r * k + i + 1]) << 8);
-      const uint32_t byte = er[i / 32];
-      const uint32_t two = exp == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, byte) : dq::row_form_f16x2(pair, byte, exp);
-      values[r * k + i] = uint16_t(two & 0xFFFF);
-      values[r * k + i + 1] = uint16_t(two >> 16);
-    }
-  }
-}
-
 float h_nvfp4_tensor_scale(float amax, int by_reciprocal) { return dq::nvfp4_tensor_scale(amax, by_reciprocal != 0); }
 
 // NVFP4 with tensor scale ts: q [rows, k / 2] (element 2i in the low nibble), s [rows, k / 16].

@@ -14,12 +14,10 @@ from dq_kernels import formats, native
 from dq_kernels.backends import get_backend
 
 from test_formats import awkward
-from test_quantize_cuh import row_form_rows
 from test_triton_cast import assert_same_mxfp8, assert_same_nvfp4, assert_same_values, finite_tensor_scale
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SHAPES = [(1, 32), (77, 160), (129, 4160), (300, 96), (4096, 3072), (3, 32768), (2, 131072)]
-has_row_form = pytest.mark.skipif(not hasattr(formats, "mxfp8_row_form"), reason="formats.mxfp8_row_form (helper h1) is not here yet")
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +96,24 @@ def cutlass():
     return get_backend("cutlass")
 
 
+def row_form_rows() -> torch.Tensor:
+    """Rows [24, 1024] spanning few and many binades, with zero, tiny, NaN and inf blocks."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(24, 1024, generator=g)
+    spreads = torch.tensor([0, 4, 10, 16, 20, 22, 23, 24, 30, 60, 100, 200] * 2, dtype=torch.float32)
+    x = x * torch.exp2(torch.rand(24, 32, generator=g).repeat_interleave(32, 1) * spreads.unsqueeze(1) - spreads.unsqueeze(1) / 2)
+    x[0, :64] = 0.0  # zero blocks
+    x[1] = 0.0  # an all-zero row
+    x[2, 32:64] = 2.0**-130 * torch.randn(32, generator=g).sign()  # a block of scale byte 0..2 in a row of large values
+    x[3, :] = 2.0**-128  # a row of tiny blocks only
+    x[4, 5] = float("nan")
+    x[5, 40] = float("inf")
+    x[6, 64:96] = 1e-38
+    x[7] *= 2.0**100
+    x[8] *= 2.0**-100
+    return x
+
+
 def special(x: torch.Tensor) -> torch.Tensor:
     """x with a NaN block, an inf in a block, a -inf and a zero block (rows permitting)."""
     x = x.clone()
@@ -136,7 +152,6 @@ def test_nvfp4_bit_identical(cutlass, dtype, m, k):
 
 
 @pytest.mark.gpu
-@has_row_form
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k", [(1, 32), (77, 160), (129, 4160), (300, 3072), (4, 12288), (3, 32768), (2, 65536)])
 def test_mxfp8_row_form_bit_identical(cutlass, dtype, m, k):
@@ -158,9 +173,8 @@ def test_mxfp8_row_form_bit_identical(cutlass, dtype, m, k):
 
 @pytest.mark.gpu
 def test_row_form_of_the_rows_spec(cutlass):
-    """The spec's cases, row by row (row_form_rows: zero, tiny, NaN, inf, wide-spread rows)."""
-    if not hasattr(formats, "mxfp8_row_form"):
-        pytest.skip("formats.mxfp8_row_form (helper h1) is not here yet")
+    """The spec's cases (row_form_rows: zero, tiny, NaN, inf and wide-spread rows): flagged and
+    unflagged rows both occur."""
     x = row_form_rows().cuda()
     for scaling in ("rceil", "floor"):
         _, row_exp = cutlass.quantize_mxfp8_row_form(x, scaling)

@@ -1,4 +1,6 @@
 """csrc/quantize.cuh (the quantizers of the CUDA cast kernels) against dq_kernels.formats, on the CPU.
+(The MXFP8 row form's exponent and f16 decode are decode.cuh's device code: test_cast.py checks them
+on the GPU.)
 
 The header's functions are __host__ __device__: python_tests/quantize_cuh_harness.cu runs them on
 the host over whole tensors, built with nvcc into a throwaway shared library (the test skips without
@@ -44,7 +46,6 @@ def harness(tmp_path_factory):
     for name in ("h_encode_e4m3", "h_encode_e4m3x2", "h_encode_e2m1"):
         getattr(lib, name).argtypes = [p, i64, p]
     lib.h_quantize_mxfp8.argtypes = [p, i64, i64, i32, i32, p, p]
-    lib.h_mxfp8_row_form.argtypes = [p, p, i64, i64, p, p]
     lib.h_nvfp4_tensor_scale.argtypes = [f32, i32]
     lib.h_nvfp4_tensor_scale.restype = f32
     lib.h_quantize_nvfp4.argtypes = [p, i64, i64, f32, i32, p, p]
@@ -230,38 +231,3 @@ def test_nvfp4_tensor_scale_every_16_bit_amax(harness):
     for by_reciprocal, expected in ((0, amax / 2688.0), (1, amax * (torch.tensor(1.0) / 2688.0))):
         got = torch.tensor([harness.h_nvfp4_tensor_scale(a, by_reciprocal) for a in amax[::7].tolist()])
         assert torch.equal(got, expected[::7]) or torch.allclose(got, expected[::7], rtol=0, atol=0, equal_nan=True)
-
-
-def row_form_rows() -> torch.Tensor:
-    """Rows [24, 1024] spanning few and many binades, with zero, tiny, NaN and inf blocks."""
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(24, 1024, generator=g)
-    spreads = torch.tensor([0, 4, 10, 16, 20, 22, 23, 24, 30, 60, 100, 200] * 2, dtype=torch.float32)
-    x = x * torch.exp2(torch.rand(24, 32, generator=g).repeat_interleave(32, 1) * spreads.unsqueeze(1) - spreads.unsqueeze(1) / 2)
-    x[0, :64] = 0.0  # zero blocks
-    x[1] = 0.0  # an all-zero row
-    x[2, 32:64] = 2.0**-130 * torch.randn(32, generator=g).sign()  # a block of scale byte 0..2 in a row of large values
-    x[3, :] = 2.0**-128  # a row of tiny blocks only
-    x[4, 5] = float("nan")
-    x[5, 40] = float("inf")
-    x[6, 64:96] = 1e-38
-    x[7] *= 2.0**100
-    x[8] *= 2.0**-100
-    return x
-
-
-@pytest.mark.skipif(not hasattr(formats, "mxfp8_row_form"), reason="formats.mxfp8_row_form (helper h1) is not here yet")
-def test_mxfp8_row_form(harness):
-    for x in (row_form_rows(), awkward(64, 2048, torch.bfloat16, seed=7).float()):
-        for scaling in ("rceil", "floor"):
-            q_ref, s_ref = formats.quantize_mxfp8(x, scaling)
-            values_ref, row_exp_ref = formats.mxfp8_row_form(q_ref, s_ref)
-            q, e = mxfp8_on_harness(harness, x, scaling)
-            m, k = q.shape
-            values, row_exp = torch.empty(m, k, dtype=torch.int16), torch.empty(m, dtype=torch.int32)
-            harness.h_mxfp8_row_form(ptr(q), ptr(e), m, k, ptr(values), ptr(row_exp))
-            assert torch.equal(row_exp, row_exp_ref)
-            ref_bits = values_ref.view(torch.int16)
-            # NaN bits: bf16 NaN of a flagged row, compared as NaN
-            nan = (ref_bits & 0x7F80 == 0x7F80) & (ref_bits & 0x7F != 0) & (row_exp_ref == formats.MXFP8_ROW_FLAGGED).unsqueeze(1)
-            assert torch.equal(values[~nan], ref_bits[~nan])
