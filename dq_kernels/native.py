@@ -65,7 +65,6 @@ SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm functions
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
 SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
 SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: the MXFP8 casts' scaling argument
-ROW_FORM_MAX_K = {2: 65536, 4: 32768}  # the longest row of quantize_mxfp8_row_form, by x's element size
 
 
 @dataclass(frozen=True)
@@ -387,6 +386,8 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 # Activation casts: the cast family (csrc/cast.cu, every arch), bit-identical to formats.quantize_*
 # on CUDA tensors. x is [M, K] with unit column stride, any row stride >= K, 16-byte aligned rows.
 # ----------------------------------------------------------------------------------------------
+
+ROW_FORM_MAX_K = {2: 65536, 4: 32768}  # the longest row of quantize_mxfp8_row_form, by x's element size
 
 
 def _cast_args(fn: str, x: torch.Tensor, block: int, outputs: dict, scaling: str | None = None):
