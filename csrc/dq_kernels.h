@@ -54,10 +54,10 @@ enum {
   DQ_OK = 0,
   DQ_ERR_NULL_POINTER = -1, /* a tensor pointer is NULL */
   DQ_ERR_BAD_SHAPE = -2,    /* a dimension out of the range the function documents (block multiples, limits) */
-  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype is not one the function supports */
+  DQ_ERR_BAD_DTYPE = -3,    /* out_dtype (or a cast's x_dtype) is not one the function supports */
   DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
   DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it) */
-  DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens) is not one of the values the function documents */
+  DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens, or a cast's scaling) is not one of the values the function documents */
   DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
 };
 
@@ -258,6 +258,81 @@ DQ_API int dq_sm100_mxfp8_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype
                                   int64_t* sfa_offsets, int64_t* sfb_offsets);
 DQ_API int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype, int config, int64_t* strides,
                                   int64_t* sfa_offsets, int64_t* sfb_offsets);
+
+/*
+ * Activation casts (csrc/cast.cu, any GPU arch), high precision -> MXFP8 / NVFP4, bit-identical to
+ * dq_kernels.formats.quantize_mxfp8 / quantize_nvfp4 computed on a CUDA device (torch divides by
+ * 448, 6 and 2688 there as a multiplication by the float32 reciprocal; on a CPU tensor it divides,
+ * which can move a scale at amax values within an ulp of a step). Exceptions, as formats.py
+ * documents them: a NaN element byte is 0x7F whatever its sign, and the e2m1 codes of a block
+ * whose scale is NaN, or of every block under a non-finite tensor scale, are unspecified.
+ *
+ * Common arguments:
+ *   x:            [M, K] of x_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16, else DQ_ERR_BAD_DTYPE),
+ *                 row i at x + i * x_row_stride elements (x_row_stride >= K); x and every row
+ *                 16-byte aligned (x_row_stride * element size a multiple of 16), else
+ *                 DQ_ERR_MISALIGNED.
+ *   M, K:         1 <= M <= INT32_MAX - 128; K a positive multiple of the block (32 for MXFP8, 16
+ *                 for NVFP4), K <= 67107840 (the row form: K <= 65536 for 16-bit x, 32768 for
+ *                 float32); else DQ_ERR_BAD_SHAPE.
+ *   scaling:      the MXFP8 block scale, DQ_SCALING_RCEIL (amax / 448 rounded up to a power of two,
+ *                 nothing saturates) or DQ_SCALING_FLOOR (the OCP rule, 2^(floor(log2 amax) - 8));
+ *                 else DQ_ERR_BAD_CONFIG.
+ * Nothing is allocated; everything is enqueued on `stream`.
+ */
+enum {
+  DQ_SCALING_RCEIL = 0,
+  DQ_SCALING_FLOOR = 1,
+};
+
+/*
+ * MXFP8, canonical operands: q float8_e4m3fn bytes [M, K] (16-byte aligned) and s E8M0 bytes in the
+ * 128x4 swizzled layout for M rows and K / 32 scale columns, padding written as zero bytes
+ * (round_up(M, 128) * round_up(K / 32, 4) bytes). One pass over x.
+ */
+DQ_API int dq_quantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int scaling,
+                             uint8_t* q, uint8_t* s, void* stream);
+
+/*
+ * MXFP8, decoded: out bfloat16 [M, K] (16-byte aligned), the values (q, s) of dq_quantize_mxfp8
+ * stand for (dq_dequantize_mxfp8 of them to bfloat16), in one pass without writing q and s.
+ */
+DQ_API int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                        int scaling, void* out, void* stream);
+
+/*
+ * MXFP8 row form (dq_kernels.formats.mxfp8_row_form of dq_quantize_mxfp8's q and s): values 16-bit
+ * [M, K] (16-byte aligned) and row_exp int32 [M]. Per row, R = max(7, largest scale byte in 3..254)
+ * - 7; a row is flagged (row_exp -1) when a block's byte is 255 (NaN) or a byte in 3..254 lies more
+ * than 15 below R. Unflagged rows: row_exp = R, values the f16 bits of q * 2^(byte - R) (exact),
+ * 0 for a block with byte - R < -15. Flagged rows: the bf16 bits of the exact decode q * 2^(byte -
+ * 127). One pass over x: a CTA per row holds the row in registers.
+ */
+DQ_API int dq_quantize_mxfp8_row_form(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                      int scaling, void* values, int32_t* row_exp, void* stream);
+
+/*
+ * NVFP4, canonical operands: q uint8 [M, K / 2] (two e2m1 codes per byte, element 2i in the low
+ * nibble; 8-byte aligned) and s float8_e4m3fn bytes in the 128x4 swizzled layout for M rows and
+ * K / 16 scale columns, padding written as zero bytes.
+ *   tensor_scale:     a device pointer to one float32, or NULL for the dynamic tensor scale
+ *                     amax(|x|) / 2688 (formats.nvfp4_tensor_scale): an amax pass over x first,
+ *                     into `scratch` (4 bytes, zeroed by this function on the stream; one per
+ *                     launch in flight).
+ *   tensor_scale_out: one float32, always written: the tensor scale used.
+ */
+DQ_API int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                             const float* tensor_scale, uint8_t* q, uint8_t* s, float* tensor_scale_out,
+                             uint32_t* scratch, void* stream);
+
+/*
+ * NVFP4, decoded without the tensor scale: out float16 [M, K] (16-byte aligned), e2m1 x e4m3 block
+ * scale of the (q, s) dq_quantize_nvfp4 writes (exact in f16; how the sm_90a mixed-input GEMM takes
+ * an NVFP4 activation), plus tensor_scale_out; tensor_scale and scratch as for dq_quantize_nvfp4.
+ */
+DQ_API int dq_quantize_dequantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                        const float* tensor_scale, void* out, float* tensor_scale_out,
+                                        uint32_t* scratch, void* stream);
 
 /*
  * A static JSON object describing this build, for example

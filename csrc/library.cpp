@@ -22,14 +22,14 @@ extern "C" const char* dq_error_string(int code) {
     case DQ_ERR_BAD_SHAPE:
       return "dq_kernels: a dimension is out of the range dq_kernels.h documents for the function (block multiples, limits)";
     case DQ_ERR_BAD_DTYPE:
-      return "dq_kernels: unsupported out_dtype (0 float32, 1 bfloat16, 2 float16; the sm100 GEMMs take 0 or 1)";
+      return "dq_kernels: unsupported out_dtype or x_dtype (0 float32, 1 bfloat16, 2 float16; the sm100 GEMMs take 0 or 1)";
     case DQ_ERR_MISALIGNED:
       return "dq_kernels: a pointer is not aligned as dq_kernels.h documents for the function";
     case DQ_ERR_UNSUPPORTED:
       return "dq_kernels: the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it)";
     case DQ_ERR_BAD_CONFIG:
-      return "dq_kernels: config (sm100 GEMMs: 0 auto, 1 1sm, 2 2sm) or tokens (sm90 mixed-input GEMMs: 0, 64, 128, 256) "
-             "is not a value dq_kernels.h documents for the function";
+      return "dq_kernels: config (sm100 GEMMs: 0 auto, 1 1sm, 2 2sm), tokens (sm90 mixed-input GEMMs: 0, 64, 128, 256) "
+             "or scaling (casts: 0 rceil, 1 floor) is not a value dq_kernels.h documents for the function";
     case DQ_ERR_LAUNCH_FAILED:
       return "dq_kernels: CUTLASS failed to initialize or launch the kernel";
     default:

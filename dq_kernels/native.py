@@ -44,11 +44,19 @@ __all__ = [
     "sm100_mm_plan",
     "sm100_mm_prepare",
     "Sm100Plan",
+    "quantize_mxfp8",
+    "quantize_dequantize_mxfp8",
+    "quantize_mxfp8_row_form",
+    "quantize_nvfp4",
+    "quantize_dequantize_nvfp4",
+    "CAST_FAMILY",
+    "ROW_FORM_MAX_K",
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
 ABI_VERSION = 3  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
+CAST_FAMILY = "cast"  # the kernel family of the dq_quantize_* functions (CMakeLists.txt), built for every arch
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
 SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm functions
@@ -56,6 +64,7 @@ SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm functions
 # resolved config (the tile of output one CTA or CTA pair computes).
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
 SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
+SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: the MXFP8 casts' scaling argument
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,15 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     lib.dq_build_info.restype = ctypes.c_char_p
     lib.dq_error_string.argtypes = [i32]
     lib.dq_error_string.restype = ctypes.c_char_p
+    # the casts (csrc/cast.cu)
+    lib.dq_quantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
+    lib.dq_quantize_dequantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p]
+    lib.dq_quantize_mxfp8_row_form.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
+    lib.dq_quantize_nvfp4.argtypes = [p, i32, i64, i64, i64, p, p, p, p, p, p]
+    lib.dq_quantize_dequantize_nvfp4.argtypes = [p, i32, i64, i64, i64, p, p, p, p, p]
+    for fn in (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8, lib.dq_quantize_mxfp8_row_form,
+               lib.dq_quantize_nvfp4, lib.dq_quantize_dequantize_nvfp4):
+        fn.restype = i32
 
 
 def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
@@ -283,9 +301,15 @@ def _check_operands(
     return native.lib, codes[out.dtype]
 
 
+def _scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
+    """[round_up(rows, 128), round_up(scale_cols, 4)]: the shape of swizzled scales."""
+    return (rows + 127) // 128 * 128, (scale_cols + 3) // 4 * 4
+
+
 def _check_scales(fn: str, s: torch.Tensor, rows: int, scale_cols: int) -> None:
     """The swizzled scales must be round_up(rows, 128) * round_up(scale_cols, 4) bytes."""
-    expected = (rows + 127) // 128 * 128 * ((scale_cols + 3) // 4 * 4)
+    padded_rows, padded_cols = _scale_shape(rows, scale_cols)
+    expected = padded_rows * padded_cols
     if s.element_size() != 1 or s.numel() != expected:
         raise ValueError(
             f"dq_kernels.native.{fn}: s must hold {expected} one-byte scales in the 128x4 swizzled layout, "
@@ -356,6 +380,175 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
     ts_ptr = None if tensor_scale is None else tensor_scale.data_ptr()
     args = (q.data_ptr(), s.data_ptr(), ts_ptr, out.data_ptr(), m, k, code)
     _launch(fn, lib.dq_dequantize_nvfp4, out.device, *args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation casts: the cast family (csrc/cast.cu, every arch), bit-identical to formats.quantize_*
+# on CUDA tensors. x is [M, K] with unit column stride, any row stride >= K, 16-byte aligned rows.
+# ----------------------------------------------------------------------------------------------
+
+ROW_FORM_MAX_K = {2: 65536, 4: 32768}  # the longest row of quantize_mxfp8_row_form, by x's element size
+
+
+def _cast_args(fn: str, x: torch.Tensor, block: int, outputs: dict, scaling: str | None = None):
+    """Checks a cast's input ``x`` (a 2-D bfloat16, float16 or float32 CUDA tensor, K a multiple of
+    ``block``, unit column stride, 16-byte aligned rows), its ``scaling`` (None: no scaling
+    argument) and ``outputs`` ({name: (tensor, shape, dtypes, alignment)}: contiguous, on x's
+    device); returns (library, x's dtype code, M, K)."""
+    import torch
+
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    if x.dim() != 2 or x.dtype not in dtypes:
+        raise ValueError(f"dq_kernels.native.{fn}: x must be a 2-D float32, bfloat16 or float16 tensor, got {x.dtype} {tuple(x.shape)}")
+    m, k = x.shape
+    if m < 1 or k < block or k % block:
+        raise ValueError(f"dq_kernels.native.{fn}: x [M, K] needs M >= 1 and K a positive multiple of {block}, got {tuple(x.shape)}")
+    if x.stride(1) != 1 or x.stride(0) < k or x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16:
+        raise ValueError(
+            f"dq_kernels.native.{fn}: x must have unit column stride, a row stride >= K and 16-byte aligned rows "
+            f"(data_ptr and row stride in bytes multiples of 16), got strides {x.stride()} (x.contiguous() has them)"
+        )
+    if scaling is not None and scaling not in SCALINGS:
+        raise ValueError(f"dq_kernels.native.{fn}: scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
+    if x.device.type != "cuda":
+        raise ValueError(f"dq_kernels.native.{fn}: x is on {x.device}; the casts run on CUDA tensors")
+    for name, (t, shape, allowed, alignment) in outputs.items():
+        if t.device != x.device:
+            raise ValueError(f"dq_kernels.native.{fn}: {name} is on {t.device}, x on {x.device}: both must be on one device")
+        if tuple(t.shape) != shape or t.dtype not in allowed:
+            names = " or ".join(str(d).removeprefix("torch.") for d in allowed)
+            raise ValueError(f"dq_kernels.native.{fn}: {name} must be {names} of shape {shape}, got {t.dtype} {tuple(t.shape)}")
+        if not t.is_contiguous() or t.data_ptr() % alignment:
+            raise ValueError(f"dq_kernels.native.{fn}: {name} must be contiguous and {alignment}-byte aligned")
+    native = _library()
+    if native.lib is None:
+        raise RuntimeError(f"dq_kernels.native.{fn}: the native library is unavailable: {native.reason}")
+    return native.lib, _dtype_code(x.dtype), m, k
+
+
+def quantize_mxfp8(x, scaling: str, q, s, *, checked: bool = True) -> None:
+    """MXFP8 cast into q and s (``formats.quantize_mxfp8(x, scaling)`` bit for bit, on CUDA).
+
+    x: [M, K] float32, bfloat16 or float16 (K % 32 == 0), unit column stride, any row stride >= K,
+    16-byte aligned rows; scaling "rceil" or "floor"; q: float8_e4m3fn (or uint8) [M, K], 16-byte
+    aligned; s: uint8 [round_up(M, 128), round_up(K / 32, 4)], the swizzled E8M0 scales, padding
+    written as zeros. One pass over x, enqueued on the current stream. ``checked=False`` skips the
+    argument checks, for callers that guarantee all of the above (the cutlass backend, after the
+    ops' checks).
+    """
+    import torch
+
+    fn = "quantize_mxfp8"
+    if checked:
+        m, k = x.shape if x.dim() == 2 else (0, 0)
+        outputs = {"q": (q, (m, k), (torch.float8_e4m3fn, torch.uint8), 16),
+                   "s": (s, _scale_shape(m, k // 32), (torch.uint8,), 1)}
+        lib, x_code, m, k = _cast_args(fn, x, 32, outputs, scaling)
+    else:
+        lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
+    args = (x.data_ptr(), x_code, x.stride(0), m, k, SCALINGS[scaling], q.data_ptr(), s.data_ptr())
+    _launch(fn, lib.dq_quantize_mxfp8, x.device, *args)
+
+
+def quantize_dequantize_mxfp8(x, scaling: str, out, *, checked: bool = True) -> None:
+    """x rounded to MXFP8 and decoded into out, bfloat16 [M, K] (16-byte aligned): bit for bit
+    ``formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, scaling))`` on CUDA, in one pass that
+    writes neither q nor s. x, scaling and ``checked`` as for ``quantize_mxfp8``.
+    """
+    import torch
+
+    fn = "quantize_dequantize_mxfp8"
+    if checked:
+        lib, x_code, m, k = _cast_args(fn, x, 32, {"out": (out, tuple(x.shape), (torch.bfloat16,), 16)}, scaling)
+    else:
+        lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
+    args = (x.data_ptr(), x_code, x.stride(0), m, k, SCALINGS[scaling], out.data_ptr())
+    _launch(fn, lib.dq_quantize_dequantize_mxfp8, x.device, *args)
+
+
+def quantize_mxfp8_row_form(x, scaling: str, values, row_exp, *, checked: bool = True) -> None:
+    """x rounded to MXFP8 and written in the row form (/work/ROWFORM.md): bit for bit
+    ``formats.mxfp8_row_form(*formats.quantize_mxfp8(x, scaling))`` on CUDA, in one pass over x.
+
+    values: float16 [M, K] (16-byte aligned; the bits of a flagged row are bfloat16); row_exp: int32
+    [M], each row's exponent R, or -1 (flagged). K <= ``ROW_FORM_MAX_K`` for x's element size. x,
+    scaling and ``checked`` as for ``quantize_mxfp8``.
+    """
+    import torch
+
+    fn = "quantize_mxfp8_row_form"
+    if checked:
+        outputs = {"values": (values, tuple(x.shape), (torch.float16,), 16),
+                   "row_exp": (row_exp, tuple(x.shape[:1]), (torch.int32,), 4)}
+        limit = ROW_FORM_MAX_K.get(x.element_size(), ROW_FORM_MAX_K[2])
+        if x.dim() == 2 and x.shape[1] > limit:
+            raise ValueError(f"dq_kernels.native.{fn}: K = {x.shape[1]} is longer than the row form's limit "
+                             f"{limit} for {x.dtype} (a row is held in one CTA's registers)")
+        lib, x_code, m, k = _cast_args(fn, x, 32, outputs, scaling)
+    else:
+        lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
+    args = (x.data_ptr(), x_code, x.stride(0), m, k, SCALINGS[scaling], values.data_ptr(), row_exp.data_ptr())
+    _launch(fn, lib.dq_quantize_mxfp8_row_form, x.device, *args)
+
+
+def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):
+    """Checks of the NVFP4 casts (``outputs`` as for _cast_args, tensor_scale None or one float32
+    on x's device); returns (library, x's dtype code, M, K, tensor scale pointer, scratch), scratch
+    a fresh 4-byte buffer for the amax pass of a dynamic tensor scale (None for a given one)."""
+    import torch
+
+    if checked:
+        if outputs["tensor_scale_out"][0].numel() != 1:
+            raise ValueError(f"dq_kernels.native.{fn}: tensor_scale_out must hold one float32")
+        if tensor_scale is not None:
+            outputs = outputs | {"tensor_scale": (tensor_scale, tuple(tensor_scale.shape), (torch.float32,), 4)}
+            if tensor_scale.numel() != 1:
+                raise ValueError(f"dq_kernels.native.{fn}: tensor_scale must be one float32, got shape {tuple(tensor_scale.shape)}")
+        lib, x_code, m, k = _cast_args(fn, x, 16, outputs)
+    else:
+        lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
+    if tensor_scale is None:
+        return lib, x_code, m, k, None, torch.empty(1, dtype=torch.int32, device=x.device)
+    return lib, x_code, m, k, tensor_scale.data_ptr(), None
+
+
+def quantize_nvfp4(x, tensor_scale, q, s, tensor_scale_out, *, checked: bool = True) -> None:
+    """NVFP4 cast into q, s and tensor_scale_out (``formats.quantize_nvfp4(x, tensor_scale)`` bit for
+    bit on CUDA; the codes of NaN-scaled blocks, and of all blocks under a non-finite tensor scale,
+    are unspecified there too).
+
+    x: [M, K] as for ``quantize_mxfp8`` with K % 16 == 0; tensor_scale: one float32, or None for the
+    dynamic amax(|x|) / 2688 (an amax pass over x first; its 4-byte scratch comes from torch's
+    allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8) [round_up(M, 128),
+    round_up(K / 16, 4)] swizzled, padding zeros; tensor_scale_out: float32, one element, always
+    written. ``checked`` as for ``quantize_mxfp8``.
+    """
+    import torch
+
+    fn = "quantize_nvfp4"
+    m, k = x.shape if x.dim() == 2 else (0, 0)
+    outputs = {"q": (q, (m, k // 2), (torch.uint8,), 8),
+               "s": (s, _scale_shape(m, k // 16), (torch.float8_e4m3fn, torch.uint8), 1),
+               "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
+    lib, x_code, m, k, ts_ptr, scratch = _nvfp4_cast_args(fn, x, tensor_scale, outputs, checked)
+    args = (x.data_ptr(), x_code, x.stride(0), m, k, ts_ptr, q.data_ptr(), s.data_ptr(), tensor_scale_out.data_ptr())
+    _launch(fn, lib.dq_quantize_nvfp4, x.device, *args, None if scratch is None else scratch.data_ptr())
+
+
+def quantize_dequantize_nvfp4(x, tensor_scale, out, tensor_scale_out, *, checked: bool = True) -> None:
+    """x rounded to NVFP4 and decoded without its tensor scale into out, float16 [M, K] (16-byte
+    aligned): e2m1 x block scale, bit for bit ``formats.dequantize_nvfp4(q, s, 1, float16)`` of
+    ``formats.quantize_nvfp4(x, tensor_scale)`` on CUDA; the tensor scale goes to tensor_scale_out.
+    x, tensor_scale and ``checked`` as for ``quantize_nvfp4``.
+    """
+    import torch
+
+    fn = "quantize_dequantize_nvfp4"
+    outputs = {"out": (out, tuple(x.shape), (torch.float16,), 16),
+               "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
+    lib, x_code, m, k, ts_ptr, scratch = _nvfp4_cast_args(fn, x, tensor_scale, outputs, checked)
+    args = (x.data_ptr(), x_code, x.stride(0), m, k, ts_ptr, out.data_ptr(), tensor_scale_out.data_ptr())
+    _launch(fn, lib.dq_quantize_dequantize_nvfp4, x.device, *args, None if scratch is None else scratch.data_ptr())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ``cutlass`` backend: the native library's GEMMs (CUTLASS/CuTe and plain CUDA), per compute capability.
+"""The ``cutlass`` backend: the native library's GEMMs (CUTLASS/CuTe and plain CUDA), per compute capability,
+and its activation casts.
 
 - 10.0 and 10.3 (the ``sm100_gemm`` kernel family, built for sm_100f, one cubin for both): ``csrc/sm100_mxfp8_gemm.cu`` and
   ``csrc/sm100_nvfp4_gemm.cu``, CUTLASS 4.2 tcgen05 block-scaled MMA (``kind::mxf8f6f4`` /
@@ -32,13 +33,17 @@ Shape limits (the spec's data): K % 32 == 0 and N % 8 == 0 for both; for sm_100a
 CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: NVFP4 rows of K / 2
 bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the kernels' int
 indexing bounds M and N near 2^31 (dq_kernels.h), far beyond any model layer.
+
+The casts (``quantize_mxfp8``, ``quantize_nvfp4``, their one-pass decodes for the mixed-input
+kernel, and ``quantize_mxfp8_row_form``) are ``csrc/cast.cu``: plain CUDA built for every arch of the
+library, bit-identical to ``dq_kernels.formats`` (on CUDA tensors).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import native
+from .. import formats, native
 from . import base
 from . import reference
 from .base import Backend, BackendSpec, aligned_16, float32_bias
@@ -54,6 +59,15 @@ def _on_hopper(device: torch.device) -> bool:
 def _skinny(device: torch.device, m: int) -> bool:
     """Whether this call runs csrc/sm90_skinny_gemm.cu."""
     return _on_hopper(device) and m <= native.SM90_SKINNY_MAX_M
+
+
+def _cast_input(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
+    16-byte aligned rows), copied only where no such view exists."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(1) != 1 or x2.stride(0) < x2.shape[1] or x2.data_ptr() % 16 or (x2.stride(0) * x2.element_size()) % 16:
+        x2 = x2.clone(memory_format=torch.contiguous_format)
+    return x2
 
 
 def skinny_config(m: int) -> str:
@@ -104,9 +118,9 @@ class CutlassBackend(Backend):
         description=(
             "native GEMMs: sm_90a MXFP8/NVFP4/W4A16 with the weight decoded exactly in registers (M <= 64: "
             "mma.sync streaming the weight; above: bf16/f16 wgmma, weight as the register operand); sm_100f "
-            "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only)"
+            "CUTLASS 4.2 block-scaled tcgen05 MXFP8/NVFP4 (compile-verified only); CUDA activation casts"
         ),
-        ops=("mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
+        ops=("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm"),
         capabilities=((9, 0), (10, 0), (10, 3)),
         op_capabilities=(("nvfp4_weight_only_mm", ((9, 0),)),),
         n_multiple=8,
@@ -192,3 +206,54 @@ class CutlassBackend(Backend):
         else:
             native.sm90_nvfp4_mixed_mm(a, b_q, b_s, None, b_ts, bias, out, checked=False)
         return out
+
+    def quantize_mxfp8(self, x, scaling):
+        x = _cast_input(x)
+        m, k = x.shape
+        q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+        s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
+        native.quantize_mxfp8(x, scaling, q, s, checked=False)
+        return q, s
+
+    def quantize_nvfp4(self, x, tensor_scale):
+        x = _cast_input(x)
+        m, k = x.shape
+        q = torch.empty(formats.NVFP4.qdata_shape(m, k), dtype=torch.uint8, device=x.device)
+        s = torch.empty(formats.NVFP4.scale_shape(m, k), dtype=torch.float8_e4m3fn, device=x.device)
+        ts_out = torch.empty((), dtype=torch.float32, device=x.device)
+        native.quantize_nvfp4(x, tensor_scale, q, s, ts_out, checked=False)
+        return q, s, ts_out
+
+    def can_quantize_dequantize(self, fmt):
+        return True
+
+    def quantize_dequantize_mxfp8(self, x, scaling):
+        """x [..., K] rounded to MXFP8 and decoded: bfloat16 [M, K] (formats.dequantize_mxfp8 of
+        formats.quantize_mxfp8), one pass."""
+        x = _cast_input(x)
+        out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        native.quantize_dequantize_mxfp8(x, scaling, out, checked=False)
+        return out
+
+    def quantize_dequantize_nvfp4(self, x, tensor_scale):
+        """x [..., K] rounded to NVFP4 and decoded without its tensor scale: (float16 [M, K], the 0-dim
+        float32 tensor scale), one pass (two with a dynamic tensor scale)."""
+        x = _cast_input(x)
+        out = torch.empty(x.shape, dtype=torch.float16, device=x.device)
+        ts_out = torch.empty((), dtype=torch.float32, device=x.device)
+        native.quantize_dequantize_nvfp4(x, tensor_scale, out, ts_out, checked=False)
+        return out, ts_out
+
+    def quantize_mxfp8_row_form(self, x, scaling):
+        """x [..., K] rounded to MXFP8 in the row form (/work/ROWFORM.md): (values float16 [M, K],
+        row_exp int32 [M]), bit-identical to formats.mxfp8_row_form(*formats.quantize_mxfp8(x,
+        scaling)), one pass over x. K <= native.ROW_FORM_MAX_K for x's element size (checked here)."""
+        x = _cast_input(x)
+        m, k = x.shape
+        if k > native.ROW_FORM_MAX_K[x.element_size()]:
+            raise ValueError(f"cutlass.quantize_mxfp8_row_form: K = {k} is longer than the row form's limit "
+                             f"{native.ROW_FORM_MAX_K[x.element_size()]} for {x.dtype}")
+        values = torch.empty(m, k, dtype=torch.float16, device=x.device)
+        row_exp = torch.empty(m, dtype=torch.int32, device=x.device)
+        native.quantize_mxfp8_row_form(x, scaling, values, row_exp, checked=False)
+        return values, row_exp

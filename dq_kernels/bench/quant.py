@@ -4,7 +4,8 @@ Per [M, K] bf16 input and case, each timed with ``timing.median_us`` (cold L2):
 
 * ``mxfp8``: RCEIL MXFP8 with swizzled scales; ``nvfp4``: NVFP4 with a dynamic tensor scale (the
   amax pass and the cast, both timed); ``nvfp4_static``: NVFP4 with a given tensor scale.
-* backends: ``triton_cast`` (ours, through the custom op), ``torchao`` (torchao's eager cast:
+* backends: ``triton_cast`` and ``cutlass`` (ours: the Triton casts and the native library's CUDA
+  casts, through the custom op; a backend that cannot run here is skipped, saying why), ``torchao`` (torchao's eager cast:
   ``to_mx(..., is_swizzled_scales=True)``, or ``nvfp4_quantize`` + ``to_blocked`` as
   ``NVFP4Tensor.to_nvfp4`` does, the amax included for the dynamic case), ``torchao_compiled``
   (the same function under ``torch.compile(dynamic=True)``, compiled once per case).
@@ -24,11 +25,12 @@ import torch
 from tqdm import tqdm
 
 import dq_kernels
-from dq_kernels import formats
+from dq_kernels import backends, formats
 from dq_kernels.bench import report, timing
 
 CASES = ("mxfp8", "nvfp4", "nvfp4_static")
-BACKENDS = ("triton_cast", "torchao", "torchao_compiled")
+OURS = ("triton_cast", "cutlass")  # our cast backends
+BACKENDS = OURS + ("torchao", "torchao_compiled")
 DEFAULT_SHAPES = tuple((m, k) for m in (4096, 4608, 16384) for k in (3072, 12288, 15360))
 SEED = 0
 
@@ -71,10 +73,24 @@ def torchao_cast(case: str) -> Callable:
     return mxfp8 if case == "mxfp8" else nvfp4
 
 
-def our_cast(case: str, x: torch.Tensor, ts: torch.Tensor) -> Callable[[], object]:
+def our_cast(case: str, x: torch.Tensor, ts: torch.Tensor, backend: str) -> Callable[[], object]:
     if case == "mxfp8":
-        return functools.partial(dq_kernels.quantize_mxfp8, x, "rceil", backend="triton_cast")
-    return functools.partial(dq_kernels.quantize_nvfp4, x, ts if case == "nvfp4_static" else None, backend="triton_cast")
+        return functools.partial(dq_kernels.quantize_mxfp8, x, "rceil", backend=backend)
+    return functools.partial(dq_kernels.quantize_nvfp4, x, ts if case == "nvfp4_static" else None, backend=backend)
+
+
+def runnable(names: Sequence[str], device: torch.device) -> list[str]:
+    """Those of our cast backends ``names`` that can run both casts on ``device``; says on stderr
+    why the others are skipped."""
+    kept = []
+    for name in names:
+        try:
+            for op in ("quantize_mxfp8", "quantize_nvfp4"):
+                backends.select(op, device, 1, 32, 32, requested=name)
+            kept.append(name)
+        except backends.BackendUnavailableError as e:
+            print(f"bench quant: skipping {name}: {e}", file=sys.stderr)
+    return kept
 
 
 @dataclass
@@ -100,14 +116,15 @@ class Row:
 def run(shapes: Sequence[tuple[int, int]], cases: Sequence[str]) -> list[Row]:
     """Time every case x backend on every shape (CUDA only)."""
     compiled = {case: torch.compile(torchao_cast(case), dynamic=True) for case in cases}
+    ours = runnable(OURS, torch.device("cuda", torch.cuda.current_device()))
     rows: list[Row] = []
-    with tqdm(total=len(shapes) * len(cases) * len(BACKENDS), desc="bench quant", file=sys.stderr, disable=None) as bar:
+    total = len(shapes) * len(cases) * (len(ours) + len(BACKENDS) - len(OURS))
+    with tqdm(total=total, desc="bench quant", file=sys.stderr, disable=None) as bar:
         for m, k in shapes:
             x = torch.randn(m, k, generator=torch.Generator("cuda").manual_seed(SEED), device="cuda", dtype=torch.bfloat16)
             ts = formats.nvfp4_tensor_scale(x)
             for case in cases:
-                calls = {
-                    "triton_cast": our_cast(case, x, ts),
+                calls = {name: our_cast(case, x, ts, name) for name in ours} | {
                     "torchao": functools.partial(torchao_cast(case), x, ts if case == "nvfp4_static" else None),
                     "torchao_compiled": functools.partial(compiled[case], x, ts if case == "nvfp4_static" else None),
                 }

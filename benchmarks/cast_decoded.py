@@ -1,0 +1,64 @@
+"""The casts a quantized Linear runs before the Hopper mixed-input GEMM, which `dq-kernels bench
+quant` does not time: the activation rounded to the format and written decoded (MXFP8 as bf16, NVFP4
+as f16 without its tensor scale), Triton (``triton_cast``) against the native CUDA casts
+(``cutlass``, csrc/cast.cu), and the native MXFP8 row form (f16 values + int32 row exponents,
+/work/ROWFORM.md). Timed like `bench quant` (cold L2, median); bandwidth on the bytes each must move
+(the bf16 input read, twice for the dynamic NVFP4 case, and its outputs written). Checks each output
+against dq_kernels.formats once, bit for bit (NaN-free random input). Needs a CUDA GPU and the
+native library.
+
+    python benchmarks/cast_decoded.py [--json PATH]
+"""
+
+import argparse
+import json
+
+import torch
+
+from dq_kernels import formats
+from dq_kernels.backends import get_backend
+from dq_kernels.bench import quant, timing
+
+
+def cases(x: torch.Tensor, ts: torch.Tensor):
+    """(name, backend, call, bytes written per element, reads of x, reference) per case."""
+    triton, cutlass = get_backend("triton_cast"), get_backend("cutlass")
+    q, s = formats.quantize_mxfp8(x, "rceil")
+    mxfp8_bf16 = formats.dequantize_mxfp8(q, s, torch.bfloat16)
+    row_form = formats.mxfp8_row_form(q, s)
+    one = torch.ones((), device=x.device)
+    nvfp4_f16 = {t is None: formats.dequantize_nvfp4(*formats.quantize_nvfp4(x, t)[:2], one, torch.float16) for t in (None, ts)}
+    for name, b in (("triton_cast", triton), ("cutlass", cutlass)):
+        yield "mxfp8_bf16", name, lambda b=b: b.quantize_dequantize_mxfp8(x, "rceil"), 2, 1, mxfp8_bf16
+        yield "nvfp4_f16", name, lambda b=b: b.quantize_dequantize_nvfp4(x, None)[0], 2, 2, nvfp4_f16[True]
+        yield "nvfp4_f16_static", name, lambda b=b: b.quantize_dequantize_nvfp4(x, ts)[0], 2, 1, nvfp4_f16[False]
+    yield "mxfp8_row_form", "cutlass", lambda: cutlass.quantize_mxfp8_row_form(x, "rceil"), 2, 1, row_form
+
+
+def same(out, ref) -> bool:
+    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+    return all(torch.equal(o.view(torch.uint8), r.view(torch.uint8)) for o, r in zip(outs, refs, strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the rows as JSON")
+    args = parser.parse_args()
+    rows = []
+    print(f"{'M':>6} {'K':>6} {'case':<17} {'backend':<12} {'us':>8} {'TB/s':>6}  bit-identical")
+    for m, k in quant.DEFAULT_SHAPES:
+        x = torch.randn(m, k, generator=torch.Generator("cuda").manual_seed(0), device="cuda", dtype=torch.bfloat16)
+        ts = formats.nvfp4_tensor_scale(x)
+        for case, backend, call, out_bytes, reads, ref in cases(x, ts):
+            identical = same(call(), ref)
+            us = timing.median_us(call)
+            tbps = (reads * 2 + out_bytes) * m * k / us / 1e6
+            rows.append({"case": case, "backend": backend, "M": m, "K": k, "us": us, "tbps": tbps, "bit_identical": identical})
+            print(f"{m:>6} {k:>6} {case:<17} {backend:<12} {us:>8.1f} {tbps:>6.2f}  {identical}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+// cast.cu: activation casts, x [M, K] (bf16, f16 or f32) -> MXFP8 / NVFP4, for any GPU arch.
+//
+// What each entry point writes is in dq_kernels.h; the arithmetic is quantize.cuh's, bit-identical
+// to dq_kernels.formats on CUDA tensors. Memory-bound kernels: one read of x and one write of the
+// outputs (NVFP4 with a dynamic tensor scale reads x twice: an amax pass first).
+//
+// Work split. A thread takes "chunks" of 16 consecutive elements of a row (two 16-byte loads for a
+// 16-bit input, four for float32): an NVFP4 block, or half an MXFP8 block, whose two halves sit in
+// neighbouring lanes and meet through one shuffle.
+//  - Element casts (canonical operands, decoded values): CTAs of 256 threads as a 2-D block of
+//    `tx` chunks along a row (a power of two up to 64) by 256 / tx rows, one chunk per thread, so
+//    short rows (K = 32) still fill warps. The grid covers the padded rows of the swizzled scales
+//    too: a padding row is a zero block, whose scale byte the padding holds (0), and the thread of
+//    a row's first chunk writes the row's padding columns.
+//  - The MXFP8 row form: one CTA per row, kChunks chunks per thread, the whole row in registers:
+//    the block scales give the row exponent (a CTA reduction) before any value is written; the
+//    exponent and the f16 decode are decode.cuh's, which the mixed-input GEMM decodes weights with.
+//
+// Do not build with --use_fast_math: it flushes float32 subnormals (scales and scaled values).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "device_info.h"
+#include "dq_kernels.h"
+#include "quantize.cuh"
+#include "scale_layout.cuh"
+
+namespace {
+
+constexpr int kChunk = 16;    // elements per chunk
+constexpr int kThreads = 256;  // element casts: threads per CTA
+constexpr int kMaxRowThreads = 512;  // the row form: threads per CTA (one row) at most
+constexpr int kMaxChunksAlongRow = 64;
+
+// 16 consecutive elements of x, loaded with 16-byte vector loads (16-byte aligned), and their
+// float32 values (exact for every input dtype).
+template <typename In>
+struct Chunk {
+  static constexpr int kVectors = sizeof(In);  // 16 elements of sizeof(In) bytes in 16-byte vectors
+  uint4 raw[kVectors];
+
+  __device__ __forceinline__ void load(const In* p) {
+    const uint4* v = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < kVectors; ++i) raw[i] = v[i];
+  }
+
+  __device__ __forceinline__ void values(float (&v)[kChunk]) const {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(raw);
+#pragma unroll
+    for (int i = 0; i < kChunk / 2; ++i) {
+      if constexpr (sizeof(In) == 4) {
+        v[2 * i] = __uint_as_float(w[2 * i]);
+        v[2 * i + 1] = __uint_as_float(w[2 * i + 1]);
+      } else if constexpr (std::is_same_v<In, __nv_bfloat16>) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    }
+  }
+};
+
+// max |v| over the chunk as float32 bits (dq::abs_bits: NaN wins).
+__device__ __forceinline__ uint32_t chunk_amax_bits(const float (&v)[kChunk]) {
+  uint32_t amax = 0;
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) amax = max(amax, dq::abs_bits(v[i]));
+  return amax;
+}
+
+// The chunk's 16 e4m3 bytes for an MXFP8 block scale, as four words (element 0 in the low byte).
+__device__ __forceinline__ void encode_mxfp8_chunk(const float (&v)[kChunk], float multiplier, uint32_t (&q)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    q[i] = dq::encode_e4m3x2(v[4 * i] * multiplier, v[4 * i + 1] * multiplier) |
+           (dq::encode_e4m3x2(v[4 * i + 2] * multiplier, v[4 * i + 3] * multiplier) << 16);
+  }
+}
+
+__device__ __forceinline__ void store_32_bytes(void* dst, const uint32_t (&w)[8]) {
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  d[0] = make_uint4(w[0], w[1], w[2], w[3]);
+  d[1] = make_uint4(w[4], w[5], w[6], w[7]);
+}
+
+// The thread's (row, chunk) in the 2-D CTA layout of the element casts.
+struct Place {
+  int64_t row, chunk;
+  __device__ __forceinline__ Place()
+      : row(int64_t(blockIdx.x) * blockDim.y + threadIdx.y), chunk(int64_t(blockIdx.y) * blockDim.x + threadIdx.x) {}
+};
+
+// Zero scale bytes of the row's padding columns (scale_cols .. padded_cols - 1), by the row's first chunk.
+__device__ __forceinline__ void zero_padding_columns(uint8_t* s, const Place& at, int64_t scale_cols, int64_t padded_cols) {
+  if (at.chunk != 0) return;
+  for (int64_t col = scale_cols; col < padded_cols; ++col) s[dq::swizzled_scale_offset(at.row, col, padded_cols)] = 0;
+}
+
+// MXFP8 element cast. Canonical (kDecoded false): q [M, K] e4m3 and s swizzled, grid over the padded
+// rows. kDecoded: out [M, K] bf16, the values q and s stand for, grid over the M rows.
+template <typename In, bool kDecoded>
+__global__ void __launch_bounds__(kThreads)
+    mxfp8_cast_kernel(const In* __restrict__ x, int64_t x_stride, uint8_t* __restrict__ q, uint8_t* __restrict__ s,
+                      uint32_t* __restrict__ out, int64_t M, int64_t K, int64_t grid_rows, int scaling) {
+  const Place at;
+  const int64_t chunks_per_row = K / kChunk;
+  const bool in_row = at.chunk < chunks_per_row;
+  const bool valid = in_row && at.row < M;
+  float v[kChunk] = {};
+  if (valid) {
+    Chunk<In> c;
+    c.load(x + at.row * x_stride + at.chunk * kChunk);
+    c.values(v);
+  }
+  uint32_t amax = chunk_amax_bits(v);
+  amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));  // the block's other half
+  const dq::Mxfp8BlockScale scale = dq::mxfp8_block_scale(__uint_as_float(amax), scaling, true);
+  uint32_t words[4];
+  encode_mxfp8_chunk(v, scale.multiplier, words);
+  const int64_t element = at.row * K + at.chunk * kChunk;
+  if constexpr (kDecoded) {
+    if (!valid) return;
+    uint32_t values[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) values[i] = dq::decode_mxfp8_bf16x2(words[i / 2] >> (16 * (i % 2)), scale.byte);
+    store_32_bytes(out + element / 2, values);
+  } else {
+    if (at.row >= grid_rows) return;
+    if (valid) *reinterpret_cast<uint4*>(q + element) = make_uint4(words[0], words[1], words[2], words[3]);
+    const int64_t scale_cols = K / 32, padded_cols = dq::swizzled_padded_cols(scale_cols);
+    if (in_row && at.chunk % 2 == 0) s[dq::swizzled_scale_offset(at.row, at.chunk / 2, padded_cols)] = uint8_t(scale.byte);
+    zero_padding_columns(s, at, scale_cols, padded_cols);
+  }
+}
+
+// NVFP4 element cast with the tensor scale *tensor_scale, or (kDynamic) amax_bits / 2688; thread 0
+// writes the tensor scale used to tensor_scale_out. Canonical (kDecoded false): q [M, K / 2] and s
+// swizzled, grid over the padded rows. kDecoded: out [M, K] f16 (e2m1 x block scale), grid over M.
+template <typename In, bool kDecoded, bool kDynamic>
+__global__ void __launch_bounds__(kThreads)
+    nvfp4_cast_kernel(const In* __restrict__ x, int64_t x_stride, const float* __restrict__ tensor_scale,
+                      const uint32_t* __restrict__ amax_bits, float* __restrict__ tensor_scale_out,
+                      uint8_t* __restrict__ q, uint8_t* __restrict__ s, uint32_t* __restrict__ out, int64_t M,
+                      int64_t K, int64_t grid_rows) {
+  const float ts = kDynamic ? dq::nvfp4_tensor_scale(__uint_as_float(*amax_bits), true) : *tensor_scale;
+  if ((blockIdx.x | blockIdx.y | threadIdx.x | threadIdx.y) == 0) *tensor_scale_out = ts;
+  const Place at;
+  const int64_t chunks_per_row = K / kChunk;  // a chunk is a block
+  const bool in_row = at.chunk < chunks_per_row;
+  const bool valid = in_row && at.row < M;
+  if (!(kDecoded ? valid : in_row && at.row < grid_rows)) return;
+  float v[kChunk] = {};
+  if (valid) {
+    Chunk<In> c;
+    c.load(x + at.row * x_stride + at.chunk * kChunk);
+    c.values(v);
+  }
+  const dq::Nvfp4BlockScale scale = dq::nvfp4_block_scale(__uint_as_float(chunk_amax_bits(v)), ts, true);
+  uint32_t codes[kChunk];
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) codes[i] = dq::encode_e2m1(v[i] * scale.reciprocal);
+  const int64_t element = at.row * K + at.chunk * kChunk;
+  if constexpr (kDecoded) {
+    uint32_t values[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) values[i] = dq::decode_nvfp4_f16x2(codes[2 * i], codes[2 * i + 1], scale.byte);
+    store_32_bytes(out + element / 2, values);
+  } else {
+    if (valid) {
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) packed[i / 8] |= codes[i] << (4 * (i % 8));  // element 2j: low nibble of byte j
+      *reinterpret_cast<uint2*>(q + element / 2) = make_uint2(packed[0], packed[1]);
+    }
+    const int64_t padded_cols = dq::swizzled_padded_cols(chunks_per_row);
+    // a padding row holds zero bytes, not a zero block's scale (2^-6)
+    s[dq::swizzled_scale_offset(at.row, at.chunk, padded_cols)] = valid ? uint8_t(scale.byte) : 0;
+    zero_padding_columns(s, at, chunks_per_row, padded_cols);
+  }
+}
+
+// amax_bits (zeroed before) <- max over x [M, K] of dq::abs_bits: one atomic per CTA; CTAs stride
+// over the rows.
+template <typename In>
+__global__ void __launch_bounds__(kThreads)
+    amax_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ amax_bits, int64_t M, int64_t K) {
+  __shared__ uint32_t warp_amax[kThreads / 32];
+  const Place first;
+  uint32_t amax = 0;
+  if (first.chunk < K / kChunk) {
+    for (int64_t row = first.row; row < M; row += int64_t(gridDim.x) * blockDim.y) {
+      Chunk<In> c;
+      c.load(x + row * x_stride + first.chunk * kChunk);
+      float v[kChunk];
+      c.values(v);
+      amax = max(amax, chunk_amax_bits(v));
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+  if (thread % 32 == 0) warp_amax[thread / 32] = amax;
+  __syncthreads();
+  if (thread == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) amax = max(amax, warp_amax[w]);
+    atomicMax(amax_bits, amax);
+  }
+}
+
+// The MXFP8 row form of one row per CTA (blockDim.x threads, a multiple of 32): values [M, K] 16-bit
+// (f16 bits, or bf16 bits in a flagged row), row_exp [M]. Thread t takes chunks t, t + blockDim.x, ...
+// (kChunks of them, the row's chunks_per_row at most), so the two halves of a block are in
+// neighbouring lanes. The row exponent and the f16 decode are decode.cuh's (the mixed-input GEMM's).
+template <typename In, int kChunks>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    mxfp8_row_form_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ values,
+                          int32_t* __restrict__ row_exp, int64_t K, int scaling) {
+  __shared__ uint32_t warp_top[kMaxRowThreads / 32], warp_bottom[kMaxRowThreads / 32];  // dq::RowExponent's
+  __shared__ int exponent;
+  const int64_t row = blockIdx.x;
+  const int chunks_per_row = int(K / kChunk);
+
+  Chunk<In> chunks[kChunks];  // every load issued before any arithmetic
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int chunk = j * int(blockDim.x) + int(threadIdx.x);
+    if (chunk < chunks_per_row) chunks[j].load(x + row * x_stride + int64_t(chunk) * kChunk);
+  }
+  uint32_t q[kChunks][4], bytes[kChunks];
+  dq::RowExponent row_exponent;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const bool valid = j * int(blockDim.x) + int(threadIdx.x) < chunks_per_row;
+    float v[kChunk] = {};
+    if (valid) chunks[j].values(v);
+    uint32_t amax = chunk_amax_bits(v);
+    amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
+    const dq::Mxfp8BlockScale scale = dq::mxfp8_block_scale(__uint_as_float(amax), scaling, true);
+    encode_mxfp8_chunk(v, scale.multiplier, q[j]);
+    bytes[j] = scale.byte;
+    if (valid) row_exponent.add(scale.byte);
+  }
+  row_exponent.merge_lanes<32>();
+  if (threadIdx.x % 32 == 0) {
+    warp_top[threadIdx.x / 32] = row_exponent.top;
+    warp_bottom[threadIdx.x / 32] = row_exponent.bottom;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x / 32); ++w) row_exponent.merge(dq::RowExponent{warp_top[w], warp_bottom[w]});
+    exponent = row_exponent.value();
+    row_exp[row] = exponent;
+  }
+  __syncthreads();
+  const int r = exponent, shift = dq::row_form_shift(r);
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int chunk = j * int(blockDim.x) + int(threadIdx.x);
+    if (chunk >= chunks_per_row) continue;
+    const uint32_t multiplier = dq::row_form_multiplier(bytes[j], shift);
+    uint32_t out[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t pair = q[j][i / 2] >> (16 * (i % 2));
+      out[i] = r == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, bytes[j])
+                                    : dq::hmul2_bits(dq::e4m3x2_to_f16x2(pair), multiplier);
+    }
+    store_32_bytes(values + (row * K + int64_t(chunk) * kChunk) / 2, out);
+  }
+}
+
+// ---- host side ---------------------------------------------------------------------------------
+
+bool aligned(const void* p, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
+
+int element_size(int dtype) { return dtype == DQ_FLOAT32 ? 4 : 2; }
+
+// Checks shared by every cast: x [M, K] of x_dtype with row stride x_row_stride (elements), block 32
+// or 16. Rows must be 16-byte aligned (x and the row stride in bytes).
+int check_input(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int64_t block) {
+  if (x == nullptr) return DQ_ERR_NULL_POINTER;
+  if (x_dtype != DQ_FLOAT32 && x_dtype != DQ_BFLOAT16 && x_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
+  if (M < 1 || K < block || K % block != 0 || x_row_stride < K || M > INT64_MAX / x_row_stride) return DQ_ERR_BAD_SHAPE;
+  if (M > INT32_MAX - 128 || K / kChunk > int64_t{kMaxChunksAlongRow} * 65535) return DQ_ERR_BAD_SHAPE;  // grid limits
+  if (!aligned(x, 16) || (x_row_stride * element_size(x_dtype)) % 16 != 0) return DQ_ERR_MISALIGNED;
+  return DQ_OK;
+}
+
+int check_scaling(int scaling) {
+  return scaling == DQ_SCALING_RCEIL || scaling == DQ_SCALING_FLOOR ? DQ_OK : DQ_ERR_BAD_CONFIG;
+}
+
+// The 2-D CTAs of the element casts over `rows` rows of K / 16 chunks.
+struct Launch {
+  dim3 grid, block;
+  Launch(int64_t rows, int64_t K) {
+    const int64_t chunks_per_row = K / kChunk;
+    unsigned tx = 2;
+    while (tx < chunks_per_row && tx < kMaxChunksAlongRow) tx *= 2;
+    block = dim3(tx, kThreads / tx);
+    grid = dim3(unsigned((rows + block.y - 1) / block.y), unsigned((chunks_per_row + tx - 1) / tx));
+  }
+};
+
+// Calls f with a value of the C++ type of x_dtype (checked before).
+template <typename F>
+void with_input_type(int x_dtype, F&& f) {
+  switch (x_dtype) {
+    case DQ_FLOAT32:
+      f(float{});
+      break;
+    case DQ_BFLOAT16:
+      f(__nv_bfloat16{});
+      break;
+    default:
+      f(__half{});
+  }
+}
+
+int64_t padded_rows(int64_t M) { return (M + 127) / 128 * 128; }
+
+int mxfp8_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int scaling, uint8_t* q,
+               uint8_t* s, void* out, cudaStream_t stream) {
+  const bool decoded = out != nullptr;
+  const int64_t rows = decoded ? M : padded_rows(M);
+  const Launch launch(rows, K);
+  with_input_type(x_dtype, [&](auto tag) {
+    using In = decltype(tag);
+    const In* xt = static_cast<const In*>(x);
+    if (decoded) {
+      mxfp8_cast_kernel<In, true><<<launch.grid, launch.block, 0, stream>>>(
+          xt, x_row_stride, nullptr, nullptr, static_cast<uint32_t*>(out), M, K, rows, scaling);
+    } else {
+      mxfp8_cast_kernel<In, false><<<launch.grid, launch.block, 0, stream>>>(xt, x_row_stride, q, s, nullptr, M, K,
+                                                                             rows, scaling);
+    }
+  });
+  return cudaGetLastError();
+}
+
+int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, const float* tensor_scale,
+               uint8_t* q, uint8_t* s, void* out, float* tensor_scale_out, uint32_t* scratch, cudaStream_t stream) {
+  const bool decoded = out != nullptr, dynamic = tensor_scale == nullptr;
+  if (dynamic) {
+    if (cudaError_t e = cudaMemsetAsync(scratch, 0, sizeof(uint32_t), stream)) return e;
+    Launch amax(M, K);
+    const unsigned most = unsigned(4 * dq::sm_count());  // CTAs: a few waves, so few atomics
+    amax.grid.x = amax.grid.y >= most ? 1 : std::min(amax.grid.x, most / amax.grid.y);
+    with_input_type(x_dtype, [&](auto tag) {
+      using In = decltype(tag);
+      amax_kernel<In><<<amax.grid, amax.block, 0, stream>>>(static_cast<const In*>(x), x_row_stride, scratch, M, K);
+    });
+    if (cudaError_t e = cudaGetLastError()) return e;
+  }
+  const int64_t rows = decoded ? M : padded_rows(M);
+  const Launch launch(rows, K);
+  with_input_type(x_dtype, [&](auto tag) {
+    using In = decltype(tag);
+    const In* xt = static_cast<const In*>(x);
+    uint32_t* o = static_cast<uint32_t*>(out);
+    const auto args = [&](auto kernel) {
+      kernel<<<launch.grid, launch.block, 0, stream>>>(xt, x_row_stride, tensor_scale, scratch, tensor_scale_out, q, s,
+                                                       o, M, K, rows);
+    };
+    if (decoded) {
+      dynamic ? args(nvfp4_cast_kernel<In, true, true>) : args(nvfp4_cast_kernel<In, true, false>);
+    } else {
+      dynamic ? args(nvfp4_cast_kernel<In, false, true>) : args(nvfp4_cast_kernel<In, false, false>);
+    }
+  });
+  return cudaGetLastError();
+}
+
+// The chunks per thread of the row form (a power of two, 8 at most for 16-bit inputs and 4 for
+// float32, whose chunks take twice the registers) and its threads per CTA: the fewest chunks that
+// keep the CTA at 256 threads, else at 512; 0 when K is too long.
+struct RowLaunch {
+  int chunks = 0, threads = 0;
+  RowLaunch(int64_t K, int x_dtype) {
+    const int64_t chunks_per_row = K / kChunk;
+    const int most = x_dtype == DQ_FLOAT32 ? 4 : 8;
+    for (int limit : {256, kMaxRowThreads}) {
+      for (int c = 1; c <= most; c *= 2) {
+        const int64_t t = (chunks_per_row + c - 1) / c;
+        if (t <= limit) {
+          chunks = c;
+          threads = int((t + 31) / 32 * 32);
+          return;
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+extern "C" int dq_quantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int scaling,
+                                 uint8_t* q, uint8_t* s, void* stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 32)) return err;
+  if (int err = check_scaling(scaling)) return err;
+  if (q == nullptr || s == nullptr) return DQ_ERR_NULL_POINTER;
+  if (!aligned(q, 16)) return DQ_ERR_MISALIGNED;
+  return mxfp8_cast(x, x_dtype, x_row_stride, M, K, scaling, q, s, nullptr, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                            int scaling, void* out, void* stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 32)) return err;
+  if (int err = check_scaling(scaling)) return err;
+  if (out == nullptr) return DQ_ERR_NULL_POINTER;
+  if (!aligned(out, 16)) return DQ_ERR_MISALIGNED;
+  return mxfp8_cast(x, x_dtype, x_row_stride, M, K, scaling, nullptr, nullptr, out, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_quantize_mxfp8_row_form(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                          int scaling, void* values, int32_t* row_exp, void* stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 32)) return err;
+  if (int err = check_scaling(scaling)) return err;
+  if (values == nullptr || row_exp == nullptr) return DQ_ERR_NULL_POINTER;
+  if (!aligned(values, 16)) return DQ_ERR_MISALIGNED;
+  const RowLaunch launch(K, x_dtype);
+  if (launch.chunks == 0) return DQ_ERR_BAD_SHAPE;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  uint32_t* v = static_cast<uint32_t*>(values);
+  with_input_type(x_dtype, [&](auto tag) {
+    using In = decltype(tag);
+    const In* xt = static_cast<const In*>(x);
+    const auto run = [&](auto kernel) {
+      kernel<<<unsigned(M), launch.threads, 0, st>>>(xt, x_row_stride, v, row_exp, K, scaling);
+    };
+    switch (launch.chunks) {
+      case 1:
+        run(mxfp8_row_form_kernel<In, 1>);
+        break;
+      case 2:
+        run(mxfp8_row_form_kernel<In, 2>);
+        break;
+      case 4:
+        run(mxfp8_row_form_kernel<In, 4>);
+        break;
+      default:
+        if constexpr (sizeof(In) == 2) run(mxfp8_row_form_kernel<In, 8>);
+    }
+  });
+  return cudaGetLastError();
+}
+
+extern "C" int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                 const float* tensor_scale, uint8_t* q, uint8_t* s, float* tensor_scale_out,
+                                 uint32_t* scratch, void* stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 16)) return err;
+  if (q == nullptr || s == nullptr || tensor_scale_out == nullptr || (tensor_scale == nullptr && scratch == nullptr)) {
+    return DQ_ERR_NULL_POINTER;
+  }
+  if (!aligned(q, 8)) return DQ_ERR_MISALIGNED;
+  return nvfp4_cast(x, x_dtype, x_row_stride, M, K, tensor_scale, q, s, nullptr, tensor_scale_out, scratch,
+                    static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_quantize_dequantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
+                                            const float* tensor_scale, void* out, float* tensor_scale_out,
+                                            uint32_t* scratch, void* stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 16)) return err;
+  if (out == nullptr || tensor_scale_out == nullptr || (tensor_scale == nullptr && scratch == nullptr)) {
+    return DQ_ERR_NULL_POINTER;
+  }
+  if (!aligned(out, 16)) return DQ_ERR_MISALIGNED;
+  return nvfp4_cast(x, x_dtype, x_row_stride, M, K, tensor_scale, nullptr, nullptr, out, tensor_scale_out, scratch,
+                    static_cast<cudaStream_t>(stream));
+}
