@@ -195,18 +195,14 @@ DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8
  *             16-byte aligned.
  *   b_q, b_s, b_ts, bias: the weight and bias as for dq_sm90_mxfp8_skinny_mm / dq_sm90_nvfp4_skinny_mm.
  *   out:      [M, N] row-major of a_dtype, 16-byte aligned.
- *   scaling (MXFP8): DQ_SCALING_RCEIL or DQ_SCALING_FLOOR (formats.quantize_mxfp8's "rceil" /
- *             "floor"), else DQ_ERR_BAD_CONFIG; alpha = 1.
+ *   scaling (MXFP8): 0 (DQ_SCALING_RCEIL) or 1 (DQ_SCALING_FLOOR), formats.quantize_mxfp8's "rceil" /
+ *             "floor" (the enum comes with the casts of csrc/cast.cu), else DQ_ERR_BAD_CONFIG; alpha = 1.
  *   a_ts (NVFP4): NULL for the dynamic tensor scale amax(|A|) / 2688 (every CTA computes the amax
  *             over the whole activation before its MMAs), or a device pointer to the given float32
  *             activation scale; alpha = a_ts * b_ts.
  *   M, N, K:  as for dq_sm90_mxfp8_skinny_mm.
  * Nothing is allocated, no scratch memory is used.
  */
-enum {
-  DQ_SCALING_RCEIL = 0, /* E8M0 scale = amax / 448 rounded up to a power of two: nothing saturates */
-  DQ_SCALING_FLOOR = 1, /* E8M0 scale = 2^(floor(log2(amax)) - 8), the OCP rule */
-};
 DQ_API int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
                                        const float* bias, void* out, int64_t M, int64_t N, int64_t K, int scaling,
                                        void* stream);

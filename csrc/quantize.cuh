@@ -116,19 +116,20 @@ __host__ __device__ __forceinline__ int mxfp8_row_exponent(int largest, int smal
 
 // Two e4m3 bytes of an unflagged row (low and high byte of `pair`) with block scale byte `byte` ->
 // their f16 row-form values q * 2^(byte - R) as f16x2 bits (the low element in the low half):
-// exact for byte - R in [-15, 7]; a block below that (bytes 0..2 only, in an unflagged row) is 0.
+// exact for byte - R in [-15, 7]; a block below that (bytes 0..2 only, in an unflagged row) holds
+// q * 0, zeros of q's sign.
 __host__ __device__ __forceinline__ uint32_t row_form_f16x2(uint32_t pair, uint32_t byte, int row_exp) {
   const int shift = int(byte) - row_exp;
-  if (shift < -15) return 0u;
-  const float scale = float_of_bits(uint32_t(shift + 127) << 23);
+  const float scale = shift < -15 ? 0.f : float_of_bits(uint32_t(shift + 127) << 23);
   const __half2 v = __floats2half2_rn(decode_e4m3(pair & 0xFF) * scale, decode_e4m3((pair >> 8) & 0xFF) * scale);
   const __half2_raw raw = v;
   return uint32_t(raw.x) | (uint32_t(raw.y) << 16);
 }
 
-// Two e4m3 bytes of a flagged row -> their exact bf16 decode (formats.dequantize_mxfp8 to
-// bfloat16: q * 2^(byte - 127) in float32, rounded once) as bf16x2 bits.
-__host__ __device__ __forceinline__ uint32_t row_form_bf16x2(uint32_t pair, uint32_t byte) {
+// Two e4m3 bytes (low and high byte of `pair`) with E8M0 scale byte `byte` -> their exact bf16
+// decode as bf16x2 bits (formats.dequantize_mxfp8 to bfloat16: q * 2^(byte - 127) in float32,
+// rounded once): a flagged row of the row form, and MXFP8's quantize-dequantize.
+__host__ __device__ __forceinline__ uint32_t decode_mxfp8_bf16x2(uint32_t pair, uint32_t byte) {
   const float scale = decode_e8m0(byte);
   const __nv_bfloat16_raw lo = __float2bfloat16_rn(decode_e4m3(pair & 0xFF) * scale);
   const __nv_bfloat16_raw hi = __float2bfloat16_rn(decode_e4m3((pair >> 8) & 0xFF) * scale);
@@ -160,15 +161,32 @@ __host__ __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float amax
   return {byte, (1.f / divisor) / decode_e4m3(byte)};
 }
 
-// float32 y -> e2m1 code (0..15), formats._encode_e2m1 after formats' clamp to [-6, 6] (which
-// changes no code: every |y| above 5 is code 7): round to nearest even on the magnitude, ties to
-// the even mantissa bit (> at 0.25, 1.25, 2.5, 5; >= at 0.75, 1.75, 3.5), sign bit 3. NaN gives
-// 0 or 8 (its sign): codes in a NaN block are unspecified (formats.py).
+// float32 y -> e2m1 code (0..15), formats._encode_e2m1 after formats' clamp to [-6, 6]: round to
+// nearest even on the magnitude (formats' thresholds: > at 0.25, 1.25, 2.5, 5; >= at 0.75, 1.75,
+// 3.5), sign bit 3. Fewer instructions than seven comparisons (the NVFP4 cast is near ALU-bound):
+// from 1 up, the float32 mantissa is rounded to its first bit on the bits (ties to even), capped at
+// 6, and the exponent and that bit are the code (1.0 -> 2 ... 6.0 -> 7); below 1 the grid is 0,
+// 0.5, 1. NaN gives 7 or 15 (its sign): codes in a NaN block are unspecified (formats.py).
 __host__ __device__ __forceinline__ uint32_t encode_e2m1(float y) {
-  const float a = fabsf(y);
-  const uint32_t magnitude = uint32_t(a > 0.25f) + uint32_t(a >= 0.75f) + uint32_t(a > 1.25f) + uint32_t(a >= 1.75f) +
-                             uint32_t(a > 2.5f) + uint32_t(a >= 3.5f) + uint32_t(a > 5.f);
-  return magnitude | ((bits_of_float(y) >> 31) << 3);
+  const uint32_t bits = bits_of_float(y), magnitude = bits & 0x7FFFFFFFu;
+  uint32_t code;
+  if (magnitude >= 0x3F800000u) {  // |y| >= 1
+    const uint32_t rounded = magnitude + 0x1FFFFFu + ((magnitude >> 22) & 1);  // carries past bit 22 if it rounds up
+    code = ((rounded < 0x40C00000u ? rounded : 0x40C00000u) >> 22) - 252;    // 0x40C00000: 6.0
+  } else {
+    code = uint32_t(magnitude > 0x3E800000u) + uint32_t(magnitude >= 0x3F400000u);  // > 0.25, >= 0.75
+  }
+  return code | ((bits >> 28) & 8);
+}
+
+// Two e2m1 codes with e4m3 block scale byte `byte` -> their values code * scale as f16x2 bits (the low
+// code in the low half), without the tensor scale: exact (at most 6 significant bits, |v| <= 2688),
+// formats.dequantize_nvfp4 to float16 with a tensor scale of 1, which is how the sm_90a mixed-input
+// GEMM takes an NVFP4 activation.
+__host__ __device__ __forceinline__ uint32_t decode_nvfp4_f16x2(uint32_t code_lo, uint32_t code_hi, uint32_t byte) {
+  const float scale = decode_e4m3(byte);
+  const __half2_raw raw = __floats2half2_rn(decode_e2m1(code_lo) * scale, decode_e2m1(code_hi) * scale);
+  return uint32_t(raw.x) | (uint32_t(raw.y) << 16);
 }
 
 }  // namespace dq

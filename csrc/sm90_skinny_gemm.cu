@@ -631,8 +631,6 @@ int launch(const Problem& p, int out_dtype, cudaStream_t stream) {
   }
 }
 
-static_assert(DQ_SCALING_RCEIL == kScalingRceil && DQ_SCALING_FLOOR == kScalingFloor, "quantize.cuh's scaling codes");
-
 // A fused Linear: the 16-bit activation (a_dtype, which out has too) quantized in the kernel.
 template <Format F>
 int launch_cast(const Problem& p, int a_dtype, cudaStream_t stream) {
@@ -701,7 +699,7 @@ extern "C" int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uin
                                            void* stream) {
   Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, nullptr, bias, out, int(M), int(N), int(K),
             int(dq::swizzled_padded_cols(K / 32))};
-  if (scaling != DQ_SCALING_RCEIL && scaling != DQ_SCALING_FLOOR) return DQ_ERR_BAD_CONFIG;
+  if (scaling != dq::kScalingRceil && scaling != dq::kScalingFloor) return DQ_ERR_BAD_CONFIG;  // DQ_SCALING_*
   p.scaling = scaling;
   if (int e = check(p, M, N, K)) return e;
   return launch_cast<Format::kMxfp8>(p, a_dtype, static_cast<cudaStream_t>(stream));

@@ -54,11 +54,11 @@ DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
 SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm and _skinny_linear functions
-SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: an MXFP8 cast's scaling argument
 # DQ_SM100_CONFIG_* of dq_kernels.h: the config argument of the sm100 GEMMs, and the name of each
 # resolved config (the tile of output one CTA or CTA pair computes).
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
 SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
+SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: the MXFP8 casts' scaling argument
 
 
 @dataclass(frozen=True)
