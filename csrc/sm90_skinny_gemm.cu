@@ -405,7 +405,6 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
       float s0, s1;   // the block's scales of tokens 8j + 2t and 8j + 2t + 1
       if constexpr (A == Activation::kQuantized) {
         a_q = valid ? __ldg(reinterpret_cast<const uint2*>(lp.a[j] + offset + 32 * b)) : make_uint2(0, 0);
-        s0 = e8m0_of(a_s[j][0], b, valid), s1 = e8m0_of(a_s[j][1], b, valid);
       } else if (kTiles == 1 && p.M == 1) {  // bytes 8t .. 8t + 7 of block b are lanes 8b + 2t's and 8b + 2t + 1's
         a_q = make_uint2(__shfl_sync(~0u, token_q, 8 * b + 2 * t), __shfl_sync(~0u, token_q, 8 * b + 2 * t + 1));
         s0 = s1 = valid ? decode_e8m0(__shfl_sync(~0u, token_e, 8 * b)) : 0.f;
@@ -417,6 +416,7 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
       }
       const uint32_t b0 = e4m3x2_to_f16x2(a_q.x), b1 = e4m3x2_to_f16x2(a_q.x >> 16);
       const uint32_t b2 = e4m3x2_to_f16x2(a_q.y), b3 = e4m3x2_to_f16x2(a_q.y >> 16);
+      if constexpr (A == Activation::kQuantized) s0 = e8m0_of(a_s[j][0], b, valid), s1 = e8m0_of(a_s[j][1], b, valid);
 #pragma unroll
       for (int r = 0; r < kGroups; ++r) {
         const float zero[4] = {0.f, 0.f, 0.f, 0.f};
@@ -527,14 +527,15 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, row0 = blockIdx.x * kGroups * kRows;
   const LanePointers<F, A, kGroups, kTiles> lp(p, row0, g, t);
-  const float a_ts = cast_tensor_scale<F, A>(p);
   const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK, full_chunks = p.K / Chunk<F>::kK;
   const int first = chunks * warp / warps, last = chunks * (warp + 1) / warps;
   const int full_last = min(last, full_chunks);
 
   float acc[kGroups][kTiles][4] = {};
+  WeightChunk<F, kGroups> current;
+  if (first < full_last) current = load_weight<false>(p, lp, first, t);  // in flight during a cast's amax pass
+  const float a_ts = cast_tensor_scale<F, A>(p);
   if (first < full_last) {
-    auto current = load_weight<false>(p, lp, first, t);
     for (int chunk = first; chunk < full_last; ++chunk) {
       decltype(current) next;
       if (chunk + 1 < full_last) next = load_weight<false>(p, lp, chunk + 1, t);  // in flight during the MMAs
