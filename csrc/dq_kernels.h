@@ -182,6 +182,35 @@ DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8
                                          int64_t K, int out_dtype, void* stream);
 
 /*
+ * A quantized Linear for few rows in one launch (with the sm90_gemm family): the skinny kernels
+ * above with the activation quantized inside the kernel, bit for bit the cast
+ * (dq_kernels.formats.quantize_mxfp8 / quantize_nvfp4 on CUDA) followed by dq_sm90_mxfp8_skinny_mm /
+ * dq_sm90_nvfp4_skinny_mm: the same bytes and scales, the same MMAs. Each CTA quantizes the whole
+ * activation (each warp the K range it multiplies), so the activation is read once per CTA of 16 or
+ * 32 weight rows: meant for small M.
+ *
+ *   out[m, n] = alpha * sum_k quantized(A)[m, k] * B[n, k] + bias[n]
+ *
+ *   a:        the activation A [M, K] of a_dtype (DQ_BFLOAT16 or DQ_FLOAT16, else DQ_ERR_BAD_DTYPE),
+ *             16-byte aligned.
+ *   b_q, b_s, b_ts, bias: the weight and bias as for dq_sm90_mxfp8_skinny_mm / dq_sm90_nvfp4_skinny_mm.
+ *   out:      [M, N] row-major of a_dtype, 16-byte aligned.
+ *   scaling (MXFP8): 0 (DQ_SCALING_RCEIL) or 1 (DQ_SCALING_FLOOR), formats.quantize_mxfp8's "rceil" /
+ *             "floor" (the enum comes with the casts of csrc/cast.cu), else DQ_ERR_BAD_CONFIG; alpha = 1.
+ *   a_ts (NVFP4): NULL for the dynamic tensor scale amax(|A|) / 2688 (every CTA computes the amax
+ *             over the whole activation before its MMAs), or a device pointer to the given float32
+ *             activation scale; alpha = a_ts * b_ts.
+ *   M, N, K:  as for dq_sm90_mxfp8_skinny_mm.
+ * Nothing is allocated, no scratch memory is used.
+ */
+DQ_API int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                       const float* bias, void* out, int64_t M, int64_t N, int64_t K, int scaling,
+                                       void* stream);
+DQ_API int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                       const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
+                                       int64_t N, int64_t K, void* stream);
+
+/*
  * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.
  * with 100f, 100a or 103a in DQ_KERNELS_CUDA_ARCHS: dq_build_info() lists the family; the device
  * code of 100f runs on compute capability 10.0 and 10.3, that of 100a on 10.0, that of 103a on 10.3). CUTLASS 4.2 block-scaled tcgen05 kernels, csrc/sm100_*_gemm.cu.

@@ -10,6 +10,15 @@
 // byte is used once), decodes it exactly to f16 (bf16 for a bf16 W4A16 activation) and reads the
 // same K positions of the activation (small, so L1/L2 resident).
 //
+// A fused Linear (dq_sm90_*_skinny_linear) takes the bf16/f16 activation and quantizes it in the
+// kernel with csrc/quantize.cuh: each warp quantizes the K positions it multiplies, for all tokens,
+// into the registers a quantized activation is loaded into (no shared memory, no extra barrier), so
+// the MMAs see the bytes and scales the cast would have written. A CTA spans all of K (its warps
+// split it), so every CTA quantizes the whole activation once, reading 2 M K bytes from L2: cheap
+// next to its weight rows while M is small. An NVFP4 dynamic tensor scale (amax(|x|) / 2688, needed
+// before any block scale) is computed by every CTA first, by the same reasoning: one launch, no
+// scratch memory, no zeroing.
+//
 // Which K positions a lane feeds to which MMA slots does not matter for the dot product as long as
 // the weight and the activation use the same assignment, so each lane takes contiguous bytes.
 //
@@ -29,14 +38,21 @@
 
 #include "decode.cuh"
 #include "device_info.h"
+#include "quantize.cuh"
 #include "dq_kernels.h"
 #include "scale_layout.cuh"
 
 namespace dq::sm90_skinny {
 namespace {
 
-enum class Format { kMxfp8, kNvfp4 };                   // of the weight
-enum class Activation { kQuantized, kBf16, kFloat16 };  // quantized: the weight's format
+enum class Format { kMxfp8, kNvfp4 };  // of the weight
+// The activation: kQuantized, the weight's format (bytes and swizzled scales); kBf16 / kFloat16, a
+// 16-bit activation multiplied as it is (NVFP4 W4A16); kCastBf16 / kCastFloat16, a 16-bit
+// activation that the kernel quantizes to the weight's format (a fused Linear): each warp quantizes
+// the K range it multiplies into the registers kQuantized would load, the same bytes and scales as
+// the cast (quantize.cuh), so the MMAs and the result are those of cast + kQuantized bit for bit.
+enum class Activation { kQuantized, kBf16, kFloat16, kCastBf16, kCastFloat16 };
+constexpr bool is_cast(Activation a) { return a == Activation::kCastBf16 || a == Activation::kCastFloat16; }
 
 constexpr int kRows = 16;        // weight rows per group: the MMA's M
 constexpr int kChunkBytes = 128;  // weight bytes per row per K chunk (MXFP8: 128 K, NVFP4: 256 K)
@@ -63,15 +79,16 @@ struct Chunk<Format::kNvfp4> {
 
 struct Problem {
   const uint8_t* a;    // activation: quantized bytes [M, K / elements per byte], or bf16/f16 [M, K]
-  const uint8_t* a_s;  // activation block scales (quantized only), swizzled
+  const uint8_t* a_s;  // activation block scales (kQuantized only), swizzled
   const uint8_t* w;    // weight bytes [N, K / elements per byte]
   const uint8_t* w_s;  // weight block scales, swizzled
-  const float* a_ts;   // NVFP4 tensor scales (device pointers) or null
-  const float* w_ts;
+  const float* a_ts;   // NVFP4 tensor scales (device pointers) or null; a cast's null a_ts: the
+  const float* w_ts;   //   activation's dynamic scale amax(|x|) / 2688, computed by every CTA
   const float* bias;   // null or float32 [N]
   void* out;           // [M, N]
   int M, N, K;
   int scale_cols;      // round_up(K / block, 4): the padded scale columns of both scale buffers
+  int scaling;         // an MXFP8 cast's scale rule: kScalingRceil or kScalingFloor (quantize.cuh)
 };
 
 // ---- loads ---------------------------------------------------------------------------------------
@@ -137,8 +154,9 @@ struct LanePointers {
         w[r][h] = p.w + row * w_row_bytes + Chunk<F>::kLaneBytes * t;
         w_s[r][h] = p.w_s + swizzled_scale_offset(row, scale_col, p.scale_cols);
       }
+    // 16-bit activations: NVFP4 64 elements per lane (4 blocks), an MXFP8 cast 8 of each block
     const int64_t a_row_bytes = A == Activation::kQuantized ? w_row_bytes : 2 * int64_t(p.K);
-    const int a_lane_bytes = A == Activation::kQuantized ? Chunk<F>::kLaneBytes : 128;  // W4A16: 64 elements
+    const int a_lane_bytes = A == Activation::kQuantized ? Chunk<F>::kLaneBytes : kMx ? 16 : 128;
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) {
       a[j] = p.a + min(8 * j + g, p.M - 1) * a_row_bytes + a_lane_bytes * t;
@@ -195,6 +213,147 @@ __device__ __forceinline__ WeightChunk<F, kGroups> load_weight(const Problem& p,
   return c;
 }
 
+// ---- the fused cast (Activation kCastBf16 / kCastFloat16) -----------------------------------------
+
+// |x| of the 8 16-bit floats of v as bits, halfword-wise maxed into one word (bits of nonnegative
+// bf16 and f16 values order like the values, and NaN's above inf's, so a NaN wins as in torch.amax).
+__device__ __forceinline__ uint32_t abs_bits_max(uint4 v) {
+  constexpr uint32_t kMagnitude = 0x7FFF7FFFu;
+  return __vmaxu2(__vmaxu2(v.x & kMagnitude, v.y & kMagnitude), __vmaxu2(v.z & kMagnitude, v.w & kMagnitude));
+}
+
+// The 16-bit float of bits h (the activation's dtype) as float32, exactly.
+template <Activation A>
+__device__ __forceinline__ float float_of_half_bits(uint32_t h) {
+  if constexpr (A == Activation::kCastBf16)
+    return __uint_as_float(h << 16);
+  else
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+}
+
+// The larger of a word's two halfwords, as float32.
+template <Activation A>
+__device__ __forceinline__ float max_of_halves(uint32_t w) {
+  return float_of_half_bits<A>(max(w & 0xFFFF, w >> 16));
+}
+
+// amax(|x|) over the whole activation [M, K], by all threads of the CTA (a barrier inside).
+template <Activation A>
+__device__ float activation_amax(const Problem& p) {
+  __shared__ uint32_t warp_max[kMaxWarps];
+  const uint4* x = reinterpret_cast<const uint4*>(p.a);
+  const int64_t vectors = int64_t(p.M) * p.K / 8;
+  uint32_t m = 0;
+  for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) m = __vmaxu2(m, abs_bits_max(__ldg(x + i)));
+  m = __reduce_max_sync(~0u, max(m & 0xFFFF, m >> 16));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = m;
+  __syncthreads();
+  for (int w = 0; w < int(blockDim.x / 32); ++w) m = max(m, warp_max[w]);
+  return float_of_half_bits<A>(m);
+}
+
+// MXFP8: the lane's 8 elements 8t .. 8t + 7 of a 32-wide block (x: their first byte; zeros past
+// K), quantized. The 4 lanes of a quad hold one block of one token: their amax gives its E8M0 byte
+// (in e), with which each lane writes its 8 e4m3 bytes. All 32 lanes must call it.
+template <Activation A>
+__device__ __forceinline__ uint2 cast_mxfp8_lane(const uint8_t* x, bool valid, int scaling, uint32_t& e) {
+  const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(x)) : make_uint4(0, 0, 0, 0);
+  uint32_t m = abs_bits_max(v);
+  m = __vmaxu2(m, __shfl_xor_sync(~0u, m, 1));
+  m = __vmaxu2(m, __shfl_xor_sync(~0u, m, 2));
+  const Mxfp8BlockScale scale = mxfp8_block_scale(max_of_halves<A>(m), scaling, true);
+  e = scale.byte;
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+  uint32_t pairs[4];  // e4m3 bytes of elements (0, 1), (2, 3), (4, 5), (6, 7)
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    pairs[i] = encode_e4m3x2(float_of_half_bits<A>(words[i] & 0xFFFF) * scale.multiplier,
+                             float_of_half_bits<A>(words[i] >> 16) * scale.multiplier);
+  return make_uint2(pairs[0] | pairs[1] << 16, pairs[2] | pairs[3] << 16);
+}
+
+// MXFP8, one token (M = 1): the token's 128 elements of a chunk quantized by the whole warp, 4 per
+// lane (x: lane L's elements 4L .. 4L + 3, in block L / 8; zeros past K). Returns the lane's 4 e4m3
+// bytes, and in e their block's E8M0 byte. Without it the 8 quads of lanes would each quantize the
+// same token (cast_mxfp8_lane). All 32 lanes must call it.
+template <Activation A>
+__device__ __forceinline__ uint32_t cast_mxfp8_token(const uint8_t* x, bool valid, int scaling, uint32_t& e) {
+  constexpr uint32_t kMagnitude = 0x7FFF7FFFu;
+  const uint2 v = valid ? __ldg(reinterpret_cast<const uint2*>(x)) : make_uint2(0, 0);
+  uint32_t m = __vmaxu2(v.x & kMagnitude, v.y & kMagnitude);
+#pragma unroll
+  for (int lanes = 1; lanes < 8; lanes *= 2) m = __vmaxu2(m, __shfl_xor_sync(~0u, m, lanes));
+  const Mxfp8BlockScale scale = mxfp8_block_scale(max_of_halves<A>(m), scaling, true);
+  e = scale.byte;
+  const uint32_t low = encode_e4m3x2(float_of_half_bits<A>(v.x & 0xFFFF) * scale.multiplier,
+                                     float_of_half_bits<A>(v.x >> 16) * scale.multiplier);
+  const uint32_t high = encode_e4m3x2(float_of_half_bits<A>(v.y & 0xFFFF) * scale.multiplier,
+                                      float_of_half_bits<A>(v.y >> 16) * scale.multiplier);
+  return low | high << 16;
+}
+
+// The e2m1 codes of 8 16-bit elements times r, code i in bits 4i .. 4i + 3 (the W4A4 byte order).
+template <Activation A>
+__device__ __forceinline__ uint32_t e2m1_codes(uint4 v, float r) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+  uint32_t codes = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    codes |= encode_e2m1(float_of_half_bits<A>(words[i] & 0xFFFF) * r) << (8 * i);
+    codes |= encode_e2m1(float_of_half_bits<A>(words[i] >> 16) * r) << (8 * i + 4);
+  }
+  return codes;
+}
+
+// NVFP4: the lane's 64 elements of a chunk (x: their first byte; 4 blocks of 16), quantized under
+// the tensor scale ts into what a W4A4 activation loads: codes[w] the e2m1 codes of elements
+// 8w .. 8w + 7, scale64[b] the block scales as nvfp4_scale64 gives them (0 past K).
+template <Activation A, typename Valid>
+__device__ __forceinline__ void cast_nvfp4_lane(const uint8_t* x, const Valid& valid, float ts, uint32_t (&codes)[8],
+                                                uint32_t (&scale64)[4]) {
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    uint4 v[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      v[h] = valid(b) ? __ldg(reinterpret_cast<const uint4*>(x + 32 * b + 16 * h)) : make_uint4(0, 0, 0, 0);
+    const Nvfp4BlockScale scale =
+        nvfp4_block_scale(max_of_halves<A>(__vmaxu2(abs_bits_max(v[0]), abs_bits_max(v[1]))), ts, true);
+    codes[2 * b] = e2m1_codes<A>(v[0], scale.reciprocal);
+    codes[2 * b + 1] = e2m1_codes<A>(v[1], scale.reciprocal);
+    scale64[b] = nvfp4_scale64(scale.byte, valid(b));
+  }
+}
+
+// NVFP4, one token (M = 1): what cast_nvfp4_lane gives lane t of every quad, with the token's 256
+// elements of the chunk quantized once by the whole warp, 8 per lane (x: lane L's elements
+// 8L .. 8L + 7, half of block L / 2; zeros past K), then handed out by shuffles. All 32 lanes must
+// call it.
+template <Activation A, typename Valid>
+__device__ __forceinline__ void cast_nvfp4_token(const uint8_t* x, bool lane_valid, const Valid& valid, float ts, int t,
+                                                 uint32_t (&codes)[8], uint32_t (&scale64)[4]) {
+  const uint4 v = lane_valid ? __ldg(reinterpret_cast<const uint4*>(x)) : make_uint4(0, 0, 0, 0);
+  uint32_t m = abs_bits_max(v);
+  m = __vmaxu2(m, __shfl_xor_sync(~0u, m, 1));
+  const Nvfp4BlockScale scale = nvfp4_block_scale(max_of_halves<A>(m), ts, true);
+  const uint32_t word = e2m1_codes<A>(v, scale.reciprocal);
+#pragma unroll
+  for (int q = 0; q < 8; ++q) codes[q] = __shfl_sync(~0u, word, 8 * t + q);  // elements 64t + 8q .. + 7
+#pragma unroll
+  for (int b = 0; b < 4; ++b) scale64[b] = nvfp4_scale64(__shfl_sync(~0u, scale.byte, 8 * t + 2 * b), valid(b));
+}
+
+// The tensor scale a cast quantizes with: NVFP4's given scale, or amax(|x|) / 2688 (every CTA
+// computes it: a barrier inside); 1 for MXFP8 and the other activations.
+template <Format F, Activation A>
+__device__ __forceinline__ float cast_tensor_scale(const Problem& p) {
+  if constexpr (F == Format::kNvfp4 && is_cast(A))
+    return p.a_ts ? *p.a_ts : nvfp4_tensor_scale(activation_amax<A>(p), true);
+  return 1.f;
+}
+
+// ---- MMAs of one K chunk -------------------------------------------------------------------------
+
 // E8M0 byte i of word -> 2^(e - 127), or 0 for a block past K.
 __device__ __forceinline__ float e8m0_of(uint32_t word, int i, bool valid) {
   return valid ? decode_e8m0((word >> (8 * i)) & 0xFF) : 0.f;
@@ -205,14 +364,23 @@ __device__ __forceinline__ float e8m0_of(uint32_t word, int i, bool valid) {
 template <bool kTail, Activation A, int kGroups, int kTiles>
 __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<Format::kMxfp8, A, kGroups, kTiles>& lp,
                                           int chunk, int t, const WeightChunk<Format::kMxfp8, kGroups>& w,
-                                          float (&acc)[kGroups][kTiles][4]) {
+                                          float (&acc)[kGroups][kTiles][4], float /* a_ts: NVFP4's cast */) {
   const int k0 = chunk * 128;
   const int64_t offset = int64_t(chunk) * kChunkBytes, scale_offset = int64_t(chunk) * 512;
+  // A cast of one token (M = 1): the lane's e4m3 bytes of the chunk and their block's E8M0 byte.
+  uint32_t token_q = 0, token_e = 0;
+  if constexpr (is_cast(A) && kTiles == 1) {
+    const int lane = threadIdx.x % 32;  // the row of the token is lp.a[0] less the lane's offset 16t
+    if (p.M == 1)
+      token_q = cast_mxfp8_token<A>(lp.a[0] - 16 * t + 2 * offset + 8 * lane, !kTail || k0 + 4 * lane < p.K,
+                                    p.scaling, token_e);
+  }
   uint32_t a_s[kTiles][2];
+  if constexpr (A == Activation::kQuantized)
 #pragma unroll
-  for (int j = 0; j < kTiles; ++j)
+    for (int j = 0; j < kTiles; ++j)
 #pragma unroll
-    for (int i = 0; i < 2; ++i) a_s[j][i] = load_word(lp.a_s[j][i] + scale_offset);
+      for (int i = 0; i < 2; ++i) a_s[j][i] = load_word(lp.a_s[j][i] + scale_offset);
 #pragma unroll
   for (int b = 0; b < 4; ++b) {
     const bool valid = !kTail || k0 + 32 * b < p.K;
@@ -233,10 +401,22 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
     }
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) {
-      const uint2 a_q = valid ? __ldg(reinterpret_cast<const uint2*>(lp.a[j] + offset + 32 * b)) : make_uint2(0, 0);
+      uint2 a_q;      // e4m3 bytes 8t .. 8t + 7 of block b of token 8j + g
+      float s0, s1;   // the block's scales of tokens 8j + 2t and 8j + 2t + 1
+      if constexpr (A == Activation::kQuantized) {
+        a_q = valid ? __ldg(reinterpret_cast<const uint2*>(lp.a[j] + offset + 32 * b)) : make_uint2(0, 0);
+      } else if (kTiles == 1 && p.M == 1) {  // bytes 8t .. 8t + 7 of block b are lanes 8b + 2t's and 8b + 2t + 1's
+        a_q = make_uint2(__shfl_sync(~0u, token_q, 8 * b + 2 * t), __shfl_sync(~0u, token_q, 8 * b + 2 * t + 1));
+        s0 = s1 = valid ? decode_e8m0(__shfl_sync(~0u, token_e, 8 * b)) : 0.f;
+      } else {
+        uint32_t e;  // the E8M0 byte of block b of token 8j + g, which its quad of lanes shares
+        a_q = cast_mxfp8_lane<A>(lp.a[j] + 2 * (offset + 32 * b), valid, p.scaling, e);
+        s0 = valid ? decode_e8m0(__shfl_sync(~0u, e, 8 * t)) : 0.f;  // lane 4 * (2t) holds token 2t
+        s1 = valid ? decode_e8m0(__shfl_sync(~0u, e, 8 * t + 4)) : 0.f;
+      }
       const uint32_t b0 = e4m3x2_to_f16x2(a_q.x), b1 = e4m3x2_to_f16x2(a_q.x >> 16);
       const uint32_t b2 = e4m3x2_to_f16x2(a_q.y), b3 = e4m3x2_to_f16x2(a_q.y >> 16);
-      const float s0 = e8m0_of(a_s[j][0], b, valid), s1 = e8m0_of(a_s[j][1], b, valid);
+      if constexpr (A == Activation::kQuantized) s0 = e8m0_of(a_s[j][0], b, valid), s1 = e8m0_of(a_s[j][1], b, valid);
 #pragma unroll
       for (int r = 0; r < kGroups; ++r) {
         const float zero[4] = {0.f, 0.f, 0.f, 0.f};
@@ -257,7 +437,7 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
 template <bool kTail, Activation A, int kGroups, int kTiles>
 __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<Format::kNvfp4, A, kGroups, kTiles>& lp,
                                           int chunk, int t, const WeightChunk<Format::kNvfp4, kGroups>& w,
-                                          float (&acc)[kGroups][kTiles][4]) {
+                                          float (&acc)[kGroups][kTiles][4], float a_ts) {
   constexpr bool kBf16 = A == Activation::kBf16;
   const int lane_k = chunk * 256 + 64 * t;
   auto valid = [&](int block) { return !kTail || lane_k + 16 * block < p.K; };
@@ -269,23 +449,34 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int b = 0; b < 4; ++b) w_scale[r][h][b] = nvfp4_scale64(w.s[r][h] >> (8 * b), valid(b));
-  // The activation's raw bytes for the chunk: W4A4 32 bytes (and a scale word) per tile, W4A16 64 elements.
-  constexpr int kActWords = A == Activation::kQuantized ? 8 : 32;
+  // The activation for the chunk: W4A4 (and a cast) 32 bytes of e2m1 codes and a scale word per
+  // tile, W4A16 64 16-bit elements.
+  constexpr bool kW4A16 = A == Activation::kBf16 || A == Activation::kFloat16;
+  constexpr int kActWords = kW4A16 ? 32 : 8;
   uint32_t a_raw[kTiles][kActWords];
   uint32_t a_scale[kTiles][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
     const uint8_t* base = lp.a[j] + int64_t(chunk) * (A == Activation::kQuantized ? kChunkBytes : 512);
+    if constexpr (is_cast(A)) {
+      const int lane = threadIdx.x % 32;  // the row of the token is base less the lane's offset 128t
+      if (kTiles == 1 && p.M == 1)
+        cast_nvfp4_token<A>(base - 128 * t + 16 * lane, !kTail || chunk * 256 + 8 * lane < p.K, valid, a_ts, t,
+                            a_raw[j], a_scale[j]);
+      else
+        cast_nvfp4_lane<A>(base, valid, a_ts, a_raw[j], a_scale[j]);
+    } else {
 #pragma unroll
-    for (int v = 0; v < kActWords / 4; ++v) {
-      const bool ok = A == Activation::kQuantized ? valid(2 * v) : valid(2 * (v / 4));
-      const uint4 x = ok ? __ldg(reinterpret_cast<const uint4*>(base + 16 * v)) : make_uint4(0, 0, 0, 0);
-      a_raw[j][4 * v] = x.x, a_raw[j][4 * v + 1] = x.y, a_raw[j][4 * v + 2] = x.z, a_raw[j][4 * v + 3] = x.w;
-    }
-    if constexpr (A == Activation::kQuantized) {
-      const uint32_t word = valid(0) ? load_word(lp.a_s[j][0] + scale_offset) : 0u;
+      for (int v = 0; v < kActWords / 4; ++v) {
+        const bool ok = A == Activation::kQuantized ? valid(2 * v) : valid(2 * (v / 4));
+        const uint4 x = ok ? __ldg(reinterpret_cast<const uint4*>(base + 16 * v)) : make_uint4(0, 0, 0, 0);
+        a_raw[j][4 * v] = x.x, a_raw[j][4 * v + 1] = x.y, a_raw[j][4 * v + 2] = x.z, a_raw[j][4 * v + 3] = x.w;
+      }
+      if constexpr (A == Activation::kQuantized) {
+        const uint32_t word = valid(0) ? load_word(lp.a_s[j][0] + scale_offset) : 0u;
 #pragma unroll
-      for (int b = 0; b < 4; ++b) a_scale[j][b] = nvfp4_scale64(word >> (8 * b), valid(b));
+        for (int b = 0; b < 4; ++b) a_scale[j][b] = nvfp4_scale64(word >> (8 * b), valid(b));
+      }
     }
   }
 #pragma unroll
@@ -305,7 +496,7 @@ __device__ __forceinline__ void mma_chunk(const Problem& p, const LanePointers<F
 #pragma unroll
     for (int j = 0; j < kTiles; ++j) {
       uint32_t a_pairs[4];  // the activation's elements in the pair order of decode_e2m1_word
-      if constexpr (A == Activation::kQuantized) {
+      if constexpr (!kW4A16) {
         decode_e2m1_word(a_raw[j][q], a_scale[j][q / 2], a_pairs);
       } else {
         const uint32_t* x = &a_raw[j][4 * q];  // elements (0, 1), (2, 3), (4, 5), (6, 7)
@@ -336,23 +527,25 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, row0 = blockIdx.x * kGroups * kRows;
   const LanePointers<F, A, kGroups, kTiles> lp(p, row0, g, t);
-    const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK, full_chunks = p.K / Chunk<F>::kK;
+  const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK, full_chunks = p.K / Chunk<F>::kK;
   const int first = chunks * warp / warps, last = chunks * (warp + 1) / warps;
   const int full_last = min(last, full_chunks);
 
   float acc[kGroups][kTiles][4] = {};
+  WeightChunk<F, kGroups> current;
+  if (first < full_last) current = load_weight<false>(p, lp, first, t);  // in flight during a cast's amax pass
+  const float a_ts = cast_tensor_scale<F, A>(p);
   if (first < full_last) {
-    auto current = load_weight<false>(p, lp, first, t);
     for (int chunk = first; chunk < full_last; ++chunk) {
       decltype(current) next;
       if (chunk + 1 < full_last) next = load_weight<false>(p, lp, chunk + 1, t);  // in flight during the MMAs
-      mma_chunk<false>(p, lp, chunk, t, current, acc);
+      mma_chunk<false>(p, lp, chunk, t, current, acc, a_ts);
       current = next;
     }
   }
   if (full_last < last) {  // the chunk that runs past K
     const auto tail = load_weight<true>(p, lp, full_last, t);
-    mma_chunk<true>(p, lp, full_last, t, tail, acc);
+    mma_chunk<true>(p, lp, full_last, t, tail, acc, a_ts);
   }
 
   constexpr int kRegs = kGroups * kTiles * 4;
@@ -368,7 +561,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
     for (int i = 0; i < kRegs; ++i) flat[i] += partial[other][i][lane];
 
   float alpha = 1.f;
-  if (p.a_ts) alpha *= *p.a_ts;
+  if constexpr (is_cast(A))
+    alpha *= a_ts;
+  else if (p.a_ts)
+    alpha *= *p.a_ts;
   if (p.w_ts) alpha *= *p.w_ts;
   Out* out = static_cast<Out*>(p.out);
 #pragma unroll
@@ -436,6 +632,16 @@ int launch(const Problem& p, int out_dtype, cudaStream_t stream) {
   }
 }
 
+// A fused Linear: the 16-bit activation (a_dtype, which out has too) quantized in the kernel.
+template <Format F>
+int launch_cast(const Problem& p, int a_dtype, cudaStream_t stream) {
+  switch (a_dtype) {
+    case DQ_BFLOAT16: return launch_out<F, Activation::kCastBf16, __nv_bfloat16>(p, stream);
+    case DQ_FLOAT16: return launch_out<F, Activation::kCastFloat16, __half>(p, stream);
+    default: return DQ_ERR_BAD_DTYPE;
+  }
+}
+
 // The argument checks every entry point shares; DQ_OK or a DQ_ERR_* code.
 int check(const Problem& p, int64_t M, int64_t N, int64_t K) {
   if (!p.a || !p.w || !p.w_s || !p.out) return DQ_ERR_NULL_POINTER;
@@ -487,4 +693,25 @@ extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const u
     case DQ_FLOAT16: return launch<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s);
     default: return DQ_ERR_BAD_DTYPE;
   }
+}
+
+extern "C" int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                           const float* bias, void* out, int64_t M, int64_t N, int64_t K, int scaling,
+                                           void* stream) {
+  Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, nullptr, bias, out, int(M), int(N), int(K),
+            int(dq::swizzled_padded_cols(K / 32))};
+  if (scaling != dq::kScalingRceil && scaling != dq::kScalingFloor) return DQ_ERR_BAD_CONFIG;  // DQ_SCALING_*
+  p.scaling = scaling;
+  if (int e = check(p, M, N, K)) return e;
+  return launch_cast<Format::kMxfp8>(p, a_dtype, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
+                                           const float* a_ts, const float* b_ts, const float* bias, void* out,
+                                           int64_t M, int64_t N, int64_t K, void* stream) {
+  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, a_ts, b_ts, bias, out, int(M), int(N), int(K),
+                  int(dq::swizzled_padded_cols(K / 16))};
+  if (!b_ts) return DQ_ERR_NULL_POINTER;
+  if (int e = check(p, M, N, K)) return e;
+  return launch_cast<Format::kNvfp4>(p, a_dtype, static_cast<cudaStream_t>(stream));
 }

@@ -34,6 +34,8 @@ __all__ = [
     "sm90_mxfp8_skinny_mm",
     "sm90_nvfp4_skinny_mm",
     "sm90_nvfp4_w4a16_skinny_mm",
+    "sm90_mxfp8_skinny_linear",
+    "sm90_nvfp4_skinny_linear",
     "sm90_mxfp8_mixed_mm",
     "sm90_nvfp4_mixed_mm",
     "sm90_mixed_plan",
@@ -59,7 +61,7 @@ DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 CAST_FAMILY = "cast"  # the kernel family of the dq_quantize_* functions (CMakeLists.txt), built for every arch
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
 SM100_FAMILY = "sm100_gemm"  # the kernel family of the dq_sm100_* functions
-SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm functions
+SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm and _skinny_linear functions
 # DQ_SM100_CONFIG_* of dq_kernels.h: the config argument of the sm100 GEMMs, and the name of each
 # resolved config (the tile of output one CTA or CTA pair computes).
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
@@ -172,12 +174,14 @@ def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, p]
     lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_mxfp8_skinny_linear.argtypes = [p, i32, p, p, p, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_skinny_linear.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, p]
     lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
     lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
     lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p, p, p]
     for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
-               lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm,
-               lib.dq_sm90_mixed_mm_plan):
+               lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_skinny_linear, lib.dq_sm90_nvfp4_skinny_linear,
+               lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm, lib.dq_sm90_mixed_mm_plan):
         fn.restype = i32
 
 
@@ -717,6 +721,66 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = 
     bias_ptr = None if bias is None else bias.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
     _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
+
+
+def _skinny_linear_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales: dict):
+    """Checks the operands of an sm_90a skinny Linear (a bfloat16/float16 activation ``a`` quantized
+    in the kernel, ``out`` of a's dtype, 1 <= M <= SM90_SKINNY_MAX_M); returns (library, activation
+    dtype code, M, N, K)."""
+    import torch
+
+    lib, code, a_code, m, n, k = _activation16_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales,
+                                                     (torch.bfloat16, torch.float16))
+    if out.dtype != a.dtype:
+        raise ValueError(f"dq_kernels.native.{fn}: out must have a's dtype {a.dtype}, got {out.dtype}")
+    if not 1 <= m <= SM90_SKINNY_MAX_M:
+        raise ValueError(f"dq_kernels.native.{fn}: a must have 1 to {SM90_SKINNY_MAX_M} rows, got {m}")
+    return lib, a_code, m, n, k
+
+
+def sm90_mxfp8_skinny_linear(a, b_q, b_s, bias, out, scaling: str = "rceil", *, checked: bool = True) -> None:
+    """out = quantize_mxfp8(a, scaling) @ b.T (+ bias) in one launch: the Hopper MXFP8 kernel for few
+    rows with the activation quantized inside it (csrc/sm90_skinny_gemm.cu), bit for bit
+    ``sm90_mxfp8_skinny_mm`` on ``formats.quantize_mxfp8(a, scaling)``.
+
+    a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s: the MXFP8 weight as for
+    ``sm90_mxfp8_skinny_mm``; bias: None or float32 [N]; out: [M, N] of a's dtype; scaling: "rceil"
+    or "floor". All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
+    ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    """
+    fn = "sm90_mxfp8_skinny_linear"
+    if checked:
+        if scaling not in SCALINGS:
+            raise ValueError(f"dq_kernels.native.{fn}: scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
+        lib, a_code, m, n, k = _skinny_linear_args(fn, "mxfp8", a, b_q, b_s, bias, out, {})
+    else:
+        lib, a_code, (m, k), n = _library().lib, _dtype_code(a.dtype), a.shape, b_q.shape[0]
+    bias_ptr = None if bias is None else bias.data_ptr()
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, SCALINGS[scaling])
+    _launch(fn, lib.dq_sm90_mxfp8_skinny_linear, out.device, *args)
+
+
+def sm90_nvfp4_skinny_linear(a, b_q, b_s, a_ts, b_ts, bias, out, *, checked: bool = True) -> None:
+    """out = nvfp4_mm(*quantize_nvfp4(a, a_ts), b) (+ bias) in one launch: the Hopper NVFP4 W4A4
+    kernel for few rows with the activation quantized inside it (csrc/sm90_skinny_gemm.cu), bit for
+    bit ``sm90_nvfp4_skinny_mm`` on ``formats.quantize_nvfp4(a, a_ts)``.
+
+    a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; a_ts: None for the dynamic tensor
+    scale amax(|a|) / 2688 (the kernel computes it), or the given one (one float32); b_q, b_s, b_ts:
+    the NVFP4 weight as for ``sm90_nvfp4_skinny_mm``; bias: None or float32 [N]; out: [M, N] of
+    a's dtype. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
+    ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    """
+    fn = "sm90_nvfp4_skinny_linear"
+    if checked:
+        extra = {"b_ts": b_ts} if a_ts is None else {"b_ts": b_ts, "a_ts": a_ts}
+        lib, a_code, m, n, k = _skinny_linear_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra)
+    else:
+        lib, a_code, (m, k), n = _library().lib, _dtype_code(a.dtype), a.shape, b_q.shape[0]
+    bias_ptr = None if bias is None else bias.data_ptr()
+    a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
+    _launch(fn, lib.dq_sm90_nvfp4_skinny_linear, out.device, *args, out.data_ptr(), m, n, k)
 
 
 def _check_tokens(fn: str, tokens: int) -> None:

@@ -24,9 +24,11 @@ The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight
 format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
 epilogue. ``nvfp4_weight_only_mm`` (W4A16) takes a in high precision and returns a's dtype.
 The linear ops are a quantized Linear in one op: the cast op on x [M, K] then the mm op, returning
-x's dtype; where the mm backend takes its activation decoded (``takes_decoded_activation``) and the
-cast backend can round to the format's grid and decode in one pass, the quantized activation is
-never written. Same result either way.
+x's dtype; where the mm backend runs the Linear fused (``fuses_linear``: on 9.0 at small M the
+skinny GEMM quantizes the activation itself) the op is one native call; else where the mm backend
+takes its activation decoded (``takes_decoded_activation``) and the cast backend can round to the
+format's grid and decode in one pass, the quantized activation is never written. Same result every
+way (``backends.plan_linear`` decides).
 
 A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
 (``_check_outputs``: shape, dtype and device, no sync); a wrong result raises naming the backend
@@ -337,7 +339,9 @@ def _check_mxfp8_linear(x, b_q, b_s, bias, scaling):
 
 
 def _run_mxfp8_linear(plan: LinearPlan, x, b_q, b_s, bias, scaling):
-    if plan.decoded:
+    if plan.fused:
+        out = plan.mm.mxfp8_linear(x, b_q, b_s, bias, scaling)
+    elif plan.decoded:
         out = plan.mm.mxfp8_mm_decoded(plan.cast.quantize_dequantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype)
     else:
         quantized = plan.cast.quantize_mxfp8(x, scaling)
@@ -356,7 +360,7 @@ def _run_mxfp8_linear(plan: LinearPlan, x, b_q, b_s, bias, scaling):
 )
 def _mxfp8_linear(x, b_q, b_s, bias, scaling, cast_backend, mm_backend):
     m, n, k = _check_mxfp8_linear(x, b_q, b_s, bias, scaling)
-    plan = plan_linear("mxfp8", x.device, m, n, k, cast_backend, mm_backend)
+    plan = plan_linear("mxfp8", x.device, m, n, k, x.dtype, cast_backend, mm_backend)
     with _on_device(x):
         return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
 
@@ -377,7 +381,9 @@ def _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias):
 
 
 def _run_nvfp4_linear(plan: LinearPlan, x, b_q, b_s, b_ts, activation_scale, bias):
-    if plan.decoded:
+    if plan.fused:
+        out = plan.mm.nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
+    elif plan.decoded:
         values, x_ts = plan.cast.quantize_dequantize_nvfp4(x, activation_scale)
         out = plan.mm.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, x.dtype)
     else:
@@ -397,7 +403,7 @@ def _run_nvfp4_linear(plan: LinearPlan, x, b_q, b_s, b_ts, activation_scale, bia
 )
 def _nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend):
     m, n, k = _check_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)
-    plan = plan_linear("nvfp4", x.device, m, n, k, cast_backend, mm_backend)
+    plan = plan_linear("nvfp4", x.device, m, n, k, x.dtype, cast_backend, mm_backend)
     with _on_device(x):
         return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
 
@@ -445,7 +451,7 @@ def mxfp8_linear_eager(x, b_q, b_s, bias, scaling: str, backend: str) -> Tensor:
     """``mxfp8_linear`` for x [M, K] and a checked weight whose backend is ``backend`` (a preference)."""
     n, k = b_q.shape
     m = check_activation("dq_kernels.mxfp8_linear", x, k, b_q.device)
-    plan = plan_linear("mxfp8", x.device, m, n, k, None, None, backend)
+    plan = plan_linear("mxfp8", x.device, m, n, k, x.dtype, None, None, backend)
     with _on_device(x):
         return _run_mxfp8_linear(plan, x, b_q, b_s, bias, scaling)
 
@@ -454,7 +460,7 @@ def nvfp4_linear_eager(x, b_q, b_s, b_ts, activation_scale, bias, backend: str) 
     """``nvfp4_linear`` for x [M, K] and a checked weight whose backend is ``backend`` (a preference)."""
     n, k = b_q.shape[0], b_q.shape[1] * 2
     m = check_activation("dq_kernels.nvfp4_linear", x, k, b_q.device)
-    plan = plan_linear("nvfp4", x.device, m, n, k, None, None, backend)
+    plan = plan_linear("nvfp4", x.device, m, n, k, x.dtype, None, None, backend)
     with _on_device(x):
         return _run_nvfp4_linear(plan, x, b_q, b_s, b_ts, activation_scale, bias)
 

@@ -95,10 +95,11 @@ def test_sm90_mixed_sass_runs_on_hgmma_with_the_weight_in_registers():
 @needs_sm90_family
 def test_sm90_skinny_sass_runs_on_mma():
     """Every instance of the skinny kernel computes with mma.sync m16n8k16 (f16, or bf16 for a bf16
-    W4A16 activation) into float32: 4 (weight, activation) kinds x 4 token tiles x 3 output dtypes."""
+    W4A16 activation) into float32: 4 (weight, activation) kinds x 4 token tiles x 3 output dtypes,
+    and the fused Linears' 2 formats x 2 activation dtypes (the output's) x 4 token tiles."""
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
     kernels = {name: sass for name, sass in functions.items() if "skinny_gemm_kernel" in name}
-    assert len(kernels) == 48
+    assert len(kernels) == 48 + 16
     for name, sass in kernels.items():
         bf16 = "ActivationE1" in name  # Activation::kBf16
         assert re.search(r"\bHMMA\.16816\.F32\.BF16\b" if bf16 else r"\bHMMA\.16816\.F32\b(?!\.BF16)", sass), name

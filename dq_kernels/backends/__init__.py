@@ -185,6 +185,16 @@ SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny ker
 # tensor scales and loses everywhere.
 SM90_MXFP8_DECODE_CUBLAS_MIN_M = 2049
 
+# The largest M at which a quantized Linear runs as one fused call where its mm backend offers one
+# (``Backend.fuses_linear``: on 9.0 cutlass's skinny kernels quantize the activation themselves),
+# per compute capability. Every CTA of the fused kernel quantizes the whole activation, so its work
+# grows with M (NVFP4: about 20 instructions per element, 5x the weight decode's per chunk at M = 16)
+# while the launches it saves (the cast's: about 3 us of GPU time for MXFP8 and 10 us for a dynamic
+# NVFP4 scale at 1x3072x18432) do not; at M = 1 the whole warp quantizes the one token (1.3x / 1.6x
+# the instructions of the mm alone, estimated). Not yet measured: benchmarks/h5-device.sh sweep
+# times fused against cast + mm for M 1 to 64.
+FUSED_LINEAR_MAX_M = {(9, 0): 1}
+
 
 def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
     if op.startswith("quantize"):
@@ -449,11 +459,14 @@ class LinearPlan:
     """How a quantized Linear of one format runs: ``cast`` quantizes the activation and ``mm`` runs
     the GEMM; with ``decoded`` the cast hands the GEMM its activation rounded to the format's grid
     and decoded (``quantize_dequantize_*`` then ``*_mm_decoded``), in one pass, so the quantized
-    activation is never written."""
+    activation is never written; with ``fused`` the mm backend runs the whole Linear in one call
+    (``mxfp8_linear`` / ``nvfp4_linear``: the activation quantized inside its GEMM) and ``cast``
+    is not used. The result is the same bit for bit either way."""
 
     cast: Backend
     mm: Backend
     decoded: bool
+    fused: bool
     checked: bool  # whether either step runs on a registered backend, whose outputs ops checks
 
 
@@ -461,22 +474,28 @@ _PLANS: dict[tuple, LinearPlan] = {}
 
 
 def plan_linear(
-    fmt: str, device: torch.device, m: int, n: int, k: int, cast_backend: str | None, mm_backend: str | None,
-    preferred: str | None = None,
+    fmt: str, device: torch.device, m: int, n: int, k: int, dtype: torch.dtype, cast_backend: str | None,
+    mm_backend: str | None, preferred: str | None = None,
 ) -> LinearPlan:
-    """The plan of a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") for x [m, k] and a weight
-    [n, k]: the two steps selected as ``select`` does (``cast_backend`` / ``mm_backend`` are their
-    ``backend=`` arguments, ``preferred`` the weight's backend), and whether the one-pass decoded
-    hand-over applies (the mm backend's kernel takes its activation decoded at this M, and the cast
-    backend can produce it)."""
+    """The plan of a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") for x [m, k] of ``dtype`` and
+    a weight [n, k]: the two steps selected as ``select`` does (``cast_backend`` / ``mm_backend``
+    are their ``backend=`` arguments, ``preferred`` the weight's backend); whether the mm backend
+    runs the Linear fused (it offers that for this device, M and dtype, M is at most
+    ``FUSED_LINEAR_MAX_M`` of the device, and the cast is not one the call named nor a registered
+    backend, which would then not run); else whether the one-pass decoded hand-over applies (the mm
+    backend's kernel takes its activation decoded at this M, and the cast backend can produce it)."""
     cast = select(f"quantize_{fmt}", device, m, k, k, cast_backend, preferred)
     mm = select(f"{fmt}_mm", device, m, n, k, mm_backend, preferred)
-    key = (cast, mm, fmt, device, m)
+    key = (cast, mm, fmt, device, m, dtype, cast_backend is None)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= KEPT_SELECTIONS:
             _PLANS.clear()
-        decoded = mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
+        max_m = FUSED_LINEAR_MAX_M.get(base.capability(device), 0) if device.type == "cuda" else 0
+        fused = (
+            m <= max_m and cast_backend is None and cast not in user_backends and mm.fuses_linear(fmt, device, m, dtype)
+        )
+        decoded = not fused and mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
         checked = cast in user_backends or mm in user_backends
-        plan = _PLANS[key] = LinearPlan(cast, mm, decoded, checked)
+        plan = _PLANS[key] = LinearPlan(cast, mm, decoded, fused, checked)
     return plan

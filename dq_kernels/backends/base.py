@@ -135,7 +135,7 @@ class Backend:
     method of each op in ``spec.ops``, and ``availability`` when it needs something beyond torch (a
     library, a build). For your own backend that is all (``dq_kernels.register_backend``); the
     other hooks below (``availability_on``, ``kernel_config``, ``takes_decoded_activation``,
-    ``can_quantize_dequantize``) have working defaults and serve the built-in backends.
+    ``can_quantize_dequantize``, ``fuses_linear``) have working defaults and serve the built-in backends.
 
     The op methods receive checked canonical operands (``dq_kernels.formats``), on one device,
     within the limits of the spec: contiguous row-major, M >= 1, K a multiple of the block size
@@ -198,6 +198,13 @@ class Backend:
     def can_quantize_dequantize(self, fmt: str) -> bool:
         """Whether this cast backend implements ``quantize_dequantize_{fmt}``: the activation rounded
         to the format's grid and decoded in one pass, for a GEMM that takes it decoded."""
+        return False
+
+    def fuses_linear(self, fmt: str, device: torch.device, m: int, dtype: torch.dtype) -> bool:
+        """Whether this mm backend runs a whole quantized Linear of ``fmt`` for an activation of m
+        rows and ``dtype`` on ``device`` in one call, quantizing the activation inside its GEMM
+        (``mxfp8_linear(x, b_q, b_s, bias, scaling)`` / ``nvfp4_linear(x, b_q, b_s, b_ts,
+        activation_scale, bias)``, bit for bit the cast and the mm op)."""
         return False
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,10 @@ and its activation casts.
     ``nvfp4_mm`` decode their quantized activation with the native dequantize kernel first; the
     linear ops hand over the cast kernel's one-pass decode instead (``*_mm_decoded``,
     ``takes_decoded_activation``); a W4A16 activation goes in as it is.
+  - A quantized Linear at M <= 64 with a bf16/f16 activation (``fuses_linear``): the skinny kernel
+    quantizes the activation itself, so ``mxfp8_linear`` / ``nvfp4_linear`` are one native launch,
+    bit for bit the cast followed by ``mxfp8_mm`` / ``nvfp4_mm`` (``backends.plan_linear`` decides
+    where the linear ops take it).
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
 
@@ -156,6 +160,27 @@ class CutlassBackend(Backend):
 
     def takes_decoded_activation(self, op, device, m):
         return _on_hopper(device) and m > native.SM90_SKINNY_MAX_M
+
+    def fuses_linear(self, fmt, device, m, dtype):
+        return _skinny(device, m) and dtype in (torch.bfloat16, torch.float16)
+
+    def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
+        """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one launch, for x
+        bfloat16/float16 [M, K] with M <= 64 on 9.0 (``fuses_linear``)."""
+        x, b_q, b_s, bias = aligned_16(x.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
+        native.sm90_mxfp8_skinny_linear(x, b_q, b_s, bias, out, scaling, checked=False)
+        return out
+
+    def nvfp4_linear(self, x, b_q, b_s, b_ts, activation_scale, bias):
+        """nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias, x.dtype) in one
+        launch, for x bfloat16/float16 [M, K] with M <= 64 on 9.0 (``fuses_linear``); a None
+        activation_scale: the dynamic one, computed in the kernel."""
+        x, b_q, b_s, bias = aligned_16(x.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        a_ts = None if activation_scale is None else activation_scale.reshape(())
+        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
+        native.sm90_nvfp4_skinny_linear(x, b_q, b_s, a_ts, b_ts.reshape(()), bias, out, checked=False)
+        return out
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):

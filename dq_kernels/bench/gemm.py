@@ -230,6 +230,15 @@ def runs_on(case: ShapeCase, fmt: str, backend: str) -> str:
     return dq_kernels.backends.select(MM_OPS[fmt], case.a.device, s.M, s.N, s.K, AUTO).spec.name
 
 
+def fused_linear(case: ShapeCase, fmt: str, backend: str) -> bool:
+    """Whether a linear row runs as one fused call (``backends.LinearPlan.fused``: the GEMM kernel
+    quantizes the activation itself)."""
+    if fmt not in ("mxfp8", "nvfp4"):
+        return False
+    s = case.shape
+    return dq_kernels.backends.plan_linear(fmt, case.a.device, s.M, s.N, s.K, case.a.dtype, None, backend).fused
+
+
 def transient_mib(case: ShapeCase, fmt: str, op: str, backend: str) -> float | None:
     """The temporary buffers of a row's call in MiB, for a backend that reports them, else None."""
     if fmt not in MM_OPS:  # a cuBLAS baseline
@@ -258,6 +267,8 @@ def bench_shape(case: ShapeCase, triples: Sequence[tuple[str, str, str]], timed:
             config = kernel_config(fmt, name, case.shape)
             if name != backend:
                 config = f"{name} {config}".rstrip()
+            if op == "linear" and fused_linear(case, fmt, backend):
+                config += " fused cast"
             rows.append(Row(case.shape, fmt, backend, us, error, config, op=op,
                             transient_mib=transient_mib(case, fmt, op, name)))
         progress.update()

@@ -1,0 +1,221 @@
+"""The fused quantized Linear at small M on Hopper: the skinny kernels quantizing their bf16/f16
+activation themselves (``dq_sm90_*_skinny_linear``, one native launch), and where the linear ops
+take it (``backends.plan_linear``).
+
+The CPU tests fake an sm_90 device and a native library with the sm90_gemm family (no kernel runs);
+the GPU tests (``gpu`` marker, an H100) compare the fused kernels with the cast
+(``formats.quantize_*`` on the GPU) followed by the skinny mm kernels, bit for bit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import fake_capability, family_built
+
+import dq_kernels as dq
+from dq_kernels import backends, formats, native, ops
+
+CUDA = torch.device("cuda", 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the linear ops fuse (no GPU: capability and library faked)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hopper_with_library(monkeypatch):
+    """An sm_90 device and a native library with the sm90_gemm family, as the selection sees them."""
+    fake_capability(monkeypatch, (9, 0))
+    info = {"families": {native.SM90_FAMILY: ["90a"]}, "archs": ["90a"]}
+    monkeypatch.setattr(native, "status", lambda: (True, "loaded"))
+    monkeypatch.setattr(native, "build_info", lambda: info)
+
+
+def plan(fmt, m, dtype=torch.bfloat16, device=CUDA, cast_backend=None, mm_backend=None, preferred=None):
+    return backends.plan_linear(fmt, device, m, 3072, 3072, dtype, cast_backend, mm_backend, preferred)
+
+
+@pytest.mark.usefixtures("hopper_with_library")
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_fused_where_cutlass_runs_the_mm_up_to_the_limit(fmt):
+    """Fused wherever the chosen mm backend is cutlass (its skinny kernels) and M is at most
+    FUSED_LINEAR_MAX_M; auto's choice of mm decides (MXFP8 above M = 8 runs triton_sm90: not fused)."""
+    limit = backends.FUSED_LINEAR_MAX_M[(9, 0)]
+    for m in (1, 8, limit, limit + 1, native.SM90_SKINNY_MAX_M, native.SM90_SKINNY_MAX_M + 1):
+        chosen = plan(fmt, m)
+        assert chosen.fused == (chosen.mm.spec.name == "cutlass" and m <= limit), (m, chosen)
+        assert not (chosen.fused and chosen.decoded)
+        named = plan(fmt, m, mm_backend="cutlass")
+        assert named.fused == (m <= limit), m
+    assert plan(fmt, 1).fused
+    assert not plan("mxfp8", 9).fused  # triton_sm90 (backends.SM90_SKINNY_BEST_MAX_M)
+
+
+@pytest.mark.usefixtures("hopper_with_library")
+def test_not_fused_for_float32_a_named_cast_or_another_mm():
+    """The kernels take bf16/f16 activations; a cast the call names runs as named; an mm backend
+    without a fused linear runs cast + mm."""
+    assert plan("nvfp4", 1, torch.float16).fused
+    assert not plan("nvfp4", 1, torch.float32).fused
+    assert not plan("nvfp4", 1, cast_backend="triton_cast").fused
+    assert not plan("nvfp4", 1, mm_backend="triton_sm90").fused
+    assert not plan("mxfp8", 1, preferred="triton_sm90").fused
+    assert plan("mxfp8", 1, preferred="cutlass").fused
+
+
+def test_not_fused_on_the_cpu_nor_off_hopper(monkeypatch):
+    """The CPU path (the reference, the interpreted Triton casts) is unchanged, and so is every GPU
+    without the skinny kernels."""
+    for fmt in ("mxfp8", "nvfp4"):
+        cpu = plan(fmt, 1, device=torch.device("cpu"))
+        assert not cpu.fused and cpu.mm.spec.name == "reference"
+    fake_capability(monkeypatch, (10, 0))
+    monkeypatch.setattr(native, "status", lambda: (True, "loaded"))
+    monkeypatch.setattr(native, "build_info", lambda: {"families": {native.SM100_FAMILY: ["100f"]}, "archs": ["100f"]})
+    assert not plan("mxfp8", 1, mm_backend="cutlass").fused
+    assert not dq.get_backend("cutlass").fuses_linear("mxfp8", CUDA, 1, torch.bfloat16)
+
+
+def test_linear_ops_on_the_cpu_still_equal_cast_and_mm():
+    """The op and its eager entry point on the CPU: the reference cast and mm, as before."""
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    w = torch.randn(16, 64)
+    b_q, b_s = formats.quantize_mxfp8(w)
+    expected = dq.mxfp8_mm(*formats.quantize_mxfp8(x), b_q, b_s, out_dtype=x.dtype)
+    assert torch.equal(dq.mxfp8_linear(x, b_q, b_s), expected)
+    assert torch.equal(ops.mxfp8_linear_eager(x, b_q, b_s, None, "rceil", "auto"), expected)
+    b_q, b_s, b_ts = formats.quantize_nvfp4(w)
+    expected = dq.nvfp4_mm(*formats.quantize_nvfp4(x), b_q, b_s, b_ts, out_dtype=x.dtype)
+    assert torch.equal(dq.nvfp4_linear(x, b_q, b_s, b_ts), expected)
+    assert torch.equal(ops.nvfp4_linear_eager(x, b_q, b_s, b_ts, None, None, "auto"), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit for bit cast + skinny mm on an H100
+# ----------------------------------------------------------------------------------------------
+
+needs_hopper_kernel = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+         and family_built(native.SM90_FAMILY)),
+    reason="needs an sm_90 GPU and the sm90_gemm family",
+)
+
+MS = [1, 7, 16, 33, 64]
+KS = [32, 3072, 4160]  # one partial K chunk; full chunks; full chunks and a partial one (MXFP8 and NVFP4)
+NS = [8, 3072]
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+def activation(m: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """x [m, k] on the GPU with block magnitudes over 2^-10 .. 2^10 (both dtypes' range) and a zero
+    block, so that the block scales differ and some blocks are all zero."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.exp2(torch.randint(-10, 11, (m, k // 16), generator=g)).repeat_interleave(16, 1)
+    x[0, :16] = 0
+    return x.to(dtype).to(CUDA)
+
+
+def weight_and_bias(fmt: str, n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) * 0.1).to(CUDA)
+    bias = (torch.randn(n, generator=g) * 10).to(CUDA)
+    return (formats.quantize_mxfp8(w) if fmt == "mxfp8" else formats.quantize_nvfp4(w)), bias
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("m", MS)
+def test_fused_mxfp8_equals_cast_and_skinny_mm(m, k, n, dtype):
+    x = activation(m, k, dtype, seed=m + k)
+    (b_q, b_s), bias = weight_and_bias("mxfp8", n, k, seed=n)
+    for scaling in ("rceil", "floor"):
+        for b in (None, bias):
+            expected = torch.empty(m, n, dtype=dtype, device=CUDA)
+            native.sm90_mxfp8_skinny_mm(*formats.quantize_mxfp8(x, scaling), b_q, b_s, b, expected)
+            out = torch.empty(m, n, dtype=dtype, device=CUDA)
+            native.sm90_mxfp8_skinny_linear(x, b_q, b_s, b, out, scaling)
+            assert torch.equal(out, expected), (scaling, b is None)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("m", MS)
+def test_fused_nvfp4_equals_cast_and_skinny_mm(m, k, n, dtype):
+    """Dynamic tensor scale (computed in the kernel) and a given one."""
+    x = activation(m, k, dtype, seed=m + k)
+    (b_q, b_s, b_ts), bias = weight_and_bias("nvfp4", n, k, seed=n)
+    b_ts = b_ts.reshape(())
+    for activation_scale in (None, torch.tensor(0.05, device=CUDA)):
+        a_q, a_s, a_ts = formats.quantize_nvfp4(x, activation_scale)
+        for b in (None, bias):
+            expected = torch.empty(m, n, dtype=dtype, device=CUDA)
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, b, expected)
+            out = torch.empty(m, n, dtype=dtype, device=CUDA)
+            native.sm90_nvfp4_skinny_linear(x, b_q, b_s, activation_scale, b_ts, b, out)
+            assert torch.equal(out, expected), (activation_scale, b is None)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_fused_special_values_match():
+    """An all-zero activation (NVFP4 tensor scale 0), and inf and NaN in one row (that row's outputs
+    NaN, the others unchanged), as cast + mm give them."""
+    m, k, n = 7, 160, 136
+    (b_q, b_s), _ = weight_and_bias("mxfp8", n, k, seed=1)
+    (n_q, n_s, n_ts), _ = weight_and_bias("nvfp4", n, k, seed=1)
+    zeros = torch.zeros(m, k, dtype=torch.bfloat16, device=CUDA)
+    special = activation(m, k, torch.bfloat16, seed=2)
+    special[3, 5], special[3, 70], special[5, 40] = float("inf"), float("nan"), float("-inf")
+    for x in (zeros, special):
+        for scaling in ("rceil", "floor"):
+            expected, out = (torch.empty(m, n, dtype=x.dtype, device=CUDA) for _ in range(2))
+            native.sm90_mxfp8_skinny_mm(*formats.quantize_mxfp8(x, scaling), b_q, b_s, None, expected)
+            native.sm90_mxfp8_skinny_linear(x, b_q, b_s, None, out, scaling)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+        expected, out = (torch.empty(m, n, dtype=x.dtype, device=CUDA) for _ in range(2))
+        native.sm90_nvfp4_skinny_mm(*formats.quantize_nvfp4(x), n_q, n_s, n_ts.reshape(()), None, expected)
+        native.sm90_nvfp4_skinny_linear(x, n_q, n_s, None, n_ts.reshape(()), None, out)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("m", [1, 16])
+def test_linear_ops_fuse_on_hopper_bit_for_bit(m):
+    """The ops and their eager entry points run the fused kernel (one launch) at M <=
+    FUSED_LINEAR_MAX_M, and give what cast + mm give either way (a named cast backend runs unfused)."""
+    k, n = 3072, 272
+    x = activation(m, k, torch.bfloat16, seed=m)
+    (b_q, b_s), bias = weight_and_bias("mxfp8", n, k, seed=3)
+    assert plan("mxfp8", m, mm_backend="cutlass").fused == (m <= backends.FUSED_LINEAR_MAX_M[(9, 0)])
+    unfused = dq.mxfp8_linear(x, b_q, b_s, bias, cast_backend="triton_cast", mm_backend="cutlass")
+    assert torch.equal(dq.mxfp8_linear(x, b_q, b_s, bias, mm_backend="cutlass"), unfused)
+    assert torch.equal(ops.mxfp8_linear_eager(x, b_q, b_s, bias, "rceil", "cutlass"), unfused)
+    (b_q, b_s, b_ts), bias = weight_and_bias("nvfp4", n, k, seed=3)
+    for activation_scale in (None, torch.tensor(0.05, device=CUDA)):
+        unfused = dq.nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend="triton_cast",
+                                  mm_backend="cutlass")
+        assert torch.equal(dq.nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, mm_backend="cutlass"), unfused)
+        assert torch.equal(ops.nvfp4_linear_eager(x, b_q, b_s, b_ts, activation_scale, bias, "cutlass"), unfused)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_fused_kernels_refuse_what_they_cannot_run():
+    x = activation(65, 64, torch.bfloat16, seed=0)
+    (b_q, b_s), _ = weight_and_bias("mxfp8", 8, 64, seed=0)
+    out = torch.empty(65, 8, dtype=torch.bfloat16, device=CUDA)
+    with pytest.raises(ValueError, match="1 to 64 rows"):
+        native.sm90_mxfp8_skinny_linear(x, b_q, b_s, None, out)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        native.sm90_mxfp8_skinny_linear(x[:64], b_q, b_s, None, out[:64], "round")
+    with pytest.raises(ValueError, match="out must have a's dtype"):
+        native.sm90_mxfp8_skinny_linear(x[:64], b_q, b_s, None, out[:64].float())
