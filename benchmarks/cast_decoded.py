@@ -1,9 +1,8 @@
 """The casts a quantized Linear runs before the Hopper mixed-input GEMM, which `dq-kernels bench
 quant` does not time: the activation rounded to the format and written decoded (MXFP8 as bf16, NVFP4
 as f16 without its tensor scale), Triton (``triton_cast``) against the native CUDA casts
-(``cutlass``, csrc/cast.cu), and the native MXFP8 row form (f16 values + int32 row exponents,
-/work/ROWFORM.md). Timed like `bench quant` (cold L2, median); bandwidth on the bytes each must move
-(the bf16 input read, twice for the dynamic NVFP4 case, and its outputs written). Checks each output
+(``cutlass``, csrc/cast.cu). Timed like `bench quant` (cold L2, median); bandwidth on the bytes each
+must move (the bf16 input read, twice for the dynamic NVFP4 case, and its outputs written). Checks each output
 against dq_kernels.formats once, bit for bit (NaN-free random input). Needs a CUDA GPU and the
 native library.
 
@@ -23,21 +22,17 @@ from dq_kernels.bench import quant, timing
 def cases(x: torch.Tensor, ts: torch.Tensor):
     """(name, backend, call, bytes written per element, reads of x, reference) per case."""
     triton, cutlass = get_backend("triton_cast"), get_backend("cutlass")
-    q, s = formats.quantize_mxfp8(x, "rceil")
-    mxfp8_bf16 = formats.dequantize_mxfp8(q, s, torch.bfloat16)
-    row_form = formats.mxfp8_row_form(q, s)
+    mxfp8_bf16 = formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, "rceil"), torch.bfloat16)
     one = torch.ones((), device=x.device)
     nvfp4_f16 = {t is None: formats.dequantize_nvfp4(*formats.quantize_nvfp4(x, t)[:2], one, torch.float16) for t in (None, ts)}
     for name, b in (("triton_cast", triton), ("cutlass", cutlass)):
         yield "mxfp8_bf16", name, lambda b=b: b.quantize_dequantize_mxfp8(x, "rceil"), 2, 1, mxfp8_bf16
         yield "nvfp4_f16", name, lambda b=b: b.quantize_dequantize_nvfp4(x, None)[0], 2, 2, nvfp4_f16[True]
         yield "nvfp4_f16_static", name, lambda b=b: b.quantize_dequantize_nvfp4(x, ts)[0], 2, 1, nvfp4_f16[False]
-    yield "mxfp8_row_form", "cutlass", lambda: cutlass.quantize_mxfp8_row_form(x, "rceil"), 2, 1, row_form
 
 
-def same(out, ref) -> bool:
-    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
-    return all(torch.equal(o.view(torch.uint8), r.view(torch.uint8)) for o, r in zip(outs, refs, strict=True))
+def same(out: torch.Tensor, ref: torch.Tensor) -> bool:
+    return torch.equal(out.view(torch.uint8), ref.view(torch.uint8))
 
 
 def main() -> None:

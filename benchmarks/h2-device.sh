@@ -8,7 +8,7 @@
 #    test_native.py and test_backends.py (the library's and the registry's checks)
 # 3. selftest of the cutlass and triton_cast backends (the casts bit for bit, the GEMMs vs fp64)
 # 4. dq-kernels bench quant: triton_cast, cutlass, torchao, torchao compiled on the 9 default shapes
-# 5. benchmarks/cast_decoded.py: the decoded casts (Triton vs CUDA) and the MXFP8 row form
+# 5. benchmarks/cast_decoded.py: the decoded casts (Triton vs CUDA)
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
 bash benchmarks/h100.sh build || exit 1

@@ -12,9 +12,6 @@
 //    short rows (K = 32) still fill warps. The grid covers the padded rows of the swizzled scales
 //    too: a padding row is a zero block, whose scale byte the padding holds (0), and the thread of
 //    a row's first chunk writes the row's padding columns.
-//  - The MXFP8 row form: one CTA per row, kChunks chunks per thread, the whole row in registers:
-//    the block scales give the row exponent (a CTA reduction) before any value is written; the
-//    exponent and the f16 decode are decode.cuh's, which the mixed-input GEMM decodes weights with.
 //
 // Do not build with --use_fast_math: it flushes float32 subnormals (scales and scaled values).
 
@@ -35,7 +32,6 @@ namespace {
 
 constexpr int kChunk = 16;    // elements per chunk
 constexpr int kThreads = 256;  // element casts: threads per CTA
-constexpr int kMaxRowThreads = 512;  // the row form: threads per CTA (one row) at most
 constexpr int kMaxChunksAlongRow = 64;
 
 // 16 consecutive elements of x, loaded with 16-byte vector loads (16-byte aligned), and their
@@ -216,68 +212,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The MXFP8 row form of one row per CTA (blockDim.x threads, a multiple of 32): values [M, K] 16-bit
-// (f16 bits, or bf16 bits in a flagged row), row_exp [M]. Thread t takes chunks t, t + blockDim.x, ...
-// (kChunks of them, the row's chunks_per_row at most), so the two halves of a block are in
-// neighbouring lanes. The row exponent and the f16 decode are decode.cuh's (the mixed-input GEMM's).
-template <typename In, int kChunks>
-__global__ void __launch_bounds__(kMaxRowThreads)
-    mxfp8_row_form_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ values,
-                          int32_t* __restrict__ row_exp, int64_t K, int scaling) {
-  __shared__ uint32_t warp_top[kMaxRowThreads / 32], warp_bottom[kMaxRowThreads / 32];  // dq::RowExponent's
-  __shared__ int exponent;
-  const int64_t row = blockIdx.x;
-  const int chunks_per_row = int(K / kChunk);
-
-  Chunk<In> chunks[kChunks];  // every load issued before any arithmetic
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    const int chunk = j * int(blockDim.x) + int(threadIdx.x);
-    if (chunk < chunks_per_row) chunks[j].load(x + row * x_stride + int64_t(chunk) * kChunk);
-  }
-  uint32_t q[kChunks][4], bytes[kChunks];
-  dq::RowExponent row_exponent;
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    const bool valid = j * int(blockDim.x) + int(threadIdx.x) < chunks_per_row;
-    float v[kChunk] = {};
-    if (valid) chunks[j].values(v);
-    uint32_t amax = chunk_amax_bits(v);
-    amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
-    const dq::Mxfp8BlockScale scale = dq::mxfp8_block_scale(__uint_as_float(amax), scaling, true);
-    encode_mxfp8_chunk(v, scale.multiplier, q[j]);
-    bytes[j] = scale.byte;
-    if (valid) row_exponent.add(scale.byte);
-  }
-  row_exponent.merge_lanes<32>();
-  if (threadIdx.x % 32 == 0) {
-    warp_top[threadIdx.x / 32] = row_exponent.top;
-    warp_bottom[threadIdx.x / 32] = row_exponent.bottom;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / 32); ++w) row_exponent.merge(dq::RowExponent{warp_top[w], warp_bottom[w]});
-    exponent = row_exponent.value();
-    row_exp[row] = exponent;
-  }
-  __syncthreads();
-  const int r = exponent, shift = dq::row_form_shift(r);
-#pragma unroll
-  for (int j = 0; j < kChunks; ++j) {
-    const int chunk = j * int(blockDim.x) + int(threadIdx.x);
-    if (chunk >= chunks_per_row) continue;
-    const uint32_t multiplier = dq::row_form_multiplier(bytes[j], shift);
-    uint32_t out[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t pair = q[j][i / 2] >> (16 * (i % 2));
-      out[i] = r == dq::kRowFlagged ? dq::decode_mxfp8_bf16x2(pair, bytes[j])
-                                    : dq::hmul2_bits(dq::e4m3x2_to_f16x2(pair), multiplier);
-    }
-    store_32_bytes(values + (row * K + int64_t(chunk) * kChunk) / 2, out);
-  }
-}
-
 // ---- host side ---------------------------------------------------------------------------------
 
 bool aligned(const void* p, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
@@ -380,27 +314,6 @@ int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int6
   return cudaGetLastError();
 }
 
-// The chunks per thread of the row form (a power of two, 8 at most for 16-bit inputs and 4 for
-// float32, whose chunks take twice the registers) and its threads per CTA: the fewest chunks that
-// keep the CTA at 256 threads, else at 512; 0 when K is too long.
-struct RowLaunch {
-  int chunks = 0, threads = 0;
-  RowLaunch(int64_t K, int x_dtype) {
-    const int64_t chunks_per_row = K / kChunk;
-    const int most = x_dtype == DQ_FLOAT32 ? 4 : 8;
-    for (int limit : {256, kMaxRowThreads}) {
-      for (int c = 1; c <= most; c *= 2) {
-        const int64_t t = (chunks_per_row + c - 1) / c;
-        if (t <= limit) {
-          chunks = c;
-          threads = int((t + 31) / 32 * 32);
-          return;
-        }
-      }
-    }
-  }
-};
-
 }  // namespace
 
 extern "C" int dq_quantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int scaling,
@@ -419,39 +332,6 @@ extern "C" int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t 
   if (out == nullptr) return DQ_ERR_NULL_POINTER;
   if (!aligned(out, 16)) return DQ_ERR_MISALIGNED;
   return mxfp8_cast(x, x_dtype, x_row_stride, M, K, scaling, nullptr, nullptr, out, static_cast<cudaStream_t>(stream));
-}
-
-extern "C" int dq_quantize_mxfp8_row_form(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
-                                          int scaling, void* values, int32_t* row_exp, void* stream) {
-  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 32)) return err;
-  if (int err = check_scaling(scaling)) return err;
-  if (values == nullptr || row_exp == nullptr) return DQ_ERR_NULL_POINTER;
-  if (!aligned(values, 16)) return DQ_ERR_MISALIGNED;
-  const RowLaunch launch(K, x_dtype);
-  if (launch.chunks == 0) return DQ_ERR_BAD_SHAPE;
-  const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  uint32_t* v = static_cast<uint32_t*>(values);
-  with_input_type(x_dtype, [&](auto tag) {
-    using In = decltype(tag);
-    const In* xt = static_cast<const In*>(x);
-    const auto run = [&](auto kernel) {
-      kernel<<<unsigned(M), launch.threads, 0, st>>>(xt, x_row_stride, v, row_exp, K, scaling);
-    };
-    switch (launch.chunks) {
-      case 1:
-        run(mxfp8_row_form_kernel<In, 1>);
-        break;
-      case 2:
-        run(mxfp8_row_form_kernel<In, 2>);
-        break;
-      case 4:
-        run(mxfp8_row_form_kernel<In, 4>);
-        break;
-      default:
-        if constexpr (sizeof(In) == 2) run(mxfp8_row_form_kernel<In, 8>);
-    }
-  });
-  return cudaGetLastError();
 }
 
 extern "C" int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,

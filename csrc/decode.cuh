@@ -69,21 +69,6 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
 
-template <typename Out>
-__device__ __forceinline__ Out from_double(double v);
-template <>
-__device__ __forceinline__ float from_double<float>(double v) {
-  return __double2float_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
-  return __double2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half from_double<__half>(double v) {
-  return __double2half(v);
-}
-
 // ---- packed decodes for the MMA kernels (two or more elements per instruction) -------------------
 
 // Two e4m3 bytes (the low and high byte of `pair`) -> f16x2, exact.
@@ -124,61 +109,6 @@ __device__ __forceinline__ uint32_t nvfp4_scale64(uint32_t byte, bool valid) {
   const __half scale(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte & 0xFF), __NV_E4M3));
   const __half2 s = __hmul2(__half2half2(scale), __float2half2_rn(64.f));
   return valid ? *reinterpret_cast<const uint32_t*>(&s) : 0u;
-}
-
-// ---- the MXFP8 row form (dq_kernels.formats.mxfp8_row_form, /work/ROWFORM.md) ----------------------
-//
-// A row of MXFP8 values decoded to f16 against one reference exponent R per row: block b with E8M0
-// byte s holds q * 2^(s - R), exact in f16 for s - R in [-15, 7]. "Considered" bytes are 3..254;
-// R = max(7, largest considered byte) - 7; the row is flagged (kRowFlagged instead of R) if a byte is
-// 255 (NaN) or a considered byte lies more than 15 below R. Blocks below 2^-15 in an unflagged row
-// (bytes 0..2 only) decode to q * 0.
-
-constexpr int kRowFlagged = -1;  // dq_kernels.formats.MXFP8_ROW_FLAGGED
-constexpr int kFlaggedShift = -1024;  // row_form_shift of a flagged row: every multiplier is 0
-
-// R and the flag of one row, gathered over its scale bytes (in any order, split among threads and
-// merged). Bytes past the row's last block must be added as 0 (or not at all).
-struct RowExponent {
-  uint32_t top = 0;              // the largest byte (bytes 0..2 do not move R; 255 flags the row)
-  uint32_t bottom = 0xFFFFFFFFu;  // the smallest considered byte minus 3: bytes 0..2 wrap above every considered one
-  __device__ __forceinline__ void add(uint32_t byte) {
-    top = max(top, byte);
-    bottom = min(bottom, byte - 3u);
-  }
-  __device__ __forceinline__ void add_word(uint32_t word) {  // four bytes
-#pragma unroll
-    for (int i = 0; i < 4; ++i) add((word >> (8 * i)) & 0xFF);
-  }
-  __device__ __forceinline__ void merge(const RowExponent& other) {
-    top = max(top, other.top);
-    bottom = min(bottom, other.bottom);
-  }
-  // Merges over the `lanes` consecutive lanes (a power of two up to 32, aligned) that share the row.
-  template <int kLanes>
-  __device__ __forceinline__ void merge_lanes() {
-#pragma unroll
-    for (int i = 1; i < kLanes; i *= 2)
-      merge(RowExponent{__shfl_xor_sync(0xFFFFFFFFu, top, i), __shfl_xor_sync(0xFFFFFFFFu, bottom, i)});
-  }
-  // R, or kRowFlagged.
-  __device__ __forceinline__ int value() const {
-    const int r = int(max(top, 7u)) - 7;
-    const bool too_wide = bottom <= 251u && int(bottom) + 3 - r < -15;
-    return top == 255 || too_wide ? kRowFlagged : r;
-  }
-};
-
-// What a decode adds to a block's byte s to get the f16 exponent field of 2^(s - R + 1): 16 - R, or
-// kFlaggedShift for a flagged row (R = kRowFlagged).
-__device__ __forceinline__ int row_form_shift(int r) { return r == kRowFlagged ? kFlaggedShift : 16 - r; }
-
-// The f16x2 multiplier 2^(s - R) of a block with E8M0 byte s (both halves); 0 where s - R < -15 or
-// the row is flagged. Built as 2^(s - R + 1) from its exponent field and halved in f16, so that
-// 2^-15 comes out as the subnormal 0x0200 without a special case (4 instructions).
-__device__ __forceinline__ uint32_t row_form_multiplier(uint32_t s, int shift) {
-  const uint32_t field = max(int(s) + shift, 0);  // at most 23 for the bytes of an unflagged row
-  return hmul2_bits(field * 0x04000400u, 0x38003800u);  // field << 10 in both halves, times 0.5
 }
 
 // f16x2 -> bf16x2 (exact for the decoded NVFP4 values, which have at most 6 significant bits).

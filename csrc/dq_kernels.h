@@ -302,8 +302,7 @@ DQ_API int dq_sm100_nvfp4_mm_plan(int64_t M, int64_t N, int64_t K, int out_dtype
  *                 16-byte aligned (x_row_stride * element size a multiple of 16), else
  *                 DQ_ERR_MISALIGNED.
  *   M, K:         1 <= M <= INT32_MAX - 128; K a positive multiple of the block (32 for MXFP8, 16
- *                 for NVFP4), K <= 67107840 (the row form: K <= 65536 for 16-bit x, 32768 for
- *                 float32); else DQ_ERR_BAD_SHAPE.
+ *                 for NVFP4), K <= 67107840; else DQ_ERR_BAD_SHAPE.
  *   scaling:      the MXFP8 block scale, DQ_SCALING_RCEIL (amax / 448 rounded up to a power of two,
  *                 nothing saturates) or DQ_SCALING_FLOOR (the OCP rule, 2^(floor(log2 amax) - 8));
  *                 else DQ_ERR_BAD_CONFIG.
@@ -328,17 +327,6 @@ DQ_API int dq_quantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, i
  */
 DQ_API int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
                                         int scaling, void* out, void* stream);
-
-/*
- * MXFP8 row form (dq_kernels.formats.mxfp8_row_form of dq_quantize_mxfp8's q and s): values 16-bit
- * [M, K] (16-byte aligned) and row_exp int32 [M]. Per row, R = max(7, largest scale byte in 3..254)
- * - 7; a row is flagged (row_exp -1) when a block's byte is 255 (NaN) or a byte in 3..254 lies more
- * than 15 below R. Unflagged rows: row_exp = R, values the f16 bits of q * 2^(byte - R) (exact),
- * 0 for a block with byte - R < -15. Flagged rows: the bf16 bits of the exact decode q * 2^(byte -
- * 127). One pass over x: a CTA per row holds the row in registers.
- */
-DQ_API int dq_quantize_mxfp8_row_form(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
-                                      int scaling, void* values, int32_t* row_exp, void* stream);
 
 /*
  * NVFP4, canonical operands: q uint8 [M, K / 2] (two e2m1 codes per byte, element 2i in the low

@@ -101,8 +101,7 @@ __host__ __device__ __forceinline__ Mxfp8BlockScale mxfp8_block_scale(float amax
 
 // Two e4m3 bytes (low and high byte of `pair`) with E8M0 scale byte `byte` -> their exact bf16
 // decode as bf16x2 bits (formats.dequantize_mxfp8 to bfloat16: q * 2^(byte - 127) in float32,
-// rounded once): MXFP8's quantize-dequantize, and a flagged row of the row form (whose other rows
-// decode.cuh's row_form_multiplier scales).
+// rounded once): MXFP8's quantize-dequantize.
 __host__ __device__ __forceinline__ uint32_t decode_mxfp8_bf16x2(uint32_t pair, uint32_t byte) {
   const float scale = decode_e8m0(byte);
   const __nv_bfloat16_raw lo = __float2bfloat16_rn(decode_e4m3(pair & 0xFF) * scale);

@@ -48,11 +48,9 @@ __all__ = [
     "Sm100Plan",
     "quantize_mxfp8",
     "quantize_dequantize_mxfp8",
-    "quantize_mxfp8_row_form",
     "quantize_nvfp4",
     "quantize_dequantize_nvfp4",
     "CAST_FAMILY",
-    "ROW_FORM_MAX_K",
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
@@ -160,11 +158,10 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
     # the casts (csrc/cast.cu)
     lib.dq_quantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
     lib.dq_quantize_dequantize_mxfp8.argtypes = [p, i32, i64, i64, i64, i32, p, p]
-    lib.dq_quantize_mxfp8_row_form.argtypes = [p, i32, i64, i64, i64, i32, p, p, p]
     lib.dq_quantize_nvfp4.argtypes = [p, i32, i64, i64, i64, p, p, p, p, p, p]
     lib.dq_quantize_dequantize_nvfp4.argtypes = [p, i32, i64, i64, i64, p, p, p, p, p]
-    for fn in (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8, lib.dq_quantize_mxfp8_row_form,
-               lib.dq_quantize_nvfp4, lib.dq_quantize_dequantize_nvfp4):
+    for fn in (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8, lib.dq_quantize_nvfp4,
+               lib.dq_quantize_dequantize_nvfp4):
         fn.restype = i32
 
 
@@ -391,8 +388,6 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 # on CUDA tensors. x is [M, K] with unit column stride, any row stride >= K, 16-byte aligned rows.
 # ----------------------------------------------------------------------------------------------
 
-ROW_FORM_MAX_K = {2: 65536, 4: 32768}  # the longest row of quantize_mxfp8_row_form, by x's element size
-
 
 def _cast_args(fn: str, x: torch.Tensor, block: int, outputs: dict, scaling: str | None = None):
     """Checks a cast's input ``x`` (a 2-D bfloat16, float16 or float32 CUDA tensor, K a multiple of
@@ -468,31 +463,6 @@ def quantize_dequantize_mxfp8(x, scaling: str, out, *, checked: bool = True) -> 
         lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
     args = (x.data_ptr(), x_code, x.stride(0), m, k, SCALINGS[scaling], out.data_ptr())
     _launch(fn, lib.dq_quantize_dequantize_mxfp8, x.device, *args)
-
-
-def quantize_mxfp8_row_form(x, scaling: str, values, row_exp, *, checked: bool = True) -> None:
-    """x rounded to MXFP8 and written in the row form (/work/ROWFORM.md): bit for bit
-    ``formats.mxfp8_row_form(*formats.quantize_mxfp8(x, scaling))`` on CUDA, in one pass over x.
-
-    values: float16 [M, K] (16-byte aligned; the bits of a flagged row are bfloat16); row_exp: int32
-    [M], each row's exponent R, or -1 (flagged). K <= ``ROW_FORM_MAX_K`` for x's element size. x,
-    scaling and ``checked`` as for ``quantize_mxfp8``.
-    """
-    import torch
-
-    fn = "quantize_mxfp8_row_form"
-    if checked:
-        outputs = {"values": (values, tuple(x.shape), (torch.float16,), 16),
-                   "row_exp": (row_exp, tuple(x.shape[:1]), (torch.int32,), 4)}
-        limit = ROW_FORM_MAX_K.get(x.element_size(), ROW_FORM_MAX_K[2])
-        if x.dim() == 2 and x.shape[1] > limit:
-            raise ValueError(f"dq_kernels.native.{fn}: K = {x.shape[1]} is longer than the row form's limit "
-                             f"{limit} for {x.dtype} (a row is held in one CTA's registers)")
-        lib, x_code, m, k = _cast_args(fn, x, 32, outputs, scaling)
-    else:
-        lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
-    args = (x.data_ptr(), x_code, x.stride(0), m, k, SCALINGS[scaling], values.data_ptr(), row_exp.data_ptr())
-    _launch(fn, lib.dq_quantize_mxfp8_row_form, x.device, *args)
 
 
 def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):

@@ -40,12 +40,11 @@ def loaded_library():
 def test_c_argument_checks():
     """Bad arguments come back as negative codes before anything touches CUDA (fake pointers)."""
     lib = loaded_library()
-    p, bf16, f32 = 256, 1, 0
-    mx, mx_dec, row, nv, nv_dec = (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8,
-                                   lib.dq_quantize_mxfp8_row_form, lib.dq_quantize_nvfp4, lib.dq_quantize_dequantize_nvfp4)
+    p, bf16 = 256, 1
+    mx, mx_dec, nv, nv_dec = (lib.dq_quantize_mxfp8, lib.dq_quantize_dequantize_mxfp8, lib.dq_quantize_nvfp4,
+                              lib.dq_quantize_dequantize_nvfp4)
     assert mx(None, bf16, 32, 1, 32, 0, p, p, None) == -1
     assert mx(p, bf16, 32, 1, 32, 0, None, p, None) == -1
-    assert row(p, bf16, 32, 1, 32, 0, p, None, None) == -1
     assert nv(p, bf16, 16, 1, 16, None, p, p, p, None, None) == -1  # dynamic tensor scale without scratch
     assert nv(p, bf16, 16, 1, 16, p, p, p, None, None, None) == -1  # no tensor_scale_out
     assert mx(p, 7, 32, 1, 32, 0, p, p, None) == -3
@@ -53,8 +52,6 @@ def test_c_argument_checks():
     assert mx(p, bf16, 48, 1, 48, 0, p, p, None) == -2  # K % 32 != 0
     assert nv(p, bf16, 24, 1, 24, p, p, p, p, None, None) == -2  # K % 16 != 0
     assert mx(p, bf16, 16, 1, 32, 0, p, p, None) == -2  # row stride < K
-    assert row(p, bf16, 65568, 1, 65568, 0, p, p, None) == -2  # longer than the row form holds
-    assert row(p, f32, 32800, 1, 32800, 0, p, p, None) == -2
     assert mx(p, bf16, 32, 1, 32, 2, p, p, None) == -6  # scaling
     assert mx(p + 2, bf16, 32, 1, 32, 0, p, p, None) == -4
     assert mx(p, bf16, 36, 2, 32, 0, p, p, None) == -4  # rows of 72 bytes
@@ -76,9 +73,6 @@ def test_wrappers_check_their_arguments():
         native.quantize_mxfp8(torch.zeros(64, 64, dtype=torch.bfloat16).t(), "rceil", q, s)
     with pytest.raises(ValueError, match="multiple of 16"):
         native.quantize_nvfp4(x[:, :24], None, q, s, torch.empty(()))
-    with pytest.raises(ValueError, match="row form's limit"):
-        big = torch.zeros(1, 65536 + 32, dtype=torch.bfloat16)
-        native.quantize_mxfp8_row_form(big, "rceil", torch.empty(1, 65568, dtype=torch.float16), torch.empty(1, dtype=torch.int32))
 
 
 # ---------------------------------------------------------------------------------------------- GPU
@@ -94,24 +88,6 @@ def cutlass():
     if not ok:
         pytest.skip(why)
     return get_backend("cutlass")
-
-
-def row_form_rows() -> torch.Tensor:
-    """Rows [24, 1024] spanning few and many binades, with zero, tiny, NaN and inf blocks."""
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(24, 1024, generator=g)
-    spreads = torch.tensor([0, 4, 10, 16, 20, 22, 23, 24, 30, 60, 100, 200] * 2, dtype=torch.float32)
-    x = x * torch.exp2(torch.rand(24, 32, generator=g).repeat_interleave(32, 1) * spreads.unsqueeze(1) - spreads.unsqueeze(1) / 2)
-    x[0, :64] = 0.0  # zero blocks
-    x[1] = 0.0  # an all-zero row
-    x[2, 32:64] = 2.0**-130 * torch.randn(32, generator=g).sign()  # a block of scale byte 0..2 in a row of large values
-    x[3, :] = 2.0**-128  # a row of tiny blocks only
-    x[4, 5] = float("nan")
-    x[5, 40] = float("inf")
-    x[6, 64:96] = 1e-38
-    x[7] *= 2.0**100
-    x[8] *= 2.0**-100
-    return x
 
 
 def special(x: torch.Tensor) -> torch.Tensor:
@@ -149,38 +125,6 @@ def test_nvfp4_bit_identical(cutlass, dtype, m, k):
         assert torch.equal(t_out, t) or (t_out.isnan() and t.isnan())
         if torch.isfinite(t):  # else the codes, and so the values, are unspecified
             assert_same_values(values, formats.dequantize_nvfp4(q, s, one, torch.float16))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,k", [(1, 32), (77, 160), (129, 4160), (300, 3072), (4, 12288), (3, 32768), (2, 65536)])
-def test_mxfp8_row_form_bit_identical(cutlass, dtype, m, k):
-    if k > native.ROW_FORM_MAX_K[torch.finfo(dtype).bits // 8]:
-        pytest.skip(f"K = {k} is beyond the row form's limit for {dtype}")
-    xs = [special(awkward(m, k, dtype, seed=m + k)).cuda()]
-    if k == 1024 * (k // 1024) and k <= 4096:
-        xs.append(row_form_rows().repeat(1, k // 1024).to(dtype).cuda())
-    for x in xs:
-        for scaling in ("rceil", "floor"):
-            values, row_exp = cutlass.quantize_mxfp8_row_form(x, scaling)
-            values_ref, row_exp_ref = formats.mxfp8_row_form(*formats.quantize_mxfp8(x, scaling))
-            assert torch.equal(row_exp, row_exp_ref)
-            bits, ref = values.view(torch.int16), values_ref.view(torch.int16)
-            nan = (ref & 0x7F80 == 0x7F80) & (ref & 0x7F != 0) & (bits & 0x7F80 == 0x7F80) & (bits & 0x7F != 0)
-            flagged = (row_exp_ref == formats.MXFP8_ROW_FLAGGED).unsqueeze(1)
-            assert torch.equal(bits[~(nan & flagged)], ref[~(nan & flagged)])
-
-
-@pytest.mark.gpu
-def test_row_form_of_the_rows_spec(cutlass):
-    """The spec's cases (row_form_rows: zero, tiny, NaN, inf and wide-spread rows): flagged and
-    unflagged rows both occur."""
-    x = row_form_rows().cuda()
-    for scaling in ("rceil", "floor"):
-        _, row_exp = cutlass.quantize_mxfp8_row_form(x, scaling)
-        _, row_exp_ref = formats.mxfp8_row_form(*formats.quantize_mxfp8(x, scaling))
-        assert torch.equal(row_exp, row_exp_ref)
-        assert (row_exp == formats.MXFP8_ROW_FLAGGED).any() and (row_exp > 0).any()
 
 
 @pytest.mark.gpu

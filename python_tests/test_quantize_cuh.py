@@ -1,6 +1,4 @@
 """csrc/quantize.cuh (the quantizers of the CUDA cast kernels) against dq_kernels.formats, on the CPU.
-(The MXFP8 row form's exponent and f16 decode are decode.cuh's device code: test_cast.py checks them
-on the GPU.)
 
 The header's functions are __host__ __device__: python_tests/quantize_cuh_harness.cu runs them on
 the host over whole tensors, built with nvcc into a throwaway shared library (the test skips without

@@ -38,9 +38,9 @@ CUTLASS's ``can_implement`` accepts (``python_tests/test_sm100.py`` checks it: N
 bytes must be 16-byte multiples for TMA, out rows for the TMA store). On 9.0 the kernels' int
 indexing bounds M and N near 2^31 (dq_kernels.h), far beyond any model layer.
 
-The casts (``quantize_mxfp8``, ``quantize_nvfp4``, their one-pass decodes for the mixed-input
-kernel, and ``quantize_mxfp8_row_form``) are ``csrc/cast.cu``: plain CUDA built for every arch of the
-library, bit-identical to ``dq_kernels.formats`` (on CUDA tensors).
+The casts (``quantize_mxfp8``, ``quantize_nvfp4`` and their one-pass decodes for the mixed-input
+kernel) are ``csrc/cast.cu``: plain CUDA built for every arch of the library, bit-identical to
+``dq_kernels.formats`` (on CUDA tensors).
 """
 
 from __future__ import annotations
@@ -268,17 +268,3 @@ class CutlassBackend(Backend):
         ts_out = torch.empty((), dtype=torch.float32, device=x.device)
         native.quantize_dequantize_nvfp4(x, tensor_scale, out, ts_out, checked=False)
         return out, ts_out
-
-    def quantize_mxfp8_row_form(self, x, scaling):
-        """x [..., K] rounded to MXFP8 in the row form (/work/ROWFORM.md): (values float16 [M, K],
-        row_exp int32 [M]), bit-identical to formats.mxfp8_row_form(*formats.quantize_mxfp8(x,
-        scaling)), one pass over x. K <= native.ROW_FORM_MAX_K for x's element size (checked here)."""
-        x = _cast_input(x)
-        m, k = x.shape
-        if k > native.ROW_FORM_MAX_K[x.element_size()]:
-            raise ValueError(f"cutlass.quantize_mxfp8_row_form: K = {k} is longer than the row form's limit "
-                             f"{native.ROW_FORM_MAX_K[x.element_size()]} for {x.dtype}")
-        values = torch.empty(m, k, dtype=torch.float16, device=x.device)
-        row_exp = torch.empty(m, dtype=torch.int32, device=x.device)
-        native.quantize_mxfp8_row_form(x, scaling, values, row_exp, checked=False)
-        return values, row_exp
