@@ -55,6 +55,8 @@ __all__ = [
     "quantize_nvfp4",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
+    "mxfp8_row_form",
+    "MXFP8_ROW_FLAGGED",
     "nvfp4_tensor_scale",
     "e8m0_to_float32",
     "check_scales",
@@ -69,6 +71,7 @@ E2M1_MAX = 6.0
 E8M0_BIAS = 127
 E8M0_NAN = 255
 SCALING_MODES = ("rceil", "floor")
+MXFP8_ROW_FLAGGED = -1  # the row_exp of a row that mxfp8_row_form stores as bf16 bits
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,41 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torc
     scale = e8m0_to_float32(from_blocked(s, m, k // 32))
     out = q.float().view(m, k // 32, 32) * scale.unsqueeze(-1)
     return out.view(m, k).to(dtype)
+
+
+def mxfp8_row_form(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP8 canonical operands -> the "row form" ``(values, row_exp)``: each row decoded to float16
+    against one reference exponent per row. The one definition; kernels reproduce it bit for bit.
+
+    ``q`` float8_e4m3fn [M, K], ``s`` uint8 E8M0 [round_up(M, 128), round_up(K / 32, 4)] swizzled
+    (the canonical operands). With s[m, b] the byte of block b = k // 32 of row m:
+
+    * Considered blocks: bytes 3 <= s <= 254 (bytes 0..2 are zero blocks or lie outside the exact
+      domain). ``R[m] = max(7, max of s over row m's considered blocks) - 7`` (0 if none), so R >= 0.
+    * Row m is flagged if one of its blocks has byte 255 (NaN), or a considered block has
+      s - R < -15 (the row's block exponents span more than 22 binades: f16 cannot hold them all).
+    * ``values`` float16 [M, K], row-major, contiguous. Unflagged row m: ``q * 2^(s - R[m])``, exact
+      in float16 for s - R in [-15, 7]; a block with s - R < -15 (only bytes 0..2 here) holds
+      ``q * 0`` (zeros of q's sign; NaN stays NaN). The true value is ``values * 2^(R[m] - 127)``.
+      Flagged row m: the bits of the row's bfloat16 decode (``dequantize_mxfp8(q, s, torch.bfloat16)``)
+      in the same 16-bit slots; the tensor's dtype stays float16, the bits are bfloat16.
+    * ``row_exp`` int32 [M]: R[m] for unflagged rows, ``MXFP8_ROW_FLAGGED`` (-1) for flagged ones.
+    """
+    fn = "dq_kernels.formats.mxfp8_row_form"
+    m, k = check_quantized(fn, MXFP8, "q", q, "s", s)
+    e = from_blocked(s, m, k // 32).view(torch.uint8).to(torch.int32)  # [M, K / 32]
+    considered = (e >= 3) & (e <= 254)
+    row_max = torch.where(considered, e, 0).amax(dim=1)
+    r = row_max.clamp(min=7) - 7
+    shift = e - r.unsqueeze(1)  # s - R per block
+    flagged = (e == E8M0_NAN).any(dim=1) | (considered & (shift < -15)).any(dim=1)
+    # 2^shift from the float32 exponent field for shift in [-15, 7]; 0 below (bytes 0..2 only)
+    multiplier = torch.where(shift >= -15, (shift.clamp(-15, 7) + E8M0_BIAS) << 23, 0).view(torch.float32)
+    scaled = (q.float().view(m, k // 32, 32) * multiplier.unsqueeze(-1)).view(m, k).to(torch.float16)
+    bf16_bits = dequantize_mxfp8(q, s, torch.bfloat16).view(torch.float16)
+    values = torch.where(flagged.unsqueeze(1), bf16_bits, scaled)
+    row_exp = torch.where(flagged, MXFP8_ROW_FLAGGED, r).to(torch.int32)
+    return values, row_exp
 
 
 def dequantize_nvfp4(

@@ -263,3 +263,66 @@ def test_rceil_exact_where_torchao_log2_rounds_to_an_integer():
     _, s_torchao = torchao_mxfp8(x, "rceil")
     assert s[0, 0].item() == 127 + 21
     assert s_torchao.flatten()[0].item() == 127 + 20
+
+
+# ---------------------------------------------------------------------------------------------- MXFP8 row form
+
+
+def row_form_operand(rows: list[list[int]], seed: int = 0):
+    """MXFP8 (q, s) with the given per-row block bytes; q random e4m3 over its whole range."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.tensor(rows, dtype=torch.uint8)
+    x = torch.randn(e.shape[0], e.shape[1] * 32, generator=g) * torch.logspace(-3, 2.6, 32).repeat(e.shape[1])
+    q = x.clamp(-448, 448).to(torch.float8_e4m3fn)
+    return q, formats.to_blocked(e)
+
+
+def exact_float64(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """q * 2^(s - 127) in float64 (exact; float32 would overflow at byte 254)."""
+    m, k = q.shape
+    e = formats.from_blocked(s, m, k // 32).double().repeat_interleave(32, dim=1)
+    return q.double() * torch.exp2(e - 127)
+
+
+def test_mxfp8_row_form_unflagged_rows_are_exact():
+    rows = [
+        [127, 120, 140, 118],  # span 22 binades: the widest an unflagged row holds
+        [254, 250, 240, 232],  # the top of the E8M0 range
+        [3, 5, 10, 3],  # the bottom of the considered range, R = 3
+        [0, 1, 2, 0],  # no considered block: R = 0, bytes 0..2 decode exactly
+        [0, 130, 2, 131],  # zero blocks (byte 0) beside large ones: never flagged, decode as 0
+    ]
+    q, s = row_form_operand(rows)
+    values, row_exp = formats.mxfp8_row_form(q, s)
+    assert values.dtype == torch.float16 and values.shape == q.shape and values.is_contiguous()
+    assert row_exp.dtype == torch.int32 and row_exp.tolist() == [140 - 7, 254 - 7, 3, 0, 131 - 7]
+    exact = exact_float64(q, s)
+    got = values.double() * torch.exp2(row_exp.double() - 127).unsqueeze(1)
+    assert torch.equal(got[:4], exact[:4])
+    assert torch.equal(got[4, 32:64], exact[4, 32:64]) and torch.equal(got[4, 96:], exact[4, 96:])
+    assert torch.all(got[4, :32] == 0) and torch.all(got[4, 64:96] == 0)  # s - R < -15: zeros
+
+
+def test_mxfp8_row_form_flagged_rows_hold_bf16_bits():
+    rows = [
+        [127, 127 - 23, 127, 127],  # 23 binades apart: flagged
+        [127, 255, 127, 127],  # a NaN block: flagged
+        [127, 127 - 22, 0, 127],  # 22 binades and a zero block: not flagged
+    ]
+    q, s = row_form_operand(rows)
+    values, row_exp = formats.mxfp8_row_form(q, s)
+    assert row_exp.tolist() == [formats.MXFP8_ROW_FLAGGED, formats.MXFP8_ROW_FLAGGED, 120]
+    assert formats.MXFP8_ROW_FLAGGED == -1
+    bf16 = formats.dequantize_mxfp8(q, s, torch.bfloat16)
+    assert torch.equal(values[:2].view(torch.int16), bf16[:2].view(torch.int16))
+    assert bool(torch.isnan(values[1, 32:64].view(torch.bfloat16)).all())
+
+
+def test_mxfp8_row_form_of_quantized_activations():
+    x = torch.randn(130, 160) * torch.logspace(-2, 2, 160)  # K = 160: scale columns padded to 8
+    x[0, :32] = 0.0  # a zero block (byte 0) in a row of large values: not flagged
+    q, s = formats.quantize_mxfp8(x)
+    values, row_exp = formats.mxfp8_row_form(q, s)
+    assert bool((row_exp >= 0).all())
+    exact = exact_float64(q, s)
+    assert torch.equal(values.double() * torch.exp2(row_exp.double() - 127).unsqueeze(1), exact)
