@@ -57,6 +57,7 @@ __all__ = [
     "dequantize_nvfp4",
     "mxfp8_row_form",
     "quantize_mxfp8_row_form",
+    "dequantize_mxfp8_row_form",
     "quantize_dequantize_nvfp4",
     "MXFP8_ROW_FLAGGED",
     "nvfp4_tensor_scale",
@@ -541,13 +542,8 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torc
     fn = "dq_kernels.dequantize_mxfp8"
     m, k = check_quantized(fn, MXFP8, "q", q, "s", s)
     check_output_dtype(fn, dtype)
-    return _dequantize_mxfp8(q, from_blocked(s, m, k // 32), dtype)
-
-
-def _dequantize_mxfp8(q: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``dequantize_mxfp8`` from q [M, K] and the E8M0 bytes as an [M, K / 32] matrix."""
-    m, k = q.shape
-    out = q.float().view(m, k // 32, 32) * e8m0_to_float32(e).unsqueeze(-1)
+    scale = e8m0_to_float32(from_blocked(s, m, k // 32))
+    out = q.float().view(m, k // 32, 32) * scale.unsqueeze(-1)
     return out.view(m, k).to(dtype)
 
 
@@ -579,17 +575,29 @@ def _row_form(q: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     m, k = q.shape
     e = e.to(torch.int32)
     considered = (e >= 3) & (e <= 254)
-    row_max = torch.where(considered, e, 0).amax(dim=1)
+    row_max = torch.where(considered, e, 0).amax(dim=1, keepdim=True)
     r = row_max.clamp(min=7) - 7
-    shift = e - r.unsqueeze(1)  # s - R per block
-    flagged = (e == E8M0_NAN).any(dim=1) | (considered & (shift < -15)).any(dim=1)
-    # 2^shift from the float32 exponent field for shift in [-15, 7]; 0 below (bytes 0..2 only)
-    multiplier = torch.where(shift >= -15, (shift.clamp(-15, 7) + E8M0_BIAS) << 23, 0).view(torch.float32)
-    scaled = (q.float().view(m, k // 32, 32) * multiplier.unsqueeze(-1)).view(m, k).to(torch.float16)
-    bf16_bits = _dequantize_mxfp8(q, e, torch.bfloat16).view(torch.float16)
-    values = torch.where(flagged.unsqueeze(1), bf16_bits, scaled)
-    row_exp = torch.where(flagged, MXFP8_ROW_FLAGGED, r).to(torch.int32)
+    shift = e - r  # s - R per block
+    flagged = ((e == E8M0_NAN) | (considered & (shift < -15))).any(dim=1, keepdim=True)
+    # per block, what q is multiplied by: 2^shift from the float32 exponent field for shift in [-15, 7]
+    # (0 below: bytes 0..2 only) in unflagged rows, the block scale 2^(s - 127) in flagged ones
+    to_row = torch.where(shift >= -15, (shift.clamp(-15, 7) + E8M0_BIAS) << 23, 0).view(torch.float32)
+    multiplier = torch.where(flagged, e8m0_to_float32(e), to_row)
+    scaled = (q.float().view(m, k // 32, 32) * multiplier.unsqueeze(-1)).view(m, k)  # exact
+    values = torch.where(flagged, scaled.to(torch.bfloat16).view(torch.float16), scaled.to(torch.float16))
+    row_exp = torch.where(flagged, MXFP8_ROW_FLAGGED, r).to(torch.int32).view(m)
     return values, row_exp
+
+
+def dequantize_mxfp8_row_form(values: torch.Tensor, row_exp: torch.Tensor) -> torch.Tensor:
+    """The row form ``(values, row_exp)`` (``mxfp8_row_form``) -> float32 [M, K], exactly the values
+    it holds: ``values * 2^(R[m] - 127)`` for unflagged rows, the bfloat16 bits for flagged ones.
+    Equal to ``dequantize_mxfp8(q, s, torch.float32)`` but for the blocks the row form drops to 0
+    (scale bytes 0..2 more than 15 below the row's R: zero blocks as the quantizers write them, or
+    values outside the exact domain "bytes >= 3")."""
+    flagged = (row_exp == MXFP8_ROW_FLAGGED).unsqueeze(1)
+    row_scale = e8m0_to_float32(row_exp.clamp(0, 254).to(torch.uint8)).unsqueeze(1)  # 2^(R - 127)
+    return torch.where(flagged, values.view(torch.bfloat16).float(), values.float() * row_scale)
 
 
 def dequantize_nvfp4(
