@@ -3,6 +3,8 @@ the direct row form and decoded NVFP4 values in formats, the decoded mm ops, whe
 Linear decomposes (DQ_KERNELS_COMPILE_CAST, M, symbolic M), and inductor's compiled output against
 the eager linear op, bit for bit, with a registered backend that takes the decoded activation."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -258,3 +260,66 @@ def test_inductor_fuses_the_gelu_into_the_cast(decoded_backend):
     with_gelu = [kernel for kernel in kernels if "erf" in kernel]
     assert with_gelu and all("Half" in kernel for kernel in with_gelu)  # every GELU feeds the f16 row form
     assert "mxfp8_mm_row_form" in code and "mxfp8_linear" not in code
+
+
+# ---------------------------------------------------------------------------------------------- on the GPU
+
+
+def cutlass_row_form_backend():
+    """cutlass, asked to take the MXFP8 activation in the row form above the skinny range too (its
+    own takes_decoded_activation declines MXFP8 until a one-pass CUDA row-form cast exists)."""
+    from dq_kernels.backends.cutlass import CutlassBackend
+
+    class CutlassRowForm(CutlassBackend):
+        spec = dataclasses.replace(CutlassBackend.spec, name="cutlass_row_form")
+
+        def takes_decoded_activation(self, op, device, m):
+            return CutlassBackend.takes_decoded_activation(self, "nvfp4_mm", device, m)  # 9.0, M > 64
+
+    return CutlassRowForm()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,options", [("mxfp8", {}), ("mxfp8", {"scaling": "floor"}), ("nvfp4", {}),
+                                         ("nvfp4", {"activation_amax": 3.0})])
+def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, options, monkeypatch):
+    """On a 9.0 GPU with cutlass: inductor's fused cast gives the Triton cast kernel's bits, and the
+    compiled Linear the eager one's."""
+    from dq_kernels.backends import triton_cast
+    from dq_kernels.backends.cutlass import CutlassBackend
+
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability() != (9, 0) or not backends.get_backend("cutlass").availability_on(device)[0]:
+        pytest.skip("needs a 9.0 GPU and the cutlass backend built for it")
+    if fmt == "mxfp8" and not hasattr(CutlassBackend, "mxfp8_mm_row_form"):
+        pytest.skip("needs cutlass's mxfp8_mm_row_form (helper h1's branch)")
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    name = "cutlass" if fmt == "nvfp4" else dq.register_backend(cutlass_row_form_backend()).spec.name
+    try:
+        torch._dynamo.reset()
+        w = linear_module(quantized_linear(fmt, name, k=512, n=384, **options).cuda())
+        x, scale = randn(4, 96, 512, seed=12).cuda(), randn(512, seed=13).cuda()
+        x[0, 0, :64] *= 2.0**-30  # blocks far below the row's largest: a flagged MXFP8 row
+
+        def cast(a):
+            if fmt == "nvfp4":
+                return formats.quantize_dequantize_nvfp4(a, w.weight.activation_scale)
+            return formats.quantize_mxfp8_row_form(a, options.get("scaling", "rceil"))
+
+        with torch.no_grad():
+            got_cast = torch.compile(lambda x, s: cast(F.gelu(x) * s), fullgraph=True)(x, scale)
+            got = torch.compile(lambda x, s: w(F.gelu(x) * s), fullgraph=True)(x, scale)
+            a = torch.compile(lambda x, s: F.gelu(x) * s, fullgraph=True)(x, scale)  # the activation, stored
+            if fmt == "nvfp4":
+                want_cast = triton_cast.quantize_dequantize_nvfp4(a, w.weight.activation_scale)
+            else:
+                want_cast = formats.mxfp8_row_form(*triton_cast.quantize_mxfp8(a, options.get("scaling", "rceil")))
+            want = F.linear(a, w.weight)
+        for g, e in zip(got_cast, want_cast):
+            assert torch.equal(g.view(torch.int16) if g.dtype == torch.float16 else g,
+                               e.view(torch.int16) if e.dtype == torch.float16 else e)
+        assert torch.equal(got, want)
+    finally:
+        torch._dynamo.reset()
+        if name != "cutlass":
+            dq.unregister_backend(name)
