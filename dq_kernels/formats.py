@@ -533,7 +533,7 @@ def quantize_dequantize_nvfp4(
     codes, s, tensor_scale = _quantize_nvfp4_blocks("dq_kernels.quantize_dequantize_nvfp4", x, tensor_scale)
     m, k = codes.shape
     values = _decode_e2m1(codes).view(m, k // 16, 16) * s.float().unsqueeze(-1)
-    return values.view(m, k).to(torch.float16), tensor_scale
+    return values.to(torch.float16).view(m, k), tensor_scale
 
 
 def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -582,9 +582,11 @@ def _row_form(q: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     # per block, what q is multiplied by: 2^shift from the float32 exponent field for shift in [-15, 7]
     # (0 below: bytes 0..2 only) in unflagged rows, the block scale 2^(s - 127) in flagged ones
     to_row = torch.where(shift >= -15, (shift.clamp(-15, 7) + E8M0_BIAS) << 23, 0).view(torch.float32)
-    multiplier = torch.where(flagged, e8m0_to_float32(e), to_row)
-    scaled = (q.float().view(m, k // 32, 32) * multiplier.unsqueeze(-1)).view(m, k)  # exact
-    values = torch.where(flagged, scaled.to(torch.bfloat16).view(torch.float16), scaled.to(torch.float16))
+    multiplier = torch.where(flagged, e8m0_to_float32(e), to_row).unsqueeze(-1)
+    scaled = q.float().view(m, k // 32, 32) * multiplier  # exact; [M, K / 32, 32] until the end
+    values = torch.where(
+        flagged.unsqueeze(-1), scaled.to(torch.bfloat16).view(torch.float16), scaled.to(torch.float16)
+    ).view(m, k)
     row_exp = torch.where(flagged, MXFP8_ROW_FLAGGED, r).to(torch.int32).view(m)
     return values, row_exp
 
