@@ -406,11 +406,10 @@ def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
     exponent (2..1), mantissa (0); exponent 0 is the subnormal 0 or 0.5, exponent e > 0 is
     2^(e - 1) * (1 + mantissa / 2), i.e. float32 exponent field e + 126 and mantissa bit 22.
     """
-    c = codes.to(torch.int32)
-    exponent, mantissa = (c >> 1) & 3, c & 1
+    exponent, mantissa, sign = ((codes >> 1) & 3).to(torch.int32), (codes & 1).to(torch.int32), (codes >> 3).to(torch.int32)
     normal = ((exponent + 126) << 23) | (mantissa << 22)
     magnitude = torch.where(exponent == 0, mantissa * 0x3F000000, normal)  # 0x3F000000 = 0.5
-    return (magnitude | ((c >> 3) << 31)).view(torch.float32)
+    return (magnitude | (sign << 31)).view(torch.float32)
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
