@@ -448,7 +448,7 @@ def _quantize_mxfp8_blocks(fn: str, x: torch.Tensor, scaling: str) -> tuple[torc
     m, k = check_high_precision(fn, "x", x, MXFP8.block_size)
     if scaling not in SCALING_MODES:
         raise ValueError(f"{fn}: scaling must be one of {SCALING_MODES}, got {scaling!r}")
-    blocks = _exact_float32(x).reshape(m, k // 32, 32)
+    blocks = _exact_float32(x).reshape(m, k // 32, 32).contiguous()  # q comes out row-major whatever x's strides
     amax = blocks.abs().amax(dim=-1, keepdim=True)
     if scaling == "floor":
         # floor(log2(amax)) read off the float32 exponent field, minus e4m3's largest power of two (8)
@@ -510,7 +510,7 @@ def _quantize_nvfp4_blocks(
         tensor_scale = nvfp4_tensor_scale(x)
     check_tensor_scale(fn, "tensor_scale", tensor_scale, x.device)
     tensor_scale = tensor_scale.reshape(())
-    blocks = _exact_float32(x).reshape(m, k // 16, 16)
+    blocks = _exact_float32(x).reshape(m, k // 16, 16).contiguous()
     # an all-zero tensor has tensor scale 0: divide by 1 instead, so its codes and scales are finite
     # and it decodes to zeros (torchao divides by 0 and returns NaN scales)
     divisor = torch.where(tensor_scale == 0, 1.0, tensor_scale)
