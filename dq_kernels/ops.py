@@ -674,7 +674,7 @@ def _check_mxfp8_mm_row_form(values, row_exp, b_q, b_s, bias, out_dtype) -> tupl
     return m, n, k
 
 
-def _decoded_mm_backend(op: str, device: torch.device, m: int, n: int, k: int, backend: str | None) -> Backend:
+def _backend_for_decoded_mm(op: str, device: torch.device, m: int, n: int, k: int, backend: str | None) -> Backend:
     """The backend that runs decoded mm op ``op``: ``select``'s choice for ``op``, which must
     implement the method."""
     chosen = select(op, device, m, n, k, backend)
@@ -692,7 +692,7 @@ def _decoded_mm_backend(op: str, device: torch.device, m: int, n: int, k: int, b
 )
 def _mxfp8_mm_row_form(values, row_exp, b_q, b_s, bias, out_dtype, backend):
     m, n, k = _check_mxfp8_mm_row_form(values, row_exp, b_q, b_s, bias, out_dtype)
-    chosen = _decoded_mm_backend("mxfp8_mm", values.device, m, n, k, backend)
+    chosen = _backend_for_decoded_mm("mxfp8_mm", values.device, m, n, k, backend)
     with _on_device(values):
         out = chosen.mxfp8_mm_row_form(values, row_exp, b_q, b_s, bias, out_dtype)
     if chosen in user_backends:
@@ -722,7 +722,7 @@ def _check_nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype) -> tu
 )
 def _nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
     m, n, k = _check_nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype)
-    chosen = _decoded_mm_backend("nvfp4_mm", values.device, m, n, k, backend)
+    chosen = _backend_for_decoded_mm("nvfp4_mm", values.device, m, n, k, backend)
     with _on_device(values):
         out = chosen.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype)
     if chosen in user_backends:
