@@ -55,6 +55,8 @@ __all__ = [
     "quantize_nvfp4",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
+    "quantize_dequantize_mxfp8",
+    "quantize_dequantize_nvfp4",
     "nvfp4_tensor_scale",
     "e8m0_to_float32",
     "check_scales",
@@ -328,6 +330,32 @@ def e8m0_to_float32(e: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
+def _exact_float32(x: torch.Tensor) -> torch.Tensor:
+    """x (bf16/fp16/fp32) as float32, decoded from its 16-bit pattern for bf16 and fp16.
+
+    Equal to ``x.float()``. Why the bits: under torch.compile, inductor computes fused bf16/fp16
+    ops in float32 and may hand the next op of the same kernel the value before its rounding to
+    x's dtype; the quantizers must see x exactly as it is stored, and a bitcast cannot be skipped.
+    """
+    if x.dtype == torch.float32:
+        return x
+    bits = x.view(torch.int16).to(torch.int32)  # sign-extended: bits < 0 is the sign bit
+    if x.dtype == torch.bfloat16:
+        return (bits << 16).view(torch.float32)
+    exponent, mantissa = (bits >> 10) & 0x1F, bits & 0x3FF  # float16: rebias the exponent field
+    normal = (torch.where(exponent == 0x1F, 0xFF, exponent + 112) << 23) | (mantissa << 13)  # inf, NaN kept
+    magnitude = torch.where(exponent == 0, mantissa.float() * 2.0**-24, normal.view(torch.float32))
+    return torch.where(bits < 0, -magnitude, magnitude)
+
+
+def _divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b for float32 tensors, correctly rounded, computed in float64 (a float64 quotient of
+    float32 operands rounds to the correctly rounded float32 one): the same bits as torch's float32
+    division on every device, and under torch.compile too, where inductor's Triton code divides
+    float32 tensors approximately."""
+    return (a.double() / b.double()).float()
+
+
 def _ceil_log2(d: torch.Tensor) -> torch.Tensor:
     """Exact ceil(log2(d)) (int32) for finite float32 d >= 0, read off the bits; d = 0 and
     subnormals below 2^-127 give -127 or less, which every caller clamps to -127.
@@ -374,11 +402,10 @@ def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
     exponent (2..1), mantissa (0); exponent 0 is the subnormal 0 or 0.5, exponent e > 0 is
     2^(e - 1) * (1 + mantissa / 2), i.e. float32 exponent field e + 126 and mantissa bit 22.
     """
-    c = codes.to(torch.int32)
-    exponent, mantissa = (c >> 1) & 3, c & 1
+    exponent, mantissa, sign = ((codes >> 1) & 3).to(torch.int32), (codes & 1).to(torch.int32), (codes >> 3).to(torch.int32)
     normal = ((exponent + 126) << 23) | (mantissa << 22)
     magnitude = torch.where(exponent == 0, mantissa * 0x3F000000, normal)  # 0x3F000000 = 0.5
-    return (magnitude | ((c >> 3) << 31)).view(torch.float32)
+    return (magnitude | (sign << 31)).view(torch.float32)
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -408,20 +435,27 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tenso
     bit for bit (RCEIL: for every bf16 and fp16 input, and every float32 input but the corner
     ``_ceil_log2`` describes).
     """
-    fn = "dq_kernels.quantize_mxfp8"
+    q, e = _quantize_mxfp8_blocks("dq_kernels.quantize_mxfp8", x, scaling)
+    return q, to_blocked(e)
+
+
+def _quantize_mxfp8_blocks(fn: str, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_mxfp8`` before the swizzle: (q float8_e4m3fn [M, K], E8M0 bytes uint8 [M, K / 32])."""
     m, k = check_high_precision(fn, "x", x, MXFP8.block_size)
     if scaling not in SCALING_MODES:
         raise ValueError(f"{fn}: scaling must be one of {SCALING_MODES}, got {scaling!r}")
-    blocks = x.reshape(m, k // 32, 32).float().contiguous()  # q comes out row-major whatever x's strides
+    blocks = _exact_float32(x).reshape(m, k // 32, 32).contiguous()  # q comes out row-major whatever x's strides
     amax = blocks.abs().amax(dim=-1, keepdim=True)
     if scaling == "floor":
         # floor(log2(amax)) read off the float32 exponent field, minus e4m3's largest power of two (8)
         unbiased = ((amax.view(torch.int32) >> 23) & 0xFF) - E8M0_BIAS - 8
         e = (unbiased.clamp(-E8M0_BIAS, E8M0_BIAS + 1) + E8M0_BIAS).to(torch.uint8)
         e = torch.where(torch.isnan(amax), E8M0_NAN, e)
-        # divide by the scale; byte 0 divides by 2^-126 (torchao's clamp to the smallest normal)
-        divisor = (e.to(torch.int32) << 23).view(torch.float32).clamp(min=2.0**-126)
-        y = blocks / divisor
+        # divide by the scale, with torchao's clamp of the divisor to the smallest normal (byte 0
+        # divides by 2^-126), as a multiplication by its exact reciprocal 2^(127 - e) (e <= 247 for
+        # finite scales); x / inf (NaN blocks) is x * 0
+        reciprocal = e8m0_to_float32((254 - e.to(torch.int32)).clamp(0, 253).to(torch.uint8))
+        y = blocks * torch.where(e == E8M0_NAN, 0.0, reciprocal)
     else:
         descale = amax / E4M3_MAX
         e = (_ceil_log2(descale).clamp(-E8M0_BIAS, E8M0_BIAS) + E8M0_BIAS).to(torch.uint8)
@@ -432,12 +466,23 @@ def quantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> tuple[torch.Tenso
         reciprocal = torch.where(e == E8M0_NAN, descale, reciprocal)  # NaN block stays NaN
         y = blocks * reciprocal
     q = y.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(m, k)
-    return q, to_blocked(e.view(m, k // 32))
+    return q, e.view(m, k // 32)
+
+
+def quantize_dequantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> torch.Tensor:
+    """x [..., K] quantized to MXFP8 and decoded: bfloat16 [M, K], bit for bit
+    ``dequantize_mxfp8(*quantize_mxfp8(x, scaling), torch.bfloat16)``. Computed from the block
+    scales directly (no swizzle and back), so that under torch.compile it is one chain of torch ops
+    that inductor fuses into the op before it."""
+    q, e = _quantize_mxfp8_blocks("dq_kernels.quantize_dequantize_mxfp8", x, scaling)
+    # exact in float32, rounded once; [M, K] throughout (a [M, K / 32, 32] product viewed back as
+    # [M, K] for the GEMM op made inductor keep a float32 copy of it)
+    return (q.float() * e8m0_to_float32(e).repeat_interleave(32, dim=1)).to(torch.bfloat16)
 
 
 def nvfp4_tensor_scale(x: torch.Tensor) -> torch.Tensor:
     """torchao's NVFP4 per-tensor scale: amax(|x|) / (448 * 6), a 0-dim float32 tensor."""
-    return x.abs().amax().to(torch.float32) / (E4M3_MAX * E2M1_MAX)
+    return _exact_float32(x).abs().amax() / (E4M3_MAX * E2M1_MAX)
 
 
 def quantize_nvfp4(
@@ -450,22 +495,43 @@ def quantize_nvfp4(
     tensor_scale a 0-dim float32 tensor (``nvfp4_tensor_scale(x)`` when not given).
     Bit-identical to torchao's ``nvfp4_quantize(x, per_tensor_scale=tensor_scale)``.
     """
-    fn = "dq_kernels.quantize_nvfp4"
+    codes, s, tensor_scale = _quantize_nvfp4_blocks("dq_kernels.quantize_nvfp4", x, tensor_scale)
+    return _pack_nibbles(codes), to_blocked(s), tensor_scale
+
+
+def _quantize_nvfp4_blocks(
+    fn: str, x: torch.Tensor, tensor_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``quantize_nvfp4`` before packing and swizzling: (e2m1 codes uint8 [M, K], block scales
+    float8_e4m3fn [M, K / 16], the 0-dim float32 tensor scale)."""
     m, k = check_high_precision(fn, "x", x, NVFP4.block_size)
     if tensor_scale is None:
         tensor_scale = nvfp4_tensor_scale(x)
     check_tensor_scale(fn, "tensor_scale", tensor_scale, x.device)
     tensor_scale = tensor_scale.reshape(())
-    blocks = x.reshape(m, k // 16, 16).float().contiguous()
+    blocks = _exact_float32(x).reshape(m, k // 16, 16).contiguous()
     # an all-zero tensor has tensor scale 0: divide by 1 instead, so its codes and scales are finite
     # and it decodes to zeros (torchao divides by 0 and returns NaN scales)
     divisor = torch.where(tensor_scale == 0, 1.0, tensor_scale)
     block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
-    s = (block_scale / divisor).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
-    reciprocal = (1.0 / divisor) / s.float()
+    s = _divide(block_scale, divisor).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
+    reciprocal = _divide(_divide(torch.ones_like(divisor), divisor), s.float())
     y = (blocks * reciprocal.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX)
-    q = _pack_nibbles(_encode_e2m1(y).view(m, k))
-    return q, to_blocked(s), tensor_scale
+    return _encode_e2m1(y).view(m, k), s, tensor_scale
+
+
+def quantize_dequantize_nvfp4(
+    x: torch.Tensor, tensor_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] quantized to NVFP4 and decoded without its tensor scale: (float16 [M, K] holding
+    e2m1 x block scale, exactly; the 0-dim float32 tensor scale), bit for bit what
+    ``quantize_nvfp4`` then ``dequantize_nvfp4`` with a tensor scale of 1 and dtype float16 give.
+    Computed without packing or swizzling, so that under torch.compile it is one chain of torch ops
+    that inductor fuses into the op before it."""
+    codes, s, tensor_scale = _quantize_nvfp4_blocks("dq_kernels.quantize_dequantize_nvfp4", x, tensor_scale)
+    m, k = codes.shape
+    values = _decode_e2m1(codes).view(m, k // 16, 16) * s.float().unsqueeze(-1)
+    return values.to(torch.float16).view(m, k), tensor_scale
 
 
 def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

@@ -19,6 +19,10 @@ Schemas::
                  str? mm_backend) -> Tensor
     nvfp4_linear(Tensor x, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? activation_scale, Tensor? bias,
                  str? cast_backend, str? mm_backend) -> Tensor
+    mxfp8_mm_decoded(Tensor values, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype,
+                     str? backend) -> Tensor
+    nvfp4_mm_decoded(Tensor values, Tensor x_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias,
+                     ScalarType out_dtype, str? backend) -> Tensor
 
 The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight) in the canonical
 format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
@@ -28,7 +32,10 @@ x's dtype; where the mm backend runs the Linear fused (``fuses_linear``: on 9.0 
 skinny GEMM quantizes the activation itself) the op is one native call; else where the mm backend
 takes its activation decoded (``takes_decoded_activation``) and the cast backend can round to the
 format's grid and decode in one pass, the quantized activation is never written. Same result every
-way (``backends.plan_linear`` decides).
+way (``backends.plan_linear`` decides). The decoded mm ops (``mxfp8_mm_decoded``,
+``nvfp4_mm_decoded``) take the activation decoded by torch ops: a quantized Linear traced by
+torch.compile uses them where its mm backend takes the decoded activation, so that inductor fuses
+the cast into the op before it (``decoded_mm_backend``, docs/compile.md).
 
 A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
 (``_check_outputs``: shape, dtype and device, no sync); a wrong result raises naming the backend
@@ -38,12 +45,13 @@ and the op. The built-in backends are not checked.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import Tensor
 
 from . import formats
-from .backends import Backend, LinearPlan, plan_linear, reference, select, user_backends
+from .backends import Backend, BackendUnavailableError, LinearPlan, plan_linear, reference, select, user_backends
 from .formats import MXFP8, NVFP4, Format
 
 __all__ = [
@@ -56,6 +64,8 @@ __all__ = [
     "nvfp4_weight_only_mm",
     "mxfp8_linear",
     "nvfp4_linear",
+    "mxfp8_mm_decoded",
+    "nvfp4_mm_decoded",
 ]
 
 
@@ -584,3 +594,180 @@ def nvfp4_linear(
     b_ts, bias, out_dtype=x.dtype)`` for x [M, K] and a canonical NVFP4 weight with its tensor
     scale; returns [M, N] of x's dtype. ``activation_scale``: None for a dynamic tensor scale."""
     return torch.ops.dq_kernels.nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, cast_backend, mm_backend)
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM on a decoded activation: a quantized Linear under torch.compile as the cast in torch ops
+# (``formats.quantize_dequantize_mxfp8`` / ``quantize_dequantize_nvfp4``, which inductor fuses into
+# the norm, modulation or GELU before it) and one of these ops (docs/compile.md)
+# ----------------------------------------------------------------------------------------------
+
+ENV_COMPILE_CAST = "DQ_KERNELS_COMPILE_CAST"
+COMPILE_CAST_MODES = ("fused", "op")
+
+
+def compile_cast() -> str:
+    """How a traced quantized Linear casts its activation, from ``DQ_KERNELS_COMPILE_CAST``:
+    "fused" (default; unset or empty) as torch ops before a decoded mm op where the mm backend takes
+    it, "op" always inside the linear op. The one place that reads the variable; another value
+    raises ValueError naming it."""
+    value = os.environ.get(ENV_COMPILE_CAST) or "fused"
+    if value not in COMPILE_CAST_MODES:
+        raise ValueError(
+            f"the environment variable {ENV_COMPILE_CAST}={value!r} must be one of {COMPILE_CAST_MODES} "
+            "(or unset: fused)"
+        )
+    return value
+
+
+_DECODED_MM = {"mxfp8_mm": "mxfp8_mm_decoded", "nvfp4_mm": "nvfp4_mm_decoded"}  # mm op -> its method on a decoded activation
+
+
+def _implements_decoded(backend: Backend, op: str) -> bool:
+    """Whether ``backend`` overrides the method that runs mm op ``op`` on a decoded activation."""
+    method = _DECODED_MM[op]
+    return getattr(type(backend), method) is not getattr(Backend, method)
+
+
+def decoded_mm_backend(fmt: str, x: Tensor, n: int, k: int, mm_backend: str | None) -> str | None:
+    """For a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") being traced, x [M, K] and a weight
+    [n, k]: the name of the mm backend that takes the activation decoded at this (device, M), where
+    the Linear is to be traced as the cast in torch ops and the decoded mm op run on that backend;
+    None keeps the linear op: ``DQ_KERNELS_COMPILE_CAST=op``, a symbolic M (dynamic shapes), or an
+    mm backend (``mm_backend`` as the linear op would select it) that does not take it decoded here
+    (``Backend.takes_decoded_activation``) or lacks the method. The graph keeps the backend chosen
+    here."""
+    m, op = x.shape[0], f"{fmt}_mm"
+    if compile_cast() != "fused" or not isinstance(m, int):
+        return None
+    try:
+        mm = select(op, x.device, m, n, k, mm_backend)
+    except BackendUnavailableError:  # the linear op raises it when it runs
+        return None
+    if mm.takes_decoded_activation(op, x.device, m) and _implements_decoded(mm, op):
+        return mm.spec.name
+    return None
+
+
+_DECODED_DTYPE = {"mxfp8": torch.bfloat16, "nvfp4": torch.float16}  # the dtype of a decoded activation
+
+
+def _check_decoded_activation(fn: str, fmt: Format, values: Tensor) -> tuple[int, int]:
+    """A decoded activation: [M >= 1, K] of ``_DECODED_DTYPE[fmt.name]``, K a positive multiple of
+    the block size, contiguous. Returns (M, K)."""
+    dtype = _DECODED_DTYPE[fmt.name]
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{fn}: values must be a torch.Tensor, got {type(values).__name__}")
+    if values.dtype != dtype:
+        raise TypeError(f"{fn}: values must be {str(dtype).removeprefix('torch.')} (the decoded activation), got {values.dtype}")
+    if values.dim() != 2 or values.shape[0] == 0 or values.shape[1] == 0 or values.shape[1] % fmt.block_size:
+        raise ValueError(
+            f"{fn}: values must be [M >= 1, K] with K a positive multiple of {fmt.block_size}, "
+            f"got shape {tuple(values.shape)}"
+        )
+    if not values.is_contiguous():
+        raise ValueError(f"{fn}: values must be contiguous (row-major), got strides {values.stride()}")
+    return values.shape[0], values.shape[1]
+
+
+def _check_mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype) -> tuple[int, int, int]:
+    fn = "dq_kernels.mxfp8_mm_decoded"
+    m, k = _check_decoded_activation(fn, MXFP8, values)
+    n = _check_weight_and_bias(fn, MXFP8, "values", values, k, b_q, b_s, bias)
+    formats.check_output_dtype(fn, out_dtype)
+    return m, n, k
+
+
+def _backend_for_decoded_mm(op: str, device: torch.device, m: int, n: int, k: int, backend: str | None) -> Backend:
+    """The backend that runs decoded mm op ``op``: ``select``'s choice for ``op``, which must
+    implement the method."""
+    chosen = select(op, device, m, n, k, backend)
+    if not _implements_decoded(chosen, op):
+        raise BackendUnavailableError(
+            f"dq_kernels backend {chosen.spec.name!r} does not implement {_DECODED_MM[op]} (a GEMM on a decoded "
+            f"activation); name a backend that does (e.g. backend='reference'), or set {ENV_COMPILE_CAST}=op"
+        )
+    return chosen
+
+
+@_op("mxfp8_mm_decoded(Tensor values, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype, str? backend) -> Tensor")
+def _mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype, backend):
+    m, n, k = _check_mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype)
+    chosen = _backend_for_decoded_mm("mxfp8_mm", values.device, m, n, k, backend)
+    with _on_device(values):
+        out = chosen.mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype)
+    if chosen in user_backends:
+        _check_outputs(chosen, "mxfp8_mm_decoded", out, (((m, n), out_dtype),), values.device)
+    return out
+
+
+@_mxfp8_mm_decoded.register_fake
+def _(values, b_q, b_s, bias, out_dtype, backend):
+    m, n, _ = _check_mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype)
+    return values.new_empty((m, n), dtype=out_dtype)
+
+
+def _check_nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype) -> tuple[int, int, int]:
+    fn = "dq_kernels.nvfp4_mm_decoded"
+    m, k = _check_decoded_activation(fn, NVFP4, values)
+    formats.check_tensor_scale(fn, "x_ts", x_ts, values.device)
+    n = _check_weight_and_bias(fn, NVFP4, "values", values, k, b_q, b_s, bias)
+    formats.check_tensor_scale(fn, "b_ts", b_ts, values.device)
+    formats.check_output_dtype(fn, out_dtype)
+    return m, n, k
+
+
+@_op(
+    "nvfp4_mm_decoded(Tensor values, Tensor x_ts, Tensor b_q, Tensor b_s, Tensor b_ts, Tensor? bias, "
+    "ScalarType out_dtype, str? backend) -> Tensor"
+)
+def _nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
+    m, n, k = _check_nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype)
+    chosen = _backend_for_decoded_mm("nvfp4_mm", values.device, m, n, k, backend)
+    with _on_device(values):
+        out = chosen.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype)
+    if chosen in user_backends:
+        _check_outputs(chosen, "nvfp4_mm_decoded", out, (((m, n), out_dtype),), values.device)
+    return out
+
+
+@_nvfp4_mm_decoded.register_fake
+def _(values, x_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
+    m, n, _ = _check_nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype)
+    return values.new_empty((m, n), dtype=out_dtype)
+
+
+def mxfp8_mm_decoded(
+    values: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> Tensor:
+    """``mxfp8_mm`` from an activation decoded to bfloat16 (``formats.quantize_dequantize_mxfp8``:
+    values bfloat16 [M, K]) and a canonical MXFP8 weight b [N, K]; returns [M, N] of ``out_dtype``,
+    the same as ``mxfp8_mm`` on the quantized activation (the bf16 decode is exact unless a scale
+    byte below 3 meets nonzero data). ``backend``: as for ``mxfp8_mm``; it must implement
+    ``Backend.mxfp8_mm_decoded``."""
+    formats.check_output_dtype("dq_kernels.mxfp8_mm_decoded", out_dtype, "out_dtype")
+    return torch.ops.dq_kernels.mxfp8_mm_decoded(values, b_q, b_s, bias, out_dtype, backend)
+
+
+def nvfp4_mm_decoded(
+    values: Tensor,
+    x_ts: Tensor,
+    b_q: Tensor,
+    b_s: Tensor,
+    b_ts: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> Tensor:
+    """``nvfp4_mm`` from an activation decoded without its tensor scale
+    (``formats.quantize_dequantize_nvfp4``: values float16 [M, K] of e2m1 x block scale, x_ts its
+    0-dim float32 tensor scale) and a canonical NVFP4 weight with its tensor scale; returns [M, N]
+    of ``out_dtype``, the same as ``nvfp4_mm`` on the quantized activation. ``backend``: as for
+    ``nvfp4_mm``; it must implement ``Backend.nvfp4_mm_decoded``."""
+    formats.check_output_dtype("dq_kernels.nvfp4_mm_decoded", out_dtype, "out_dtype")
+    return torch.ops.dq_kernels.nvfp4_mm_decoded(values, x_ts, b_q, b_s, b_ts, bias, out_dtype, backend)

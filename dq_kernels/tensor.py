@@ -51,6 +51,11 @@ def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: 
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 
 
+def _records_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether autograd would record a linear of x and bias (the custom ops have no formula)."""
+    return torch.is_grad_enabled() and (x.requires_grad or getattr(bias, "requires_grad", False))
+
+
 class QuantizedWeight(TorchAOBaseTensor):
     """Base of the weight subclasses: what every format shares.
 
@@ -93,9 +98,9 @@ class QuantizedWeight(TorchAOBaseTensor):
 
     def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run the op's body
-        directly (``ops.*_eager``); traced ones, and calls autograd would record, the custom op."""
-        if ops.tracing(x) or (torch.is_grad_enabled() and (x.requires_grad or getattr(bias, "requires_grad", False))):
-            return self._linear_op(x, bias)  # traced, or autograd would need a formula: the custom op
+        directly (``ops.*_eager``); traced ones, and calls autograd would record, the custom ops."""
+        if ops.tracing(x) or _records_grad(x, bias):
+            return self._linear_op(x, bias)  # traced, or autograd would need a formula: the custom ops
         n = self.qdata.shape[0]
         if bias is not None and (
             bias.dtype not in formats.HIGH_PRECISION_DTYPES or tuple(bias.shape) != (n,) or bias.device != x.device
@@ -107,7 +112,9 @@ class QuantizedWeight(TorchAOBaseTensor):
         return self._linear_eager(x, bias)
 
     def _linear_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The linear through the custom op (what torch.compile traces)."""
+        """The linear through the custom ops (what torch.compile traces): the linear op, or, where
+        ``ops.decoded_mm_backend`` names a backend (never for a call autograd would record), the
+        cast as torch ops then the decoded mm op on that backend (docs/compile.md)."""
         raise NotImplementedError
 
     def _linear_eager(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -165,6 +172,10 @@ class MXFP8Weight(QuantizedWeight):
         m, (n, k) = x.shape[0], self.shape
         cast_backend = _op_backend(self.backend, "quantize_mxfp8", x.device, m, k, k)
         mm_backend = _op_backend(self.backend, "mxfp8_mm", x.device, m, n, k)
+        decoded = None if _records_grad(x, bias) else ops.decoded_mm_backend("mxfp8", x, n, k, mm_backend)
+        if decoded is not None:
+            values = formats.quantize_dequantize_mxfp8(x, self.scaling)
+            return ops.mxfp8_mm_decoded(values, self.qdata, self.scale, bias, x.dtype, decoded)
         return ops.mxfp8_linear(x, self.qdata, self.scale, bias, self.scaling, cast_backend, mm_backend)
 
     def _linear_eager(self, x, bias):
@@ -227,6 +238,12 @@ class NVFP4Weight(QuantizedWeight):
             return ops.nvfp4_weight_only_mm(x, self.qdata, self.scale, self.tensor_scale, bias, backend=backend)
         cast_backend = _op_backend(self.backend, "quantize_nvfp4", x.device, m, k, k)
         mm_backend = _op_backend(self.backend, "nvfp4_mm", x.device, m, n, k)
+        decoded = None if _records_grad(x, bias) else ops.decoded_mm_backend("nvfp4", x, n, k, mm_backend)
+        if decoded is not None:
+            values, x_ts = formats.quantize_dequantize_nvfp4(x, self.activation_scale)
+            return ops.nvfp4_mm_decoded(
+                values, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, decoded
+            )
         return ops.nvfp4_linear(
             x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, cast_backend, mm_backend
         )

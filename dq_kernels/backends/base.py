@@ -192,7 +192,10 @@ class Backend:
 
     def takes_decoded_activation(self, op: str, device: torch.device, m: int) -> bool:
         """Whether mm op ``op`` ("mxfp8_mm" or "nvfp4_mm") with m activation rows on ``device`` runs
-        here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``)."""
+        here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``).
+        Under torch.compile, where this holds and the backend implements ``mxfp8_mm_decoded`` /
+        ``nvfp4_mm_decoded``, a quantized Linear hands the GEMM its activation decoded by torch ops
+        that inductor fuses into the op before it (docs/compile.md)."""
         return False
 
     def can_quantize_dequantize(self, fmt: str) -> bool:
@@ -223,6 +226,18 @@ class Backend:
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias) -> torch.Tensor:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_weight_only_mm")
+
+    def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype) -> torch.Tensor:
+        """``mxfp8_mm`` from the activation decoded to bfloat16: a bfloat16 [M, K]
+        (``formats.quantize_dequantize_mxfp8``); the weight b [N, K] canonical. Returns [M, N] of
+        ``out_dtype``."""
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement mxfp8_mm_decoded")
+
+    def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype) -> torch.Tensor:
+        """``nvfp4_mm`` from the activation decoded without its tensor scale: a float16 [M, K]
+        holding e2m1 x block scale (``formats.quantize_dequantize_nvfp4``), a_ts its 0-dim float32
+        tensor scale; the weight b [N, K] canonical. Returns [M, N] of ``out_dtype``."""
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement nvfp4_mm_decoded")
 
 
 class TritonBackend(Backend):

@@ -1,6 +1,9 @@
 """The reference backend: dequantize, float32 matmul (TF32 off), cast. Any device; the oracle of
 every test. On CUDA, dequantization runs the native CUDA kernels when the library is built for the
-device (bit-identical to the pure-torch decode in ``dq_kernels.formats``)."""
+device (bit-identical to the pure-torch decode in ``dq_kernels.formats``). It runs the GEMMs on a
+decoded activation too (``mxfp8_mm_decoded``, ``nvfp4_mm_decoded``: the same products wherever the
+decode is exact, as it is but for MXFP8 scale bytes below 3) wherever they are named, but never asks
+for them (``takes_decoded_activation`` stays False)."""
 
 from __future__ import annotations
 
@@ -94,3 +97,12 @@ class ReferenceBackend(Backend):
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         return nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
+
+    def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
+        b = dequantize_mxfp8(b_q, b_s, torch.float32)
+        return _matmul_epilogue(a.float(), b, bias, out_dtype)
+
+    def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
+        a = a.float() * a_ts.reshape(())  # (e2m1 x block scale) x tensor scale, as dequantize_nvfp4 rounds it
+        b = dequantize_nvfp4(b_q, b_s, b_ts, torch.float32)
+        return _matmul_epilogue(a, b, bias, out_dtype)

@@ -1,0 +1,297 @@
+"""The activation cast fused into the op before it under torch.compile (issue 22, docs/compile.md):
+the decoded MXFP8 and NVFP4 values in formats, the decoded mm ops, when a traced quantized
+Linear decomposes (DQ_KERNELS_COMPILE_CAST, M, symbolic M), and inductor's compiled output against
+the eager linear op, bit for bit, with a registered backend that takes the decoded activation."""
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dq_kernels as dq
+from dq_kernels import backends, formats, ops
+
+SKINNY_MAX_M = 64  # the test backend takes the decoded activation above this M, as cutlass does on 9.0
+
+
+class DecodedTestBackend(dq.Backend):
+    """A CPU backend registered through the public API whose mm ops take the decoded activation
+    above M = 64 (the reference's decoded GEMMs); counts the calls of each method."""
+
+    spec = dq.BackendSpec(name="decoded_test", description="test double", ops=("mxfp8_mm", "nvfp4_mm"), cpu=True)
+
+    def __init__(self):
+        self.reference = backends.get_backend("reference")
+        self.calls = dict.fromkeys(("mxfp8_mm", "nvfp4_mm", "mxfp8_mm_decoded", "nvfp4_mm_decoded"), 0)
+
+    def takes_decoded_activation(self, op, device, m):
+        return m > SKINNY_MAX_M
+
+    def _call(self, method, *args):
+        self.calls[method] += 1
+        return getattr(self.reference, method)(*args)
+
+    def mxfp8_mm(self, *args):
+        return self._call("mxfp8_mm", *args)
+
+    def nvfp4_mm(self, *args):
+        return self._call("nvfp4_mm", *args)
+
+    def mxfp8_mm_decoded(self, *args):
+        return self._call("mxfp8_mm_decoded", *args)
+
+    def nvfp4_mm_decoded(self, *args):
+        return self._call("nvfp4_mm_decoded", *args)
+
+
+@pytest.fixture
+def decoded_backend(monkeypatch):
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    backend = dq.register_backend(DecodedTestBackend())
+    torch._dynamo.reset()
+    yield backend
+    torch._dynamo.reset()
+    dq.unregister_backend(backend.spec.name)
+
+
+def randn(*shape, seed=0, dtype=torch.bfloat16):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+def test_exact_float32_is_float_on_every_16_bit_pattern():
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = bits.view(dtype)
+        exact, plain = formats._exact_float32(x), x.float()
+        nan = torch.isnan(plain)
+        assert torch.equal(torch.isnan(exact), nan)
+        assert torch.equal(exact[~nan].view(torch.int32), plain[~nan].view(torch.int32))  # -0.0 included
+
+
+def edge_rows(dtype):
+    """[8, 96]: a zero row, NaN, inf, values at the dtype's extremes, subnormals, and a row whose block
+    scales span more than 22 binades."""
+    x = randn(8, 96, seed=3, dtype=torch.float32)
+    x[0] = 0.0
+    x[1, 5] = float("nan")
+    x[2, 40] = float("inf")
+    x[3, :32] *= 2.0**-20  # blocks 2^-20 below the row's largest: flagged
+    x[4] = torch.finfo(dtype).max if dtype != torch.float32 else 3e38
+    x[5] = torch.finfo(dtype).tiny * torch.linspace(-2, 2, 96)  # around the smallest normal, subnormals
+    x[6, 32:64] = 0.0  # a zero block beside others
+    x[7] *= -1.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("scaling", formats.SCALING_MODES)
+def test_quantize_dequantize_mxfp8_is_the_bf16_decode(dtype, scaling):
+    for x in (randn(3, 5, 128, seed=1, dtype=dtype), edge_rows(dtype)):
+        values = formats.quantize_dequantize_mxfp8(x, scaling)
+        expected = formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, scaling), torch.bfloat16)
+        assert values.dtype == torch.bfloat16 and values.shape == expected.shape
+        assert torch.equal(values.view(torch.int16), expected.view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("static", [False, True])
+def test_quantize_dequantize_nvfp4_is_the_decode_without_tensor_scale(dtype, static):
+    x = randn(3, 5, 64, seed=2, dtype=dtype)
+    ts = torch.tensor(0.01) if static else None
+    values, x_ts = formats.quantize_dequantize_nvfp4(x, ts)
+    q, s, expected_ts = formats.quantize_nvfp4(x, ts)
+    assert torch.equal(x_ts, expected_ts)
+    expected = formats.dequantize_nvfp4(q, s, torch.ones(()), torch.float16)
+    assert torch.equal(values.view(torch.int16), expected.view(torch.int16))
+
+
+# ---------------------------------------------------------------------------------------------- the decoded ops
+
+
+def weights(n=64, k=128, seed=5):
+    w = randn(n, k, seed=seed, dtype=torch.float32)
+    return formats.quantize_mxfp8(w), formats.quantize_nvfp4(w)
+
+
+def test_decoded_ops_on_the_reference_equal_the_mm_ops():
+    (b_q, b_s), (v_q, v_s, v_ts) = weights()
+    x, bias = randn(72, 128, seed=6), randn(64, seed=7)
+    values = formats.quantize_dequantize_mxfp8(x)
+    got = dq.mxfp8_mm_decoded(values, b_q, b_s, bias, torch.bfloat16, backend="reference")
+    assert torch.equal(got, dq.mxfp8_mm(*formats.quantize_mxfp8(x), b_q, b_s, bias, backend="reference"))
+    values, x_ts = formats.quantize_dequantize_nvfp4(x)
+    got = dq.nvfp4_mm_decoded(values, x_ts, v_q, v_s, v_ts, bias, torch.float32, backend="reference")
+    expected = dq.nvfp4_mm(*formats.quantize_nvfp4(x), v_q, v_s, v_ts, bias, torch.float32, backend="reference")
+    assert torch.equal(got, expected)
+
+
+def test_decoded_ops_check_their_arguments():
+    (b_q, b_s), (v_q, v_s, v_ts) = weights()
+    values = formats.quantize_dequantize_mxfp8(randn(72, 128))
+    with pytest.raises(TypeError, match="values must be bfloat16"):
+        dq.mxfp8_mm_decoded(values.view(torch.float16), b_q, b_s)
+    with pytest.raises(ValueError, match="values must be contiguous"):
+        dq.mxfp8_mm_decoded(values.t().contiguous().t(), b_q, b_s)
+    with pytest.raises(ValueError, match="values holds K = 64 but b_q holds K = 128"):
+        dq.mxfp8_mm_decoded(values[:, :64].contiguous(), b_q, b_s)
+    values, _ = formats.quantize_dequantize_nvfp4(randn(72, 128))
+    with pytest.raises(TypeError, match="values must be float16"):
+        dq.nvfp4_mm_decoded(values.view(torch.bfloat16), torch.ones(()), v_q, v_s, v_ts)
+    with pytest.raises(TypeError, match="x_ts must be float32"):
+        dq.nvfp4_mm_decoded(values, torch.ones((), dtype=torch.float16), v_q, v_s, v_ts)
+    with pytest.raises(dq.BackendUnavailableError, match="does not implement nvfp4_mm_decoded"):
+        dq.nvfp4_mm_decoded(values, torch.ones(()), v_q, v_s, v_ts, backend="torchao")
+
+
+def test_compile_cast_switch(monkeypatch):
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    assert ops.compile_cast() == "fused"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    assert ops.compile_cast() == "op"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fuse")
+    with pytest.raises(ValueError, match="DQ_KERNELS_COMPILE_CAST='fuse' must be one of"):
+        ops.compile_cast()
+
+
+# ---------------------------------------------------------------------------------------------- when a traced Linear decomposes
+
+
+def quantized_linear(fmt, backend, k=128, n=64, seed=5, **options):
+    w = randn(n, k, seed=seed, dtype=torch.float32)
+    if fmt == "nvfp4":
+        return dq.NVFP4Weight.from_float(w, backend=backend, **options)
+    return dq.MXFP8Weight.from_float(w, backend=backend, **options)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_traced_linear_decomposes_above_the_skinny_range_only(fmt, decoded_backend, monkeypatch):
+    w = quantized_linear(fmt, "decoded_test")
+    decoded = f"{fmt}_mm_decoded"
+    mm = f"{fmt}_mm"
+
+    def run(x, **compile_options):
+        decoded_backend.calls.update(dict.fromkeys(decoded_backend.calls, 0))
+        with torch.no_grad():
+            out = torch.compile(lambda x: F.linear(x, w), fullgraph=True, backend="aot_eager", **compile_options)(x)
+        torch._dynamo.reset()
+        assert torch.equal(out, F.linear(x, w))  # eager: the linear op's body
+        return decoded_backend.calls[decoded], decoded_backend.calls[mm] - 1  # minus the eager call
+
+    assert run(randn(72, 128)) == (1, 0)
+    assert run(randn(SKINNY_MAX_M, 128)) == (0, 1)
+    x = randn(72, 128)
+    torch._dynamo.mark_dynamic(x, 0)
+    assert run(x) == (0, 1)  # a symbolic M keeps the linear op
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    assert run(randn(72, 128)) == (0, 1)
+
+
+def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend):
+    w = quantized_linear("mxfp8", "decoded_test")
+    F.linear(randn(72, 128).requires_grad_(), w)  # eager, through the custom op for autograd's sake
+    assert decoded_backend.calls["mxfp8_mm"] == 1 and decoded_backend.calls["mxfp8_mm_decoded"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- inductor, bit for bit
+
+
+class Block(torch.nn.Module):
+    """FLUX-like pieces in front of four quantized linears: LayerNorm + modulation (bf16), GELU
+    (float16), and two single products x * scale, whose bits inductor computes as eager does (one
+    rounding) and whose casts inductor fuses into the same loop, the case where it would hand the
+    cast the product before its rounding. Returns the norm and GELU outputs too, so the test can
+    run the eager linear op on exactly what the compiled code fed those casts."""
+
+    def __init__(self, linears):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(128, elementwise_affine=False, eps=1e-6)
+        self.a, self.b, self.c, self.d = linears
+
+    def forward(self, x, scale, shift):
+        h = self.norm(x) * (1 + scale) + shift
+        a = self.a(h)
+        g = F.gelu(a, approximate="tanh").half()
+        return h, g, a, self.b(x * scale), self.c(g), self.d(x.half() * scale.half())
+
+
+def linear_module(weight):
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return linear
+
+
+def test_inductor_output_equals_the_eager_linear_op(decoded_backend):
+    block = Block(
+        [
+            linear_module(quantized_linear("mxfp8", "decoded_test", n=128, seed=1)),  # rceil
+            linear_module(quantized_linear("nvfp4", "decoded_test", n=64, seed=2, activation_amax=3.0)),  # static
+            linear_module(quantized_linear("mxfp8", "decoded_test", n=64, seed=3, scaling="floor")),
+            linear_module(quantized_linear("nvfp4", "decoded_test", n=64, seed=4)),  # dynamic
+        ]
+    )
+    x, scale, shift = randn(2, 40, 128, seed=8), randn(128, seed=9), randn(128, seed=10)
+    with torch.no_grad():
+        h, g, *outs = torch.compile(block, fullgraph=True, backend="inductor")(x, scale, shift)
+        activations = (h, x * scale, g, x.half() * scale.half())
+        expected = [F.linear(a, linear.weight) for a, linear in zip(activations, (block.a, block.b, block.c, block.d))]
+    assert decoded_backend.calls["mxfp8_mm_decoded"] == 2 and decoded_backend.calls["nvfp4_mm_decoded"] == 2
+    for got, want in zip(outs, expected):
+        assert torch.equal(got, want)
+
+
+def test_inductor_fuses_the_gelu_into_the_cast(decoded_backend):
+    from torch._inductor.utils import run_and_get_code
+
+    linear = linear_module(quantized_linear("mxfp8", "decoded_test"))
+    x = randn(72, 128, seed=11)
+    with torch.no_grad():
+        _, (code,) = run_and_get_code(torch.compile(lambda x: linear(F.gelu(x)), fullgraph=True), x)
+    kernels = code.split("async_compile.cpp_pybinding(")[1:]
+    with_gelu = [kernel for kernel in kernels if "erf" in kernel]
+    assert with_gelu and all("BFloat16" in kernel for kernel in with_gelu)  # every GELU feeds the bf16 decode
+    assert "mxfp8_mm_decoded" in code and "mxfp8_linear" not in code
+
+
+# ---------------------------------------------------------------------------------------------- on the GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,options", [("mxfp8", {}), ("mxfp8", {"scaling": "floor"}), ("nvfp4", {}),
+                                         ("nvfp4", {"activation_amax": 3.0})])
+def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, options, monkeypatch):
+    """On a 9.0 GPU with cutlass: inductor's fused cast gives the Triton cast kernel's bits, and the
+    compiled Linear the eager one's."""
+    from dq_kernels.backends import triton_cast
+
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability() != (9, 0) or not backends.get_backend("cutlass").availability_on(device)[0]:
+        pytest.skip("needs a 9.0 GPU and the cutlass backend built for it")
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    try:
+        torch._dynamo.reset()
+        w = linear_module(quantized_linear(fmt, "cutlass", k=512, n=384, **options).cuda())
+        x, scale = randn(4, 96, 512, seed=12).cuda(), randn(512, seed=13).cuda()
+        x[0, 0, :64] *= 2.0**-30  # blocks far below the row's largest
+
+        def cast(a):
+            if fmt == "nvfp4":
+                return formats.quantize_dequantize_nvfp4(a, w.weight.activation_scale)
+            return (formats.quantize_dequantize_mxfp8(a, options.get("scaling", "rceil")),)
+
+        with torch.no_grad():
+            got_cast = torch.compile(lambda x, s: cast(F.gelu(x) * s), fullgraph=True)(x, scale)
+            got = torch.compile(lambda x, s: w(F.gelu(x) * s), fullgraph=True)(x, scale)
+            a = torch.compile(lambda x, s: F.gelu(x) * s, fullgraph=True)(x, scale)  # the activation, stored
+            if fmt == "nvfp4":
+                want_cast = triton_cast.quantize_dequantize_nvfp4(a, w.weight.activation_scale)
+            else:
+                want_cast = (triton_cast.quantize_dequantize_mxfp8(a, options.get("scaling", "rceil")),)
+            want = F.linear(a, w.weight)
+        for g, e in zip(got_cast, want_cast, strict=True):
+            assert torch.equal(g.view(torch.int16) if g.dim() else g, e.view(torch.int16) if e.dim() else e)
+        assert torch.equal(got, want)
+    finally:
+        torch._dynamo.reset()
