@@ -6,12 +6,11 @@
 //
 // Work split. A thread takes "chunks" of 16 consecutive elements of a row (two 16-byte loads for a
 // 16-bit input, four for float32): an NVFP4 block, or half an MXFP8 block, whose two halves sit in
-// neighbouring lanes and meet through one shuffle.
-//  - Element casts (canonical operands, decoded values): CTAs of 256 threads as a 2-D block of
-//    `tx` chunks along a row (a power of two up to 64) by 256 / tx rows, one chunk per thread, so
-//    short rows (K = 32) still fill warps. The grid covers the padded rows of the swizzled scales
-//    too: a padding row is a zero block, whose scale byte the padding holds (0), and the thread of
-//    a row's first chunk writes the row's padding columns.
+// neighbouring lanes and meet through one shuffle. CTAs of 256 threads as a 2-D block of `tx`
+// chunks along a row (a power of two up to 64) by 256 / tx rows, one chunk per thread, so short
+// rows (K = 32) still fill warps. The grid of a cast to canonical operands covers the padded rows of
+// the swizzled scales too: a padding row is a zero block, whose scale byte the padding holds (0),
+// and the thread of a row's first chunk writes the row's padding columns.
 //
 // Do not build with --use_fast_math: it flushes float32 subnormals (scales and scaled values).
 
@@ -31,7 +30,7 @@
 namespace {
 
 constexpr int kChunk = 16;    // elements per chunk
-constexpr int kThreads = 256;  // element casts: threads per CTA
+constexpr int kThreads = 256;  // threads per CTA
 constexpr int kMaxChunksAlongRow = 64;
 
 // 16 consecutive elements of x, loaded with 16-byte vector loads (16-byte aligned), and their
@@ -89,7 +88,7 @@ __device__ __forceinline__ void store_32_bytes(void* dst, const uint32_t (&w)[8]
   d[1] = make_uint4(w[4], w[5], w[6], w[7]);
 }
 
-// The thread's (row, chunk) in the 2-D CTA layout of the element casts.
+// The thread's (row, chunk) in the 2-D CTA layout.
 struct Place {
   int64_t row, chunk;
   __device__ __forceinline__ Place()
@@ -233,7 +232,7 @@ int check_scaling(int scaling) {
   return scaling == DQ_SCALING_RCEIL || scaling == DQ_SCALING_FLOOR ? DQ_OK : DQ_ERR_BAD_CONFIG;
 }
 
-// The 2-D CTAs of the element casts over `rows` rows of K / 16 chunks.
+// The 2-D CTAs over `rows` rows of K / 16 chunks.
 struct Launch {
   dim3 grid, block;
   Launch(int64_t rows, int64_t K) {
