@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
-from . import formats, ops
-from .backends import select
+from . import __version__, formats, ops
+from .backends import env_backend, select
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
@@ -131,10 +131,12 @@ class QuantizedWeight(TorchAOBaseTensor):
 
     def _stable_hash_for_caching(self) -> str:
         """Key for torch.compile's AOT autograd cache: class, shape, attributes and the inner
-        tensors' layouts (never their values)."""
+        tensors' layouts (never their values), and what else decides the traced graph: how it casts
+        (``ops.compile_cast``), the backend named by the environment, the package version."""
         names, attributes = self.__tensor_flatten__()
         inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
-        key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner)
+        traced_by = (ops.compile_cast(), env_backend(), __version__)
+        key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner, traced_by)
         return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
     def __repr__(self) -> str:
