@@ -608,14 +608,16 @@ COMPILE_CAST_MODES = ("fused", "op")
 
 def compile_cast() -> str:
     """How a traced quantized Linear casts its activation, from ``DQ_KERNELS_COMPILE_CAST``:
-    "fused" (default; unset or empty) as torch ops before a decoded mm op where the mm backend takes
-    it, "op" always inside the linear op. The one place that reads the variable; another value
+    "op" (default; unset or empty) always inside the linear op, "fused" as torch ops before a
+    decoded mm op where the mm backend takes it (opt-in: on the H100 it was faster behind a
+    LayerNorm, slower behind a GELU, and Triton 3.6 failed to compile inductor's NVFP4 kernel:
+    docs/compile.md). The one place that reads the variable; another value
     raises ValueError naming it."""
-    value = os.environ.get(ENV_COMPILE_CAST) or "fused"
+    value = os.environ.get(ENV_COMPILE_CAST) or "op"
     if value not in COMPILE_CAST_MODES:
         raise ValueError(
             f"the environment variable {ENV_COMPILE_CAST}={value!r} must be one of {COMPILE_CAST_MODES} "
-            "(or unset: fused)"
+            "(or unset: op)"
         )
     return value
 

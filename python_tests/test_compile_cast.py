@@ -46,7 +46,7 @@ class DecodedTestBackend(dq.Backend):
 
 @pytest.fixture
 def decoded_backend(monkeypatch):
-    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
     backend = dq.register_backend(DecodedTestBackend())
     torch._dynamo.reset()
     yield backend
@@ -148,9 +148,9 @@ def test_decoded_ops_check_their_arguments():
 
 def test_compile_cast_switch(monkeypatch):
     monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
-    assert ops.compile_cast() == "fused"
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
     assert ops.compile_cast() == "op"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
+    assert ops.compile_cast() == "fused"
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fuse")
     with pytest.raises(ValueError, match="DQ_KERNELS_COMPILE_CAST='fuse' must be one of"):
         ops.compile_cast()
@@ -257,10 +257,17 @@ def test_inductor_fuses_the_gelu_into_the_cast(decoded_backend):
 
 # ---------------------------------------------------------------------------------------------- on the GPU
 
+# Seen on the H100 (torch 2.11, Triton 3.6): Triton fails to compile inductor's kernel for the fused
+# NVFP4 cast; the opt-in fused mode is documented as not working there (docs/compile.md).
+NVFP4_FUSED_FAILS = pytest.mark.xfail(reason="Triton 3.6 fails to compile inductor's fused NVFP4 cast on the H100 "
+                                      "(PassManager::run failed); docs/compile.md", strict=False)
+
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt,options", [("mxfp8", {}), ("mxfp8", {"scaling": "floor"}), ("nvfp4", {}),
-                                         ("nvfp4", {"activation_amax": 3.0})])
+@pytest.mark.parametrize("fmt,options", [
+    ("mxfp8", {}), ("mxfp8", {"scaling": "floor"}),
+    *[pytest.param("nvfp4", options, marks=NVFP4_FUSED_FAILS) for options in ({}, {"activation_amax": 3.0})],
+])
 def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, options, monkeypatch):
     """On a 9.0 GPU with cutlass: inductor's fused cast gives the Triton cast kernel's bits, and the
     compiled Linear the eager one's."""
@@ -269,7 +276,7 @@ def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, option
     device = torch.device("cuda")
     if torch.cuda.get_device_capability() != (9, 0) or not backends.get_backend("cutlass").availability_on(device)[0]:
         pytest.skip("needs a 9.0 GPU and the cutlass backend built for it")
-    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
     try:
         torch._dynamo.reset()
         w = linear_module(quantized_linear(fmt, "cutlass", k=512, n=384, **options).cuda())
