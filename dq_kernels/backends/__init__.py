@@ -191,16 +191,21 @@ SM90_MXFP8_DECODE_CUBLAS_MIN_M = 2049
 # grows with M (NVFP4: about 20 instructions per element, 5x the weight decode's per chunk at M = 16)
 # while the launches it saves (the cast's: about 3 us of GPU time for MXFP8 and 10 us for a dynamic
 # NVFP4 scale at 1x3072x18432) do not; at M = 1 the whole warp quantizes the one token (1.3x / 1.6x
-# the instructions of the mm alone, estimated). Not yet measured: benchmarks/h5-device.sh sweep
-# times fused against cast + mm for M 1 to 64.
+# the instructions of the mm alone, estimated). Measured on the H100 (benchmarks/h5-device.sh,
+# docs/skinny-kernels.md): fusing wins at M = 1 and loses from M = 2 on at most shapes.
 FUSED_LINEAR_MAX_M = {(9, 0): 1}
 
 
+def _rank_cast(op: str) -> tuple[str, ...]:
+    """The casts on 9.0, 10.x and 12.x: cutlass's CUDA cast first for NVFP4 (9.0 vs 13.8 us at
+    16 x 3072, 101 vs 105 us at 4096 x 12288 on the H100), triton_cast first for MXFP8 (the two
+    run at the same speed: quant-h100.json)."""
+    return ("cutlass", "triton_cast") if op == "quantize_nvfp4" else ("triton_cast", "cutlass")
+
+
 def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
-    if op == "quantize_nvfp4":  # the CUDA cast: 9.0 vs 13.8 us at 16 x 3072, 101 vs 105 us at 4096 x 12288
-        return ("cutlass", "triton_cast")
-    if op.startswith("quantize"):  # MXFP8: the two casts run at the same speed (quant-h100.json)
-        return ("triton_cast", "cutlass")
+    if op.startswith("quantize"):
+        return _rank_cast(op)
     if SM90_SKINNY_BEST_MAX_M[op] < m <= SM90_SKINNY_MAX_M:
         return ("triton_sm90", "cutlass")
     if op == "mxfp8_mm" and m >= SM90_MXFP8_DECODE_CUBLAS_MIN_M:
@@ -211,10 +216,8 @@ def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
 def _rank_sm100(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
     """10.0 / 10.3: our block-scaled kernels (compile-verified only), then cuBLAS through torchao,
     then the weight decoded for cuBLAS's bf16 GEMM (W4A16 has no block-scaled kernel here)."""
-    if op == "quantize_nvfp4":  # the CUDA cast: 9.0 vs 13.8 us at 16 x 3072, 101 vs 105 us at 4096 x 12288
-        return ("cutlass", "triton_cast")
-    if op.startswith("quantize"):  # MXFP8: the two casts run at the same speed (quant-h100.json)
-        return ("triton_cast", "cutlass")
+    if op.startswith("quantize"):
+        return _rank_cast(op)
     if op == "nvfp4_weight_only_mm":
         return ("decode_cublas", "torchao")
     return ("cutlass", "triton_sm100", "torchao", "decode_cublas")
@@ -223,10 +226,8 @@ def _rank_sm100(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
 def _rank_sm120(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
     """12.0 / 12.1 (RTX Blackwell, DGX Spark): the Triton block-scaled kernel (compile-verified
     only), then as on 10.0."""
-    if op == "quantize_nvfp4":  # the CUDA cast: 9.0 vs 13.8 us at 16 x 3072, 101 vs 105 us at 4096 x 12288
-        return ("cutlass", "triton_cast")
-    if op.startswith("quantize"):  # MXFP8: the two casts run at the same speed (quant-h100.json)
-        return ("triton_cast", "cutlass")
+    if op.startswith("quantize"):
+        return _rank_cast(op)
     if op == "nvfp4_weight_only_mm":
         return ("decode_cublas", "torchao")
     return ("triton_sm100", "torchao", "decode_cublas")
