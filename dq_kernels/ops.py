@@ -33,8 +33,9 @@ skinny GEMM quantizes the activation itself) the op is one native call; else whe
 takes its activation decoded (``takes_decoded_activation``) and the cast backend can round to the
 format's grid and decode in one pass, the quantized activation is never written. Same result every
 way (``backends.plan_linear`` decides). The decoded mm ops (``mxfp8_mm_decoded``,
-``nvfp4_mm_decoded``) take the activation decoded by torch ops: a quantized Linear traced by
-torch.compile uses them where its mm backend takes the decoded activation, so that inductor fuses
+``nvfp4_mm_decoded``) take the activation decoded by torch ops: with DQ_KERNELS_COMPILE_CAST=fused
+(opt-in; the default "op" keeps the linear op) a quantized Linear traced by torch.compile uses them
+where its mm backend takes the decoded activation, so that inductor fuses
 the cast into the op before it (``decoded_mm_backend``, docs/compile.md).
 
 A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
