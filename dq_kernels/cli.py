@@ -173,7 +173,7 @@ def _add_model_parser(benches: argparse._SubParsersAction) -> None:
                    help="backends for mxfp8 and nvfp4: auto or a registered name, yours included "
                         "(default: auto torchao)")
     p.add_argument("--compile", choices=model.COMPILE_MODES, nargs="+", default=["none"],
-                   help="compile modes (default: none; regional-cudagraphs: flux only, see below)")
+                   help="compile modes (default: none; regional-cudagraphs: one CUDA graph per denoising step, see below)")
     p.add_argument("--tiny", action="store_true", help="1 + 1 layer models: a smoke test of the whole path, "
                                                       "also on a machine without a GPU (times mean nothing)")
     p.add_argument("--json", metavar="PATH", help="write the rows and a header (device, versions, date) as JSON")
