@@ -51,6 +51,7 @@ __all__ = [
     "quantize_nvfp4",
     "quantize_dequantize_nvfp4",
     "CAST_FAMILY",
+    "cast_layout_ok",
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
@@ -389,6 +390,13 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tenso
 # ----------------------------------------------------------------------------------------------
 
 
+def cast_layout_ok(x) -> bool:
+    """Whether 2-D ``x`` [M, K] has the layout the casts read: unit column stride, row stride >= K,
+    16-byte aligned rows (data_ptr and row stride in bytes multiples of 16)."""
+    return (x.stride(1) == 1 and x.stride(0) >= x.shape[1] and x.data_ptr() % 16 == 0
+            and (x.stride(0) * x.element_size()) % 16 == 0)
+
+
 def _cast_args(fn: str, x: torch.Tensor, block: int, outputs: dict, scaling: str | None = None):
     """Checks a cast's input ``x`` (a 2-D bfloat16, float16 or float32 CUDA tensor, K a multiple of
     ``block``, unit column stride, 16-byte aligned rows), its ``scaling`` (None: no scaling
@@ -402,7 +410,7 @@ def _cast_args(fn: str, x: torch.Tensor, block: int, outputs: dict, scaling: str
     m, k = x.shape
     if m < 1 or k < block or k % block:
         raise ValueError(f"dq_kernels.native.{fn}: x [M, K] needs M >= 1 and K a positive multiple of {block}, got {tuple(x.shape)}")
-    if x.stride(1) != 1 or x.stride(0) < k or x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16:
+    if not cast_layout_ok(x):
         raise ValueError(
             f"dq_kernels.native.{fn}: x must have unit column stride, a row stride >= K and 16-byte aligned rows "
             f"(data_ptr and row stride in bytes multiples of 16), got strides {x.stride()} (x.contiguous() has them)"

@@ -69,7 +69,7 @@ def _cast_input(x: torch.Tensor) -> torch.Tensor:
     """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
     16-byte aligned rows), copied only where no such view exists."""
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(1) != 1 or x2.stride(0) < x2.shape[1] or x2.data_ptr() % 16 or (x2.stride(0) * x2.element_size()) % 16:
+    if not native.cast_layout_ok(x2):
         x2 = x2.clone(memory_format=torch.contiguous_format)
     return x2
 
