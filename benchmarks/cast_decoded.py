@@ -22,9 +22,8 @@ from dq_kernels.bench import quant, timing
 def cases(x: torch.Tensor, ts: torch.Tensor):
     """(name, backend, call, bytes written per element, reads of x, reference) per case."""
     triton, cutlass = get_backend("triton_cast"), get_backend("cutlass")
-    mxfp8_bf16 = formats.dequantize_mxfp8(*formats.quantize_mxfp8(x, "rceil"), torch.bfloat16)
-    one = torch.ones((), device=x.device)
-    nvfp4_f16 = {t is None: formats.dequantize_nvfp4(*formats.quantize_nvfp4(x, t)[:2], one, torch.float16) for t in (None, ts)}
+    mxfp8_bf16 = formats.quantize_dequantize_mxfp8(x, "rceil")
+    nvfp4_f16 = {t is None: formats.quantize_dequantize_nvfp4(x, t)[0] for t in (None, ts)}
     for name, b in (("triton_cast", triton), ("cutlass", cutlass)):
         yield "mxfp8_bf16", name, lambda b=b: b.quantize_dequantize_mxfp8(x, "rceil"), 2, 1, mxfp8_bf16
         yield "nvfp4_f16", name, lambda b=b: b.quantize_dequantize_nvfp4(x, None)[0], 2, 2, nvfp4_f16[True]
