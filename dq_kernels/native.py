@@ -474,8 +474,8 @@ def quantize_dequantize_mxfp8(x, scaling: str, out, *, checked: bool = True) -> 
 
 
 def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):
-    """Checks of the NVFP4 casts (``outputs`` as for _cast_args, tensor_scale None or one float32
-    on x's device); returns (library, x's dtype code, M, K, tensor scale pointer, scratch), scratch
+    """Checks of the NVFP4 casts when ``checked`` (``outputs`` as for _cast_args, None unchecked;
+    tensor_scale None or one float32 on x's device); returns (library, x's dtype code, M, K, tensor scale pointer, scratch), scratch
     a fresh 4-byte buffer for the amax pass of a dynamic tensor scale (None for a given one)."""
     import torch
 
@@ -508,10 +508,12 @@ def quantize_nvfp4(x, tensor_scale, q, s, tensor_scale_out, *, checked: bool = T
     import torch
 
     fn = "quantize_nvfp4"
-    m, k = x.shape if x.dim() == 2 else (0, 0)
-    outputs = {"q": (q, (m, k // 2), (torch.uint8,), 8),
-               "s": (s, _scale_shape(m, k // 16), (torch.float8_e4m3fn, torch.uint8), 1),
-               "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
+    outputs = None  # what the checks compare, built only when they run (the eager path skips them)
+    if checked:
+        m, k = x.shape if x.dim() == 2 else (0, 0)
+        outputs = {"q": (q, (m, k // 2), (torch.uint8,), 8),
+                   "s": (s, _scale_shape(m, k // 16), (torch.float8_e4m3fn, torch.uint8), 1),
+                   "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
     lib, x_code, m, k, ts_ptr, scratch = _nvfp4_cast_args(fn, x, tensor_scale, outputs, checked)
     args = (x.data_ptr(), x_code, x.stride(0), m, k, ts_ptr, q.data_ptr(), s.data_ptr(), tensor_scale_out.data_ptr())
     _launch(fn, lib.dq_quantize_nvfp4, x.device, *args, None if scratch is None else scratch.data_ptr())
@@ -526,8 +528,9 @@ def quantize_dequantize_nvfp4(x, tensor_scale, out, tensor_scale_out, *, checked
     import torch
 
     fn = "quantize_dequantize_nvfp4"
-    outputs = {"out": (out, tuple(x.shape), (torch.float16,), 16),
-               "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
+    outputs = None if not checked else {
+        "out": (out, tuple(x.shape), (torch.float16,), 16),
+        "tensor_scale_out": (tensor_scale_out, tuple(tensor_scale_out.shape), (torch.float32,), 4)}
     lib, x_code, m, k, ts_ptr, scratch = _nvfp4_cast_args(fn, x, tensor_scale, outputs, checked)
     args = (x.data_ptr(), x_code, x.stride(0), m, k, ts_ptr, out.data_ptr(), tensor_scale_out.data_ptr())
     _launch(fn, lib.dq_quantize_dequantize_nvfp4, x.device, *args, None if scratch is None else scratch.data_ptr())
