@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "dq_kernels.h"
+
 namespace dq {
 
 // float32 <-> its bit pattern, on the host and the device (the quantizers in quantize.cuh are
@@ -67,6 +69,24 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
+}
+
+// A GEMM's bias [N] in its own dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), read as float32: exact
+// for all three, so the epilogue adds what the reference adds (the bias in float32).
+struct Bias {
+  const void* data;  // null: no bias
+  int dtype;
+  __device__ __forceinline__ float operator[](int64_t i) const {
+    if (!data) return 0.f;
+    if (dtype == DQ_BFLOAT16) return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[i]);
+    if (dtype == DQ_FLOAT16) return __half2float(static_cast<const __half*>(data)[i]);
+    return static_cast<const float*>(data)[i];
+  }
+};
+
+// Whether a bias pointer and dtype code are ones Bias reads (host-side argument check).
+inline bool bias_dtype_ok(const void* data, int dtype) {
+  return !data || dtype == DQ_FLOAT32 || dtype == DQ_BFLOAT16 || dtype == DQ_FLOAT16;
 }
 
 // ---- packed decodes for the MMA kernels (two or more elements per instruction) -------------------

@@ -40,9 +40,9 @@ extern "C" {
  * change a caller could misread; dq_kernels/native.py refuses a library whose dq_abi_version()
  * differs from its own ABI_VERSION (a stale build), instead of calling it with the wrong arguments.
  */
-#define DQ_ABI_VERSION 3
+#define DQ_ABI_VERSION 4
 
-/* Output dtypes (the out_dtype argument). */
+/* Tensor dtypes (the out_dtype, x_dtype, a_dtype and bias_dtype arguments). */
 enum {
   DQ_FLOAT32 = 0,
   DQ_BFLOAT16 = 1,
@@ -114,7 +114,8 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  *     block holding a NaN the byte 255).
  *   NVFP4 (alpha = a_ts * b_ts; a_ts NULL for a weight-only product): e2m1 x e4m3 is exact in f16
  *     and bf16. Both formats: exact up to the float32 accumulation order within that domain.
- *   bias:     NULL or float32 [N], 16-byte aligned.
+ *   bias:     NULL or [N] of bias_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16, else DQ_ERR_BAD_DTYPE),
+ *             16-byte aligned, read as float32 (exact).
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
  *   M, N, K:  1 <= M <= INT32_MAX - 256, 1 <= N <= INT32_MAX - 128 with N % 8 == 0, 32 <= K <=
  *             INT32_MAX - 64 with K % 32 == 0, ceil(N / 128) * ceil(M / 64) <= INT32_MAX / 2 (CTAs) and
@@ -133,12 +134,12 @@ DQ_API int dq_dequantize_nvfp4(const uint8_t* q, const uint8_t* s, const float* 
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
  * DQ_ERR_UNSUPPORTED if the driver refuses the TMA descriptors.
  */
-DQ_API int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
-                                  void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
-                                  void* workspace, int64_t workspace_bytes, void* stream);
+DQ_API int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const void* bias,
+                                  int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+                                  int tokens, void* workspace, int64_t workspace_bytes, void* stream);
 DQ_API int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                  const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
-                                  int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
+                                  const float* a_ts, const float* b_ts, const void* bias, int bias_dtype, void* out,
+                                  int64_t M, int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
                                   int64_t workspace_bytes, void* stream);
 /* The plan of dq_sm90_*_mixed_mm with a workspace for an M x N x K problem and `tokens` (0: the
  * kernel's choice) on the current device: the token tile, the tiles shared along K, the CTAs
@@ -165,21 +166,21 @@ DQ_API int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens, in
  *     DQ_ERR_BAD_DTYPE), 16-byte aligned; b_q, b_s, b_ts as for W4A4.
  *   NVFP4 products (e2m1 x e4m3 block scale, both operands) are exact in f16 and bf16: exact up to
  *   the float32 accumulation order.
- *   bias:     NULL or float32 [N], 16-byte aligned.
+ *   bias, bias_dtype: as for dq_sm90_mxfp8_mixed_mm.
  *   out:      [M, N] row-major of out_dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), 16-byte aligned.
  *   M, N, K:  1 <= M <= 64, 1 <= N <= INT32_MAX - 32 with N % 8 == 0, 32 <= K <= INT32_MAX / 2 with
  *             K % 32 == 0, else DQ_ERR_BAD_SHAPE.
  * The epilogue computes acc * alpha + bias in float32 and rounds once. Nothing is allocated.
  */
 DQ_API int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
-                                   const uint8_t* b_s, const float* bias, void* out, int64_t M, int64_t N,
-                                   int64_t K, int out_dtype, void* stream);
-DQ_API int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
-                                   const uint8_t* b_s, const float* b_ts, const float* bias, void* out, int64_t M,
+                                   const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M,
                                    int64_t N, int64_t K, int out_dtype, void* stream);
+DQ_API int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                                   const uint8_t* b_s, const float* b_ts, const void* bias, int bias_dtype,
+                                   void* out, int64_t M, int64_t N, int64_t K, int out_dtype, void* stream);
 DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                         const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
-                                         int64_t K, int out_dtype, void* stream);
+                                         const float* b_ts, const void* bias, int bias_dtype, void* out, int64_t M,
+                                         int64_t N, int64_t K, int out_dtype, void* stream);
 
 /*
  * A quantized Linear for few rows in one launch (with the sm90_gemm family): the skinny kernels
@@ -193,7 +194,8 @@ DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8
  *
  *   a:        the activation A [M, K] of a_dtype (DQ_BFLOAT16 or DQ_FLOAT16, else DQ_ERR_BAD_DTYPE),
  *             16-byte aligned.
- *   b_q, b_s, b_ts, bias: the weight and bias as for dq_sm90_mxfp8_skinny_mm / dq_sm90_nvfp4_skinny_mm.
+ *   b_q, b_s, b_ts, bias, bias_dtype: the weight and bias as for dq_sm90_mxfp8_skinny_mm /
+ *             dq_sm90_nvfp4_skinny_mm.
  *   out:      [M, N] row-major of a_dtype, 16-byte aligned.
  *   scaling (MXFP8): 0 (DQ_SCALING_RCEIL) or 1 (DQ_SCALING_FLOOR), formats.quantize_mxfp8's "rceil" /
  *             "floor" (the enum comes with the casts of csrc/cast.cu), else DQ_ERR_BAD_CONFIG; alpha = 1.
@@ -204,11 +206,54 @@ DQ_API int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8
  * Nothing is allocated, no scratch memory is used.
  */
 DQ_API int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                       const float* bias, void* out, int64_t M, int64_t N, int64_t K, int scaling,
-                                       void* stream);
+                                       const void* bias, int bias_dtype, void* out, int64_t M, int64_t N, int64_t K,
+                                       int scaling, void* stream);
 DQ_API int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                       const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
-                                       int64_t N, int64_t K, void* stream);
+                                       const float* a_ts, const float* b_ts, const void* bias, int bias_dtype,
+                                       void* out, int64_t M, int64_t N, int64_t K, void* stream);
+
+/*
+ * A quantized Linear on Hopper in one call (with the sm90_gemm family), csrc/sm90_linear.cu: the
+ * activation cast of csrc/cast.cu and one of the GEMMs above, enqueued back to back on `stream`, the
+ * cast's output in the caller's workspace. Bit for bit the cast followed by the GEMM, by `kernel`:
+ *   DQ_SM90_LINEAR_QUANTIZING_SKINNY  dq_sm90_*_skinny_linear (M <= 64; x bfloat16 or float16 with
+ *                                     x_row_stride == K; no workspace)
+ *   DQ_SM90_LINEAR_SKINNY             dq_quantize_* then dq_sm90_*_skinny_mm (M <= 64)
+ *   DQ_SM90_LINEAR_MIXED              dq_quantize_dequantize_* then dq_sm90_*_mixed_mm (the kernel's
+ *                                     token tile; shared tiles where its plan takes them)
+ *
+ *   out[m, n] = alpha * sum_k quantized(x)[m, k] * B[n, k] + bias[n]
+ *
+ *   x, x_dtype, x_row_stride: the activation [M, K] as for dq_quantize_mxfp8 (float32, bfloat16 or
+ *             float16; unit column stride, 16-byte aligned rows).
+ *   b_q, b_s, b_ts, bias, bias_dtype: as for the GEMMs above.
+ *   out:      [M, N] row-major of x_dtype, 16-byte aligned.
+ *   scaling (MXFP8): DQ_SCALING_RCEIL or DQ_SCALING_FLOOR.
+ *   activation_scale (NVFP4): NULL for the dynamic tensor scale amax(|x|) / 2688, or a device
+ *             pointer to the given one; alpha = activation scale * b_ts.
+ *   workspace: 256-byte aligned device memory of at least dq_sm90_linear_workspace_bytes(format,
+ *             kernel, M, N, K) bytes (NULL where that is 0), else DQ_ERR_BAD_CONFIG (DQ_ERR_MISALIGNED);
+ *             one per call in flight, like the mixed-input GEMM's.
+ * Each step's checks and error codes as its function's; nothing is allocated.
+ */
+enum {
+  DQ_FORMAT_MXFP8 = 0,
+  DQ_FORMAT_NVFP4 = 1,
+};
+enum {
+  DQ_SM90_LINEAR_QUANTIZING_SKINNY = 0,
+  DQ_SM90_LINEAR_SKINNY = 1,
+  DQ_SM90_LINEAR_MIXED = 2,
+};
+DQ_API int dq_sm90_linear_workspace_bytes(int format, int kernel, int64_t M, int64_t N, int64_t K, int64_t* bytes);
+DQ_API int dq_sm90_mxfp8_linear(const void* x, int x_dtype, int64_t x_row_stride, const uint8_t* b_q,
+                                const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M, int64_t N,
+                                int64_t K, int scaling, int kernel, void* workspace, int64_t workspace_bytes,
+                                void* stream);
+DQ_API int dq_sm90_nvfp4_linear(const void* x, int x_dtype, int64_t x_row_stride, const uint8_t* b_q,
+                                const uint8_t* b_s, const float* b_ts, const float* activation_scale, const void* bias,
+                                int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int kernel,
+                                void* workspace, int64_t workspace_bytes, void* stream);
 
 /*
  * Blackwell GEMMs (present only when the library was built with the sm100_gemm kernel family, i.e.

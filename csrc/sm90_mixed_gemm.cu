@@ -271,7 +271,7 @@ __device__ __forceinline__ void decode_step(const uint8_t* w, const uint8_t* sca
 struct Problem {
   const float* alpha_a;   // NVFP4 tensor scales (device pointers) or null
   const float* alpha_b;
-  const float* bias;      // null or float32 [N]
+  Bias bias;              // [N] in its own dtype, or none
   int M, N, K;
   int scale_tiles_per_row;  // round_up(K / block, 4) / 4: 512-byte scale tiles per 128-row block
   // Shared tiles (Plan): CTAs below whole_tiles take one tile each, all of K; the last
@@ -436,7 +436,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto epilogue = [&](const Tile tile) {
     const float alpha = (p.alpha_a ? *p.alpha_a : 1.f) * (p.alpha_b ? *p.alpha_b : 1.f);
     const int n0 = tile.w * kRows + row;
-    const float bias[2] = {p.bias && n0 < p.N ? p.bias[n0] : 0.f, p.bias && n0 + 8 < p.N ? p.bias[n0 + 8] : 0.f};
+    const float bias[2] = {n0 < p.N ? p.bias[n0] : 0.f, n0 + 8 < p.N ? p.bias[n0 + 8] : 0.f};
     Out* staging = smem.staging[consumer];
     const int local_row = row - kRows / kConsumers * consumer;
     constexpr int kVec = 16 / sizeof(Out);
@@ -669,7 +669,8 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 // Shared argument checks and the launch for a weight of format F.
 template <Format F>
 int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, const float* alpha_a,
-        const float* alpha_b, const float* bias, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+        const float* alpha_b, const void* bias, int bias_dtype, void* out, int64_t M, int64_t N, int64_t K,
+        int out_dtype,
         int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
   if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
   // Tile coordinates, row indices, the CTA index and TMA's coordinates are int: keep M and N a
@@ -682,14 +683,16 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
       (N + kRows - 1) / kRows * scale_tiles_per_row * 32 > INT32_MAX)
     return DQ_ERR_BAD_SHAPE;
   if (a_dtype != DQ_BFLOAT16 && a_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
+  if (!bias_dtype_ok(bias, bias_dtype)) return DQ_ERR_BAD_DTYPE;
   if (tokens != 0 && tokens != 64 && tokens != 128 && tokens != 256) return DQ_ERR_BAD_CONFIG;
   for (const void* ptr : {a, static_cast<const void*>(w_q), static_cast<const void*>(w_s),
-                          static_cast<const void*>(bias), static_cast<const void*>(out),
+                          bias, static_cast<const void*>(out),
                           static_cast<const void*>(workspace)})
     if (!aligned16(ptr)) return DQ_ERR_MISALIGNED;
   const Plan plan = choose_plan(M, N, K, tokens, workspace != nullptr);
   if (workspace_bytes < plan.workspace_bytes) return DQ_ERR_BAD_CONFIG;
-  const Problem p{alpha_a, alpha_b, bias, int(M), int(N), int(K), int(scale_tiles_per_row), 0, 0, 0, 0, nullptr, nullptr};
+  const Problem p{alpha_a, alpha_b, Bias{bias, bias_dtype}, int(M), int(N), int(K), int(scale_tiles_per_row),
+                  0, 0, 0, 0, nullptr, nullptr};
   auto s = static_cast<cudaStream_t>(stream);
   if (a_dtype == DQ_BFLOAT16) return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
   if constexpr (F == Format::kNvfp4) return launch_plan<F, false>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
@@ -717,20 +720,20 @@ extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens
   return DQ_OK;
 }
 
-extern "C" int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const float* bias,
-                                      void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
-                                      void* workspace, int64_t workspace_bytes, void* stream) {
+extern "C" int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const void* bias,
+                                      int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+                                      int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
   using namespace dq::sm90_mixed;
-  return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, out, M, N, K, out_dtype, tokens,
-                             workspace, workspace_bytes, stream);
+  return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, bias_dtype, out, M, N, K, out_dtype,
+                             tokens, workspace, workspace_bytes, stream);
 }
 
 extern "C" int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                      const float* a_ts, const float* b_ts, const float* bias, void* out, int64_t M,
-                                      int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
-                                      int64_t workspace_bytes, void* stream) {
+                                      const float* a_ts, const float* b_ts, const void* bias, int bias_dtype,
+                                      void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
+                                      void* workspace, int64_t workspace_bytes, void* stream) {
   using namespace dq::sm90_mixed;
   if (!b_ts) return DQ_ERR_NULL_POINTER;
-  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, out, M, N, K, out_dtype, tokens, workspace,
-                             workspace_bytes, stream);
+  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, out_dtype, tokens,
+                             workspace, workspace_bytes, stream);
 }

@@ -84,7 +84,7 @@ struct Problem {
   const uint8_t* w_s;  // weight block scales, swizzled
   const float* a_ts;   // NVFP4 tensor scales (device pointers) or null; a cast's null a_ts: the
   const float* w_ts;   //   activation's dynamic scale amax(|x|) / 2688, computed by every CTA
-  const float* bias;   // null or float32 [N]
+  Bias bias;           // [N] in its own dtype, or none
   void* out;           // [M, N]
   int M, N, K;
   int scale_cols;      // round_up(K / block, 4): the padded scale columns of both scale buffers
@@ -573,7 +573,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
     for (int h = 0; h < 2; ++h) {
       const int row = row0 + kRows * r + g + 8 * h;
       if (row >= p.N) continue;
-      const float bias = p.bias ? p.bias[row] : 0.f;
+      const float bias = p.bias[row];
 #pragma unroll
       for (int j = 0; j < kTiles; ++j)
 #pragma unroll
@@ -650,9 +650,9 @@ int check(const Problem& p, int64_t M, int64_t N, int64_t K) {
     return DQ_ERR_BAD_SHAPE;
   for (const void* ptr : {static_cast<const void*>(p.a), static_cast<const void*>(p.a_s),
                           static_cast<const void*>(p.w), static_cast<const void*>(p.w_s),
-                          static_cast<const void*>(p.bias), static_cast<const void*>(p.out)})
+                          p.bias.data, static_cast<const void*>(p.out)})
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return DQ_ERR_MISALIGNED;
-  return DQ_OK;
+  return bias_dtype_ok(p.bias.data, p.bias.dtype) ? DQ_OK : DQ_ERR_BAD_DTYPE;
 }
 
 }  // namespace
@@ -661,9 +661,9 @@ int check(const Problem& p, int64_t M, int64_t N, int64_t K) {
 using namespace dq::sm90_skinny;
 
 extern "C" int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
-                                       const uint8_t* b_s, const float* bias, void* out, int64_t M, int64_t N,
-                                       int64_t K, int out_dtype, void* stream) {
-  const Problem p{a_q, a_s, b_q, b_s, nullptr, nullptr, bias, out, int(M), int(N), int(K),
+                                       const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M,
+                                       int64_t N, int64_t K, int out_dtype, void* stream) {
+  const Problem p{a_q, a_s, b_q, b_s, nullptr, nullptr, dq::Bias{bias, bias_dtype}, out, int(M), int(N), int(K),
                   int(dq::swizzled_padded_cols(K / 32))};
   if (!a_s) return DQ_ERR_NULL_POINTER;
   if (int e = check(p, M, N, K)) return e;
@@ -671,9 +671,10 @@ extern "C" int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, c
 }
 
 extern "C" int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts,
-                                       const uint8_t* b_q, const uint8_t* b_s, const float* b_ts, const float* bias,
-                                       void* out, int64_t M, int64_t N, int64_t K, int out_dtype, void* stream) {
-  const Problem p{a_q, a_s, b_q, b_s, a_ts, b_ts, bias, out, int(M), int(N), int(K),
+                                       const uint8_t* b_q, const uint8_t* b_s, const float* b_ts, const void* bias,
+                                       int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
+                                       void* stream) {
+  const Problem p{a_q, a_s, b_q, b_s, a_ts, b_ts, dq::Bias{bias, bias_dtype}, out, int(M), int(N), int(K),
                   int(dq::swizzled_padded_cols(K / 16))};
   if (!a_s || !a_ts || !b_ts) return DQ_ERR_NULL_POINTER;
   if (int e = check(p, M, N, K)) return e;
@@ -681,10 +682,10 @@ extern "C" int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, c
 }
 
 extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                             const float* b_ts, const float* bias, void* out, int64_t M, int64_t N,
-                                             int64_t K, int out_dtype, void* stream) {
-  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, b_ts, bias, out, int(M), int(N),
-                  int(K), int(dq::swizzled_padded_cols(K / 16))};
+                                             const float* b_ts, const void* bias, int bias_dtype, void* out,
+                                             int64_t M, int64_t N, int64_t K, int out_dtype, void* stream) {
+  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, b_ts, dq::Bias{bias, bias_dtype}, out,
+                  int(M), int(N), int(K), int(dq::swizzled_padded_cols(K / 16))};
   if (!b_ts) return DQ_ERR_NULL_POINTER;
   if (int e = check(p, M, N, K)) return e;
   auto s = static_cast<cudaStream_t>(stream);
@@ -696,10 +697,10 @@ extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const u
 }
 
 extern "C" int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                           const float* bias, void* out, int64_t M, int64_t N, int64_t K, int scaling,
-                                           void* stream) {
-  Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, nullptr, bias, out, int(M), int(N), int(K),
-            int(dq::swizzled_padded_cols(K / 32))};
+                                           const void* bias, int bias_dtype, void* out, int64_t M, int64_t N,
+                                           int64_t K, int scaling, void* stream) {
+  Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, nullptr, dq::Bias{bias, bias_dtype}, out,
+            int(M), int(N), int(K), int(dq::swizzled_padded_cols(K / 32))};
   if (scaling != dq::kScalingRceil && scaling != dq::kScalingFloor) return DQ_ERR_BAD_CONFIG;  // DQ_SCALING_*
   p.scaling = scaling;
   if (int e = check(p, M, N, K)) return e;
@@ -707,10 +708,10 @@ extern "C" int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uin
 }
 
 extern "C" int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
-                                           const float* a_ts, const float* b_ts, const float* bias, void* out,
-                                           int64_t M, int64_t N, int64_t K, void* stream) {
-  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, a_ts, b_ts, bias, out, int(M), int(N), int(K),
-                  int(dq::swizzled_padded_cols(K / 16))};
+                                           const float* a_ts, const float* b_ts, const void* bias, int bias_dtype,
+                                           void* out, int64_t M, int64_t N, int64_t K, void* stream) {
+  const Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, a_ts, b_ts, dq::Bias{bias, bias_dtype}, out,
+                  int(M), int(N), int(K), int(dq::swizzled_padded_cols(K / 16))};
   if (!b_ts) return DQ_ERR_NULL_POINTER;
   if (int e = check(p, M, N, K)) return e;
   return launch_cast<Format::kNvfp4>(p, a_dtype, static_cast<cudaStream_t>(stream));

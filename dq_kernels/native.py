@@ -39,6 +39,9 @@ __all__ = [
     "sm90_mxfp8_mixed_mm",
     "sm90_nvfp4_mixed_mm",
     "sm90_mixed_plan",
+    "sm90_mxfp8_linear",
+    "sm90_nvfp4_linear",
+    "SM90_LINEAR_KERNELS",
     "Sm90MixedPlan",
     "SM90_SKINNY_MAX_M",
     "sm100_mxfp8_mm",
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
-ABI_VERSION = 3  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
+ABI_VERSION = 4  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 CAST_FAMILY = "cast"  # the kernel family of the dq_quantize_* functions (CMakeLists.txt), built for every arch
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
@@ -66,6 +69,9 @@ SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm and _skinny_l
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
 SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
 SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: the MXFP8 casts' scaling argument
+# DQ_SM90_LINEAR_* of dq_kernels.h: the kernels a Linear in one call (sm90_*_linear) runs after its cast.
+SM90_LINEAR_KERNELS = {"quantizing_skinny": 0, "skinny": 1, "mixed": 2}
+_FORMAT_CODES = {"mxfp8": 0, "nvfp4": 1}  # DQ_FORMAT_*
 
 
 @dataclass(frozen=True)
@@ -169,13 +175,17 @@ def _declare_functions(lib: ctypes.CDLL) -> None:
 def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     """The dq_sm90_* functions, present when the sm90_gemm family was built."""
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_mxfp8_skinny_linear.argtypes = [p, i32, p, p, p, p, i64, i64, i64, i32, p]
-    lib.dq_sm90_nvfp4_skinny_linear.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, p]
-    lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
-    lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, p, i64, i64, i64, i32, i32, p, i64, p]
+    # (a bias is a pointer and its dtype code)
+    lib.dq_sm90_mxfp8_skinny_mm.argtypes = [p, p, p, p, p, i32, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_skinny_mm.argtypes = [p, p, p, p, p, p, p, i32, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_w4a16_skinny_mm.argtypes = [p, i32, p, p, p, p, i32, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_mxfp8_skinny_linear.argtypes = [p, i32, p, p, p, i32, p, i64, i64, i64, i32, p]
+    lib.dq_sm90_nvfp4_skinny_linear.argtypes = [p, i32, p, p, p, p, p, i32, p, i64, i64, i64, p]
+    lib.dq_sm90_mxfp8_mixed_mm.argtypes = [p, p, p, p, i32, p, i64, i64, i64, i32, i32, p, i64, p]
+    lib.dq_sm90_nvfp4_mixed_mm.argtypes = [p, i32, p, p, p, p, p, i32, p, i64, i64, i64, i32, i32, p, i64, p]
+    lib.dq_sm90_linear_workspace_bytes.argtypes = [i32, i32, i64, i64, i64, p]
+    lib.dq_sm90_mxfp8_linear.argtypes = [p, i32, i64, p, p, p, i32, p, i64, i64, i64, i32, i32, p, i64, p]
+    lib.dq_sm90_nvfp4_linear.argtypes = [p, i32, i64, p, p, p, p, p, i32, p, i64, i64, i64, i32, p, i64, p]
     lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p, p, p]
     for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
                lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_skinny_linear, lib.dq_sm90_nvfp4_skinny_linear,
@@ -563,16 +573,24 @@ def _sm100_config(fn: str, config: str) -> int:
     return SM100_CONFIGS[config]
 
 
-def _add_bias(fn: str, bias, n: int, tensors: dict, alignments: dict) -> None:
-    """Adds a GEMM's bias (None, or float32 [n], 16-byte aligned) to the tensors _check_operands checks."""
+def _add_bias(fn: str, bias, n: int, tensors: dict, alignments: dict, any_dtype: bool = True) -> None:
+    """Adds a GEMM's bias (None, or [n], 16-byte aligned: bfloat16, float16 or float32, or float32
+    only where not ``any_dtype``) to the tensors _check_operands checks."""
     import torch
 
     if bias is None:
         return
-    if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
-        raise ValueError(f"dq_kernels.native.{fn}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    dtypes = (torch.float32, torch.bfloat16, torch.float16) if any_dtype else (torch.float32,)
+    if bias.dtype not in dtypes or tuple(bias.shape) != (n,):
+        names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"dq_kernels.native.{fn}: bias must be {names} [{n}], got {bias.dtype} {tuple(bias.shape)}")
     tensors["bias"] = bias
     alignments["bias"] = 16
+
+
+def _bias_args(bias) -> tuple[int | None, int]:
+    """A bias as the sm_90a entry points take it: (pointer, dtype code), (None, 0) for none."""
+    return (None, 0) if bias is None else (bias.data_ptr(), _dtype_code(bias.dtype))
 
 
 def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dtypes, any_device: bool = False):
@@ -583,7 +601,7 @@ def _mm_args(fn, family, fmt, a_q, a_s, b_q, b_s, bias, out, extra: dict, out_dt
     m, n, k = a_q.shape[0], b_q.shape[0], a_q.shape[1] * per_byte
     tensors = {"a_q": a_q, "a_s": a_s, "b_q": b_q, "b_s": b_s, **extra, "out": out}
     alignments = {"a_q": 16, "a_s": 16, "b_q": 16, "b_s": 16, "out": 16}  # TMA
-    _add_bias(fn, bias, n, tensors, alignments)
+    _add_bias(fn, bias, n, tensors, alignments, any_dtype=family == SM90_FAMILY)
     _family_library(fn, family)
     for name in ("a_q", "b_q"):
         if tensors[name].element_size() != 1:
@@ -613,7 +631,7 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, *, checked: bool = True)
 
     a_q: float8_e4m3fn [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q: float8_e4m3fn [N, K] (K % 32 == 0,
     N % 8 == 0); a_s, b_s: uint8 E8M0 scales in the 128x4 swizzled layout (round_up(rows, 128) *
-    round_up(K / 32, 4) bytes, padding included); bias: None or float32 [N]; out: [M, N] float32,
+    round_up(K / 32, 4) bytes, padding included); bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32,
     bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability
     9.0. Enqueued on the current stream. Exact up to the float32 accumulation order while the two
     E8M0 bytes of every pair of blocks add up to 105..381. ``checked=False`` skips the argument
@@ -628,8 +646,7 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, *, checked: bool = True)
         lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "mxfp8", a_q, a_s, b_q, b_s, bias, out, {}, out_dtypes)
     else:
         lib, code, (m, k), n = _library().lib, _dtype_code(out.dtype), a_q.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code)
+    args = (a_q.data_ptr(), a_s.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(), m, n, k, code)
     _launch(fn, lib.dq_sm90_mxfp8_skinny_mm, out.device, *args)
 
 
@@ -648,25 +665,31 @@ def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, *, checked: 
         lib, code, m, n, k = _mm_args(fn, SM90_FAMILY, "nvfp4", a_q, a_s, b_q, b_s, bias, out, extra, out_dtypes)
     else:
         lib, code, m, n, k = _library().lib, _dtype_code(out.dtype), a_q.shape[0], b_q.shape[0], 2 * a_q.shape[1]
-    bias_ptr = None if bias is None else bias.data_ptr()
     args = (a_q.data_ptr(), a_s.data_ptr(), a_ts.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr())
-    _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, bias_ptr, out.data_ptr(), m, n, k, code)
+    _launch(fn, lib.dq_sm90_nvfp4_skinny_mm, out.device, *args, *_bias_args(bias), out.data_ptr(), m, n, k, code)
 
 
 def _activation16_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales: dict, a_dtypes):
     """Checks the operands of an sm_90a GEMM with a 16-bit activation ``a`` (one of ``a_dtypes``)
     and a quantized weight of ``fmt`` (``tensor_scales``: its NVFP4 tensor scales); returns
     (library, out dtype code, activation dtype code, M, N, K)."""
-    import torch
 
-    a_codes = {torch.bfloat16: 1, torch.float16: 2}  # DQ_BFLOAT16, DQ_FLOAT16
     if a.dtype not in a_dtypes or a.dim() != 2:
         names = " or ".join(str(d).removeprefix("torch.") for d in a_dtypes)
         raise ValueError(f"dq_kernels.native.{fn}: a must be a 2-D {names} tensor, got {a.dtype} {tuple(a.shape)}")
+    m, k = a.shape
+    lib, code, n = _sm90_weight_args(fn, fmt, m, k, b_q, b_s, bias, out, {"a": a}, tensor_scales)
+    return lib, code, _dtype_code(a.dtype), m, n, k
+
+
+def _sm90_weight_args(fn, fmt, m, k, b_q, b_s, bias, out, tensors: dict, tensor_scales: dict):
+    """Checks the weight (of ``fmt``, with its NVFP4 ``tensor_scales``), bias and out [m, N] of an
+    sm_90a GEMM of inner size k, and ``tensors`` (contiguous, 16-byte aligned, on out's device);
+    returns (library, out dtype code, N)."""
     per_byte, block = (1, 32) if fmt == "mxfp8" else (2, 16)
-    m, k, n = a.shape[0], a.shape[1], b_q.shape[0]
-    tensors = {"a": a, "b_q": b_q, "b_s": b_s, **tensor_scales, "out": out}
-    alignments = {"a": 16, "b_q": 16, "b_s": 16, "out": 16}
+    n = b_q.shape[0]
+    tensors = {**tensors, "b_q": b_q, "b_s": b_s, **tensor_scales, "out": out}
+    alignments = {name: 16 for name in tensors if name not in tensor_scales}
     _add_bias(fn, bias, n, tensors, alignments)
     _family_library(fn, SM90_FAMILY)
     lib, code = _check_operands(fn, tensors, out, (m, n), alignments)
@@ -679,7 +702,7 @@ def _activation16_args(fn, fmt, a, b_q, b_s, bias, out, tensor_scales: dict, a_d
         )
     _check_scales(fn, b_s, n, k // block)
     _check_tensor_scales(fn, **tensor_scales)
-    return lib, code, a_codes[a.dtype], m, n, k
+    return lib, code, n
 
 
 def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = True) -> None:
@@ -687,7 +710,7 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = 
     (csrc/sm90_skinny_gemm.cu).
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s, b_ts: the NVFP4 weight as
-    for ``sm90_nvfp4_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or
+    for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32, bfloat16 or
     float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up
     to the float32 accumulation order. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
@@ -699,8 +722,7 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = 
         lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
     else:
         lib, code, a_code, (m, k), n = _library().lib, _dtype_code(out.dtype), _dtype_code(a.dtype), a.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), bias_ptr)
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), *_bias_args(bias))
     _launch(fn, lib.dq_sm90_nvfp4_w4a16_skinny_mm, out.device, *args, out.data_ptr(), m, n, k, code)
 
 
@@ -725,7 +747,7 @@ def sm90_mxfp8_skinny_linear(a, b_q, b_s, bias, out, scaling: str = "rceil", *, 
     ``sm90_mxfp8_skinny_mm`` on ``formats.quantize_mxfp8(a, scaling)``.
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s: the MXFP8 weight as for
-    ``sm90_mxfp8_skinny_mm``; bias: None or float32 [N]; out: [M, N] of a's dtype; scaling: "rceil"
+    ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] of a's dtype; scaling: "rceil"
     or "floor". All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
     ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
@@ -736,8 +758,8 @@ def sm90_mxfp8_skinny_linear(a, b_q, b_s, bias, out, scaling: str = "rceil", *, 
         lib, a_code, m, n, k = _skinny_linear_args(fn, "mxfp8", a, b_q, b_s, bias, out, {})
     else:
         lib, a_code, (m, k), n = _library().lib, _dtype_code(a.dtype), a.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
-    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, SCALINGS[scaling])
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(), m, n, k,
+            SCALINGS[scaling])
     _launch(fn, lib.dq_sm90_mxfp8_skinny_linear, out.device, *args)
 
 
@@ -748,7 +770,7 @@ def sm90_nvfp4_skinny_linear(a, b_q, b_s, a_ts, b_ts, bias, out, *, checked: boo
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; a_ts: None for the dynamic tensor
     scale amax(|a|) / 2688 (the kernel computes it), or the given one (one float32); b_q, b_s, b_ts:
-    the NVFP4 weight as for ``sm90_nvfp4_skinny_mm``; bias: None or float32 [N]; out: [M, N] of
+    the NVFP4 weight as for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] of
     a's dtype. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
     ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
@@ -758,10 +780,103 @@ def sm90_nvfp4_skinny_linear(a, b_q, b_s, a_ts, b_ts, bias, out, *, checked: boo
         lib, a_code, m, n, k = _skinny_linear_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra)
     else:
         lib, a_code, (m, k), n = _library().lib, _dtype_code(a.dtype), a.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
-    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), *_bias_args(bias))
     _launch(fn, lib.dq_sm90_nvfp4_skinny_linear, out.device, *args, out.data_ptr(), m, n, k)
+
+
+def _linear_args(fn, fmt, x, b_q, b_s, bias, out, kernel: str, tensor_scales: dict):
+    """Checks the operands of an sm_90a Linear in one call (``sm90_*_linear``); returns (library, x's
+    dtype code, M, N, K)."""
+    import torch
+
+    if kernel not in SM90_LINEAR_KERNELS:
+        raise ValueError(f"dq_kernels.native.{fn}: kernel must be one of {tuple(SM90_LINEAR_KERNELS)}, got {kernel!r}")
+    lib, x_code, m, k = _cast_args(fn, x, 32, {})
+    if kernel == "quantizing_skinny" and (x.dtype == torch.float32 or not x.is_contiguous()):
+        raise ValueError(f"dq_kernels.native.{fn}: the quantizing skinny kernel takes a contiguous bfloat16 or "
+                         f"float16 x, got {x.dtype} with strides {x.stride()}")
+    if kernel != "mixed" and m > SM90_SKINNY_MAX_M:
+        raise ValueError(f"dq_kernels.native.{fn}: the {kernel} kernel takes 1 to {SM90_SKINNY_MAX_M} rows, got {m}")
+    if out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"dq_kernels.native.{fn}: out must have x's dtype {x.dtype} and device {x.device}, "
+                         f"got {out.dtype} on {out.device}")
+    _, _, n = _sm90_weight_args(fn, fmt, m, k, b_q, b_s, bias, out, {}, tensor_scales)
+    return lib, x_code, m, n, k
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear_workspace_bytes(device_index: int, fmt: str, kernel: str, m: int, n: int, k: int) -> int:
+    """The workspace bytes of ``sm90_*_linear`` (a function of the device's SM count and L2 size
+    through the mixed-input kernel's plan), kept per shape."""
+    import torch
+
+    lib = _family_library("sm90_linear_workspace_bytes", SM90_FAMILY)
+    size = ctypes.c_int64()
+    with torch.cuda.device(device_index):
+        code = lib.dq_sm90_linear_workspace_bytes(_FORMAT_CODES[fmt], SM90_LINEAR_KERNELS[kernel], m, n, k,
+                                                  ctypes.byref(size))
+    if code != 0:
+        raise ValueError(f"dq_kernels.native.sm90_{fmt}_linear: M={m} N={n} K={k}: {lib.dq_error_string(code).decode()}")
+    return size.value
+
+
+def _linear_workspace(fmt: str, kernel: str, m: int, n: int, k: int, device: torch.device) -> torch.Tensor | None:
+    """A fresh workspace (uint8, on ``device``) for ``sm90_*_linear``, or None where it needs none.
+    The caller keeps it alive until the call has enqueued its kernels."""
+    import torch
+
+    size = _linear_workspace_bytes(device.index, fmt, kernel, m, n, k)
+    return torch.empty(size, dtype=torch.uint8, device=device) if size else None
+
+
+def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, checked: bool = True) -> None:
+    """out = mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias) in one call (csrc/sm90_linear.cu):
+    the CUDA cast and then, by ``kernel``, "quantizing_skinny" (the skinny kernel quantizes x itself:
+    one launch), "skinny" (the cast into a workspace, the skinny mm) or "mixed" (x rounded to MXFP8
+    and decoded to bfloat16 into a workspace, the mixed-input kernel). Bit for bit the two steps.
+
+    x: float32, bfloat16 or float16 [M, K] (K % 32 == 0) as the casts read it (unit column stride,
+    16-byte aligned rows; "quantizing_skinny": contiguous bfloat16 or float16), M <= SM90_SKINNY_MAX_M
+    for the skinny kernels; b_q, b_s: the MXFP8 weight as for ``sm90_mxfp8_skinny_mm``; bias: None or
+    bfloat16, float16 or float32 [N]; out: [M, N] of x's dtype; scaling: "rceil" or "floor". On one
+    CUDA device of compute capability 9.0, 16-byte aligned. The workspace comes from torch's
+    allocator. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    """
+    fn = "sm90_mxfp8_linear"
+    if checked:
+        if scaling not in SCALINGS:
+            raise ValueError(f"dq_kernels.native.{fn}: scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
+        lib, x_code, m, n, k = _linear_args(fn, "mxfp8", x, b_q, b_s, bias, out, kernel, {})
+    else:
+        lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
+    workspace = _linear_workspace("mxfp8", kernel, m, n, k, out.device)
+    args = (x.data_ptr(), x_code, x.stride(0), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(),
+            m, n, k, SCALINGS[scaling], SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
+    _launch(fn, lib.dq_sm90_mxfp8_linear, out.device, *args)
+
+
+def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: str, *, checked: bool = True) -> None:
+    """out = nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias) in one call
+    (csrc/sm90_linear.cu), as ``sm90_mxfp8_linear`` does for MXFP8 ("mixed": x rounded to NVFP4 and
+    decoded to float16 without its tensor scale, which the GEMM applies).
+
+    x, bias, out, kernel as for ``sm90_mxfp8_linear`` (K % 32 == 0); b_q, b_s, b_ts: the NVFP4
+    weight as for ``sm90_nvfp4_skinny_mm``; activation_scale: None for the dynamic tensor scale
+    amax(|x|) / 2688, or the given one (one float32 on x's device). ``checked`` as for
+    ``sm90_mxfp8_skinny_mm``.
+    """
+    fn = "sm90_nvfp4_linear"
+    if checked:
+        extra = {"b_ts": b_ts} if activation_scale is None else {"b_ts": b_ts, "activation_scale": activation_scale}
+        lib, x_code, m, n, k = _linear_args(fn, "nvfp4", x, b_q, b_s, bias, out, kernel, extra)
+    else:
+        lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
+    workspace = _linear_workspace("nvfp4", kernel, m, n, k, out.device)
+    a_ts_ptr = None if activation_scale is None else activation_scale.data_ptr()
+    args = (x.data_ptr(), x_code, x.stride(0), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts_ptr,
+            *_bias_args(bias), out.data_ptr(), m, n, k, SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
+    _launch(fn, lib.dq_sm90_nvfp4_linear, out.device, *args)
 
 
 def _check_tokens(fn: str, tokens: int) -> None:
@@ -775,7 +890,7 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
 
     a: bfloat16 [M, K] (for an MXFP8 activation: its exact decode); b_q, b_s: the MXFP8 weight as for
-    ``sm90_mxfp8_skinny_mm``; bias: None or float32 [N]; out: [M, N] float32, bfloat16 or float16. All
+    ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32, bfloat16 or float16. All
     contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up to the float32
     accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
     tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
@@ -793,9 +908,8 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
         lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
     else:
         lib, code, (m, k), n = _library().lib, _dtype_code(out.dtype), a.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
     workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
-    args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), bias_ptr, out.data_ptr(), m, n, k, code, tokens)
+    args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(), m, n, k, code, tokens)
     _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args, *_pointer_and_bytes(workspace))
 
 
@@ -820,9 +934,8 @@ def sm90_nvfp4_mixed_mm(
         lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
     else:
         lib, code, a_code, (m, k), n = _library().lib, _dtype_code(out.dtype), _dtype_code(a.dtype), a.shape, b_q.shape[0]
-    bias_ptr = None if bias is None else bias.data_ptr()
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
-    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), bias_ptr)
+    args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), *_bias_args(bias))
     workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
     args += (out.data_ptr(), m, n, k, code, tokens, *_pointer_and_bytes(workspace))
     _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args)

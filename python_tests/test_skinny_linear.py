@@ -1,10 +1,11 @@
-"""The fused quantized Linear at small M on Hopper: the skinny kernels quantizing their bf16/f16
-activation themselves (``dq_sm90_*_skinny_linear``, one native launch), and where the linear ops
-take it (``backends.plan_linear``).
+"""A quantized Linear on Hopper in one native call: the skinny kernels quantizing their bf16/f16
+activation themselves (``dq_sm90_*_skinny_linear``, one launch), the cast and the GEMM enqueued by
+one call (``dq_sm90_*_linear``, csrc/sm90_linear.cu), and where the linear ops take them
+(``backends.plan_linear``, ``cutlass.linear_kernel``).
 
 The CPU tests fake an sm_90 device and a native library with the sm90_gemm family (no kernel runs);
-the GPU tests (``gpu`` marker, an H100) compare the fused kernels with the cast
-(``formats.quantize_*`` on the GPU) followed by the skinny mm kernels, bit for bit.
+the GPU tests (``gpu`` marker, an H100) compare them with the cast (``formats.quantize_*`` on the
+GPU) followed by the GEMM kernels, bit for bit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kernel_checks import fake_capability, family_built
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native, ops
+from dq_kernels.backends import cutlass
 
 CUDA = torch.device("cuda", 0)
 
@@ -39,26 +41,39 @@ def plan(fmt, m, dtype=torch.bfloat16, device=CUDA, cast_backend=None, mm_backen
 
 @pytest.mark.usefixtures("hopper_with_library")
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_fused_where_cutlass_runs_the_mm_up_to_the_limit(fmt):
-    """Fused wherever the chosen mm backend is cutlass (its skinny kernels) and M is at most
-    FUSED_LINEAR_MAX_M; auto's choice of mm decides (MXFP8 above M = 8 runs triton_sm90: not fused)."""
-    limit = backends.FUSED_LINEAR_MAX_M[(9, 0)]
-    for m in (1, 8, limit, limit + 1, native.SM90_SKINNY_MAX_M, native.SM90_SKINNY_MAX_M + 1):
+def test_one_call_wherever_cutlass_runs_the_mm(fmt):
+    """One call wherever the chosen mm backend is cutlass, at every M; auto's choice of mm decides
+    (MXFP8 runs triton_sm90 at some M up to 64 and decode_cublas above 2048: two steps there)."""
+    for m in (1, 2, 8, 9, 16, native.SM90_SKINNY_MAX_M, native.SM90_SKINNY_MAX_M + 1, 4096):
         chosen = plan(fmt, m)
-        assert chosen.fused == (chosen.mm.spec.name == "cutlass" and m <= limit), (m, chosen)
+        assert chosen.fused == (chosen.mm.spec.name == "cutlass"), (m, chosen)
         assert not (chosen.fused and chosen.decoded)
-        named = plan(fmt, m, mm_backend="cutlass")
-        assert named.fused == (m <= limit), m
-    assert plan(fmt, 1).fused
-    assert not plan("mxfp8", 9).fused  # triton_sm90 (backends.SM90_SKINNY_BEST_MAX_M)
+        assert plan(fmt, m, mm_backend="cutlass").fused, m
+    assert plan(fmt, 1).fused and plan(fmt, 300).fused
+    assert not plan("mxfp8", 4096).fused  # decode_cublas (backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M)
+
+
+def test_linear_kernel_by_m_and_dtype():
+    """The skinny kernel quantizes the activation itself at M <= QUANTIZING_SKINNY_MAX_M (bf16 and
+    f16 only); the cast then the skinny kernel up to M = 64; the decoded cast and the mixed-input
+    kernel above."""
+    limit = cutlass.QUANTIZING_SKINNY_MAX_M
+    for dtype in (torch.bfloat16, torch.float16):
+        assert cutlass.linear_kernel(1, dtype) == "quantizing_skinny"
+        assert cutlass.linear_kernel(limit, dtype) == "quantizing_skinny"
+        assert cutlass.linear_kernel(limit + 1, dtype) == "skinny"
+    assert cutlass.linear_kernel(1, torch.float32) == "skinny"
+    assert cutlass.linear_kernel(native.SM90_SKINNY_MAX_M, torch.bfloat16) == "skinny"
+    assert cutlass.linear_kernel(native.SM90_SKINNY_MAX_M + 1, torch.bfloat16) == "mixed"
+    assert set(native.SM90_LINEAR_KERNELS) == {"quantizing_skinny", "skinny", "mixed"}
 
 
 @pytest.mark.usefixtures("hopper_with_library")
-def test_not_fused_for_float32_a_named_cast_or_another_mm():
-    """The kernels take bf16/f16 activations; a cast the call names runs as named; an mm backend
-    without a fused linear runs cast + mm."""
+def test_two_steps_for_a_named_cast_or_another_mm():
+    """A cast the call names runs as named; an mm backend without a one-call linear runs cast + mm.
+    A float32 activation runs in one call too (the cast reads it; no quantizing kernel)."""
     assert plan("nvfp4", 1, torch.float16).fused
-    assert not plan("nvfp4", 1, torch.float32).fused
+    assert plan("nvfp4", 1, torch.float32).fused
     assert not plan("nvfp4", 1, cast_backend="triton_cast").fused
     assert not plan("nvfp4", 1, mm_backend="triton_sm90").fused
     assert not plan("mxfp8", 1, preferred="triton_sm90").fused
@@ -188,14 +203,14 @@ def test_fused_special_values_match():
 
 @pytest.mark.gpu
 @needs_hopper_kernel
-@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("m", [1, 16, 65, 300])
 def test_linear_ops_fuse_on_hopper_bit_for_bit(m):
-    """The ops and their eager entry points run the fused kernel (one launch) at M <=
-    FUSED_LINEAR_MAX_M, and give what cast + mm give either way (a named cast backend runs unfused)."""
+    """The ops and their eager entry points run cast and GEMM in one native call, and give what
+    cast + mm give in two steps (a named cast backend runs them so)."""
     k, n = 3072, 272
     x = activation(m, k, torch.bfloat16, seed=m)
     (b_q, b_s), bias = weight_and_bias("mxfp8", n, k, seed=3)
-    assert plan("mxfp8", m, mm_backend="cutlass").fused == (m <= backends.FUSED_LINEAR_MAX_M[(9, 0)])
+    assert plan("mxfp8", m, mm_backend="cutlass").fused
     unfused = dq.mxfp8_linear(x, b_q, b_s, bias, cast_backend="triton_cast", mm_backend="cutlass")
     assert torch.equal(dq.mxfp8_linear(x, b_q, b_s, bias, mm_backend="cutlass"), unfused)
     assert torch.equal(ops.mxfp8_linear_eager(x, b_q, b_s, bias, "rceil", "cutlass"), unfused)
@@ -219,3 +234,78 @@ def test_fused_kernels_refuse_what_they_cannot_run():
         native.sm90_mxfp8_skinny_linear(x[:64], b_q, b_s, None, out[:64], "round")
     with pytest.raises(ValueError, match="out must have a's dtype"):
         native.sm90_mxfp8_skinny_linear(x[:64], b_q, b_s, None, out[:64].float())
+
+
+LINEAR_CASES = [(1, "quantizing_skinny"), (1, "skinny"), (16, "skinny"), (64, "skinny"), (1, "mixed"), (65, "mixed"),
+                (300, "mixed")]
+
+
+def _bias_dtypes(bias):
+    return [None, bias, bias.to(torch.bfloat16), bias.to(torch.float16)]
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, kernel", LINEAR_CASES)
+def test_one_call_mxfp8_linear_equals_cast_and_gemm(m, kernel, dtype):
+    """``native.sm90_mxfp8_linear`` with each kernel against the cast and the GEMM as two native
+    calls, for every bias dtype (the kernels read it as float32) and a row-strided x."""
+    k, n = 4160, 136
+    wide = activation(m, k + 64, dtype, seed=m)
+    x = wide[:, :k] if kernel != "quantizing_skinny" else wide[:, :k].contiguous()
+    (b_q, b_s), bias = weight_and_bias("mxfp8", n, k, seed=5)
+    for b in _bias_dtypes(bias):
+        f32 = None if b is None else b.float()
+        expected = torch.empty(m, n, dtype=dtype, device=CUDA)
+        if kernel == "mixed":
+            native.sm90_mxfp8_mixed_mm(formats.quantize_dequantize_mxfp8(x), b_q, b_s, f32, expected)
+        else:
+            native.sm90_mxfp8_skinny_mm(*formats.quantize_mxfp8(x), b_q, b_s, f32, expected)
+        out = torch.empty(m, n, dtype=dtype, device=CUDA)
+        native.sm90_mxfp8_linear(x, b_q, b_s, b, out, "rceil", kernel)
+        assert torch.equal(out, expected), None if b is None else b.dtype
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, kernel", LINEAR_CASES)
+def test_one_call_nvfp4_linear_equals_cast_and_gemm(m, kernel, dtype):
+    """``native.sm90_nvfp4_linear`` as above, with a dynamic and a given activation tensor scale."""
+    k, n = 4160, 136
+    wide = activation(m, k + 64, dtype, seed=m)
+    x = wide[:, :k] if kernel != "quantizing_skinny" else wide[:, :k].contiguous()
+    (b_q, b_s, b_ts), bias = weight_and_bias("nvfp4", n, k, seed=5)
+    b_ts = b_ts.reshape(())
+    for activation_scale in (None, torch.tensor(0.05, device=CUDA)):
+        for b in _bias_dtypes(bias):
+            f32 = None if b is None else b.float()
+            expected = torch.empty(m, n, dtype=dtype, device=CUDA)
+            if kernel == "mixed":
+                values, a_ts = formats.quantize_dequantize_nvfp4(x, activation_scale)
+                native.sm90_nvfp4_mixed_mm(values, b_q, b_s, a_ts.reshape(()), b_ts, f32, expected)
+            else:
+                a_q, a_s, a_ts = formats.quantize_nvfp4(x, activation_scale)
+                native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts.reshape(()), b_q, b_s, b_ts, f32, expected)
+            out = torch.empty(m, n, dtype=dtype, device=CUDA)
+            native.sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, b, out, kernel)
+            assert torch.equal(out, expected), (activation_scale, None if b is None else b.dtype)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+def test_one_call_linear_refuses_what_it_cannot_run():
+    x = activation(65, 64, torch.bfloat16, seed=0)
+    (b_q, b_s), _ = weight_and_bias("mxfp8", 8, 64, seed=0)
+    out = torch.empty(65, 8, dtype=torch.bfloat16, device=CUDA)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        native.sm90_mxfp8_linear(x, b_q, b_s, None, out, "rceil", "fast")
+    with pytest.raises(ValueError, match="takes 1 to 64 rows"):
+        native.sm90_mxfp8_linear(x, b_q, b_s, None, out, "rceil", "skinny")
+    with pytest.raises(ValueError, match="contiguous bfloat16 or float16"):
+        native.sm90_mxfp8_linear(x[:1].float(), b_q, b_s, None, out[:1].float(), "rceil", "quantizing_skinny")
+    with pytest.raises(ValueError, match="out must have x's dtype"):
+        native.sm90_mxfp8_linear(x, b_q, b_s, None, out.float(), "rceil", "mixed")
+    with pytest.raises(ValueError, match="bias must be"):
+        native.sm90_mxfp8_linear(x, b_q, b_s, torch.zeros(8, dtype=torch.int32, device=CUDA), out, "rceil", "mixed")

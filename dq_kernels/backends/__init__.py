@@ -185,16 +185,6 @@ SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny ker
 # tensor scales and loses everywhere.
 SM90_MXFP8_DECODE_CUBLAS_MIN_M = 2049
 
-# The largest M at which a quantized Linear runs as one fused call where its mm backend offers one
-# (``Backend.fuses_linear``: on 9.0 cutlass's skinny kernels quantize the activation themselves),
-# per compute capability. Every CTA of the fused kernel quantizes the whole activation, so its work
-# grows with M (NVFP4: about 20 instructions per element, 5x the weight decode's per chunk at M = 16)
-# while the launches it saves (the cast's: about 3 us of GPU time for MXFP8 and 10 us for a dynamic
-# NVFP4 scale at 1x3072x18432) do not; at M = 1 the whole warp quantizes the one token (1.3x / 1.6x
-# the instructions of the mm alone, estimated). Measured on the H100 (benchmarks/h5-device.sh,
-# docs/skinny-kernels.md): fusing wins at M = 1 and loses from M = 2 on at most shapes.
-FUSED_LINEAR_MAX_M = {(9, 0): 1}
-
 
 def _rank_cast(op: str) -> tuple[str, ...]:
     """The casts on 9.0, 10.x and 12.x: cutlass's CUDA cast first for NVFP4 (9.0 vs 13.8 us at
@@ -467,8 +457,8 @@ class LinearPlan:
     the GEMM; with ``decoded`` the cast hands the GEMM its activation rounded to the format's grid
     and decoded (``quantize_dequantize_*`` then ``*_mm_decoded``), in one pass, so the quantized
     activation is never written; with ``fused`` the mm backend runs the whole Linear in one call
-    (``mxfp8_linear`` / ``nvfp4_linear``: the activation quantized inside its GEMM) and ``cast``
-    is not used. The result is the same bit for bit either way."""
+    (``mxfp8_linear`` / ``nvfp4_linear``: its own cast and its GEMM, for the host time of one call)
+    and ``cast`` is not used. The result is the same bit for bit either way."""
 
     cast: Backend
     mm: Backend
@@ -487,21 +477,18 @@ def plan_linear(
     """The plan of a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") for x [m, k] of ``dtype`` and
     a weight [n, k]: the two steps selected as ``select`` does (``cast_backend`` / ``mm_backend``
     are their ``backend=`` arguments, ``preferred`` the weight's backend); whether the mm backend
-    runs the Linear fused (it offers that for this device, M and dtype, M is at most
-    ``FUSED_LINEAR_MAX_M`` of the device, and the cast is not one the call named nor a registered
-    backend, which would then not run); else whether the one-pass decoded hand-over applies (the mm
-    backend's kernel takes its activation decoded at this M, and the cast backend can produce it)."""
-    cast = select(f"quantize_{fmt}", device, m, k, k, cast_backend, preferred)
-    mm = select(f"{fmt}_mm", device, m, n, k, mm_backend, preferred)
-    key = (cast, mm, fmt, device, m, dtype, cast_backend is None)
+    runs the Linear fused (it offers that for this device, M and dtype, and the cast is not one the
+    call named nor a registered backend, which would then not run); else whether the one-pass
+    decoded hand-over applies (the mm backend's kernel takes its activation decoded at this M, and
+    the cast backend can produce it). Cached per call and the scoped name in effect, as ``select``."""
+    key = (fmt, device, m, n, k, dtype, cast_backend, mm_backend, preferred, _CHOSEN.get() or env_backend())
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= KEPT_SELECTIONS:
             _PLANS.clear()
-        max_m = FUSED_LINEAR_MAX_M.get(base.capability(device), 0) if device.type == "cuda" else 0
-        fused = (
-            m <= max_m and cast_backend is None and cast not in user_backends and mm.fuses_linear(fmt, device, m, dtype)
-        )
+        cast = select(f"quantize_{fmt}", device, m, k, k, cast_backend, preferred)
+        mm = select(f"{fmt}_mm", device, m, n, k, mm_backend, preferred)
+        fused = cast_backend is None and cast not in user_backends and mm.fuses_linear(fmt, device, m, dtype)
         decoded = not fused and mm.takes_decoded_activation(f"{fmt}_mm", device, m) and cast.can_quantize_dequantize(fmt)
         checked = cast in user_backends or mm in user_backends
         plan = _PLANS[key] = LinearPlan(cast, mm, decoded, fused, checked)

@@ -15,10 +15,11 @@ and its activation casts.
     ``nvfp4_mm`` decode their quantized activation with the native dequantize kernel first; the
     linear ops hand over the cast kernel's one-pass decode instead (``*_mm_decoded``,
     ``takes_decoded_activation``); a W4A16 activation goes in as it is.
-  - A quantized Linear at M <= 64 with a bf16/f16 activation (``fuses_linear``): the skinny kernel
-    quantizes the activation itself, so ``mxfp8_linear`` / ``nvfp4_linear`` are one native launch,
-    bit for bit the cast followed by ``mxfp8_mm`` / ``nvfp4_mm`` (``backends.plan_linear`` decides
-    where the linear ops take it).
+  - A quantized Linear (``fuses_linear``): ``mxfp8_linear`` / ``nvfp4_linear`` are one native call
+    (csrc/sm90_linear.cu), the CUDA cast and the GEMM enqueued back to back, bit for bit the cast
+    followed by ``mxfp8_mm`` / ``nvfp4_mm``: at M <= ``QUANTIZING_SKINNY_MAX_M`` one launch (the
+    skinny kernel quantizes a bf16/f16 activation itself), up to M = 64 the cast and the skinny
+    kernel, above it the one-pass decoded cast and the mixed-input kernel (``linear_kernel``).
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
 
@@ -28,8 +29,9 @@ would repeat them on every call of a model's Linear.
 
 out = alpha * (a @ b.T) + bias, accumulated in float32, with alpha = a_ts * b_ts for NVFP4 (read on
 the device, so CUDA graphs see no host synchronization) and 1 for MXFP8; W4A16 returns a's dtype
-(a float32 activation is computed by the reference path). The bias goes in as float32 (exact for
-every bias dtype; the reference adds it in float32). Output: the sm_90a kernels write bfloat16,
+(a float32 activation is computed by the reference path). The sm_90a kernels read the bias in its
+own dtype as float32 (exact; the reference adds it in float32 too), the sm_100a ones take it
+converted to float32. Output: the sm_90a kernels write bfloat16,
 float16 or float32; the sm_100a kernels bfloat16 or float32, and a float16 output is their float32
 result cast once, which is how the reference rounds it too.
 
@@ -54,6 +56,15 @@ from .base import Backend, BackendSpec, aligned_16, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY, (10, 3): native.SM100_FAMILY}
+
+# The largest M at which a Linear on 9.0 runs the skinny kernel that quantizes its bf16/f16
+# activation itself (one launch instead of the cast's and the GEMM's). Every CTA of that kernel
+# quantizes the whole activation, so its work grows with M (NVFP4: about 20 instructions per
+# element, 5x the weight decode's per chunk at M = 16) while the launch it saves (the cast's: about
+# 3 us of GPU time for MXFP8 and 10 us for a dynamic NVFP4 scale at 1x3072x18432) does not.
+# Measured on the H100 (benchmarks/h5-device.sh, docs/skinny-kernels.md): it wins at M = 1 and
+# loses from M = 2 on at most shapes.
+QUANTIZING_SKINNY_MAX_M = 1
 
 
 def _on_hopper(device: torch.device) -> bool:
@@ -109,6 +120,19 @@ def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch
     return a
 
 
+def linear_kernel(m: int, dtype: torch.dtype) -> str:
+    """The kernel a Linear of m rows with an activation of ``dtype`` runs on 9.0 after its cast
+    (``native.SM90_LINEAR_KERNELS``)."""
+    if m <= QUANTIZING_SKINNY_MAX_M and dtype != torch.float32:
+        return "quantizing_skinny"
+    return "skinny" if m <= native.SM90_SKINNY_MAX_M else "mixed"
+
+
+def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as the sm_90a kernels read it: None, or [N] in its own dtype, contiguous, 16-byte aligned."""
+    return None if bias is None else aligned_16(bias.contiguous())
+
+
 def _kernel_output(m: int, n: int, out_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The [m, n] output buffer the kernels write: out_dtype, or float32 for a float16 output on
     sm_100a (whose kernels write no float16; the sm_90a kernel does)."""
@@ -162,40 +186,43 @@ class CutlassBackend(Backend):
         return _on_hopper(device) and m > native.SM90_SKINNY_MAX_M
 
     def fuses_linear(self, fmt, device, m, dtype):
-        return _skinny(device, m) and dtype in (torch.bfloat16, torch.float16)
+        return _on_hopper(device)
 
     def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
-        """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one launch, for x
-        bfloat16/float16 [M, K] with M <= 64 on 9.0 (``fuses_linear``)."""
-        x, b_q, b_s, bias = aligned_16(x.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one native call, for x
+        [M, K] on 9.0 (``fuses_linear``; ``linear_kernel`` picks the GEMM)."""
+        kernel = linear_kernel(x.shape[0], x.dtype)
+        x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
         out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
-        native.sm90_mxfp8_skinny_linear(x, b_q, b_s, bias, out, scaling, checked=False)
+        native.sm90_mxfp8_linear(x, aligned_16(b_q), aligned_16(b_s), _bias(bias), out, scaling, kernel, checked=False)
         return out
 
     def nvfp4_linear(self, x, b_q, b_s, b_ts, activation_scale, bias):
         """nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias, x.dtype) in one
-        launch, for x bfloat16/float16 [M, K] with M <= 64 on 9.0 (``fuses_linear``); a None
-        activation_scale: the dynamic one, computed in the kernel."""
-        x, b_q, b_s, bias = aligned_16(x.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        native call, for x [M, K] on 9.0 (``fuses_linear``); a None activation_scale: the dynamic
+        one, computed in the same call."""
+        kernel = linear_kernel(x.shape[0], x.dtype)
+        x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
         a_ts = None if activation_scale is None else activation_scale.reshape(())
         out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
-        native.sm90_nvfp4_skinny_linear(x, b_q, b_s, a_ts, b_ts.reshape(()), bias, out, checked=False)
+        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), a_ts, _bias(bias), out, kernel,
+                                 checked=False)
         return out
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
             return self.mxfp8_mm_decoded(_decoded_activation("mxfp8", aligned_16(a_q), a_s), b_q, b_s, bias, out_dtype)
-        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        a_q, a_s, b_q, b_s = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, checked=False)
+            native.sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, _bias(bias), out, checked=False)
         else:
-            native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, bias, out)
+            native.sm100_mxfp8_mm(a_q, a_s, b_q, b_s, float32_bias(bias), out)
         return out.to(out_dtype)
 
     def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
         """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
-        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
         native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
         return out
@@ -204,19 +231,19 @@ class CutlassBackend(Backend):
         if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
             a = _decoded_activation("nvfp4", aligned_16(a_q), a_s)
             return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
-        a_q, a_s, b_q, b_s, bias = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        a_q, a_s, b_q, b_s = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
         a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         if _skinny(a_q.device, a_q.shape[0]):
-            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, checked=False)
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, _bias(bias), out, checked=False)
         else:
-            native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out)
+            native.sm100_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, float32_bias(bias), out)
         return out.to(out_dtype)
 
     def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
         a [M, K] float16 (its tensor scale a_ts apart)."""
-        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), float32_bias(bias)
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
         native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
         return out
@@ -224,7 +251,7 @@ class CutlassBackend(Backend):
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
             return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), float32_bias(bias)
+        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), _bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
         if _skinny(a.device, a.shape[0]):
             native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)

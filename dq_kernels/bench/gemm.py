@@ -31,6 +31,7 @@ from tqdm import tqdm
 import dq_kernels
 import dq_kernels.backends
 from dq_kernels import formats
+from dq_kernels.backends import cutlass
 from dq_kernels.bench import report, timing
 from dq_kernels.bench.shapes import Shape
 
@@ -230,13 +231,18 @@ def runs_on(case: ShapeCase, fmt: str, backend: str) -> str:
     return dq_kernels.backends.select(MM_OPS[fmt], case.a.device, s.M, s.N, s.K, AUTO).spec.name
 
 
-def fused_linear(case: ShapeCase, fmt: str, backend: str) -> bool:
-    """Whether a linear row runs as one fused call (``backends.LinearPlan.fused``: the GEMM kernel
-    quantizes the activation itself)."""
+def linear_note(case: ShapeCase, fmt: str, backend: str) -> str:
+    """How a linear row's cast runs, for its config: " one call" where the mm backend runs cast and
+    GEMM in one call (``backends.LinearPlan.fused``), with ", cast in GEMM" where the GEMM kernel
+    quantizes the activation itself (``cutlass.linear_kernel``); "" otherwise."""
     if fmt not in ("mxfp8", "nvfp4"):
-        return False
+        return ""
     s = case.shape
-    return dq_kernels.backends.plan_linear(fmt, case.a.device, s.M, s.N, s.K, case.a.dtype, None, backend).fused
+    plan = dq_kernels.backends.plan_linear(fmt, case.a.device, s.M, s.N, s.K, case.a.dtype, None, backend)
+    if not plan.fused:
+        return ""
+    in_gemm = plan.mm.spec.name == "cutlass" and cutlass.linear_kernel(s.M, case.a.dtype) == "quantizing_skinny"
+    return " one call, cast in GEMM" if in_gemm else " one call"
 
 
 def transient_mib(case: ShapeCase, fmt: str, op: str, backend: str) -> float | None:
@@ -267,8 +273,8 @@ def bench_shape(case: ShapeCase, triples: Sequence[tuple[str, str, str]], timed:
             config = kernel_config(fmt, name, case.shape)
             if name != backend:
                 config = f"{name} {config}".rstrip()
-            if op == "linear" and fused_linear(case, fmt, backend):
-                config += " fused cast"
+            if op == "linear":
+                config += linear_note(case, fmt, backend)
             rows.append(Row(case.shape, fmt, backend, us, error, config, op=op,
                             transient_mib=transient_mib(case, fmt, op, name)))
         progress.update()
