@@ -296,7 +296,7 @@ def _linear(x: torch.Tensor, w: QuantizedWeight, bias: torch.Tensor | None) -> t
         )
     if w.transposed:
         raise ValueError("dq_kernels: F.linear takes the weight as [N, K]; got a transposed quantized weight")
-    n, k = w.shape
+    n, k = w.qdata.shape[0], w.qdata.shape[1] * w.fmt.elements_per_byte  # w.shape would dispatch __torch_function__
     if x.shape[-1] != k:
         raise ValueError(f"dq_kernels: input of shape {tuple(x.shape)} does not match the weight [N={n}, K={k}]")
     if x.numel() == 0:  # an empty batch: nothing to quantize (the ops reject M = 0)
