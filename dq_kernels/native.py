@@ -353,42 +353,47 @@ def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
         raise RuntimeError(f"dq_kernels.native.{fn}: {entry_point.__name__} returned {code}: {message}")
 
 
-def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, out: torch.Tensor, *, checked: bool = True) -> None:
     """Decode MXFP8 into ``out`` with the native kernel (bit-identical to ``formats.dequantize_mxfp8``).
 
     q: float8_e4m3fn (or uint8) [M, K], K % 32 == 0, 16-byte aligned; s: uint8 E8M0 scales in the
     128x4 swizzled layout (round_up(M, 128) * round_up(K / 32, 4) elements); out: [M, K] float32,
     bfloat16 or float16, 16-byte aligned. All contiguous, on one CUDA device. Enqueued on the
-    current stream; returns without synchronizing.
+    current stream; returns without synchronizing. ``checked=False`` skips the argument checks, for
+    callers that guarantee all of the above (the backends, on operands the ops checked).
     """
     fn = "dequantize_mxfp8"
     m, k = q.shape
-    lib, code = _check_operands(fn, {"q": q, "s": s, "out": out}, out, (m, k), {"q": 16, "out": 16})
-    _check_scales(fn, s, m, k // 32)
+    if checked:
+        lib, code = _check_operands(fn, {"q": q, "s": s, "out": out}, out, (m, k), {"q": 16, "out": 16})
+        _check_scales(fn, s, m, k // 32)
+    else:
+        lib, code = _library().lib, _dtype_code(out.dtype)
     _launch(fn, lib.dq_dequantize_mxfp8, out.device, q.data_ptr(), s.data_ptr(), out.data_ptr(), m, k, code)
 
 
-def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tensor | None, out: torch.Tensor) -> None:
+def dequantize_nvfp4(
+    q: torch.Tensor, s: torch.Tensor, tensor_scale: torch.Tensor | None, out: torch.Tensor, *, checked: bool = True
+) -> None:
     """Decode NVFP4 into ``out`` with the native kernel (bit-identical to ``formats.dequantize_nvfp4``).
 
     q: uint8 [M, K / 2] (element 2i in the low nibble), K % 16 == 0, 8-byte aligned; s:
     float8_e4m3fn scales in the 128x4 swizzled layout (round_up(M, 128) * round_up(K / 16, 4)
     elements); tensor_scale: float32 with one element, or None for 1 (e2m1 x e4m3 alone); out:
     [M, K] float32, bfloat16 or float16, 16-byte aligned. All contiguous, on one CUDA device.
-    Enqueued on the current stream; returns without synchronizing.
+    Enqueued on the current stream; returns without synchronizing. ``checked`` as for
+    ``dequantize_mxfp8``.
     """
-    import torch
-
     fn = "dequantize_nvfp4"
     m, k = q.shape[0], q.shape[1] * 2
-    tensors = {"q": q, "s": s, "out": out} | ({} if tensor_scale is None else {"tensor_scale": tensor_scale})
-    lib, code = _check_operands(fn, tensors, out, (m, k), {"q": 8, "out": 16})
-    _check_scales(fn, s, m, k // 16)
-    if tensor_scale is not None and (tensor_scale.dtype != torch.float32 or tensor_scale.numel() != 1):
-        raise ValueError(
-            f"dq_kernels.native.{fn}: tensor_scale must be one float32, "
-            f"got {tensor_scale.dtype} of shape {tuple(tensor_scale.shape)}"
-        )
+    if checked:
+        tensors = {"q": q, "s": s, "out": out} | ({} if tensor_scale is None else {"tensor_scale": tensor_scale})
+        lib, code = _check_operands(fn, tensors, out, (m, k), {"q": 8, "out": 16})
+        _check_scales(fn, s, m, k // 16)
+        if tensor_scale is not None:
+            _check_tensor_scales(fn, tensor_scale=tensor_scale)
+    else:
+        lib, code = _library().lib, _dtype_code(out.dtype)
     ts_ptr = None if tensor_scale is None else tensor_scale.data_ptr()
     args = (q.data_ptr(), s.data_ptr(), ts_ptr, out.data_ptr(), m, k, code)
     _launch(fn, lib.dq_dequantize_nvfp4, out.device, *args)

@@ -79,7 +79,7 @@ def _skinny(device: torch.device, m: int) -> bool:
 def _cast_input(x: torch.Tensor) -> torch.Tensor:
     """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
     16-byte aligned rows), copied only where no such view exists."""
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if not native.cast_layout_ok(x2):
         x2 = x2.clone(memory_format=torch.contiguous_format)
     return x2
@@ -113,10 +113,10 @@ def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch
     dequantize kernel: MXFP8 to bfloat16, NVFP4 to float16 without its tensor scale."""
     if fmt == "mxfp8":
         a = torch.empty(a_q.shape, dtype=torch.bfloat16, device=a_q.device)
-        native.dequantize_mxfp8(a_q, a_s, a)
+        native.dequantize_mxfp8(a_q, a_s, a, checked=False)
         return a
     a = torch.empty(a_q.shape[0], 2 * a_q.shape[1], dtype=torch.float16, device=a_q.device)
-    native.dequantize_nvfp4(a_q, a_s, None, a)  # no tensor scale: the GEMM applies it
+    native.dequantize_nvfp4(a_q, a_s, None, a, checked=False)  # no tensor scale: the GEMM applies it
     return a
 
 

@@ -42,7 +42,7 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> to
     if not _use_native(q, 16):
         return formats.dequantize_mxfp8(q, s, dtype)
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
-    native.dequantize_mxfp8(q, s, out)
+    native.dequantize_mxfp8(q, s, out, checked=False)
     return out
 
 
@@ -53,7 +53,7 @@ def dequantize_nvfp4(q: torch.Tensor, s: torch.Tensor, ts: torch.Tensor | None, 
         ts = torch.ones((), dtype=torch.float32, device=q.device) if ts is None else ts
         return formats.dequantize_nvfp4(q, s, ts, dtype)
     out = torch.empty(q.shape[0], q.shape[1] * 2, dtype=dtype, device=q.device)
-    native.dequantize_nvfp4(q, s, ts, out)
+    native.dequantize_nvfp4(q, s, ts, out, checked=False)
     return out
 
 
