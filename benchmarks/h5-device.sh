@@ -10,8 +10,8 @@
 #   gemm    dq-kernels bench gemm at 1x3072x18432 and 16x3072x18432, mm and linear, auto / cutlass /
 #           triton_sm90 (the linear rows of cutlass and auto at M <= 16 are the fused kernel)
 #   sweep   fused vs cast + skinny mm vs the skinny mm alone, M 1..64, to set
-#           backends.FUSED_LINEAR_MAX_M (the fused kernel's cost grows with M)
-#   host    dq-kernels bench host at M = 1 and 16 (fused at M = 1 only, backends.FUSED_LINEAR_MAX_M),
+#           cutlass.QUANTIZING_SKINNY_MAX_M (the fused kernel's cost grows with M)
+#   host    dq-kernels bench host at M = 1 and 16 (fused at M = 1 only, cutlass.QUANTIZING_SKINNY_MAX_M),
 #           then the same with the limit raised to 64 (NVFP4 fused at 16 too; MXFP8 at M = 16 runs
 #           triton_sm90's mm, unfused)
 set -uo pipefail
@@ -71,8 +71,8 @@ EOF
     host)
       python3 -m dq_kernels bench host --shape 1x3072x3072 16x3072x3072 --json "$out/h5-host.json" \
         >"$out/h5-host.log" 2>&1; tail -14 "$out/h5-host.log"
-      python3 -c "import torch; from dq_kernels import backends; from dq_kernels.bench import host
-backends.FUSED_LINEAR_MAX_M[(9, 0)] = 64
+      python3 -c "import torch; from dq_kernels.backends import cutlass; from dq_kernels.bench import host
+cutlass.QUANTIZING_SKINNY_MAX_M = 64
 rows, _ = host.run(((1, 3072, 3072), (16, 3072, 3072)), host.FORMATS, torch.device('cuda')); print(host.table(rows))" \
         >"$out/h5-host-fused-to-64.log" 2>&1; tail -14 "$out/h5-host-fused-to-64.log" ;;
     *) echo "unknown step $step"; exit 2 ;;

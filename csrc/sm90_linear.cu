@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "decode.cuh"
 #include "dq_kernels.h"
 
 namespace {
@@ -19,12 +20,15 @@ struct Layout {
   int64_t total = 0;
 };
 
+constexpr int64_t kSkinnyMaxTokens = 64;  // the skinny kernels' largest M
+
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
 // The layout for a weight [N, K] of `format` and an activation of M rows; DQ_OK or an error code.
 int layout_of(int format, int kernel, int64_t M, int64_t N, int64_t K, Layout* layout) {
   if (format != DQ_FORMAT_MXFP8 && format != DQ_FORMAT_NVFP4) return DQ_ERR_BAD_CONFIG;
-  if (M < 1 || K < 32 || K % 32 != 0 || N < 1) return DQ_ERR_BAD_SHAPE;
+  if (M < 1 || K < 32 || K % 32 != 0 || N < 1 || (kernel != DQ_SM90_LINEAR_MIXED && M > kSkinnyMaxTokens))
+    return DQ_ERR_BAD_SHAPE;
   const bool nvfp4 = format == DQ_FORMAT_NVFP4;
   Layout l;
   int64_t end = 0;
@@ -61,10 +65,17 @@ int layout_of(int format, int kernel, int64_t M, int64_t N, int64_t K, Layout* l
   return DQ_OK;
 }
 
-// The workspace's layout after the checks every Linear shares; DQ_OK or an error code.
+// The workspace's layout after the checks every Linear shares (those that would otherwise fail
+// only after the cast was enqueued: the GEMMs check the rest themselves); DQ_OK or an error code.
 int prepare(int format, int kernel, int64_t M, int64_t N, int64_t K, int64_t x_row_stride, int x_dtype,
+            const void* weight, const void* weight_scales, const void* bias, int bias_dtype, const void* out,
             void* workspace, int64_t workspace_bytes, Layout* layout) {
   if (int e = layout_of(format, kernel, M, N, K, layout)) return e;
+  if (!weight || !weight_scales || !out) return DQ_ERR_NULL_POINTER;
+  if (N % 8 != 0) return DQ_ERR_BAD_SHAPE;
+  if (!dq::bias_dtype_ok(bias, bias_dtype)) return DQ_ERR_BAD_DTYPE;
+  for (const void* p : {weight, weight_scales, bias, out})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return DQ_ERR_MISALIGNED;
   if (workspace_bytes < layout->total || (layout->total && !workspace)) return DQ_ERR_BAD_CONFIG;
   if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return DQ_ERR_MISALIGNED;
   if (x_dtype != DQ_FLOAT32 && x_dtype != DQ_BFLOAT16 && x_dtype != DQ_FLOAT16) return DQ_ERR_BAD_DTYPE;
@@ -95,7 +106,8 @@ extern "C" int dq_sm90_mxfp8_linear(const void* x, int x_dtype, int64_t x_row_st
                                     int64_t N, int64_t K, int scaling, int kernel, void* workspace,
                                     int64_t workspace_bytes, void* stream) {
   Layout l;
-  if (int e = prepare(DQ_FORMAT_MXFP8, kernel, M, N, K, x_row_stride, x_dtype, workspace, workspace_bytes, &l))
+  if (int e = prepare(DQ_FORMAT_MXFP8, kernel, M, N, K, x_row_stride, x_dtype, b_q, b_s, bias, bias_dtype, out,
+                      workspace, workspace_bytes, &l))
     return e;
   if (kernel == DQ_SM90_LINEAR_QUANTIZING_SKINNY)
     return dq_sm90_mxfp8_skinny_linear(x, x_dtype, b_q, b_s, bias, bias_dtype, out, M, N, K, scaling, stream);
@@ -115,7 +127,9 @@ extern "C" int dq_sm90_nvfp4_linear(const void* x, int x_dtype, int64_t x_row_st
                                     const void* bias, int bias_dtype, void* out, int64_t M, int64_t N, int64_t K,
                                     int kernel, void* workspace, int64_t workspace_bytes, void* stream) {
   Layout l;
-  if (int e = prepare(DQ_FORMAT_NVFP4, kernel, M, N, K, x_row_stride, x_dtype, workspace, workspace_bytes, &l))
+  if (!b_ts) return DQ_ERR_NULL_POINTER;
+  if (int e = prepare(DQ_FORMAT_NVFP4, kernel, M, N, K, x_row_stride, x_dtype, b_q, b_s, bias, bias_dtype, out,
+                      workspace, workspace_bytes, &l))
     return e;
   if (kernel == DQ_SM90_LINEAR_QUANTIZING_SKINNY)
     return dq_sm90_nvfp4_skinny_linear(x, x_dtype, b_q, b_s, activation_scale, b_ts, bias, bias_dtype, out, M, N, K,

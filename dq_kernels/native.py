@@ -189,7 +189,8 @@ def _declare_sm90_functions(lib: ctypes.CDLL) -> None:
     lib.dq_sm90_mixed_mm_plan.argtypes = [i64, i64, i64, i32, p, p, p, p, p]
     for fn in (lib.dq_sm90_mxfp8_skinny_mm, lib.dq_sm90_nvfp4_skinny_mm,
                lib.dq_sm90_nvfp4_w4a16_skinny_mm, lib.dq_sm90_mxfp8_skinny_linear, lib.dq_sm90_nvfp4_skinny_linear,
-               lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm, lib.dq_sm90_mixed_mm_plan):
+               lib.dq_sm90_mxfp8_mixed_mm, lib.dq_sm90_nvfp4_mixed_mm, lib.dq_sm90_mixed_mm_plan,
+               lib.dq_sm90_linear_workspace_bytes, lib.dq_sm90_mxfp8_linear, lib.dq_sm90_nvfp4_linear):
         fn.restype = i32
 
 
@@ -212,6 +213,7 @@ def _reset() -> None:
     _library.cache_clear()
     _family_runs_on.cache_clear()
     _plan_on.cache_clear()
+    _linear_workspace_bytes.cache_clear()
 
 
 def status() -> tuple[bool, str]:
@@ -657,8 +659,9 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, *, checked: bool = True)
 
 def sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out, *, checked: bool = True) -> None:
     """out = (a_ts * b_ts) * (a @ b.T) (+ bias), NVFP4 W4A4, with the Hopper kernel for few rows
-    (csrc/sm90_skinny_gemm.cu). Operands as for ``sm100_nvfp4_mm`` (out may also be float16), with
-    1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32 accumulation order. ``checked`` as for
+    (csrc/sm90_skinny_gemm.cu). Operands as for ``sm100_nvfp4_mm`` (out may also be float16, the
+    bias bfloat16, float16 or float32), with 1 <= M <= SM90_SKINNY_MAX_M. Exact up to the float32
+    accumulation order. ``checked`` as for
     ``sm90_mxfp8_skinny_mm``.
     """
     import torch
@@ -810,6 +813,12 @@ def _linear_args(fn, fmt, x, b_q, b_s, bias, out, kernel: str, tensor_scales: di
     return lib, x_code, m, n, k
 
 
+def _row_stride(x) -> int:
+    """x's row stride in elements, K for a contiguous x (torch calls a one-row view contiguous
+    whatever its row stride; the quantizing skinny kernel reads rows K apart)."""
+    return x.shape[1] if x.is_contiguous() else x.stride(0)
+
+
 @functools.lru_cache(maxsize=4096)
 def _linear_workspace_bytes(device_index: int, fmt: str, kernel: str, m: int, n: int, k: int) -> int:
     """The workspace bytes of ``sm90_*_linear`` (a function of the device's SM count and L2 size
@@ -856,7 +865,7 @@ def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, chec
     else:
         lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
     workspace = _linear_workspace("mxfp8", kernel, m, n, k, out.device)
-    args = (x.data_ptr(), x_code, x.stride(0), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(),
+    args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(),
             m, n, k, SCALINGS[scaling], SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
     _launch(fn, lib.dq_sm90_mxfp8_linear, out.device, *args)
 
@@ -879,7 +888,7 @@ def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: st
         lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
     workspace = _linear_workspace("nvfp4", kernel, m, n, k, out.device)
     a_ts_ptr = None if activation_scale is None else activation_scale.data_ptr()
-    args = (x.data_ptr(), x_code, x.stride(0), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts_ptr,
+    args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts_ptr,
             *_bias_args(bias), out.data_ptr(), m, n, k, SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
     _launch(fn, lib.dq_sm90_nvfp4_linear, out.device, *args)
 

@@ -28,8 +28,8 @@ The mm ops compute a @ b.T: a [M, K] and b [N, K] (b stored like a Linear weight
 format of ``dq_kernels.formats``; the output is [M, N] of ``out_dtype``, bias [N] added in the
 epilogue. ``nvfp4_weight_only_mm`` (W4A16) takes a in high precision and returns a's dtype.
 The linear ops are a quantized Linear in one op: the cast op on x [M, K] then the mm op, returning
-x's dtype; where the mm backend runs the Linear fused (``fuses_linear``: on 9.0 at small M the
-skinny GEMM quantizes the activation itself) the op is one native call; else where the mm backend
+x's dtype; where the mm backend runs the whole Linear (``fuses_linear``: cutlass on 9.0, its CUDA
+cast and GEMM from one native call) the op is one backend call; else where the mm backend
 takes its activation decoded (``takes_decoded_activation``) and the cast backend can round to the
 format's grid and decode in one pass, the quantized activation is never written. Same result every
 way (``backends.plan_linear`` decides). The decoded mm ops (``mxfp8_mm_decoded``,

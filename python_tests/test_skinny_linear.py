@@ -250,10 +250,11 @@ def _bias_dtypes(bias):
 @pytest.mark.parametrize("m, kernel", LINEAR_CASES)
 def test_one_call_mxfp8_linear_equals_cast_and_gemm(m, kernel, dtype):
     """``native.sm90_mxfp8_linear`` with each kernel against the cast and the GEMM as two native
-    calls, for every bias dtype (the kernels read it as float32) and a row-strided x."""
+    calls, for every bias dtype (the kernels read it as float32) and a row-strided x (at M = 1 one
+    that torch calls contiguous)."""
     k, n = 4160, 136
     wide = activation(m, k + 64, dtype, seed=m)
-    x = wide[:, :k] if kernel != "quantizing_skinny" else wide[:, :k].contiguous()
+    x = wide[:, :k]  # one row: torch calls it contiguous whatever its row stride
     (b_q, b_s), bias = weight_and_bias("mxfp8", n, k, seed=5)
     for b in _bias_dtypes(bias):
         f32 = None if b is None else b.float()
@@ -275,7 +276,7 @@ def test_one_call_nvfp4_linear_equals_cast_and_gemm(m, kernel, dtype):
     """``native.sm90_nvfp4_linear`` as above, with a dynamic and a given activation tensor scale."""
     k, n = 4160, 136
     wide = activation(m, k + 64, dtype, seed=m)
-    x = wide[:, :k] if kernel != "quantizing_skinny" else wide[:, :k].contiguous()
+    x = wide[:, :k]  # one row: torch calls it contiguous whatever its row stride
     (b_q, b_s, b_ts), bias = weight_and_bias("nvfp4", n, k, seed=5)
     b_ts = b_ts.reshape(())
     for activation_scale in (None, torch.tensor(0.05, device=CUDA)):

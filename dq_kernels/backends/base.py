@@ -112,8 +112,9 @@ def aligned_16(t: torch.Tensor) -> torch.Tensor:
 
 
 def float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    """The bias as the native (CUDA C++) kernels take it: None, or float32 [N], contiguous and
-    16-byte aligned (exact for every bias dtype; the reference adds it in float32 too)."""
+    """The bias as the sm_100a native kernels take it: None, or float32 [N], contiguous and 16-byte
+    aligned (exact for every bias dtype; the reference adds it in float32 too). The sm_90a kernels
+    read it in its own dtype."""
     if bias is None or (bias.dtype == torch.float32 and bias.is_contiguous() and bias.data_ptr() % 16 == 0):
         return bias
     return aligned_16(bias.to(torch.float32).contiguous())
@@ -206,9 +207,9 @@ class Backend:
 
     def fuses_linear(self, fmt: str, device: torch.device, m: int, dtype: torch.dtype) -> bool:
         """Whether this mm backend runs a whole quantized Linear of ``fmt`` for an activation of m
-        rows and ``dtype`` on ``device`` in one call, quantizing the activation inside its GEMM
-        (``mxfp8_linear(x, b_q, b_s, bias, scaling)`` / ``nvfp4_linear(x, b_q, b_s, b_ts,
-        activation_scale, bias)``, bit for bit the cast and the mm op)."""
+        rows and ``dtype`` on ``device`` in one call, its own cast included (``mxfp8_linear(x,
+        b_q, b_s, bias, scaling)`` / ``nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)``,
+        bit for bit the cast op and the mm op)."""
         return False
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
