@@ -15,6 +15,7 @@ import ctypes
 import functools
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -836,12 +837,8 @@ def _linear_workspace_bytes(device_index: int, fmt: str, kernel: str, m: int, n:
 
 
 def _linear_workspace(fmt: str, kernel: str, m: int, n: int, k: int, device: torch.device) -> torch.Tensor | None:
-    """A fresh workspace (uint8, on ``device``) for ``sm90_*_linear``, or None where it needs none.
-    The caller keeps it alive until the call has enqueued its kernels."""
-    import torch
-
-    size = _linear_workspace_bytes(device.index, fmt, kernel, m, n, k)
-    return torch.empty(size, dtype=torch.uint8, device=device) if size else None
+    """The workspace of ``sm90_*_linear`` (``stream_workspace``), or None where it needs none."""
+    return stream_workspace(_linear_workspace_bytes(device.index, fmt, kernel, m, n, k), device)
 
 
 def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, checked: bool = True) -> None:
@@ -854,8 +851,8 @@ def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, chec
     16-byte aligned rows; "quantizing_skinny": contiguous bfloat16 or float16), M <= SM90_SKINNY_MAX_M
     for the skinny kernels; b_q, b_s: the MXFP8 weight as for ``sm90_mxfp8_skinny_mm``; bias: None or
     bfloat16, float16 or float32 [N]; out: [M, N] of x's dtype; scaling: "rceil" or "floor". On one
-    CUDA device of compute capability 9.0, 16-byte aligned. The workspace comes from torch's
-    allocator. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    CUDA device of compute capability 9.0, 16-byte aligned. The workspace is ``stream_workspace``'s.
+    ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
     fn = "sm90_mxfp8_linear"
     if checked:
@@ -910,7 +907,7 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
     (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
     idle, the kernel may share tiles along K among several CTAs where it estimates that faster
-    (``Sm90MixedPlan``; the workspace comes from torch's allocator on out's device); False runs
+    (``Sm90MixedPlan``; the workspace is ``stream_workspace``'s); False runs
     every tile whole (the sums differ only in float32 rounding). ``checked`` as for
     ``sm90_mxfp8_skinny_mm``.
     """
@@ -992,12 +989,32 @@ def _plan_on(device_index: int, m: int, n: int, k: int, tokens: int) -> Sm90Mixe
 
 
 def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device) -> torch.Tensor | None:
-    """A fresh workspace (uint8, on ``device``) for the mixed-input kernel's plan, or None. The
-    caller keeps it alive until the kernel is enqueued."""
+    """A workspace for the mixed-input kernel's plan (``stream_workspace``), or None."""
+    return stream_workspace(_plan_on(device.index, m, n, k, tokens).workspace_bytes, device)
+
+
+_WORKSPACES = threading.local()  # per thread: {(device index, stream handle): uint8 buffer}
+
+
+def stream_workspace(size: int, device: torch.device) -> torch.Tensor | None:
+    """At least ``size`` bytes of device memory (uint8) for a launch on ``device``'s current stream,
+    or None for size 0; the caller keeps it alive until the launch is enqueued. Outside CUDA-graph
+    capture one buffer per thread and stream, grown as needed and kept (no allocation per call):
+    launches on one stream run in order, so each finds it free, and a buffer per thread keeps two
+    threads' launches on one stream from interleaving in it. Inside capture a fresh allocation from
+    the graph's memory pool, so that a replayed graph shares no memory with eager calls."""
     import torch
 
-    needed = _plan_on(device.index, m, n, k, tokens).workspace_bytes
-    return torch.empty(needed, dtype=torch.uint8, device=device) if needed else None
+    if not size:
+        return None
+    if torch._C._cuda_isCurrentStreamCapturing():
+        return torch.empty(size, dtype=torch.uint8, device=device)
+    buffers = _WORKSPACES.__dict__
+    key = (device.index, current_raw_stream(device.index))
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = buffers[key] = torch.empty(size, dtype=torch.uint8, device=device)
+    return buffer
 
 
 def _pointer_and_bytes(workspace: torch.Tensor | None) -> tuple[int | None, int]:

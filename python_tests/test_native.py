@@ -5,6 +5,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,26 @@ def test_wrapper_checks_on_cuda(cuda_device):
         native.dequantize_mxfp8(q, s, misaligned)
     with pytest.raises(ValueError, match="scales"):
         native.dequantize_mxfp8(q, s[:64], torch.empty(2, 64, dtype=torch.bfloat16, device=cuda_device))
+
+
+@pytest.mark.gpu
+def test_stream_workspace_is_kept_per_thread_and_stream_and_fresh_under_capture(cuda_device):
+    """The native GEMMs' workspace: one buffer per (thread, stream), grown when too small; a fresh
+    allocation inside CUDA-graph capture (the graph's pool), never the kept one."""
+    first = native.stream_workspace(1000, cuda_device)
+    assert first.numel() >= 1000 and native.stream_workspace(500, cuda_device).data_ptr() == first.data_ptr()
+    grown = native.stream_workspace(5000, cuda_device)
+    assert grown.numel() >= 5000 and native.stream_workspace(1000, cuda_device).data_ptr() == grown.data_ptr()
+    assert native.stream_workspace(0, cuda_device) is None
+    side = torch.cuda.Stream(cuda_device)
+    with torch.cuda.stream(side):
+        assert native.stream_workspace(1000, cuda_device).data_ptr() != grown.data_ptr()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(native.stream_workspace(1000, cuda_device).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != grown.data_ptr()
+    graph, captured = torch.cuda.CUDAGraph(), []
+    with torch.cuda.graph(graph):
+        captured.append(native.stream_workspace(1000, cuda_device))
+    assert captured[0].data_ptr() != grown.data_ptr()
