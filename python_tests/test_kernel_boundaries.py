@@ -16,11 +16,11 @@ pytestmark = pytest.mark.gpu
 N, K = 1024, 3072
 # (format, op, the last M before auto changes kernel on 9.0)
 BOUNDARIES = [
-    ("mxfp8", "mxfp8_mm", backends.SM90_SKINNY_BEST_MAX_M["mxfp8_mm"]),
+    ("mxfp8", "mxfp8_mm", backends.sm90_skinny_best_max_m("mxfp8_mm", N, K)),
     ("mxfp8", "mxfp8_mm", backends.SM90_SKINNY_MAX_M),
     ("mxfp8", "mxfp8_mm", backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M - 1),
     ("nvfp4", "nvfp4_mm", backends.SM90_SKINNY_MAX_M),
-    ("nvfp4", "nvfp4_weight_only_mm", backends.SM90_SKINNY_BEST_MAX_M["nvfp4_weight_only_mm"]),
+    ("nvfp4", "nvfp4_weight_only_mm", backends.sm90_skinny_best_max_m("nvfp4_weight_only_mm", N, K)),
     ("nvfp4", "nvfp4_weight_only_mm", backends.SM90_SKINNY_MAX_M),
 ]
 

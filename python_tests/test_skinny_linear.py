@@ -310,3 +310,16 @@ def test_one_call_linear_refuses_what_it_cannot_run():
         native.sm90_mxfp8_linear(x, b_q, b_s, None, out.float(), "rceil", "mixed")
     with pytest.raises(ValueError, match="bias must be"):
         native.sm90_mxfp8_linear(x, b_q, b_s, torch.zeros(8, dtype=torch.int32, device=CUDA), out, "rceil", "mixed")
+
+
+@pytest.mark.usefixtures("hopper_with_library")
+def test_mxfp8_skinny_range_depends_on_the_weight_size():
+    """MXFP8 runs the skinny kernel up to M = 16 for a weight of at most SM90_MXFP8_SMALL_WEIGHT
+    elements (one call), up to M = 8 for larger ones (triton_sm90 from there to 64)."""
+    assert backends.sm90_skinny_best_max_m("mxfp8_mm", 3072, 3072) == 16
+    assert backends.sm90_skinny_best_max_m("mxfp8_mm", 18432, 3072) == 8
+    assert backends.sm90_skinny_best_max_m("nvfp4_mm", 3072, 3072) == backends.SM90_SKINNY_BEST_MAX_M["nvfp4_mm"]
+    assert plan("mxfp8", 16).fused and plan("mxfp8", 16).mm.spec.name == "cutlass"
+    assert plan("mxfp8", 17).mm.spec.name == "triton_sm90"
+    large = backends.plan_linear("mxfp8", CUDA, 16, 18432, 3072, torch.bfloat16, None, None)
+    assert large.mm.spec.name == "triton_sm90" and not large.fused

@@ -48,7 +48,7 @@ def test_cutlass_on_hopper_runs_every_m_and_auto_takes_it_outside_triton_range(m
     M = 64, and cutlass again above (MXFP8 up to M = 2048, decode_cublas above)."""
     fake_capability(monkeypatch, (9, 0))
     for op in MM_OPS:
-        limit = backends.SM90_SKINNY_BEST_MAX_M[op]
+        limit = backends.sm90_skinny_best_max_m(op, 3072, 3072)
         assert backends.select(op, CUDA, limit, 3072, 3072).spec.name == "cutlass"
         if limit < native.SM90_SKINNY_MAX_M:
             assert backends.select(op, CUDA, limit + 1, 3072, 3072).spec.name != "cutlass"
@@ -311,10 +311,10 @@ def nvfp4_oracle(a, b, bias=None) -> torch.Tensor:
     return fp64_product("nvfp4", a, b, bias)
 
 
-def auto_on_hopper(op: str, m: int) -> str:
+def auto_on_hopper(op: str, m: int, n: int, k: int) -> str:
     """The backend auto picks for an mm op on an H100: cutlass (when built) outside the range of M
     where triton_sm90 is faster."""
-    in_triton_range = backends.SM90_SKINNY_BEST_MAX_M[op] < m <= native.SM90_SKINNY_MAX_M
+    in_triton_range = backends.sm90_skinny_best_max_m(op, n, k) < m <= native.SM90_SKINNY_MAX_M
     return "cutlass" if family_built(native.SM90_FAMILY) and not in_triton_range else "triton_sm90"
 
 
@@ -361,7 +361,7 @@ def test_nvfp4_weight_only_on_hopper(m, n, k, dtype):
     _, (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
     a = torch.randn(m, k, device=CUDA, dtype=dtype)
-    assert backends.select("nvfp4_weight_only_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_weight_only_mm", m)
+    assert backends.select("nvfp4_weight_only_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_weight_only_mm", m, n, k)
     expected = nvfp4_oracle(a, (b_q, b_s, b_ts), bias)
     for _ in range(3):
         out = dq.ops.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias=bias)
@@ -379,7 +379,7 @@ def test_nvfp4_w4a4_on_hopper(m, n, k):
     """W4A4 through the op (auto's choice on Hopper), fp32 and bf16 output. Ten launches: a
     Triton pipelining race of an earlier version (scales gathered by plain loads) showed here as
     occasional wrong results at 77 x 256 x 4160 (now cutlass's mixed-input kernel runs it)."""
-    assert backends.select("nvfp4_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_mm", m)
+    assert backends.select("nvfp4_mm", CUDA, m, n, k).spec.name == auto_on_hopper("nvfp4_mm", m, n, k)
     (a_q, a_s, a_ts), (b_q, b_s, b_ts) = [tuple(t.to(CUDA) for t in op) for op in nvfp4_operands(m, n, k, seed=k)]
     bias = torch.randn(n, device=CUDA)
     expected = nvfp4_oracle((a_q, a_s, a_ts), (b_q, b_s, b_ts), bias)

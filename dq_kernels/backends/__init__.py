@@ -176,6 +176,18 @@ def available_backends() -> list[BackendStatus]:
 # M = 64, triton_sm90's split-K kernels do (the small-M sweep of docs/skinny-kernels.md).
 SM90_SKINNY_BEST_MAX_M = {"mxfp8_mm": 8, "nvfp4_mm": 64, "nvfp4_weight_only_mm": 32}
 SM90_SKINNY_MAX_M = 64  # native.SM90_SKINNY_MAX_M: the largest M the skinny kernels take
+# MXFP8 with a weight of at most this many elements: the skinny kernel up to M = 16 (the sweep:
+# 16x3072x3072, 9.4 M elements, skinny 1.11x vs triton_sm90 0.82x of bf16 cuBLAS; at 37.7 M and
+# 56.6 M elements triton_sm90 wins, 1.27x / 1.26x vs 1.14x / 1.04x).
+SM90_MXFP8_SMALL_WEIGHT = 1 << 24
+
+
+def sm90_skinny_best_max_m(op: str, n: int, k: int) -> int:
+    """The largest M at which the skinny kernels beat triton_sm90 on 9.0 for mm op ``op`` and a
+    weight [n, k]."""
+    if op == "mxfp8_mm" and n * k <= SM90_MXFP8_SMALL_WEIGHT:
+        return 16
+    return SM90_SKINNY_BEST_MAX_M[op]
 
 
 # Above this M on 9.0, MXFP8 runs faster as its weight decoded into a bf16 buffer and cuBLAS
@@ -196,7 +208,7 @@ def _rank_cast(op: str) -> tuple[str, ...]:
 def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
     if op.startswith("quantize"):
         return _rank_cast(op)
-    if SM90_SKINNY_BEST_MAX_M[op] < m <= SM90_SKINNY_MAX_M:
+    if sm90_skinny_best_max_m(op, n, k) < m <= SM90_SKINNY_MAX_M:
         return ("triton_sm90", "cutlass")
     if op == "mxfp8_mm" and m >= SM90_MXFP8_DECODE_CUBLAS_MIN_M:
         return ("decode_cublas", "cutlass", "triton_sm90")

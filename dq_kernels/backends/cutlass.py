@@ -8,7 +8,7 @@ and its activation casts.
 - 9.0 (the ``sm90_gemm`` family, built for sm_90a), MXFP8, NVFP4 W4A4 and W4A16:
   - M <= 64: ``csrc/sm90_skinny_gemm.cu``: mma.sync with the weight streamed from global memory
     and decoded exactly in registers (the weight read is the cost). ``auto`` takes
-    ``triton_sm90`` instead for some M up to 64 (``backends.SM90_SKINNY_BEST_MAX_M``).
+    ``triton_sm90`` instead for some M up to 64 (``backends.sm90_skinny_best_max_m``).
   - M > 64: ``csrc/sm90_mixed_gemm.cu``: bf16/f16 wgmma with the weight decoded exactly in
     registers as its register operand. It takes the activation decoded: MXFP8 as bf16, NVFP4 as
     f16 without its tensor scale (which the kernel applies in its epilogue). ``mxfp8_mm`` /
