@@ -228,14 +228,17 @@ def test_native_library_with_another_abi_is_refused(monkeypatch):
     assert native.status()[0]
 
 
-def test_host_benchmark_on_cpu(tmp_path, capsys):
+def test_host_benchmark(tmp_path, capsys):
+    """The host benchmark's rows, on the CPU (the reference) or on the GPU (auto's backend there)."""
     from dq_kernels import cli
 
     path = tmp_path / "host.json"
     assert cli.main(["bench", "host", "--shape", "4x64x32", "--formats", "bf16", "mxfp8", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["rows"]
     assert [(r["format"], r["M"], r["K"], r["N"]) for r in rows] == [("bf16", 4, 64, 32), ("mxfp8", 4, 64, 32)]
-    assert all(r["host_us"] > 0 for r in rows) and rows[1]["backend"] == "reference"
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    assert all(r["host_us"] > 0 for r in rows)
+    assert rows[1]["backend"] == backends.select("mxfp8_mm", device, 4, 32, 64).spec.name
 
 
 def test_cli_refuses_a_bad_environment_value_without_a_traceback(monkeypatch, capsys):
