@@ -128,6 +128,14 @@ def linear_kernel(m: int, dtype: torch.dtype) -> str:
     return "skinny" if m <= native.SM90_SKINNY_MAX_M else "mixed"
 
 
+def _linear_operands(x: torch.Tensor, n: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """For a Linear on 9.0 of x [M, K] and a weight of n rows: (the kernel ``linear_kernel`` picks,
+    x as that kernel reads it, the [M, n] output of x's dtype)."""
+    kernel = linear_kernel(x.shape[0], x.dtype)
+    x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
+    return kernel, x, torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+
+
 def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     """The bias as the sm_90a kernels read it: None, or [N] in its own dtype, contiguous, 16-byte aligned."""
     return None if bias is None else aligned_16(bias.contiguous())
@@ -191,9 +199,7 @@ class CutlassBackend(Backend):
     def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
         """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one native call, for x
         [M, K] on 9.0 (``fuses_linear``; ``linear_kernel`` picks the GEMM)."""
-        kernel = linear_kernel(x.shape[0], x.dtype)
-        x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
+        kernel, x, out = _linear_operands(x, b_q.shape[0])
         native.sm90_mxfp8_linear(x, aligned_16(b_q), aligned_16(b_s), _bias(bias), out, scaling, kernel, checked=False)
         return out
 
@@ -201,10 +207,8 @@ class CutlassBackend(Backend):
         """nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias, x.dtype) in one
         native call, for x [M, K] on 9.0 (``fuses_linear``); a None activation_scale: the dynamic
         one, computed in the same call."""
-        kernel = linear_kernel(x.shape[0], x.dtype)
-        x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
+        kernel, x, out = _linear_operands(x, b_q.shape[0])
         a_ts = None if activation_scale is None else activation_scale.reshape(())
-        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
         native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), a_ts, _bias(bias), out, kernel,
                                  checked=False)
         return out
