@@ -639,12 +639,12 @@ def sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, out, *, checked: bool = True)
 
     a_q: float8_e4m3fn [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q: float8_e4m3fn [N, K] (K % 32 == 0,
     N % 8 == 0); a_s, b_s: uint8 E8M0 scales in the 128x4 swizzled layout (round_up(rows, 128) *
-    round_up(K / 32, 4) bytes, padding included); bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32,
-    bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability
-    9.0. Enqueued on the current stream. Exact up to the float32 accumulation order while the two
-    E8M0 bytes of every pair of blocks add up to 105..381. ``checked=False`` skips the argument
-    checks, for callers that guarantee all of the above (the cutlass backend, after the ops' checks):
-    each check costs host time on every call of a model's Linear.
+    round_up(K / 32, 4) bytes, padding included); bias: None or bfloat16, float16 or float32 [N];
+    out: [M, N] float32, bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of
+    compute capability 9.0. Enqueued on the current stream. Exact up to the float32 accumulation
+    order while the two E8M0 bytes of every pair of blocks add up to 105..381. ``checked=False``
+    skips the argument checks, for callers that guarantee all of the above (the cutlass backend,
+    after the ops' checks): each check costs host time on every call of a model's Linear.
     """
     import torch
 
@@ -719,9 +719,10 @@ def sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, *, checked: bool = 
     (csrc/sm90_skinny_gemm.cu).
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s, b_ts: the NVFP4 weight as
-    for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32, bfloat16 or
-    float16. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up
-    to the float32 accumulation order. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N]
+    float32, bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute
+    capability 9.0. Exact up to the float32 accumulation order. ``checked`` as for
+    ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
@@ -756,9 +757,9 @@ def sm90_mxfp8_skinny_linear(a, b_q, b_s, bias, out, scaling: str = "rceil", *, 
     ``sm90_mxfp8_skinny_mm`` on ``formats.quantize_mxfp8(a, scaling)``.
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; b_q, b_s: the MXFP8 weight as for
-    ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] of a's dtype; scaling: "rceil"
-    or "floor". All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
-    ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] of a's
+    dtype; scaling: "rceil" or "floor". All contiguous, 16-byte aligned, on one CUDA device of
+    compute capability 9.0. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
     fn = "sm90_mxfp8_skinny_linear"
     if checked:
@@ -779,9 +780,9 @@ def sm90_nvfp4_skinny_linear(a, b_q, b_s, a_ts, b_ts, bias, out, *, checked: boo
 
     a: bfloat16 or float16 [M, K], 1 <= M <= SM90_SKINNY_MAX_M; a_ts: None for the dynamic tensor
     scale amax(|a|) / 2688 (the kernel computes it), or the given one (one float32); b_q, b_s, b_ts:
-    the NVFP4 weight as for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] of
-    a's dtype. All contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0.
-    ``checked`` as for ``sm90_mxfp8_skinny_mm``.
+    the NVFP4 weight as for ``sm90_nvfp4_skinny_mm``; bias: None or bfloat16, float16 or float32
+    [N]; out: [M, N] of a's dtype. All contiguous, 16-byte aligned, on one CUDA device of compute
+    capability 9.0. ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
     fn = "sm90_nvfp4_skinny_linear"
     if checked:
@@ -900,16 +901,15 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
     """out = a @ b.T (+ bias) for a bfloat16 activation and an MXFP8 weight, with the Hopper
     mixed-input kernel (csrc/sm90_mixed_gemm.cu: the weight decoded to bf16 in registers, bf16 wgmma).
 
-    a: bfloat16 [M, K] (for an MXFP8 activation: its exact decode); b_q, b_s: the MXFP8 weight as for
-    ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N] float32, bfloat16 or float16. All
-    contiguous, 16-byte aligned, on one CUDA device of compute capability 9.0. Exact up to the float32
-    accumulation order unless a weight scale byte below 3 meets nonzero data (dq_kernels.h).
-    tokens: activation rows per CTA, 64, 128 or 256, or 0 for the kernel's choice
-    (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave of CTAs partly
-    idle, the kernel may share tiles along K among several CTAs where it estimates that faster
-    (``Sm90MixedPlan``; the workspace is ``stream_workspace``'s); False runs
-    every tile whole (the sums differ only in float32 rounding). ``checked`` as for
-    ``sm90_mxfp8_skinny_mm``.
+    a: bfloat16 [M, K] (for an MXFP8 activation: its exact decode); b_q, b_s: the MXFP8 weight as
+    for ``sm90_mxfp8_skinny_mm``; bias: None or bfloat16, float16 or float32 [N]; out: [M, N]
+    float32, bfloat16 or float16. All contiguous, 16-byte aligned, on one CUDA device of compute
+    capability 9.0. Exact up to the float32 accumulation order unless a weight scale byte below 3
+    meets nonzero data (dq_kernels.h). tokens: activation rows per CTA, 64, 128 or 256, or 0 for the
+    kernel's choice (``sm90_mixed_plan``). share_tiles: whether, when the tiles leave the last wave
+    of CTAs partly idle, the kernel may share tiles along K among several CTAs where it estimates
+    that faster (``Sm90MixedPlan``; the workspace is ``stream_workspace``'s); False runs every tile
+    whole (the sums differ only in float32 rounding). ``checked`` as for ``sm90_mxfp8_skinny_mm``.
     """
     import torch
 
