@@ -203,9 +203,8 @@ class CutlassBackend(Backend):
         one, computed in the same call."""
         kernel = linear_kernel(x.shape[0], x.dtype)
         x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-        a_ts = None if activation_scale is None else activation_scale.reshape(())
         out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
-        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), a_ts, _bias(bias), out, kernel,
+        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts, activation_scale, _bias(bias), out, kernel,
                                  checked=False)
         return out
 
@@ -233,7 +232,6 @@ class CutlassBackend(Backend):
             return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
         a_q, a_s, b_q, b_s = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         if _skinny(a_q.device, a_q.shape[0]):
             native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, _bias(bias), out, checked=False)
         else:
@@ -245,13 +243,13 @@ class CutlassBackend(Backend):
         a [M, K] float16 (its tensor scale a_ts apart)."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
+        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, checked=False)
         return out
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
             return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), _bias(bias)
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
         if _skinny(a.device, a.shape[0]):
             native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
