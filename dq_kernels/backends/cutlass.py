@@ -193,7 +193,7 @@ class CutlassBackend(Backend):
         [M, K] on 9.0 (``fuses_linear``; ``linear_kernel`` picks the GEMM)."""
         kernel = linear_kernel(x.shape[0], x.dtype)
         x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
+        out = x.new_empty(x.shape[0], b_q.shape[0])
         native.sm90_mxfp8_linear(x, aligned_16(b_q), aligned_16(b_s), _bias(bias), out, scaling, kernel, checked=False)
         return out
 
@@ -203,7 +203,7 @@ class CutlassBackend(Backend):
         one, computed in the same call."""
         kernel = linear_kernel(x.shape[0], x.dtype)
         x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-        out = torch.empty(x.shape[0], b_q.shape[0], dtype=x.dtype, device=x.device)
+        out = x.new_empty(x.shape[0], b_q.shape[0])
         native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts, activation_scale, _bias(bias), out, kernel,
                                  checked=False)
         return out
@@ -222,7 +222,7 @@ class CutlassBackend(Backend):
     def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
         """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
         native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
         return out
 
@@ -242,7 +242,7 @@ class CutlassBackend(Backend):
         """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
         a [M, K] float16 (its tensor scale a_ts apart)."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
         native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, checked=False)
         return out
 
@@ -250,7 +250,7 @@ class CutlassBackend(Backend):
         if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
             return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
+        out = a.new_empty(a.shape[0], b_q.shape[0])
         if _skinny(a.device, a.shape[0]):
             native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
         else:
