@@ -341,16 +341,21 @@ def current_raw_stream(index: int) -> int:
     return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
 
 
-def _launch(fn: str, entry_point, device: torch.device, *args) -> None:
-    """Call a library entry point on ``device``'s current stream; raise on a nonzero code. The
-    entry points launch on the current device, so another device is made current around the call."""
+def _launch(fn: str, entry_point, device: torch.device, *args, stream: int | None = None) -> None:
+    """Call a library entry point on ``device``'s current stream (``stream``: its handle, where the
+    caller has it already); raise on a nonzero code. The entry points launch on the current device,
+    so another device is made current around the call. ``device`` holds the operands, so CUDA is
+    initialized: torch's raw current-device query does, without ``torch.cuda.current_device``'s
+    Python lazy-init check."""
     import torch
 
-    if torch.cuda.current_device() == device.index:
-        code = entry_point(*args, current_raw_stream(device.index))
+    if stream is None:
+        stream = current_raw_stream(device.index)
+    if torch._C._cuda_getDevice() == device.index:
+        code = entry_point(*args, stream)
     else:
         with torch.cuda.device(device):
-            code = entry_point(*args, current_raw_stream(device.index))
+            code = entry_point(*args, stream)
     if code != 0:
         message = _library().lib.dq_error_string(code).decode()
         raise RuntimeError(f"dq_kernels.native.{fn}: {entry_point.__name__} returned {code}: {message}")
@@ -837,9 +842,12 @@ def _linear_workspace_bytes(device_index: int, fmt: str, kernel: str, m: int, n:
     return size.value
 
 
-def _linear_workspace(fmt: str, kernel: str, m: int, n: int, k: int, device: torch.device) -> torch.Tensor | None:
-    """The workspace of ``sm90_*_linear`` (``stream_workspace``), or None where it needs none."""
-    return stream_workspace(_linear_workspace_bytes(device.index, fmt, kernel, m, n, k), device)
+def _linear_workspace(
+    fmt: str, kernel: str, m: int, n: int, k: int, device: torch.device, stream: int
+) -> torch.Tensor | None:
+    """The workspace of ``sm90_*_linear`` on ``stream`` (``stream_workspace``), or None where it
+    needs none."""
+    return stream_workspace(_linear_workspace_bytes(device.index, fmt, kernel, m, n, k), device, stream)
 
 
 def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, checked: bool = True) -> None:
@@ -862,10 +870,12 @@ def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, chec
         lib, x_code, m, n, k = _linear_args(fn, "mxfp8", x, b_q, b_s, bias, out, kernel, {})
     else:
         lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
-    workspace = _linear_workspace("mxfp8", kernel, m, n, k, out.device)
+    device = out.device
+    stream = current_raw_stream(device.index)
+    workspace = _linear_workspace("mxfp8", kernel, m, n, k, device, stream)
     args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(),
             m, n, k, SCALINGS[scaling], SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
-    _launch(fn, lib.dq_sm90_mxfp8_linear, out.device, *args)
+    _launch(fn, lib.dq_sm90_mxfp8_linear, device, *args, stream=stream)
 
 
 def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: str, *, checked: bool = True) -> None:
@@ -884,11 +894,13 @@ def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: st
         lib, x_code, m, n, k = _linear_args(fn, "nvfp4", x, b_q, b_s, bias, out, kernel, extra)
     else:
         lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
-    workspace = _linear_workspace("nvfp4", kernel, m, n, k, out.device)
+    device = out.device
+    stream = current_raw_stream(device.index)
+    workspace = _linear_workspace("nvfp4", kernel, m, n, k, device, stream)
     a_ts_ptr = None if activation_scale is None else activation_scale.data_ptr()
     args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts_ptr,
             *_bias_args(bias), out.data_ptr(), m, n, k, SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
-    _launch(fn, lib.dq_sm90_nvfp4_linear, out.device, *args)
+    _launch(fn, lib.dq_sm90_nvfp4_linear, device, *args, stream=stream)
 
 
 def _check_tokens(fn: str, tokens: int) -> None:
@@ -919,9 +931,11 @@ def sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, tokens: int = 0, share_tiles: bo
         lib, code, _, m, n, k = _activation16_args(fn, "mxfp8", a, b_q, b_s, bias, out, {}, (torch.bfloat16,))
     else:
         lib, code, (m, k), n = _library().lib, _dtype_code(out.dtype), a.shape, b_q.shape[0]
-    workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
+    device = out.device
+    stream = current_raw_stream(device.index)
+    workspace = _mixed_workspace(m, n, k, tokens, device, stream) if share_tiles else None
     args = (a.data_ptr(), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(), m, n, k, code, tokens)
-    _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, out.device, *args, *_pointer_and_bytes(workspace))
+    _launch(fn, lib.dq_sm90_mxfp8_mixed_mm, device, *args, *_pointer_and_bytes(workspace), stream=stream)
 
 
 def sm90_nvfp4_mixed_mm(
@@ -945,11 +959,13 @@ def sm90_nvfp4_mixed_mm(
         lib, code, a_code, m, n, k = _activation16_args(fn, "nvfp4", a, b_q, b_s, bias, out, extra, (torch.bfloat16, torch.float16))
     else:
         lib, code, a_code, (m, k), n = _library().lib, _dtype_code(out.dtype), _dtype_code(a.dtype), a.shape, b_q.shape[0]
+    device = out.device
+    stream = current_raw_stream(device.index)
     a_ts_ptr = None if a_ts is None else a_ts.data_ptr()
     args = (a.data_ptr(), a_code, b_q.data_ptr(), b_s.data_ptr(), a_ts_ptr, b_ts.data_ptr(), *_bias_args(bias))
-    workspace = _mixed_workspace(m, n, k, tokens, out.device) if share_tiles else None
+    workspace = _mixed_workspace(m, n, k, tokens, device, stream) if share_tiles else None
     args += (out.data_ptr(), m, n, k, code, tokens, *_pointer_and_bytes(workspace))
-    _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, out.device, *args)
+    _launch(fn, lib.dq_sm90_nvfp4_mixed_mm, device, *args, stream=stream)
 
 
 @dataclass(frozen=True)
@@ -988,16 +1004,17 @@ def _plan_on(device_index: int, m: int, n: int, k: int, tokens: int) -> Sm90Mixe
         return sm90_mixed_plan(m, n, k, tokens)
 
 
-def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device) -> torch.Tensor | None:
-    """A workspace for the mixed-input kernel's plan (``stream_workspace``), or None."""
-    return stream_workspace(_plan_on(device.index, m, n, k, tokens).workspace_bytes, device)
+def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device, stream: int) -> torch.Tensor | None:
+    """A workspace for the mixed-input kernel's plan on ``stream`` (``stream_workspace``), or None."""
+    return stream_workspace(_plan_on(device.index, m, n, k, tokens).workspace_bytes, device, stream)
 
 
 _WORKSPACES = threading.local()  # per thread: {(device index, stream handle): uint8 buffer}
 
 
-def stream_workspace(size: int, device: torch.device) -> torch.Tensor | None:
-    """At least ``size`` bytes of device memory (uint8) for a launch on ``device``'s current stream,
+def stream_workspace(size: int, device: torch.device, stream: int) -> torch.Tensor | None:
+    """At least ``size`` bytes of device memory (uint8) for a launch on ``stream`` (the handle of
+    ``device``'s current stream, ``current_raw_stream``: the caller passes it on to the launch),
     or None for size 0; the caller keeps it alive until the launch is enqueued. Outside CUDA-graph
     capture one buffer per thread and stream, grown as needed and kept (no allocation per call):
     launches on one stream run in order, so each finds it free, and a buffer per thread keeps two
@@ -1010,7 +1027,7 @@ def stream_workspace(size: int, device: torch.device) -> torch.Tensor | None:
     if torch._C._cuda_isCurrentStreamCapturing():
         return torch.empty(size, dtype=torch.uint8, device=device)
     buffers = _WORKSPACES.__dict__
-    key = (device.index, current_raw_stream(device.index))
+    key = (device.index, stream)
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < size:
         buffer = buffers[key] = torch.empty(size, dtype=torch.uint8, device=device)

@@ -438,12 +438,17 @@ def tracing(x: Tensor) -> bool:
     return type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
 
 
+_SAME_DEVICE = contextlib.nullcontext()  # reusable: nothing to do on entry or exit
+
+
 def _on_device(x: Tensor):
     """x's CUDA device made current while its kernels launch (Triton and the native library launch
-    on the current device), or nothing when it already is or x is on the CPU."""
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
+    on the current device), or nothing when it already is or x is on the CPU. A CUDA x means CUDA
+    is initialized: torch's raw current-device query does, without ``torch.cuda.current_device``'s
+    Python lazy-init check."""
+    if x.is_cuda and x.device.index != torch._C._cuda_getDevice():
         return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
+    return _SAME_DEVICE
 
 
 def check_activation(fn: str, x: Tensor, k: int, device: torch.device) -> int:

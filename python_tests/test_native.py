@@ -354,20 +354,21 @@ def test_wrapper_checks_on_cuda(cuda_device):
 def test_stream_workspace_is_kept_per_thread_and_stream_and_fresh_under_capture(cuda_device):
     """The native GEMMs' workspace: one buffer per (thread, stream), grown when too small; a fresh
     allocation inside CUDA-graph capture (the graph's pool), never the kept one."""
-    first = native.stream_workspace(1000, cuda_device)
-    assert first.numel() >= 1000 and native.stream_workspace(500, cuda_device).data_ptr() == first.data_ptr()
-    grown = native.stream_workspace(5000, cuda_device)
-    assert grown.numel() >= 5000 and native.stream_workspace(1000, cuda_device).data_ptr() == grown.data_ptr()
-    assert native.stream_workspace(0, cuda_device) is None
+    stream = native.current_raw_stream(cuda_device.index)
+    first = native.stream_workspace(1000, cuda_device, stream)
+    assert first.numel() >= 1000 and native.stream_workspace(500, cuda_device, stream).data_ptr() == first.data_ptr()
+    grown = native.stream_workspace(5000, cuda_device, stream)
+    assert grown.numel() >= 5000 and native.stream_workspace(1000, cuda_device, stream).data_ptr() == grown.data_ptr()
+    assert native.stream_workspace(0, cuda_device, stream) is None
     side = torch.cuda.Stream(cuda_device)
     with torch.cuda.stream(side):
-        assert native.stream_workspace(1000, cuda_device).data_ptr() != grown.data_ptr()
+        assert native.stream_workspace(1000, cuda_device, side.cuda_stream).data_ptr() != grown.data_ptr()
     other = []
-    thread = threading.Thread(target=lambda: other.append(native.stream_workspace(1000, cuda_device).data_ptr()))
+    thread = threading.Thread(target=lambda: other.append(native.stream_workspace(1000, cuda_device, stream).data_ptr()))
     thread.start()
     thread.join()
     assert other[0] != grown.data_ptr()
     graph, captured = torch.cuda.CUDAGraph(), []
     with torch.cuda.graph(graph):
-        captured.append(native.stream_workspace(1000, cuda_device))
+        captured.append(native.stream_workspace(1000, cuda_device, native.current_raw_stream(cuda_device.index)))
     assert captured[0].data_ptr() != grown.data_ptr()

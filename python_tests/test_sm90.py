@@ -617,6 +617,33 @@ def test_mixed_kernel_never_reads_padding_bytes():
         assert torch.equal(*outs), kind
 
 
+def placed(t: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """t copied to the start of ``buffer`` (uint8 on the GPU): a view of t's dtype and shape."""
+    view = buffer[: t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+    return view.copy_(t)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("kind", ["mxfp8", "w4a4"])
+def test_mixed_kernel_kept_maps_follow_shape_and_content_at_one_address(kind):
+    """The kernel keeps its TMA maps per thread, keyed by address and shape: operands of another
+    shape, then of the first shape with other values, placed at the same addresses (views of one
+    buffer per operand) give bit for bit what the same operands in memory of their own give."""
+    buffers = [torch.empty(1 << 20, dtype=torch.uint8, device=CUDA) for _ in range(3)]
+    for n, k, seed in ((136, 160, 1), (272, 320, 2), (136, 160, 3)):
+        a, b_q, b_s, a_ts, b_ts, _ = mixed_operands(kind, 130, n, k, seed=seed)
+        outs = []
+        for a_, b_q_, b_s_ in ((a, b_q, b_s), tuple(placed(t, buffer) for t, buffer in zip((a, b_q, b_s), buffers))):
+            out = torch.empty(130, n, device=CUDA)
+            if kind == "mxfp8":
+                native.sm90_mxfp8_mixed_mm(a_, b_q_, b_s_, None, out)
+            else:
+                native.sm90_nvfp4_mixed_mm(a_, b_q_, b_s_, a_ts, b_ts, None, out)
+            outs.append(out)
+        assert torch.equal(*outs), (n, k, seed)
+
+
 @pytest.mark.gpu
 @needs_hopper_kernel
 def test_mixed_kernel_refuses_what_it_cannot_run():

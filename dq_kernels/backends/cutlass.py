@@ -133,7 +133,7 @@ def _linear_operands(x: torch.Tensor, n: int) -> tuple[str, torch.Tensor, torch.
     x as that kernel reads it, the [M, n] output of x's dtype)."""
     kernel = linear_kernel(x.shape[0], x.dtype)
     x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-    return kernel, x, torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    return kernel, x, x.new_empty(x.shape[0], n)
 
 
 def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -208,8 +208,7 @@ class CutlassBackend(Backend):
         native call, for x [M, K] on 9.0 (``fuses_linear``); a None activation_scale: the dynamic
         one, computed in the same call."""
         kernel, x, out = _linear_operands(x, b_q.shape[0])
-        a_ts = None if activation_scale is None else activation_scale.reshape(())
-        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), a_ts, _bias(bias), out, kernel,
+        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts, activation_scale, _bias(bias), out, kernel,
                                  checked=False)
         return out
 
@@ -227,7 +226,7 @@ class CutlassBackend(Backend):
     def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
         """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
+        out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
         native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
         return out
 
@@ -237,7 +236,6 @@ class CutlassBackend(Backend):
             return self.nvfp4_mm_decoded(a, a_ts, b_q, b_s, b_ts, bias, out_dtype)
         a_q, a_s, b_q, b_s = aligned_16(a_q), aligned_16(a_s), aligned_16(b_q), aligned_16(b_s)
         out = _kernel_output(a_q.shape[0], b_q.shape[0], out_dtype, a_q.device)
-        a_ts, b_ts = a_ts.reshape(()), b_ts.reshape(())
         if _skinny(a_q.device, a_q.shape[0]):
             native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, _bias(bias), out, checked=False)
         else:
@@ -248,15 +246,15 @@ class CutlassBackend(Backend):
         """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
         a [M, K] float16 (its tensor scale a_ts apart)."""
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=out_dtype, device=a.device)
-        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts.reshape(()), b_ts.reshape(()), bias, out, checked=False)
+        out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
+        native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, checked=False)
         return out
 
     def nvfp4_weight_only_mm(self, a, b_q, b_s, b_ts, bias):
         if a.dtype == torch.float32:  # the kernels' MMAs take bf16/fp16
             return reference.nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
-        a, b_q, b_s, b_ts, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), b_ts.reshape(()), _bias(bias)
-        out = torch.empty(a.shape[0], b_q.shape[0], dtype=a.dtype, device=a.device)
+        a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
+        out = a.new_empty(a.shape[0], b_q.shape[0])
         if _skinny(a.device, a.shape[0]):
             native.sm90_nvfp4_w4a16_skinny_mm(a, b_q, b_s, b_ts, bias, out, checked=False)
         else:
