@@ -4,6 +4,11 @@
 // to dq_kernels.formats on CUDA tensors. Memory-bound kernels: one read of x and one write of the
 // outputs (NVFP4 with a dynamic tensor scale reads x twice: an amax pass first).
 //
+// The dynamic tensor scale without zeroed memory or atomics: the amax pass (a 1-D grid of a few CTAs
+// per SM, at most kAmaxMaxCtas, each striding over its part of x) writes one partial maximum per
+// CTA to the scratch, and every CTA of the cast reduces those partials (a few hundred words, from L2)
+// before it uses the tensor scale. max is exact, so the amax is the same however x is split.
+//
 // Work split. A thread takes "chunks" of 16 consecutive elements of a row (two 16-byte loads for a
 // 16-bit input, four for float32): an NVFP4 block, or half an MXFP8 block, whose two halves sit in
 // neighbouring lanes and meet through one shuffle. CTAs of 256 threads as a 2-D block of `tx`
@@ -32,6 +37,7 @@ namespace {
 constexpr int kChunk = 16;    // elements per chunk
 constexpr int kThreads = 256;  // threads per CTA
 constexpr int kMaxChunksAlongRow = 64;
+constexpr int kAmaxMaxCtas = DQ_NVFP4_CAST_SCRATCH_BYTES / sizeof(uint32_t);  // one partial amax each
 
 // 16 consecutive elements of x, loaded with 16-byte vector loads (16-byte aligned), and their
 // float32 values (exact for every input dtype).
@@ -71,6 +77,19 @@ __device__ __forceinline__ uint32_t chunk_amax_bits(const float (&v)[kChunk]) {
 #pragma unroll
   for (int i = 0; i < kChunk; ++i) amax = max(amax, dq::abs_bits(v[i]));
   return amax;
+}
+
+// The max of every thread's `value` over the CTA of kThreads threads, returned to every thread. Every
+// thread calls it, at most once per kernel (its shared array is not guarded for reuse).
+__device__ __forceinline__ uint32_t cta_max(uint32_t value) {
+  __shared__ uint32_t warp_max[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) value = max(value, __shfl_xor_sync(0xFFFFFFFFu, value, offset));
+  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+  if (thread % 32 == 0) warp_max[thread / 32] = value;
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) value = max(value, warp_max[w]);
+  return value;
 }
 
 // The chunk's 16 e4m3 bytes for an MXFP8 block scale, as four words (element 0 in the low byte).
@@ -138,28 +157,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// NVFP4 element cast with the tensor scale *tensor_scale, or (kDynamic) amax_bits / 2688; thread 0
-// writes the tensor scale used to tensor_scale_out. Canonical (kDecoded false): q [M, K / 2] and s
-// swizzled, grid over the padded rows. kDecoded: out [M, K] f16 (e2m1 x block scale), grid over M.
+// NVFP4 element cast with the tensor scale *tensor_scale, or (kDynamic) amax / 2688, the amax the
+// max of amax_partials[0 .. partial_count - 1] (float32 bits, amax_kernel's); thread 0 writes the
+// tensor scale used to tensor_scale_out. Canonical (kDecoded false): q [M, K / 2] and s swizzled, grid
+// over the padded rows. kDecoded: out [M, K] f16 (e2m1 x block scale), grid over M.
 template <typename In, bool kDecoded, bool kDynamic>
 __global__ void __launch_bounds__(kThreads)
     nvfp4_cast_kernel(const In* __restrict__ x, int64_t x_stride, const float* __restrict__ tensor_scale,
-                      const uint32_t* __restrict__ amax_bits, float* __restrict__ tensor_scale_out,
-                      uint8_t* __restrict__ q, uint8_t* __restrict__ s, uint32_t* __restrict__ out, int64_t M,
-                      int64_t K, int64_t grid_rows) {
-  const float ts = kDynamic ? dq::nvfp4_tensor_scale(__uint_as_float(*amax_bits), true) : *tensor_scale;
-  if ((blockIdx.x | blockIdx.y | threadIdx.x | threadIdx.y) == 0) *tensor_scale_out = ts;
+                      const uint32_t* __restrict__ amax_partials, int partial_count,
+                      float* __restrict__ tensor_scale_out, uint8_t* __restrict__ q, uint8_t* __restrict__ s,
+                      uint32_t* __restrict__ out, int64_t M, int64_t K, int64_t grid_rows) {
   const Place at;
   const int64_t chunks_per_row = K / kChunk;  // a chunk is a block
   const bool in_row = at.chunk < chunks_per_row;
   const bool valid = in_row && at.row < M;
+  Chunk<In> c;
+  if (valid) c.load(x + at.row * x_stride + at.chunk * kChunk);  // in flight while the partials are reduced
+  float ts;
+  if constexpr (kDynamic) {
+    uint32_t amax = 0;
+    for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < partial_count; i += kThreads)
+      amax = max(amax, amax_partials[i]);
+    ts = dq::nvfp4_tensor_scale(__uint_as_float(cta_max(amax)), true);  // every thread, before any returns
+  } else {
+    ts = *tensor_scale;
+  }
+  if ((blockIdx.x | blockIdx.y | threadIdx.x | threadIdx.y) == 0) *tensor_scale_out = ts;
   if (!(kDecoded ? valid : in_row && at.row < grid_rows)) return;
   float v[kChunk] = {};
-  if (valid) {
-    Chunk<In> c;
-    c.load(x + at.row * x_stride + at.chunk * kChunk);
-    c.values(v);
-  }
+  if (valid) c.values(v);
   const dq::Nvfp4BlockScale scale = dq::nvfp4_block_scale(__uint_as_float(chunk_amax_bits(v)), ts, true);
   uint32_t codes[kChunk];
 #pragma unroll
@@ -184,31 +210,32 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// amax_bits (zeroed before) <- max over x [M, K] of dq::abs_bits: one atomic per CTA; CTAs stride
-// over the rows.
+// partials[blockIdx.x] <- max of dq::abs_bits over the CTA's part of x [M, K] (0 for none), with a
+// 1-D grid of CTAs of blockDim.x chunks by blockDim.y rows. x's columns are cut into tiles of
+// blockDim.x chunks; with col_stride = gridDim.x / row_groups, CTA b takes the column tiles b %
+// col_stride, + col_stride, ..., and in each the rows (b / col_stride) * blockDim.y + threadIdx.y,
+// + row_groups * blockDim.y, .... The host makes gridDim.x either the column tiles times row_groups
+// (one column tile per CTA), or at most the column tiles with row_groups 1 (whole columns per CTA).
 template <typename In>
 __global__ void __launch_bounds__(kThreads)
-    amax_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ amax_bits, int64_t M, int64_t K) {
-  __shared__ uint32_t warp_amax[kThreads / 32];
-  const Place first;
+    amax_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ partials, int64_t M, int64_t K,
+                int row_groups) {
+  const int col_stride = int(gridDim.x) / row_groups;
+  const int64_t chunks_per_row = K / kChunk;
   uint32_t amax = 0;
-  if (first.chunk < K / kChunk) {
-    for (int64_t row = first.row; row < M; row += int64_t(gridDim.x) * blockDim.y) {
+  for (int64_t chunk = int64_t(blockIdx.x % col_stride) * blockDim.x + threadIdx.x; chunk < chunks_per_row;
+       chunk += int64_t(col_stride) * blockDim.x) {
+    for (int64_t row = int64_t(blockIdx.x / col_stride) * blockDim.y + threadIdx.y; row < M;
+         row += int64_t(row_groups) * blockDim.y) {
       Chunk<In> c;
-      c.load(x + row * x_stride + first.chunk * kChunk);
+      c.load(x + row * x_stride + chunk * kChunk);
       float v[kChunk];
       c.values(v);
       amax = max(amax, chunk_amax_bits(v));
     }
   }
-  for (int offset = 16; offset > 0; offset /= 2) amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
-  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
-  if (thread % 32 == 0) warp_amax[thread / 32] = amax;
-  __syncthreads();
-  if (thread == 0) {
-    for (int w = 1; w < kThreads / 32; ++w) amax = max(amax, warp_amax[w]);
-    atomicMax(amax_bits, amax);
-  }
+  amax = cta_max(amax);
+  if ((threadIdx.x | threadIdx.y) == 0) partials[blockIdx.x] = amax;
 }
 
 // ---- host side ---------------------------------------------------------------------------------
@@ -283,14 +310,17 @@ int mxfp8_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int6
 int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, const float* tensor_scale,
                uint8_t* q, uint8_t* s, void* out, float* tensor_scale_out, uint32_t* scratch, cudaStream_t stream) {
   const bool decoded = out != nullptr, dynamic = tensor_scale == nullptr;
+  int partial_count = 0;  // the amax pass's CTAs, one partial maximum each in scratch
   if (dynamic) {
-    if (cudaError_t e = cudaMemsetAsync(scratch, 0, sizeof(uint32_t), stream)) return e;
-    Launch amax(M, K);
-    const unsigned most = unsigned(4 * dq::sm_count());  // CTAs: a few waves, so few atomics
-    amax.grid.x = amax.grid.y >= most ? 1 : std::min(amax.grid.x, most / amax.grid.y);
+    const Launch tiles(M, K);  // grid.x: tiles of block.y rows, grid.y: tiles of block.x chunks
+    const unsigned most = unsigned(std::min(4 * dq::sm_count(), kAmaxMaxCtas));  // a few waves
+    const unsigned col_tiles = tiles.grid.y;
+    const unsigned row_groups = col_tiles >= most ? 1 : std::min(tiles.grid.x, most / col_tiles);
+    partial_count = int(col_tiles >= most ? most : col_tiles * row_groups);
     with_input_type(x_dtype, [&](auto tag) {
       using In = decltype(tag);
-      amax_kernel<In><<<amax.grid, amax.block, 0, stream>>>(static_cast<const In*>(x), x_row_stride, scratch, M, K);
+      amax_kernel<In><<<partial_count, tiles.block, 0, stream>>>(static_cast<const In*>(x), x_row_stride, scratch, M,
+                                                                 K, int(row_groups));
     });
     if (cudaError_t e = cudaGetLastError()) return e;
   }
@@ -301,8 +331,8 @@ int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int6
     const In* xt = static_cast<const In*>(x);
     uint32_t* o = static_cast<uint32_t*>(out);
     const auto args = [&](auto kernel) {
-      kernel<<<launch.grid, launch.block, 0, stream>>>(xt, x_row_stride, tensor_scale, scratch, tensor_scale_out, q, s,
-                                                       o, M, K, rows);
+      kernel<<<launch.grid, launch.block, 0, stream>>>(xt, x_row_stride, tensor_scale, scratch, partial_count,
+                                                       tensor_scale_out, q, s, o, M, K, rows);
     };
     if (decoded) {
       dynamic ? args(nvfp4_cast_kernel<In, true, true>) : args(nvfp4_cast_kernel<In, true, false>);

@@ -40,7 +40,7 @@ extern "C" {
  * change a caller could misread; dq_kernels/native.py refuses a library whose dq_abi_version()
  * differs from its own ABI_VERSION (a stale build), instead of calling it with the wrong arguments.
  */
-#define DQ_ABI_VERSION 4
+#define DQ_ABI_VERSION 5
 
 /* Tensor dtypes (the out_dtype, x_dtype, a_dtype and bias_dtype arguments). */
 enum {
@@ -379,10 +379,13 @@ DQ_API int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t x_ro
  * K / 16 scale columns, padding written as zero bytes.
  *   tensor_scale:     a device pointer to one float32, or NULL for the dynamic tensor scale
  *                     amax(|x|) / 2688 (formats.nvfp4_tensor_scale): an amax pass over x first,
- *                     into `scratch` (4 bytes, zeroed by this function on the stream; one per
- *                     launch in flight).
+ *                     one partial maximum per CTA into `scratch`, which the cast reduces.
+ *   scratch:          with tensor_scale NULL, DQ_NVFP4_CAST_SCRATCH_BYTES of device memory, 4-byte
+ *                     aligned, of any content (nothing zeroes it); one per launch in flight. Unused
+ *                     (may be NULL) with a given tensor_scale.
  *   tensor_scale_out: one float32, always written: the tensor scale used.
  */
+#define DQ_NVFP4_CAST_SCRATCH_BYTES 4096 /* the amax pass's at most 1024 CTAs, a uint32 each */
 DQ_API int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
                              const float* tensor_scale, uint8_t* q, uint8_t* s, float* tensor_scale_out,
                              uint32_t* scratch, void* stream);

@@ -14,7 +14,8 @@ namespace {
 struct Layout {
   int64_t activation = 0;    // the cast's output: q [M, K / elements per byte], or the decoded [M, K]
   int64_t scales = 0;        // DQ_SM90_LINEAR_SKINNY: the activation's swizzled block scales
-  int64_t tensor_scale = 0;  // NVFP4: the activation's tensor scale (float32), then the amax scratch
+  int64_t tensor_scale = 0;  // NVFP4: the activation's tensor scale (float32)
+  int64_t amax_scratch = 0;  // NVFP4: the dynamic tensor scale's amax partials (DQ_NVFP4_CAST_SCRATCH_BYTES)
   int64_t gemm = 0;          // DQ_SM90_LINEAR_MIXED: the mixed-input GEMM's shared-tile workspace
   int64_t gemm_bytes = 0;
   int64_t total = 0;
@@ -44,12 +45,18 @@ int layout_of(int format, int kernel, int64_t M, int64_t N, int64_t K, Layout* l
       const int block = nvfp4 ? 16 : 32;
       l.activation = take(nvfp4 ? M * K / 2 : M * K);
       l.scales = take(round_up(M, 128) * round_up(K / block, 4));
-      if (nvfp4) l.tensor_scale = take(2 * sizeof(float));
+      if (nvfp4) {
+        l.tensor_scale = take(sizeof(float));
+        l.amax_scratch = take(DQ_NVFP4_CAST_SCRATCH_BYTES);
+      }
       break;
     }
     case DQ_SM90_LINEAR_MIXED: {
       l.activation = take(M * K * 2);  // bfloat16 (MXFP8) or float16 (NVFP4)
-      if (nvfp4) l.tensor_scale = take(2 * sizeof(float));
+      if (nvfp4) {
+        l.tensor_scale = take(sizeof(float));
+        l.amax_scratch = take(DQ_NVFP4_CAST_SCRATCH_BYTES);
+      }
       int tokens = 0;
       int64_t shared_tiles = 0, shared_ctas = 0, parts = 0;
       if (int e = dq_sm90_mixed_mm_plan(M, N, K, 0, &tokens, &shared_tiles, &shared_ctas, &parts, &l.gemm_bytes))
@@ -135,7 +142,7 @@ extern "C" int dq_sm90_nvfp4_linear(const void* x, int x_dtype, int64_t x_row_st
     return dq_sm90_nvfp4_skinny_linear(x, x_dtype, b_q, b_s, activation_scale, b_ts, bias, bias_dtype, out, M, N, K,
                                        stream);
   float* a_ts = at<float>(workspace, l.tensor_scale);
-  uint32_t* scratch = at<uint32_t>(workspace, l.tensor_scale + sizeof(float));
+  uint32_t* scratch = at<uint32_t>(workspace, l.amax_scratch);
   if (kernel == DQ_SM90_LINEAR_SKINNY) {
     uint8_t *q = at<uint8_t>(workspace, l.activation), *s = at<uint8_t>(workspace, l.scales);
     if (int e = dq_quantize_nvfp4(x, x_dtype, x_row_stride, M, K, activation_scale, q, s, a_ts, scratch, stream))

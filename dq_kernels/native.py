@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 LIBRARY_PATH = Path(__file__).with_name("libdq_kernels_native.so")
-ABI_VERSION = 4  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
+ABI_VERSION = 5  # DQ_ABI_VERSION of csrc/dq_kernels.h: a library built from other headers is refused
 DISABLE_ENV = "DQ_KERNELS_DISABLE_NATIVE"
 CAST_FAMILY = "cast"  # the kernel family of the dq_quantize_* functions (CMakeLists.txt), built for every arch
 SM90_FAMILY = "sm90_gemm"  # the kernel family of the dq_sm90_* functions (CMakeLists.txt)
@@ -70,6 +70,7 @@ SM90_SKINNY_MAX_M = 64  # the largest M of the dq_sm90_*_skinny_mm and _skinny_l
 SM100_CONFIGS = {"auto": 0, "1sm": 1, "2sm": 2}
 SM100_CONFIG_NAMES = {1: "1sm_128x128", 2: "2sm_256x128"}
 SCALINGS = {"rceil": 0, "floor": 1}  # DQ_SCALING_* of dq_kernels.h: the MXFP8 casts' scaling argument
+NVFP4_CAST_SCRATCH_BYTES = 4096  # DQ_NVFP4_CAST_SCRATCH_BYTES: the dynamic tensor scale's amax partials
 # DQ_SM90_LINEAR_* of dq_kernels.h: the kernels a Linear in one call (sm90_*_linear) runs after its cast.
 SM90_LINEAR_KERNELS = {"quantizing_skinny": 0, "skinny": 1, "mixed": 2}
 _FORMAT_CODES = {"mxfp8": 0, "nvfp4": 1}  # DQ_FORMAT_*
@@ -499,7 +500,8 @@ def quantize_dequantize_mxfp8(x, scaling: str, out, *, checked: bool = True) -> 
 def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):
     """Checks of the NVFP4 casts when ``checked`` (``outputs`` as for _cast_args, None unchecked;
     tensor_scale None or one float32 on x's device); returns (library, x's dtype code, M, K, tensor scale pointer, scratch), scratch
-    a fresh 4-byte buffer for the amax pass of a dynamic tensor scale (None for a given one)."""
+    a fresh buffer of NVFP4_CAST_SCRATCH_BYTES for the amax pass's partial maxima of a dynamic tensor
+    scale (uninitialized: the cast zeroes nothing; None for a given tensor scale)."""
     import torch
 
     if checked:
@@ -513,7 +515,7 @@ def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):
     else:
         lib, x_code, (m, k) = _library().lib, _dtype_code(x.dtype), x.shape
     if tensor_scale is None:
-        return lib, x_code, m, k, None, torch.empty(1, dtype=torch.int32, device=x.device)
+        return lib, x_code, m, k, None, torch.empty(NVFP4_CAST_SCRATCH_BYTES, dtype=torch.uint8, device=x.device)
     return lib, x_code, m, k, tensor_scale.data_ptr(), None
 
 
@@ -523,10 +525,10 @@ def quantize_nvfp4(x, tensor_scale, q, s, tensor_scale_out, *, checked: bool = T
     are unspecified there too).
 
     x: [M, K] as for ``quantize_mxfp8`` with K % 16 == 0; tensor_scale: one float32, or None for the
-    dynamic amax(|x|) / 2688 (an amax pass over x first; its 4-byte scratch comes from torch's
-    allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8) [round_up(M, 128),
-    round_up(K / 16, 4)] swizzled, padding zeros; tensor_scale_out: float32, one element, always
-    written. ``checked`` as for ``quantize_mxfp8``.
+    dynamic amax(|x|) / 2688 (an amax pass over x first; its NVFP4_CAST_SCRATCH_BYTES of scratch come
+    from torch's allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8)
+    [round_up(M, 128), round_up(K / 16, 4)] swizzled, padding zeros; tensor_scale_out: float32, one
+    element, always written. ``checked`` as for ``quantize_mxfp8``.
     """
     import torch
 

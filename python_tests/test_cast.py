@@ -147,6 +147,24 @@ def test_nvfp4_bit_identical(cutlass, dtype, m, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(4096, 3072), (1, 1040 * 1024)])
+def test_nvfp4_dynamic_tensor_scale_from_the_amax_partials(cutlass, m, k):
+    """The amax pass's partial maxima (one per CTA, reduced by each CTA of the cast) give formats'
+    tensor scale wherever the largest |x| lies, with many CTAs per column of x (4096 x 3072) and with
+    fewer CTAs than columns of 1024 elements (K = 1040 * 1024: more than the pass's 1024 CTAs); an
+    all-zero x gives 0 and a NaN gives NaN whatever an earlier call left in the scratch."""
+    x = torch.rand(m, k, device="cuda").to(torch.bfloat16)  # |x| < 1
+    for row, col, value in ((m - 1, k - 1, 7.0), (0, 0, -9.0), (m // 2, k // 2 + 5, 300.0)):
+        x[row, col] = value
+        assert_same_nvfp4(cutlass.quantize_nvfp4(x, None), formats.quantize_nvfp4(x))
+    zero = torch.zeros_like(x)
+    assert_same_nvfp4(cutlass.quantize_nvfp4(zero, None), formats.quantize_nvfp4(zero))
+    assert cutlass.quantize_nvfp4(zero, None)[2].item() == 0.0
+    x[m - 1, 3] = float("nan")
+    assert torch.isnan(cutlass.quantize_nvfp4(x, None)[2])
+
+
+@pytest.mark.gpu
 def test_strides_batch_dims_and_ops(cutlass):
     wide = torch.randn(2, 60, 192, dtype=torch.bfloat16, device="cuda")
     x = wide[..., 32:160]  # a leading batch dim, row stride 192 > K = 128
@@ -166,7 +184,7 @@ def test_strides_batch_dims_and_ops(cutlass):
 
 @pytest.mark.gpu
 def test_casts_in_a_cuda_graph(cutlass):
-    """The dynamic NVFP4 cast (a memset, the amax pass, the cast) and the MXFP8 casts captured in
+    """The dynamic NVFP4 cast (the amax pass, the cast) and the MXFP8 casts captured in
     one graph and replayed on new data."""
     x = torch.randn(300, 4160, dtype=torch.bfloat16, device="cuda")
     stream = torch.cuda.Stream()
