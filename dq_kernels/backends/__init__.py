@@ -199,10 +199,11 @@ SM90_MXFP8_DECODE_CUBLAS_MIN_M = 2049
 
 
 def _rank_cast(op: str) -> tuple[str, ...]:
-    """The casts on 9.0, 10.x and 12.x: cutlass's CUDA cast first for NVFP4 (9.0 vs 13.8 us at
-    16 x 3072, 101 vs 105 us at 4096 x 12288 on the H100), triton_cast first for MXFP8 (the two
-    run at the same speed: quant-h100.json)."""
-    return ("cutlass", "triton_cast") if op == "quantize_nvfp4" else ("triton_cast", "cutlass")
+    """The casts on 9.0, 10.x and 12.x: cutlass's CUDA cast first. Its GPU time equals triton_cast's
+    for MXFP8 and beats it for NVFP4 (9.0 vs 13.8 us at 16 x 3072, 101 vs 105 us at 4096 x 12288 on
+    the H100: docs/formats-and-layout.md), and its launch costs the host a few microseconds where a
+    Triton launch costs tens (docs/host-path.md)."""
+    return ("cutlass", "triton_cast")
 
 
 def _rank_sm90(op: str, m: int, n: int, k: int) -> tuple[str, ...]:
