@@ -1014,19 +1014,27 @@ def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device, 
 _WORKSPACES = threading.local()  # per thread: {(device index, stream handle): uint8 buffer}
 
 
+# The largest workspace stream_workspace keeps. Above it a launch gets a fresh allocation: its
+# 2-3 us of host time are noise beside the GEMM such an activation feeds (hundreds of us), and a
+# kept buffer of the largest activation would stay allocated beside a compiled model's CUDA-graph
+# pool (FLUX batch 4, NVFP4: 0.5 GiB more peak memory on the H100 when it was kept at any size).
+KEPT_WORKSPACE_MAX_BYTES = 32 << 20
+
+
 def stream_workspace(size: int, device: torch.device, stream: int) -> torch.Tensor | None:
     """At least ``size`` bytes of device memory (uint8) for a launch on ``stream`` (the handle of
     ``device``'s current stream, ``current_raw_stream``: the caller passes it on to the launch),
     or None for size 0; the caller keeps it alive until the launch is enqueued. Outside CUDA-graph
-    capture one buffer per thread and stream, grown as needed and kept (no allocation per call):
-    launches on one stream run in order, so each finds it free, and a buffer per thread keeps two
-    threads' launches on one stream from interleaving in it. Inside capture a fresh allocation from
-    the graph's memory pool, so that a replayed graph shares no memory with eager calls."""
+    capture, up to ``KEPT_WORKSPACE_MAX_BYTES``, one buffer per thread and stream, grown as needed
+    and kept (no allocation per call): launches on one stream run in order, so each finds it free,
+    and a buffer per thread keeps two threads' launches on one stream from interleaving in it.
+    Larger sizes, and any size inside capture, get a fresh allocation (inside capture from the
+    graph's memory pool, so that a replayed graph shares no memory with eager calls)."""
     import torch
 
     if not size:
         return None
-    if torch._C._cuda_isCurrentStreamCapturing():
+    if size > KEPT_WORKSPACE_MAX_BYTES or torch._C._cuda_isCurrentStreamCapturing():
         return torch.empty(size, dtype=torch.uint8, device=device)
     buffers = _WORKSPACES.__dict__
     key = (device.index, stream)

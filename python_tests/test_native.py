@@ -353,13 +353,19 @@ def test_wrapper_checks_on_cuda(cuda_device):
 @pytest.mark.gpu
 def test_stream_workspace_is_kept_per_thread_and_stream_and_fresh_under_capture(cuda_device):
     """The native GEMMs' workspace: one buffer per (thread, stream), grown when too small; a fresh
-    allocation inside CUDA-graph capture (the graph's pool), never the kept one."""
+    allocation above KEPT_WORKSPACE_MAX_BYTES and inside CUDA-graph capture (the graph's pool),
+    never the kept one."""
     stream = native.current_raw_stream(cuda_device.index)
     first = native.stream_workspace(1000, cuda_device, stream)
     assert first.numel() >= 1000 and native.stream_workspace(500, cuda_device, stream).data_ptr() == first.data_ptr()
     grown = native.stream_workspace(5000, cuda_device, stream)
     assert grown.numel() >= 5000 and native.stream_workspace(1000, cuda_device, stream).data_ptr() == grown.data_ptr()
     assert native.stream_workspace(0, cuda_device, stream) is None
+    large = native.KEPT_WORKSPACE_MAX_BYTES + 1  # above the cap: fresh each time, the kept buffer left as it is
+    big = native.stream_workspace(large, cuda_device, stream)
+    assert big.numel() >= large and big.data_ptr() != grown.data_ptr()
+    assert native.stream_workspace(1000, cuda_device, stream).data_ptr() == grown.data_ptr()
+    del big
     side = torch.cuda.Stream(cuda_device)
     with torch.cuda.stream(side):
         assert native.stream_workspace(1000, cuda_device, side.cuda_stream).data_ptr() != grown.data_ptr()
