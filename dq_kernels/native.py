@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,7 @@ __all__ = [
     "sm90_mixed_plan",
     "sm90_mxfp8_linear",
     "sm90_nvfp4_linear",
+    "sm90_linear_launcher",
     "SM90_LINEAR_KERNELS",
     "Sm90MixedPlan",
     "SM90_SKINNY_MAX_M",
@@ -869,15 +870,8 @@ def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, chec
     if checked:
         if scaling not in SCALINGS:
             raise ValueError(f"dq_kernels.native.{fn}: scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
-        lib, x_code, m, n, k = _linear_args(fn, "mxfp8", x, b_q, b_s, bias, out, kernel, {})
-    else:
-        lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
-    device = out.device
-    stream = current_raw_stream(device.index)
-    workspace = _linear_workspace("mxfp8", kernel, m, n, k, device, stream)
-    args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias), out.data_ptr(),
-            m, n, k, SCALINGS[scaling], SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
-    _launch(fn, lib.dq_sm90_mxfp8_linear, device, *args, stream=stream)
+        _linear_args(fn, "mxfp8", x, b_q, b_s, bias, out, kernel, {})
+    sm90_linear_launcher("mxfp8", kernel, x.dtype, x.shape[0], out.device, b_q, b_s, bias, scaling=scaling)(x, out)
 
 
 def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: str, *, checked: bool = True) -> None:
@@ -893,16 +887,55 @@ def sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias, out, kernel: st
     fn = "sm90_nvfp4_linear"
     if checked:
         extra = {"b_ts": b_ts} if activation_scale is None else {"b_ts": b_ts, "activation_scale": activation_scale}
-        lib, x_code, m, n, k = _linear_args(fn, "nvfp4", x, b_q, b_s, bias, out, kernel, extra)
+        _linear_args(fn, "nvfp4", x, b_q, b_s, bias, out, kernel, extra)
+    launch = sm90_linear_launcher("nvfp4", kernel, x.dtype, x.shape[0], out.device, b_q, b_s, bias, b_ts=b_ts,
+                                  activation_scale=activation_scale)
+    launch(x, out)
+
+
+def sm90_linear_launcher(
+    fmt: str, kernel: str, x_dtype: torch.dtype, m: int, device: torch.device, b_q, b_s, bias, *,
+    scaling: str = "rceil", b_ts=None, activation_scale=None,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``launch(x, out)``: ``sm90_{fmt}_linear`` of this weight, bias and options for activations x
+    [m, K] of ``x_dtype`` on ``device`` into out [m, N] (x's dtype), every argument but x's and
+    out's addresses and x's row stride made once, here (the unchecked path: the caller guarantees
+    what ``sm90_mxfp8_linear`` / ``sm90_nvfp4_linear`` require of all of them). The launcher holds
+    the weight, bias and activation-scale tensors, so their memory stays while it lives. The
+    launch goes to ``device``'s current stream, with a ``stream_workspace`` per launch, ``device``
+    made current around it where it is not."""
+    fn = f"sm90_{fmt}_linear"
+    lib = _library().lib
+    n, k = b_q.shape[0], b_q.shape[1] * (1 if fmt == "mxfp8" else 2)
+    size = _linear_workspace_bytes(device.index, fmt, kernel, m, n, k)
+    x_code, kernel_code, index = _dtype_code(x_dtype), SM90_LINEAR_KERNELS[kernel], device.index
+    if fmt == "mxfp8":
+        entry = lib.dq_sm90_mxfp8_linear
+        weight = (b_q.data_ptr(), b_s.data_ptr(), *_bias_args(bias))
+        tail = (m, n, k, SCALINGS[scaling], kernel_code)
     else:
-        lib, x_code, (m, k), n = _library().lib, _dtype_code(x.dtype), x.shape, b_q.shape[0]
-    device = out.device
-    stream = current_raw_stream(device.index)
-    workspace = _linear_workspace("nvfp4", kernel, m, n, k, device, stream)
-    a_ts_ptr = None if activation_scale is None else activation_scale.data_ptr()
-    args = (x.data_ptr(), x_code, _row_stride(x), b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts_ptr,
-            *_bias_args(bias), out.data_ptr(), m, n, k, SM90_LINEAR_KERNELS[kernel], *_pointer_and_bytes(workspace))
-    _launch(fn, lib.dq_sm90_nvfp4_linear, device, *args, stream=stream)
+        entry = lib.dq_sm90_nvfp4_linear
+        a_ts = None if activation_scale is None else activation_scale.data_ptr()
+        weight = (b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts, *_bias_args(bias))
+        tail = (m, n, k, kernel_code)
+    held = (b_q, b_s, b_ts, activation_scale, bias)
+
+    def launch(x, out):
+        import torch
+
+        if torch._C._cuda_getDevice() != index:  # the entry points launch on the current device
+            with torch.cuda.device(index):
+                return launch(x, out)
+        stream = current_raw_stream(index)
+        workspace = stream_workspace(size, device, stream)
+        code = entry(x.data_ptr(), x_code, _row_stride(x), *weight, out.data_ptr(), *tail,
+                     None if workspace is None else workspace.data_ptr(), size, stream)
+        if code != 0:
+            message = lib.dq_error_string(code).decode()
+            raise RuntimeError(f"dq_kernels.native.{fn}: {entry.__name__} returned {code}: {message}")
+
+    launch.held = held
+    return launch
 
 
 def _check_tokens(fn: str, tokens: int) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -488,6 +489,24 @@ def nvfp4_weight_only_eager(x, b_q, b_s, b_ts, bias, backend: str) -> Tensor:
     mm = select("nvfp4_weight_only_mm", x.device, m, n, k, None, backend)
     with _on_device(x):
         return _run_nvfp4_weight_only_mm(mm, x, b_q, b_s, b_ts, bias)
+
+
+def linear_launcher(
+    fmt: str, x: Tensor, b_q, b_s, bias, backend: str, *, scaling: str = "rceil", b_ts=None, activation_scale=None
+) -> Callable[[Tensor], Tensor] | None:
+    """For the eager calls of a quantized Linear of ``fmt`` ("mxfp8", or "nvfp4" with activation
+    quantization) with a checked weight whose backend is ``backend`` (a preference), and
+    activations like x [M, K] (its M, dtype and device; x is checked here): the launcher of the
+    backend that runs the whole Linear in one call (``Backend.linear_launcher``), or None where the
+    Linear runs as steps or on a registered backend (``*_linear_eager`` then). It stays right while
+    ``backends.selection_scope()`` is unchanged."""
+    k = b_q.shape[1] * (1 if fmt == "mxfp8" else 2)
+    m = check_activation(f"dq_kernels.{fmt}_linear", x, k, b_q.device)
+    plan = plan_linear(fmt, x.device, m, b_q.shape[0], k, x.dtype, None, None, backend)
+    if not plan.fused or plan.checked:
+        return None
+    return plan.mm.linear_launcher(fmt, x.device, m, x.dtype, b_q, b_s, bias, scaling=scaling, b_ts=b_ts,
+                                   activation_scale=activation_scale)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ NotImplementedError naming the op.
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import __version__, formats, ops
-from .backends import env_backend, select
+from .backends import env_backend, select, selection_scope
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
@@ -49,6 +50,14 @@ def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: 
     if not isinstance(m, int):  # a symbolic M (torch.compile with dynamic shapes): no M-dependent limit is
         m = 1  # asked here; the op body selects again with the real M
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
+
+
+# Per live quantized weight, by id: {(M, x dtype, x device index, id(bias), weight backend,
+# backends.selection_scope()): (launcher or None, bias)}, emptied when it reaches KEPT_LAUNCHERS
+# entries; a weight's entries go when it is freed (weakref.finalize). Kept outside the weights, so
+# that pickling, deepcopy and torch.compile's tensor flattening never see them.
+_LAUNCHERS: dict[int, dict[tuple, tuple]] = {}
+KEPT_LAUNCHERS = 64
 
 
 def _records_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -97,10 +106,22 @@ class QuantizedWeight(TorchAOBaseTensor):
                 formats.check_tensor_scale(fn, name, getattr(self, name), self.qdata.device)
 
     def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run the op's body
-        directly (``ops.*_eager``); traced ones, and calls autograd would record, the custom ops."""
+        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run a launcher kept
+        per (weight, M, dtype, device, bias, backend names in effect) where the backend offers one
+        (``ops.linear_launcher``), else the op's body directly (``ops.*_eager``); traced calls, and
+        calls autograd would record, the custom ops."""
         if ops.tracing(x) or _records_grad(x, bias):
             return self._linear_op(x, bias)  # traced, or autograd would need a formula: the custom ops
+        key = (x.shape[0], x.dtype, x.get_device(), id(bias), self.backend, selection_scope())
+        launchers = _LAUNCHERS.get(id(self))
+        entry = None if launchers is None else launchers.get(key)
+        if entry is None:
+            entry = self._keep_launcher(key, x, bias)
+        return self._linear_eager(x, bias) if entry[0] is None else entry[0](x)
+
+    def _keep_launcher(self, key: tuple, x: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        """The entry of ``_LAUNCHERS`` for ``key`` (``_linear_2d``), made after checking the bias:
+        (the launcher or None, the bias, which it holds so that ``id(bias)`` stays its own)."""
         n = self.qdata.shape[0]
         if bias is not None and (
             bias.dtype not in formats.HIGH_PRECISION_DTYPES or bias.shape != (n,) or bias.device != x.device
@@ -109,7 +130,18 @@ class QuantizedWeight(TorchAOBaseTensor):
                 f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
                 f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
             )
-        return self._linear_eager(x, bias)
+        launchers = _LAUNCHERS.get(id(self))
+        if launchers is None:
+            launchers = _LAUNCHERS[id(self)] = {}
+            weakref.finalize(self, _LAUNCHERS.pop, id(self), None)
+        elif len(launchers) >= KEPT_LAUNCHERS:
+            launchers.clear()
+        entry = launchers[key] = (self._launcher(x, bias), bias)
+        return entry
+
+    def _launcher(self, x: torch.Tensor, bias: torch.Tensor | None):
+        """``ops.linear_launcher`` for this weight and activations like x, or None."""
+        raise NotImplementedError
 
     def _linear_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The linear through the custom ops (what torch.compile traces): the linear op, or, where
@@ -183,6 +215,9 @@ class MXFP8Weight(QuantizedWeight):
     def _linear_eager(self, x, bias):
         return ops.mxfp8_linear_eager(x, self.qdata, self.scale, bias, self.scaling, self.backend)
 
+    def _launcher(self, x, bias):
+        return ops.linear_launcher("mxfp8", x, self.qdata, self.scale, bias, self.backend, scaling=self.scaling)
+
     def dequantize(self, dtype=None):
         w = ops.dequantize_mxfp8(self.qdata, self.scale, dtype or self.dtype)
         return w.t() if self.transposed else w
@@ -249,6 +284,12 @@ class NVFP4Weight(QuantizedWeight):
         return ops.nvfp4_linear(
             x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, cast_backend, mm_backend
         )
+
+    def _launcher(self, x, bias):
+        if self.weight_only:
+            return None
+        return ops.linear_launcher("nvfp4", x, self.qdata, self.scale, bias, self.backend, b_ts=self.tensor_scale,
+                                   activation_scale=self.activation_scale)
 
     def _linear_eager(self, x, bias):
         if self.weight_only:

@@ -108,6 +108,46 @@ def test_eager_bypass_matches_the_custom_op_and_skips_it(fmt, monkeypatch):
     assert torch.equal(F.linear(x, weight, bias), through_op)
 
 
+def test_eager_launchers_are_kept_per_weight_m_bias_and_backend_names(recorder, monkeypatch):
+    """An eager layer makes its launcher (ops.linear_launcher) once per (M, dtype, device, bias,
+    weight backend, backend names in effect) and runs the kept one after that; every way of naming
+    a backend, a new M and a new bias make a new one; a freed weight's launchers go with it."""
+    from dq_kernels import tensor
+
+    made = []
+
+    def counting_launcher(fmt, x, *args, **kwargs):
+        made.append(x.shape[0])
+        mark = float(len(made))
+        return lambda x: torch.full((x.shape[0], 32), mark)  # which launcher ran
+
+    monkeypatch.setattr(ops, "linear_launcher", counting_launcher)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_(model, MXFP8Config())
+    x = randn(3, 64)
+    with torch.no_grad():  # the bias is a Parameter: a call autograd would record takes the custom op
+        assert model(x)[0, 0] == 1 and model(x)[0, 0] == 1 and len(made) == 1
+        assert model(randn(4, 64))[0, 0] == 2 and model(x)[0, 0] == 1  # a new M, then the kept one
+        model[0].bias = torch.nn.Parameter(randn(32))
+        assert model(x)[0, 0] == 3
+        with dq.use_backend("recorder"):
+            assert model(x)[0, 0] == 4
+        monkeypatch.setenv("DQ_KERNELS_BACKEND", "recorder")  # the same name in effect as use_backend's
+        assert model(x)[0, 0] == 4
+        monkeypatch.delenv("DQ_KERNELS_BACKEND")
+        assert model(x)[0, 0] == 3
+        set_backend(model, "recorder")
+        assert model(x)[0, 0] == 5
+        set_backend(model, "auto")
+        assert model(x)[0, 0] == 3
+        backends._forget_selections()  # what register_backend / unregister_backend do
+        assert model(x)[0, 0] == 6
+    key = id(model[0].weight)
+    assert key in tensor._LAUNCHERS
+    del model
+    assert key not in tensor._LAUNCHERS
+
+
 def test_tracing_runs_the_custom_op(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(64, 32))
     quantize_(model, MXFP8Config())

@@ -224,6 +224,34 @@ def test_linear_ops_fuse_on_hopper_bit_for_bit(m):
 
 @pytest.mark.gpu
 @needs_hopper_kernel
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_quantized_layers_run_their_kept_launchers_bit_for_bit(m):
+    """An eager quantized layer on 9.0 runs the one-call Linear through the launcher it keeps
+    (tensor._LAUNCHERS): the custom op's result, bit for bit, on the first and on later calls, for a
+    3-D x, a row-strided x, another bias and the static NVFP4 activation scale."""
+    from torchao.quantization import quantize_
+
+    from dq_kernels import tensor
+    from dq_kernels.config import MXFP8Config, NVFP4Config
+
+    k, n = 3072, 272
+    for config in (MXFP8Config(), NVFP4Config(), NVFP4Config(activation_amax=6.0)):
+        layer = torch.nn.Linear(k, n, dtype=torch.bfloat16, device=CUDA)
+        quantize_(layer, config)
+        weight = layer.weight
+        wide = activation(m, 2 * k, torch.bfloat16, seed=m)
+        with torch.inference_mode():
+            for x, bias in ((wide[:, :k], layer.bias), (wide[:, k:].contiguous()[None], None),
+                            (wide[:, :k], layer.bias.float())):
+                through_op = weight._linear_op(x.reshape(m, k), bias).reshape(*x.shape[:-1], n)
+                for _ in range(2):
+                    assert torch.equal(torch.nn.functional.linear(x, weight, bias), through_op), (config, x.shape)
+        launchers = tensor._LAUNCHERS[id(weight)].values()
+        assert len(launchers) == 3 and all(run is not None for run, _ in launchers)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
 def test_fused_kernels_refuse_what_they_cannot_run():
     x = activation(65, 64, torch.bfloat16, seed=0)
     (b_q, b_s), _ = weight_and_bias("mxfp8", 8, 64, seed=0)

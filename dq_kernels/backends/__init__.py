@@ -56,6 +56,7 @@ __all__ = [
     "backend_names",
     "use_backend",
     "select",
+    "selection_scope",
     "plan_linear",
     "ranking",
     "env_backend",
@@ -382,10 +383,21 @@ _SELECTED: dict[tuple, Backend] = {}
 KEPT_SELECTIONS = 16384  # the selection and plan caches are emptied when they reach this many entries
 
 
+_GENERATION = 0  # how many times the selection caches were emptied (selection_scope)
+
+
+def selection_scope() -> tuple[str, int]:
+    """What decides auto's choices beyond a call's own arguments: the backend name in effect
+    (``use_backend``, else ``DQ_KERNELS_BACKEND``) and a count of the registry's changes. Caches
+    of choices outside this module (the eager launchers of quantized weights) key on it."""
+    return _CHOSEN.get() or env_backend(), _GENERATION
+
+
 def _forget_selections() -> None:
     """Empty the selection caches (the registry or a backend's availability changed), and check
     ``DQ_KERNELS_BACKEND`` against the registry again at its next read."""
-    global _ENV_CHECKED
+    global _ENV_CHECKED, _GENERATION
+    _GENERATION += 1
     _SELECTED.clear()
     _PLANS.clear()
     _LOGGED.clear()

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -211,6 +212,18 @@ class Backend:
         b_q, b_s, bias, scaling)`` / ``nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, bias)``,
         bit for bit the cast op and the mm op)."""
         return False
+
+    def linear_launcher(
+        self, fmt: str, device: torch.device, m: int, dtype: torch.dtype, b_q, b_s, bias, *,
+        scaling: str = "rceil", b_ts=None, activation_scale=None,
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For a backend that ``fuses_linear``: ``run(x)``, the Linear ``mxfp8_linear`` /
+        ``nvfp4_linear`` of this weight (b_q, b_s and, for NVFP4, b_ts), bias and options for an
+        activation x [m, K] of ``dtype`` on ``device``, returning [m, N] of x's dtype, with what
+        does not depend on x prepared once (an eager quantized layer keeps it per weight, M and
+        dtype: ``tensor.QuantizedWeight``). x may be any [m, K] view; the operands are those the
+        ops checked. None (the default): no launcher; the layer calls the backend's method."""
+        return None
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_mxfp8")

@@ -128,12 +128,10 @@ def linear_kernel(m: int, dtype: torch.dtype) -> str:
     return "skinny" if m <= native.SM90_SKINNY_MAX_M else "mixed"
 
 
-def _linear_operands(x: torch.Tensor, n: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """For a Linear on 9.0 of x [M, K] and a weight of n rows: (the kernel ``linear_kernel`` picks,
-    x as that kernel reads it, the [M, n] output of x's dtype)."""
-    kernel = linear_kernel(x.shape[0], x.dtype)
-    x = aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
-    return kernel, x, x.new_empty(x.shape[0], n)
+def _linear_input(kernel: str, x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] as the one-call Linear's ``kernel`` reads it (``linear_kernel``): contiguous and
+    16-byte aligned for the quantizing skinny kernel, else as the casts read it."""
+    return aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
 
 
 def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -196,21 +194,37 @@ class CutlassBackend(Backend):
     def fuses_linear(self, fmt, device, m, dtype):
         return _on_hopper(device)
 
+    def linear_launcher(self, fmt, device, m, dtype, b_q, b_s, bias, *, scaling="rceil", b_ts=None,
+                        activation_scale=None):
+        """On 9.0 (``fuses_linear``): the one-call Linear (csrc/sm90_linear.cu) of the kernel
+        ``linear_kernel`` picks for m rows of ``dtype``, its arguments made once
+        (``native.sm90_linear_launcher``); a call makes x as that kernel reads it and the output."""
+        if not _on_hopper(device):
+            return None
+        kernel, n = linear_kernel(m, dtype), b_q.shape[0]
+        launch = native.sm90_linear_launcher(fmt, kernel, dtype, m, device, aligned_16(b_q), aligned_16(b_s),
+                                             _bias(bias), scaling=scaling, b_ts=b_ts,
+                                             activation_scale=activation_scale)
+
+        def run(x):
+            x = _linear_input(kernel, x)
+            out = x.new_empty(m, n)
+            launch(x, out)
+            return out
+
+        return run
+
     def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
         """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one native call, for x
         [M, K] on 9.0 (``fuses_linear``; ``linear_kernel`` picks the GEMM)."""
-        kernel, x, out = _linear_operands(x, b_q.shape[0])
-        native.sm90_mxfp8_linear(x, aligned_16(b_q), aligned_16(b_s), _bias(bias), out, scaling, kernel, checked=False)
-        return out
+        return self.linear_launcher("mxfp8", x.device, x.shape[0], x.dtype, b_q, b_s, bias, scaling=scaling)(x)
 
     def nvfp4_linear(self, x, b_q, b_s, b_ts, activation_scale, bias):
         """nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias, x.dtype) in one
         native call, for x [M, K] on 9.0 (``fuses_linear``); a None activation_scale: the dynamic
         one, computed in the same call."""
-        kernel, x, out = _linear_operands(x, b_q.shape[0])
-        native.sm90_nvfp4_linear(x, aligned_16(b_q), aligned_16(b_s), b_ts, activation_scale, _bias(bias), out, kernel,
-                                 checked=False)
-        return out
+        return self.linear_launcher("nvfp4", x.device, x.shape[0], x.dtype, b_q, b_s, bias, b_ts=b_ts,
+                                    activation_scale=activation_scale)(x)
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         if _on_hopper(a_q.device) and not _skinny(a_q.device, a_q.shape[0]):
