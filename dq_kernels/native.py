@@ -824,9 +824,10 @@ def _linear_args(fn, fmt, x, b_q, b_s, bias, out, kernel: str, tensor_scales: di
 
 
 def _row_stride(x) -> int:
-    """x's row stride in elements, K for a contiguous x (torch calls a one-row view contiguous
-    whatever its row stride; the quantizing skinny kernel reads rows K apart)."""
-    return x.shape[1] if x.is_contiguous() else x.stride(0)
+    """The row stride in elements of x [M, K], or of a contiguous x [..., K] read as [M, K]: K for
+    a contiguous x (torch calls a one-row view contiguous whatever its row stride; the quantizing
+    skinny kernel reads rows K apart)."""
+    return x.shape[-1] if x.is_contiguous() else x.stride(0)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -898,7 +899,8 @@ def sm90_linear_launcher(
     scaling: str = "rceil", b_ts=None, activation_scale=None,
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``launch(x, out)``: ``sm90_{fmt}_linear`` of this weight, bias and options for activations x
-    [m, K] of ``x_dtype`` on ``device`` into out [m, N] (x's dtype), every argument but x's and
+    [m, K] of ``x_dtype`` on ``device`` (or a contiguous x [..., K] of m rows in all) into out of m
+    rows of N (contiguous, x's dtype), every argument but x's and
     out's addresses and x's row stride made once, here (the unchecked path: the caller guarantees
     what ``sm90_mxfp8_linear`` / ``sm90_nvfp4_linear`` require of all of them). The launcher holds
     the weight, bias and activation-scale tensors, so their memory stays while it lives. The

@@ -105,22 +105,24 @@ class QuantizedWeight(TorchAOBaseTensor):
             if name not in ("qdata", "scale"):
                 formats.check_tensor_scale(fn, name, getattr(self, name), self.qdata.device)
 
-    def _linear_2d(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [M, K] @ weight.T (+ bias [N]) -> [M, N] of x's dtype: eager calls run a launcher kept
-        per (weight, M, dtype, device, bias, backend names in effect) where the backend offers one
-        (``ops.linear_launcher``), else the op's body directly (``ops.*_eager``); traced calls, and
-        calls autograd would record, the custom ops."""
+    def _linear_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [..., K] (M rows in all) @ weight.T (+ bias [N]) -> [..., N] of x's dtype: eager calls
+        run a launcher kept per (weight, M, dtype, device, bias, backend names in effect) where the
+        backend offers one (``ops.linear_launcher``; it takes x as it is), else the op's body
+        directly (``ops.*_eager``, on x as [M, K]); traced calls, and calls autograd would record,
+        the custom ops."""
         if ops.tracing(x) or _records_grad(x, bias):
-            return self._linear_op(x, bias)  # traced, or autograd would need a formula: the custom ops
-        key = (x.shape[0], x.dtype, x.get_device(), id(bias), self.backend, selection_scope())
+            return _on_rows(self._linear_op, x, bias)  # traced, or autograd would need a formula: the custom ops
+        m = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
+        key = (m, x.dtype, x.get_device(), id(bias), self.backend, selection_scope())
         launchers = _LAUNCHERS.get(id(self))
         entry = None if launchers is None else launchers.get(key)
         if entry is None:
             entry = self._keep_launcher(key, x, bias)
-        return self._linear_eager(x, bias) if entry[0] is None else entry[0](x)
+        return _on_rows(self._linear_eager, x, bias) if entry[0] is None else entry[0](x)
 
     def _keep_launcher(self, key: tuple, x: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-        """The entry of ``_LAUNCHERS`` for ``key`` (``_linear_2d``), made after checking the bias:
+        """The entry of ``_LAUNCHERS`` for ``key`` (``_linear_rows``), made after checking the bias:
         (the launcher or None, the bias, which it holds so that ``id(bias)`` stays its own)."""
         n = self.qdata.shape[0]
         if bias is not None and (
@@ -136,7 +138,7 @@ class QuantizedWeight(TorchAOBaseTensor):
             weakref.finalize(self, _LAUNCHERS.pop, id(self), None)
         elif len(launchers) >= KEPT_LAUNCHERS:
             launchers.clear()
-        entry = launchers[key] = (self._launcher(x, bias), bias)
+        entry = launchers[key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
         return entry
 
     def _launcher(self, x: torch.Tensor, bias: torch.Tensor | None):
@@ -343,10 +345,16 @@ def _linear(x: torch.Tensor, w: QuantizedWeight, bias: torch.Tensor | None) -> t
     if x.numel() == 0:  # an empty batch: nothing to quantize (the ops reject M = 0)
         out = x.new_zeros(0, n) if bias is None else bias.to(x.dtype).expand(0, n).clone()
         return out.reshape(*x.shape[:-1], n)
-    if x.dim() == 2:  # already [M, K]: no reshape in or out (each makes a tensor: 1-3 us of host time)
-        return w._linear_2d(x, bias)
-    out = w._linear_2d(x.reshape(-1, k), bias)
-    return out.reshape(*x.shape[:-1], n)
+    return w._linear_rows(x, bias)
+
+
+def _on_rows(linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``linear(x2, bias)`` for x2, x [..., K] as [M, K], returned as [..., N]; a 2-D x as it is
+    (a reshape makes a tensor: 1-3 us of host time)."""
+    if x.dim() == 2:
+        return linear(x, bias)
+    out = linear(x.reshape(-1, x.shape[-1]), bias)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _untransposed(b: torch.Tensor, op: str) -> QuantizedWeight:

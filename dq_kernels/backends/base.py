@@ -219,10 +219,11 @@ class Backend:
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """For a backend that ``fuses_linear``: ``run(x)``, the Linear ``mxfp8_linear`` /
         ``nvfp4_linear`` of this weight (b_q, b_s and, for NVFP4, b_ts), bias and options for an
-        activation x [m, K] of ``dtype`` on ``device``, returning [m, N] of x's dtype, with what
-        does not depend on x prepared once (an eager quantized layer keeps it per weight, M and
-        dtype: ``tensor.QuantizedWeight``). x may be any [m, K] view; the operands are those the
-        ops checked. None (the default): no launcher; the layer calls the backend's method."""
+        activation x [..., K] of m rows in all, of ``dtype`` on ``device``, returning [..., N] of
+        x's dtype, with what does not depend on x prepared once (an eager quantized layer keeps it
+        per weight, M and dtype: ``tensor.QuantizedWeight``). x may be any view; the operands are
+        those the ops checked. None (the default): no launcher; the layer calls the backend's
+        method."""
         return None
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:

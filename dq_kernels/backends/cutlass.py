@@ -198,7 +198,8 @@ class CutlassBackend(Backend):
                         activation_scale=None):
         """On 9.0 (``fuses_linear``): the one-call Linear (csrc/sm90_linear.cu) of the kernel
         ``linear_kernel`` picks for m rows of ``dtype``, its arguments made once
-        (``native.sm90_linear_launcher``); a call makes x as that kernel reads it and the output."""
+        (``native.sm90_linear_launcher``); a call makes the output and, unless x is contiguous and
+        16-byte aligned, x [M, K] as that kernel reads it."""
         if not _on_hopper(device):
             return None
         kernel, n = linear_kernel(m, dtype), b_q.shape[0]
@@ -207,8 +208,9 @@ class CutlassBackend(Backend):
                                              activation_scale=activation_scale)
 
         def run(x):
-            x = _linear_input(kernel, x)
-            out = x.new_empty(m, n)
+            out = x.new_empty((*x.shape[:-1], n))
+            if not (x.is_contiguous() and x.data_ptr() % 16 == 0):  # else every kernel reads x as it is
+                x = _linear_input(kernel, x.reshape(m, x.shape[-1]))
             launch(x, out)
             return out
 
