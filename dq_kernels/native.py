@@ -902,9 +902,9 @@ def sm90_linear_launcher(
     [m, K] of ``x_dtype`` on ``device`` (or a contiguous x [..., K] of m rows in all) into out of m
     rows of N (contiguous, x's dtype), every argument but x's and
     out's addresses and x's row stride made once, here (the unchecked path: the caller guarantees
-    what ``sm90_mxfp8_linear`` / ``sm90_nvfp4_linear`` require of all of them). The launcher holds
-    the weight, bias and activation-scale tensors, so their memory stays while it lives. The
-    launch goes to ``device``'s current stream, with a ``stream_workspace`` per launch, ``device``
+    what ``sm90_mxfp8_linear`` / ``sm90_nvfp4_linear`` require of all of them). The launcher binds
+    the addresses of the weight, bias and activation-scale tensors and holds none of them: the
+    caller keeps them alive while it uses the launcher. The launch goes to ``device``'s current stream, with a ``stream_workspace`` per launch, ``device``
     made current around it where it is not."""
     fn = f"sm90_{fmt}_linear"
     lib = _library().lib
@@ -920,7 +920,6 @@ def sm90_linear_launcher(
         a_ts = None if activation_scale is None else activation_scale.data_ptr()
         weight = (b_q.data_ptr(), b_s.data_ptr(), b_ts.data_ptr(), a_ts, *_bias_args(bias))
         tail = (m, n, k, kernel_code)
-    held = (b_q, b_s, b_ts, activation_scale, bias)
 
     def launch(x, out):
         import torch
@@ -936,7 +935,6 @@ def sm90_linear_launcher(
             message = lib.dq_error_string(code).decode()
             raise RuntimeError(f"dq_kernels.native.{fn}: {entry.__name__} returned {code}: {message}")
 
-    launch.held = held
     return launch
 
 

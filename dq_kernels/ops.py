@@ -499,7 +499,8 @@ def linear_launcher(
     activations like x [M, K] (its M, dtype and device; x is checked here): the launcher of the
     backend that runs the whole Linear in one call (``Backend.linear_launcher``), or None where the
     Linear runs as steps or on a registered backend (``*_linear_eager`` then). It stays right while
-    ``backends.selection_scope()`` is unchanged."""
+    ``backends.selection_scope()`` is unchanged and the caller keeps b_q and b_s alive (it need not
+    hold them)."""
     k = b_q.shape[1] * (1 if fmt == "mxfp8" else 2)
     m = check_activation(f"dq_kernels.{fmt}_linear", x, k, b_q.device)
     plan = plan_linear(fmt, x.device, m, b_q.shape[0], k, x.dtype, None, None, backend)

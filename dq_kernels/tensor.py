@@ -52,11 +52,17 @@ def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: 
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 
 
-# Per live quantized weight, by id: {(M, x dtype, x device index, id(bias), weight backend,
-# backends.selection_scope()): (launcher or None, bias)}, emptied when it reaches KEPT_LAUNCHERS
-# entries; a weight's entries go when it is freed (weakref.finalize). Kept outside the weights, so
-# that pickling, deepcopy and torch.compile's tensor flattening never see them.
-_LAUNCHERS: dict[int, dict[tuple, tuple]] = {}
+# Per quantized weight, by id: (a weak reference to its qdata when the entries were made,
+# {(M, x dtype, x device index, id(bias), weight backend, backends.selection_scope()): (launcher or
+# None, bias)}). Entries count only while the weight holds that same qdata object: another weight
+# at a reused id, or this one with its contents swapped (torch.utils.swap_tensors, as
+# nn.Module.to does), starts over. Nothing here holds a weight or its qdata and scales (a freed
+# weight's memory is freed; no weak reference to the weight itself, which swap_tensors refuses):
+# the launchers bind their addresses, valid while the weight holds them. Kept outside the weights,
+# so that pickling, deepcopy and torch.compile's tensor flattening never see them; emptied at
+# KEPT_WEIGHTS weights, a weight's entries at KEPT_LAUNCHERS.
+_LAUNCHERS: dict[int, tuple[weakref.ref, dict[tuple, tuple]]] = {}
+KEPT_WEIGHTS = 8192
 KEPT_LAUNCHERS = 64
 
 
@@ -115,8 +121,8 @@ class QuantizedWeight(TorchAOBaseTensor):
             return _on_rows(self._linear_op, x, bias)  # traced, or autograd would need a formula: the custom ops
         m = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
         key = (m, x.dtype, x.get_device(), id(bias), self.backend, selection_scope())
-        launchers = _LAUNCHERS.get(id(self))
-        entry = None if launchers is None else launchers.get(key)
+        kept = _LAUNCHERS.get(id(self))
+        entry = kept[1].get(key) if kept is not None and kept[0]() is self.qdata else None
         if entry is None:
             entry = self._keep_launcher(key, x, bias)
         return _on_rows(self._linear_eager, x, bias) if entry[0] is None else entry[0](x)
@@ -132,13 +138,12 @@ class QuantizedWeight(TorchAOBaseTensor):
                 f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
                 f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
             )
-        launchers = _LAUNCHERS.get(id(self))
-        if launchers is None:
-            launchers = _LAUNCHERS[id(self)] = {}
-            weakref.finalize(self, _LAUNCHERS.pop, id(self), None)
-        elif len(launchers) >= KEPT_LAUNCHERS:
-            launchers.clear()
-        entry = launchers[key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
+        kept = _LAUNCHERS.get(id(self))
+        if kept is None or kept[0]() is not self.qdata or len(kept[1]) >= KEPT_LAUNCHERS:
+            if len(_LAUNCHERS) >= KEPT_WEIGHTS:
+                _LAUNCHERS.clear()
+            kept = _LAUNCHERS[id(self)] = (weakref.ref(self.qdata), {})
+        entry = kept[1][key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
         return entry
 
     def _launcher(self, x: torch.Tensor, bias: torch.Tensor | None):

@@ -111,7 +111,8 @@ def test_eager_bypass_matches_the_custom_op_and_skips_it(fmt, monkeypatch):
 def test_eager_launchers_are_kept_per_weight_m_bias_and_backend_names(recorder, monkeypatch):
     """An eager layer makes its launcher (ops.linear_launcher) once per (M, dtype, device, bias,
     weight backend, backend names in effect) and runs the kept one after that; every way of naming
-    a backend, a new M and a new bias make a new one; a freed weight's launchers go with it."""
+    a backend, a new M, a new bias and swapped contents make a new one; the kept launchers never
+    hold a weight's memory."""
     from dq_kernels import tensor
 
     made = []
@@ -142,10 +143,14 @@ def test_eager_launchers_are_kept_per_weight_m_bias_and_backend_names(recorder, 
         assert model(x)[0, 0] == 3
         backends._forget_selections()  # what register_backend / unregister_backend do
         assert model(x)[0, 0] == 6
+        other = torch.nn.Linear(64, 32)
+        quantize_(other, MXFP8Config())
+        torch.utils.swap_tensors(model[0].weight, other.weight)  # what nn.Module.to does with wrapper subclasses
+        assert model(x)[0, 0] == 7 and len(tensor._LAUNCHERS[id(model[0].weight)][1]) == 1  # the old ones dropped
     key = id(model[0].weight)
-    assert key in tensor._LAUNCHERS
-    del model
-    assert key not in tensor._LAUNCHERS
+    assert tensor._LAUNCHERS[key][0]() is model[0].weight.qdata
+    del model, other
+    assert tensor._LAUNCHERS[key][0]() is None  # nothing kept holds a freed weight's memory
 
 
 def test_tracing_runs_the_custom_op(monkeypatch):

@@ -222,8 +222,9 @@ class Backend:
         activation x [..., K] of m rows in all, of ``dtype`` on ``device``, returning [..., N] of
         x's dtype, with what does not depend on x prepared once (an eager quantized layer keeps it
         per weight, M and dtype: ``tensor.QuantizedWeight``). x may be any view; the operands are
-        those the ops checked. None (the default): no launcher; the layer calls the backend's
-        method."""
+        those the ops checked. ``run`` need not hold b_q and b_s (the weight's memory: the caller
+        keeps them alive while it uses ``run``). None (the default): no launcher; the layer calls
+        the backend's method."""
         return None
 
     def quantize_mxfp8(self, x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
