@@ -900,12 +900,12 @@ def sm90_linear_launcher(
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``launch(x, out)``: ``sm90_{fmt}_linear`` of this weight, bias and options for activations x
     [m, K] of ``x_dtype`` on ``device`` (or a contiguous x [..., K] of m rows in all) into out of m
-    rows of N (contiguous, x's dtype), every argument but x's and
-    out's addresses and x's row stride made once, here (the unchecked path: the caller guarantees
-    what ``sm90_mxfp8_linear`` / ``sm90_nvfp4_linear`` require of all of them). The launcher binds
-    the addresses of the weight, bias and activation-scale tensors and holds none of them: the
-    caller keeps them alive while it uses the launcher. The launch goes to ``device``'s current stream, with a ``stream_workspace`` per launch, ``device``
-    made current around it where it is not."""
+    rows of N (contiguous, x's dtype). Every argument but x's and out's addresses and x's row stride
+    is made once, here (the unchecked path: the caller guarantees what ``sm90_mxfp8_linear`` /
+    ``sm90_nvfp4_linear`` require of all of them). The launcher binds the addresses of the weight,
+    bias and tensor-scale tensors and holds none of them: the caller keeps them alive while it uses
+    the launcher. The launch goes to ``device``'s current stream, with a ``stream_workspace`` per
+    launch, ``device`` made current around it where it is not."""
     fn = f"sm90_{fmt}_linear"
     lib = _library().lib
     n, k = b_q.shape[0], b_q.shape[1] * (1 if fmt == "mxfp8" else 2)

@@ -9,11 +9,14 @@ original dtype that it replaces, and holds the canonical operands of ``dq_kernel
   round_up(K / 16, 4)], swizzled; ``tensor_scale`` 0-dim float32; optionally ``activation_scale``,
   a static 0-dim float32 tensor scale for the activations (None: computed per call).
 
-``F.linear(x, weight, bias)`` with x [..., K] reshapes x to [M, K] and runs the linear op
-(``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op),
-returning [..., N] of x's dtype. For each of the two steps it passes the weight's ``backend`` when
-that backend implements the step's op, and None otherwise ("auto", or the cast of an activation
-for a GEMM-only backend), so ``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply there.
+``F.linear(x, weight, bias)`` with x [..., K] (M rows in all) returns [..., N] of x's dtype. Traced
+(torch.compile) and autograd-recorded calls run the linear op on x as [M, K]
+(``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op);
+for each of the two steps they pass the weight's ``backend`` when that backend implements the
+step's op, and None otherwise ("auto", or the cast of an activation for a GEMM-only backend), so
+``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply there. Eager calls run the op's body
+directly: a launcher kept per weight, M, dtype, bias and backend names in effect where the backend
+offers one (``_LAUNCHERS``), else ``ops.*_linear_eager``.
 
 Also implemented: mm, addmm, matmul and ``@`` against ``weight.t()``; t/transpose; view/reshape
 to the same shape; slice and cat (rows anywhere, columns on block boundaries; cat needs equal
@@ -24,6 +27,7 @@ NotImplementedError naming the op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import weakref
 
@@ -52,18 +56,24 @@ def _op_backend(backend: str, op: str, device: torch.device, m: int, n: int, k: 
     return backend if select(op, device, m, n, k, None, backend).spec.name == backend else None
 
 
-# Per quantized weight, by id: (a weak reference to its qdata when the entries were made,
-# {(M, x dtype, x device index, id(bias), weight backend, backends.selection_scope()): (launcher or
-# None, bias)}). Entries count only while the weight holds that same qdata object: another weight
-# at a reused id, or this one with its contents swapped (torch.utils.swap_tensors, as
-# nn.Module.to does), starts over. Nothing here holds a weight or its qdata and scales (a freed
-# weight's memory is freed; no weak reference to the weight itself, which swap_tensors refuses):
-# the launchers bind their addresses, valid while the weight holds them. Kept outside the weights,
-# so that pickling, deepcopy and torch.compile's tensor flattening never see them; emptied at
-# KEPT_WEIGHTS weights, a weight's entries at KEPT_LAUNCHERS.
+# The eager launchers of the quantized weights, by id of the weight's qdata (shared by a weight and
+# the temporary untransposed weights of x @ w.t()): (a weak reference to that qdata, {(M, x dtype,
+# x device index, (id, address, dtype) of the bias, weight backend, backends.selection_scope()):
+# (launcher or None, bias)}). An entry counts only while the weight holds that same qdata object
+# (the launchers bind its address and its scales'); when the qdata is freed (the weight freed, or
+# its contents swapped: torch.utils.swap_tensors, as nn.Module.to does) its entries go. Nothing
+# here holds a weight, its qdata or its block scales, nor a weak reference to the weight (which
+# swap_tensors would refuse); the launchers hold the bias and the tensor scales. Kept outside the
+# weights, so that pickling, deepcopy and torch.compile's tensor flattening never see them; a
+# weight's entries start over at KEPT_LAUNCHERS.
 _LAUNCHERS: dict[int, tuple[weakref.ref, dict[tuple, tuple]]] = {}
-KEPT_WEIGHTS = 8192
 KEPT_LAUNCHERS = 64
+
+
+def _forget_launchers(key: int, ref: weakref.ref) -> None:
+    """The weak reference's callback: the qdata of ``_LAUNCHERS[key]`` was freed."""
+    if _LAUNCHERS.get(key, (None,))[0] is ref:
+        _LAUNCHERS.pop(key, None)
 
 
 def _records_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -113,16 +123,18 @@ class QuantizedWeight(TorchAOBaseTensor):
 
     def _linear_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [..., K] (M rows in all) @ weight.T (+ bias [N]) -> [..., N] of x's dtype: eager calls
-        run a launcher kept per (weight, M, dtype, device, bias, backend names in effect) where the
+        run a launcher kept per (qdata, M, dtype, device, bias, backend names in effect) where the
         backend offers one (``ops.linear_launcher``; it takes x as it is), else the op's body
         directly (``ops.*_eager``, on x as [M, K]); traced calls, and calls autograd would record,
         the custom ops."""
         if ops.tracing(x) or _records_grad(x, bias):
             return _on_rows(self._linear_op, x, bias)  # traced, or autograd would need a formula: the custom ops
         m = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
-        key = (m, x.dtype, x.get_device(), id(bias), self.backend, selection_scope())
-        kept = _LAUNCHERS.get(id(self))
-        entry = kept[1].get(key) if kept is not None and kept[0]() is self.qdata else None
+        bound = None if bias is None else (id(bias), bias.data_ptr(), bias.dtype)  # what a launcher binds
+        key = (m, x.dtype, x.get_device(), bound, self.backend, selection_scope())
+        q = self.qdata
+        kept = _LAUNCHERS.get(id(q))
+        entry = kept[1].get(key) if kept is not None and kept[0]() is q else None
         if entry is None:
             entry = self._keep_launcher(key, x, bias)
         return _on_rows(self._linear_eager, x, bias) if entry[0] is None else entry[0](x)
@@ -138,11 +150,10 @@ class QuantizedWeight(TorchAOBaseTensor):
                 f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
                 f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
             )
-        kept = _LAUNCHERS.get(id(self))
-        if kept is None or kept[0]() is not self.qdata or len(kept[1]) >= KEPT_LAUNCHERS:
-            if len(_LAUNCHERS) >= KEPT_WEIGHTS:
-                _LAUNCHERS.clear()
-            kept = _LAUNCHERS[id(self)] = (weakref.ref(self.qdata), {})
+        q = self.qdata
+        kept = _LAUNCHERS.get(id(q))
+        if kept is None or kept[0]() is not q or len(kept[1]) >= KEPT_LAUNCHERS:
+            kept = _LAUNCHERS[id(q)] = (weakref.ref(q, functools.partial(_forget_launchers, id(q))), {})
         entry = kept[1][key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
         return entry
 

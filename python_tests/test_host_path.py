@@ -145,12 +145,32 @@ def test_eager_launchers_are_kept_per_weight_m_bias_and_backend_names(recorder, 
         assert model(x)[0, 0] == 6
         other = torch.nn.Linear(64, 32)
         quantize_(other, MXFP8Config())
+        old_key = id(model[0].weight.qdata)
         torch.utils.swap_tensors(model[0].weight, other.weight)  # what nn.Module.to does with wrapper subclasses
-        assert model(x)[0, 0] == 7 and len(tensor._LAUNCHERS[id(model[0].weight)][1]) == 1  # the old ones dropped
-    key = id(model[0].weight)
-    assert tensor._LAUNCHERS[key][0]() is model[0].weight.qdata
-    del model, other
-    assert tensor._LAUNCHERS[key][0]() is None  # nothing kept holds a freed weight's memory
+        assert model(x)[0, 0] == 7 and len(tensor._LAUNCHERS[id(model[0].weight.qdata)][1]) == 1
+        model[0].bias.data = randn(32, seed=5)  # the same Parameter, new memory: the launchers bind its address
+        assert model(x)[0, 0] == 8
+        for _ in range(2):  # x @ w.t() untransposes into a temporary weight each call: it shares the entries
+            assert (x @ model[0].weight.t())[0, 0] == 9 and len(made) == 9
+    del other  # it holds the swapped-out qdata: its entries go with it
+    assert old_key not in tensor._LAUNCHERS
+    key = id(model[0].weight.qdata)
+    del model
+    assert key not in tensor._LAUNCHERS  # nothing kept holds a freed weight's memory
+
+
+def test_cutlass_keeps_no_launcher_for_a_bias_it_would_copy(monkeypatch):
+    """A bias the kernels cannot read as it is (not 16-byte aligned, not contiguous): no launcher
+    (a kept copy would miss the bias's later updates); the per-call methods copy it each call."""
+    from dq_kernels.backends import cutlass
+
+    monkeypatch.setattr(cutlass, "_on_hopper", lambda device: True)
+    monkeypatch.setattr(cutlass.native, "sm90_linear_launcher", lambda *args, **kwargs: lambda x, out: None)
+    b_q, b_s = torch.zeros(32, 64, dtype=torch.float8_e4m3fn), torch.zeros(128, 4, dtype=torch.uint8)
+    backend, cpu = cutlass.CutlassBackend(), torch.device("cpu")
+    for bias in (torch.zeros(33)[1:], torch.zeros(32, 2)[:, 0]):
+        assert backend.linear_launcher("mxfp8", cpu, 3, torch.bfloat16, b_q, b_s, bias) is None
+    assert backend.linear_launcher("mxfp8", cpu, 3, torch.bfloat16, b_q, b_s, torch.zeros(32)) is not None
 
 
 def test_tracing_runs_the_custom_op(monkeypatch):

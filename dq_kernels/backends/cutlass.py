@@ -201,11 +201,11 @@ class CutlassBackend(Backend):
         (``native.sm90_linear_launcher``); a call makes the output and, unless x is contiguous and
         16-byte aligned, x [M, K] as that kernel reads it. It holds the bias and tensor scales, not
         b_q and b_s: the caller keeps those alive while it uses the launcher."""
-        if not _on_hopper(device) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16:
-            return None  # (a weight's operands are always aligned: torch's allocations, row slices of 32 bytes)
+        if not _on_hopper(device) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16 or _bias(bias) is not bias:
+            return None  # operands the kernels cannot read as they are: the methods below copy them per call
         kernel, n = linear_kernel(m, dtype), b_q.shape[0]
-        small = (_bias(bias), b_ts, activation_scale)  # held by run; b_q and b_s are the caller's to keep
-        launch = native.sm90_linear_launcher(fmt, kernel, dtype, m, device, b_q, b_s, small[0], scaling=scaling,
+        small = (bias, b_ts, activation_scale)  # held by run; b_q and b_s are the caller's to keep
+        launch = native.sm90_linear_launcher(fmt, kernel, dtype, m, device, b_q, b_s, bias, scaling=scaling,
                                              b_ts=b_ts, activation_scale=activation_scale)
 
         def run(x):
@@ -222,14 +222,14 @@ class CutlassBackend(Backend):
     def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
         """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) in one native call, for x
         [M, K] on 9.0 (``fuses_linear``; ``linear_kernel`` picks the GEMM)."""
-        b_q, b_s = aligned_16(b_q), aligned_16(b_s)  # alive through the call
+        b_q, b_s, bias = aligned_16(b_q), aligned_16(b_s), _bias(bias)  # alive through the call
         return self.linear_launcher("mxfp8", x.device, x.shape[0], x.dtype, b_q, b_s, bias, scaling=scaling)(x)
 
     def nvfp4_linear(self, x, b_q, b_s, b_ts, activation_scale, bias):
         """nvfp4_mm(*quantize_nvfp4(x, activation_scale), b_q, b_s, b_ts, bias, x.dtype) in one
         native call, for x [M, K] on 9.0 (``fuses_linear``); a None activation_scale: the dynamic
         one, computed in the same call."""
-        b_q, b_s = aligned_16(b_q), aligned_16(b_s)  # alive through the call
+        b_q, b_s, bias = aligned_16(b_q), aligned_16(b_s), _bias(bias)  # alive through the call
         return self.linear_launcher("nvfp4", x.device, x.shape[0], x.dtype, b_q, b_s, bias, b_ts=b_ts,
                                     activation_scale=activation_scale)(x)
 
