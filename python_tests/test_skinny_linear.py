@@ -246,7 +246,7 @@ def test_quantized_layers_run_their_kept_launchers_bit_for_bit(m):
                 through_op = weight._linear_op(x.reshape(m, k), bias).reshape(*x.shape[:-1], n)
                 for _ in range(2):
                     assert torch.equal(torch.nn.functional.linear(x, weight, bias), through_op), (config, x.shape)
-        launchers = tensor._LAUNCHERS[id(weight)][1].values()
+        launchers = tensor._LAUNCHERS[id(weight.qdata)][1].values()
         assert len(launchers) == 3 and all(run is not None for run, _ in launchers)
 
 
