@@ -129,6 +129,9 @@ class QuantizedWeight(TorchAOBaseTensor):
         the custom ops."""
         if ops.tracing(x) or _records_grad(x, bias):
             return _on_rows(self._linear_op, x, bias)  # traced, or autograd would need a formula: the custom ops
+        if not self._launches:  # no backend offers its op a launcher: no key to make
+            self._check_bias(x, bias)
+            return _on_rows(self._linear_eager, x, bias)
         m = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
         bound = None if bias is None else (id(bias), bias.data_ptr(), bias.dtype)  # what a launcher binds
         key = (m, x.dtype, x.get_device(), bound, self.backend, selection_scope())
@@ -142,6 +145,16 @@ class QuantizedWeight(TorchAOBaseTensor):
     def _keep_launcher(self, key: tuple, x: torch.Tensor, bias: torch.Tensor | None) -> tuple:
         """The entry of ``_LAUNCHERS`` for ``key`` (``_linear_rows``), made after checking the bias:
         (the launcher or None, the bias, which it holds so that ``id(bias)`` stays its own)."""
+        self._check_bias(x, bias)
+        q = self.qdata
+        kept = _LAUNCHERS.get(id(q))
+        if kept is None or kept[0]() is not q or len(kept[1]) >= KEPT_LAUNCHERS:
+            kept = _LAUNCHERS[id(q)] = (weakref.ref(q, functools.partial(_forget_launchers, id(q))), {})
+        entry = kept[1][key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
+        return entry
+
+    def _check_bias(self, x: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """A bias must be None or [N] of a high-precision dtype on x's device."""
         n = self.qdata.shape[0]
         if bias is not None and (
             bias.dtype not in formats.HIGH_PRECISION_DTYPES or bias.shape != (n,) or bias.device != x.device
@@ -150,12 +163,11 @@ class QuantizedWeight(TorchAOBaseTensor):
                 f"dq_kernels: the bias must be bfloat16, float16 or float32 [N = {n}] on {x.device}, "
                 f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}"
             )
-        q = self.qdata
-        kept = _LAUNCHERS.get(id(q))
-        if kept is None or kept[0]() is not q or len(kept[1]) >= KEPT_LAUNCHERS:
-            kept = _LAUNCHERS[id(q)] = (weakref.ref(q, functools.partial(_forget_launchers, id(q))), {})
-        entry = kept[1][key] = (self._launcher(x.reshape(key[0], x.shape[-1]), bias), bias)
-        return entry
+
+    @property
+    def _launches(self) -> bool:
+        """Whether eager calls may find a launcher (``_launcher`` can return one)."""
+        return True
 
     def _launcher(self, x: torch.Tensor, bias: torch.Tensor | None):
         """``ops.linear_launcher`` for this weight and activations like x, or None."""
@@ -303,9 +315,11 @@ class NVFP4Weight(QuantizedWeight):
             x, self.qdata, self.scale, self.tensor_scale, self.activation_scale, bias, cast_backend, mm_backend
         )
 
+    @property
+    def _launches(self):
+        return not self.weight_only  # W4A16's GEMM-only op has no launcher
+
     def _launcher(self, x, bias):
-        if self.weight_only:
-            return None
         return ops.linear_launcher("nvfp4", x, self.qdata, self.scale, bias, self.backend, b_ts=self.tensor_scale,
                                    activation_scale=self.activation_scale)
 

@@ -194,8 +194,11 @@ def test_weight_is_checked_when_made_and_the_call_checks_the_activation():
         MXFP8Weight(w.qdata, w.scale[:64], w.orig_dtype, "rceil", "auto")
     with pytest.raises(TypeError, match="x must be bfloat16, float16 or float32"):
         F.linear(randn(2, 64).to(torch.float64), w)
-    with pytest.raises(ValueError, match="bias must be"):
-        F.linear(randn(2, 64), w, randn(47))
+    for weight in (w, NVFP4Weight.from_float(randn(48, 64)), NVFP4Weight.from_float(randn(48, 64), weight_only=True)):
+        with pytest.raises(ValueError, match="bias must be"):
+            F.linear(randn(2, 64), weight, randn(47))
+        with pytest.raises(ValueError, match="bias must be"):
+            F.linear(randn(2, 64), weight, randn(48).to(torch.int32))
 
 
 class UpTo100Rows(ReferenceBackend):
