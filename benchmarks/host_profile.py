@@ -67,7 +67,8 @@ for m, kernel in ((1, "quantizing_skinny"), (16, "skinny"), (4096, "mixed")):
         if fmt == "mxfp8":
             q, s = formats.quantize_mxfp8(w)
             call = lambda: native.sm90_mxfp8_linear(x, q, s, bias, out, "rceil", kernel, checked=False)
-            ws = native._linear_workspace("mxfp8", kernel, m, 3072, 3072, torch.device("cuda", 0), native.current_raw_stream(0))
+            size = native._linear_workspace_bytes(0, "mxfp8", kernel, m, 3072, 3072)
+            ws = native.stream_workspace(size, torch.device("cuda", 0), native.current_raw_stream(0))
             wsp = native._pointer_and_bytes(ws)
             args = (x.data_ptr(), 1, 3072, q.data_ptr(), s.data_ptr(), bias.data_ptr(), 1, out.data_ptr(), m, 3072, 3072, 0,
                     native.SM90_LINEAR_KERNELS[kernel], *wsp, native.current_raw_stream(0))
@@ -76,7 +77,8 @@ for m, kernel in ((1, "quantizing_skinny"), (16, "skinny"), (4096, "mixed")):
             q, s, ts = formats.quantize_nvfp4(w)
             ts = ts.reshape(())
             call = lambda: native.sm90_nvfp4_linear(x, q, s, ts, None, bias, out, kernel, checked=False)
-            ws = native._linear_workspace("nvfp4", kernel, m, 3072, 3072, torch.device("cuda", 0), native.current_raw_stream(0))
+            size = native._linear_workspace_bytes(0, "nvfp4", kernel, m, 3072, 3072)
+            ws = native.stream_workspace(size, torch.device("cuda", 0), native.current_raw_stream(0))
             wsp = native._pointer_and_bytes(ws)
             args = (x.data_ptr(), 1, 3072, q.data_ptr(), s.data_ptr(), ts.data_ptr(), None, bias.data_ptr(), 1, out.data_ptr(),
                     m, 3072, 3072, native.SM90_LINEAR_KERNELS[kernel], *wsp, native.current_raw_stream(0))

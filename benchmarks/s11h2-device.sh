@@ -156,14 +156,16 @@ for m, kernel in ((16, "skinny"), (4096, "mixed")):
     code = native.SM90_LINEAR_KERNELS[kernel]
     cases = {}
     for label, ts in (("nvfp4 dynamic", None), ("nvfp4 static", given)):
-        workspace = native._linear_workspace("nvfp4", kernel, m, n, k, dev, native.current_raw_stream(dev.index))
+        workspace = native.stream_workspace(native._linear_workspace_bytes(dev.index, "nvfp4", kernel, m, n, k), dev,
+                                        native.current_raw_stream(dev.index))
         out = torch.empty(m, n, dtype=torch.bfloat16, device=dev)
         cases[label] = (checked(lib.dq_sm90_nvfp4_linear, x.data_ptr(), BF16, k, nv_q.data_ptr(), nv_s.data_ptr(),
                                 nv_ts.data_ptr(), None if ts is None else ts.data_ptr(), bias.data_ptr(), BF16,
                                 out.data_ptr(), m, n, k, code, workspace.data_ptr(), workspace.numel()), out,
                         lambda out=out, ts=ts: native.sm90_nvfp4_linear(x, nv_q, nv_s, nv_ts, ts, bias, out, kernel),
                         workspace)
-    workspace = native._linear_workspace("mxfp8", kernel, m, n, k, dev, native.current_raw_stream(dev.index))
+    workspace = native.stream_workspace(native._linear_workspace_bytes(dev.index, "mxfp8", kernel, m, n, k), dev,
+                                        native.current_raw_stream(dev.index))
     out = torch.empty(m, n, dtype=torch.bfloat16, device=dev)
     cases["mxfp8"] = (checked(lib.dq_sm90_mxfp8_linear, x.data_ptr(), BF16, k, mx_q.data_ptr(), mx_s.data_ptr(),
                               bias.data_ptr(), BF16, out.data_ptr(), m, n, k, native.SCALINGS["rceil"], code,

@@ -846,14 +846,6 @@ def _linear_workspace_bytes(device_index: int, fmt: str, kernel: str, m: int, n:
     return size.value
 
 
-def _linear_workspace(
-    fmt: str, kernel: str, m: int, n: int, k: int, device: torch.device, stream: int
-) -> torch.Tensor | None:
-    """The workspace of ``sm90_*_linear`` on ``stream`` (``stream_workspace``), or None where it
-    needs none."""
-    return stream_workspace(_linear_workspace_bytes(device.index, fmt, kernel, m, n, k), device, stream)
-
-
 def sm90_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str, kernel: str, *, checked: bool = True) -> None:
     """out = mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias) in one call (csrc/sm90_linear.cu):
     the CUDA cast and then, by ``kernel``, "quantizing_skinny" (the skinny kernel quantizes x itself:
