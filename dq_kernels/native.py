@@ -898,6 +898,8 @@ def sm90_linear_launcher(
     bias and tensor-scale tensors and holds none of them: the caller keeps them alive while it uses
     the launcher. The launch goes to ``device``'s current stream, with a ``stream_workspace`` per
     launch, ``device`` made current around it where it is not."""
+    import torch
+
     fn = f"sm90_{fmt}_linear"
     lib = _library().lib
     n, k = b_q.shape[0], b_q.shape[1] * (1 if fmt == "mxfp8" else 2)
@@ -914,8 +916,6 @@ def sm90_linear_launcher(
         tail = (m, n, k, kernel_code)
 
     def launch(x, out):
-        import torch
-
         if torch._C._cuda_getDevice() != index:  # the entry points launch on the current device
             with torch.cuda.device(index):
                 return launch(x, out)
