@@ -110,8 +110,10 @@ __device__ __forceinline__ void store_32_bytes(void* dst, const uint32_t (&w)[8]
 // The thread's (row, chunk) in the 2-D CTA layout.
 struct Place {
   int64_t row, chunk;
-  __device__ __forceinline__ Place()
-      : row(int64_t(blockIdx.x) * blockDim.y + threadIdx.y), chunk(int64_t(blockIdx.y) * blockDim.x + threadIdx.x) {}
+  __device__ __forceinline__ Place() : Place(blockIdx.x, blockIdx.y) {}
+  // The place in CTA (bx, by) of the 2-D grid, for a kernel that runs the cast on part of a 1-D grid.
+  __device__ __forceinline__ Place(unsigned bx, unsigned by)
+      : row(int64_t(bx) * blockDim.y + threadIdx.y), chunk(int64_t(by) * blockDim.x + threadIdx.x) {}
 };
 
 // Zero scale bytes of the row's padding columns (scale_cols .. padded_cols - 1), by the row's first chunk.
@@ -123,10 +125,10 @@ __device__ __forceinline__ void zero_padding_columns(uint8_t* s, const Place& at
 // MXFP8 element cast. Canonical (kDecoded false): q [M, K] e4m3 and s swizzled, grid over the padded
 // rows. kDecoded: out [M, K] bf16, the values q and s stand for, grid over the M rows.
 template <typename In, bool kDecoded>
-__global__ void __launch_bounds__(kThreads)
-    mxfp8_cast_kernel(const In* __restrict__ x, int64_t x_stride, uint8_t* __restrict__ q, uint8_t* __restrict__ s,
-                      uint32_t* __restrict__ out, int64_t M, int64_t K, int64_t grid_rows, int scaling) {
-  const Place at;
+__device__ __forceinline__ void mxfp8_cast_chunk(const Place& at, const In* __restrict__ x, int64_t x_stride,
+                                                 uint8_t* __restrict__ q, uint8_t* __restrict__ s,
+                                                 uint32_t* __restrict__ out, int64_t M, int64_t K, int64_t grid_rows,
+                                                 int scaling) {
   const int64_t chunks_per_row = K / kChunk;
   const bool in_row = at.chunk < chunks_per_row;
   const bool valid = in_row && at.row < M;
@@ -154,6 +156,37 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t scale_cols = K / 32, padded_cols = dq::swizzled_padded_cols(scale_cols);
     if (in_row && at.chunk % 2 == 0) s[dq::swizzled_scale_offset(at.row, at.chunk / 2, padded_cols)] = uint8_t(scale.byte);
     zero_padding_columns(s, at, scale_cols, padded_cols);
+  }
+}
+
+template <typename In, bool kDecoded>
+__global__ void __launch_bounds__(kThreads)
+    mxfp8_cast_kernel(const In* __restrict__ x, int64_t x_stride, uint8_t* __restrict__ q, uint8_t* __restrict__ s,
+                      uint32_t* __restrict__ out, int64_t M, int64_t K, int64_t grid_rows, int scaling) {
+  mxfp8_cast_chunk<In, kDecoded>(Place(), x, x_stride, q, s, out, M, K, grid_rows, scaling);
+}
+
+// The operands of an MXFP8 Linear as a dense bfloat16 GEMM, in one launch (dq_decoded_mxfp8_linear):
+// CTAs [0, cast_ctas) are the decoded cast of x into x_out [M, K] (mxfp8_cast_kernel<In, true> with
+// cast_grid_x CTAs along the rows), the others decode the weight (b_q, b_s) [N, K] into w_out [N, K]
+// as dequantize.cu's kernel does, striding over its 16-element chunks.
+template <typename In>
+__global__ void __launch_bounds__(kThreads)
+    mxfp8_linear_operands_kernel(const In* __restrict__ x, int64_t x_stride, uint32_t* __restrict__ x_out, int64_t M,
+                                 int64_t K, int scaling, unsigned cast_grid_x, unsigned cast_ctas,
+                                 const uint8_t* __restrict__ b_q, const uint8_t* __restrict__ b_s,
+                                 __nv_bfloat16* __restrict__ w_out, int64_t N) {
+  if (blockIdx.x < cast_ctas) {
+    const Place at(blockIdx.x % cast_grid_x, blockIdx.x / cast_grid_x);
+    mxfp8_cast_chunk<In, true>(at, x, x_stride, nullptr, nullptr, x_out, M, K, M, scaling);
+    return;
+  }
+  const int64_t chunks_per_row = K / kChunk, num_chunks = N * chunks_per_row;
+  const int64_t scale_padded_cols = dq::swizzled_padded_cols(K / 32);
+  const int64_t stride = int64_t{gridDim.x - cast_ctas} * kThreads;
+  for (int64_t c = int64_t{blockIdx.x - cast_ctas} * kThreads + threadIdx.y * blockDim.x + threadIdx.x;
+       c < num_chunks; c += stride) {
+    dq::dequantize_mxfp8_chunk(b_q, b_s, w_out, c, chunks_per_row, scale_padded_cols);
   }
 }
 
@@ -362,6 +395,35 @@ extern "C" int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t 
   if (!aligned(out, 16)) return DQ_ERR_MISALIGNED;
   return mxfp8_cast(x, x_dtype, x_row_stride, M, K, scaling, nullptr, nullptr, out, static_cast<cudaStream_t>(stream));
 }
+
+namespace dq {
+
+// The weight decode's CTAs in mxfp8_linear_operands: one chunk per thread, at most 65536 CTAs (more
+// stride), as dequantize.cu launches.
+constexpr int64_t kWeightDecodeMaxCtas = 65536;
+
+int mxfp8_linear_operands(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K, int scaling,
+                          void* x_out, const uint8_t* b_q, const uint8_t* b_s, void* w_out, int64_t N,
+                          cudaStream_t stream) {
+  if (int err = check_input(x, x_dtype, x_row_stride, M, K, 32)) return err;
+  if (int err = check_scaling(scaling)) return err;
+  if (x_out == nullptr || b_q == nullptr || b_s == nullptr || w_out == nullptr) return DQ_ERR_NULL_POINTER;
+  if (N < 1 || N > INT64_MAX / K) return DQ_ERR_BAD_SHAPE;
+  if (!aligned(x_out, 16) || !aligned(b_q, 16) || !aligned(w_out, 16)) return DQ_ERR_MISALIGNED;
+  const Launch cast(M, K);
+  const int64_t cast_ctas = int64_t{cast.grid.x} * cast.grid.y;
+  const int64_t weight_ctas = std::min((N * (K / kChunk) + kThreads - 1) / kThreads, kWeightDecodeMaxCtas);
+  if (cast_ctas + weight_ctas > INT32_MAX) return DQ_ERR_BAD_SHAPE;  // the 1-D grid's limit
+  with_input_type(x_dtype, [&](auto tag) {
+    using In = decltype(tag);
+    mxfp8_linear_operands_kernel<In><<<unsigned(cast_ctas + weight_ctas), cast.block, 0, stream>>>(
+        static_cast<const In*>(x), x_row_stride, static_cast<uint32_t*>(x_out), M, K, scaling, cast.grid.x,
+        unsigned(cast_ctas), b_q, b_s, static_cast<__nv_bfloat16*>(w_out), N);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace dq
 
 extern "C" int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
                                  const float* tensor_scale, uint8_t* q, uint8_t* s, float* tensor_scale_out,

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "dq_kernels.h"
+#include "scale_layout.cuh"
 
 namespace dq {
 
@@ -69,6 +70,35 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
+}
+
+// Rounds 16 values to Out and writes them to dst (16-byte aligned) with 16-byte stores.
+template <typename Out>
+__device__ __forceinline__ void store_16_values(Out* dst, const float (&v)[16]) {
+  struct alignas(16) Values {
+    Out x[16];
+  } values;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) values.x[i] = from_float<Out>(v[i]);
+  *reinterpret_cast<Values*>(dst) = values;
+}
+
+// Decodes chunk c (16 consecutive elements of a row) of canonical MXFP8 operands into out: q [M, K]
+// e4m3 bytes (16-byte aligned), s the swizzled E8M0 bytes, out [M, K]; chunks_per_row = K / 16.
+// Bit-identical to dq_kernels.formats.dequantize_mxfp8: exact decodes, a float32 product, one rounding.
+template <typename Out>
+__device__ __forceinline__ void dequantize_mxfp8_chunk(const uint8_t* __restrict__ q, const uint8_t* __restrict__ s,
+                                                       Out* __restrict__ out, int64_t c, int64_t chunks_per_row,
+                                                       int64_t scale_padded_cols) {
+  const int64_t row = c / chunks_per_row;
+  const int64_t col = (c - row * chunks_per_row) * 16;
+  const float scale = decode_e8m0(s[swizzled_scale_offset(row, col / 32, scale_padded_cols)]);
+  const uint4 packed = *reinterpret_cast<const uint4*>(q + c * 16);
+  const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+  float v[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) v[i] = decode_e4m3((words[i / 4] >> (8 * (i % 4))) & 0xFF) * scale;
+  store_16_values(out + c * 16, v);
 }
 
 // A GEMM's bias [N] in its own dtype (DQ_FLOAT32, DQ_BFLOAT16 or DQ_FLOAT16), read as float32: exact

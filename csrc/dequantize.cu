@@ -26,23 +26,10 @@ namespace {
 
 using dq::decode_e2m1;
 using dq::decode_e4m3;
-using dq::decode_e8m0;
-using dq::from_float;
 
 constexpr int kChunk = 16;  // elements per thread per step
 constexpr int kThreadsPerBlock = 256;
 constexpr int64_t kMaxBlocks = 65536;  // enough to fill any GPU; larger tensors loop
-
-// Rounds 16 values to Out and writes them to dst (16-byte aligned) with 16-byte stores.
-template <typename Out>
-__device__ __forceinline__ void store_chunk(Out* dst, const float (&v)[kChunk]) {
-  struct alignas(16) Chunk {
-    Out x[kChunk];
-  } chunk;
-#pragma unroll
-  for (int i = 0; i < kChunk; ++i) chunk.x[i] = from_float<Out>(v[i]);
-  *reinterpret_cast<Chunk*>(dst) = chunk;
-}
 
 // q: [M, K] e4m3 bytes; s: swizzled E8M0 bytes; out: [M, K]. chunks_per_row = K / 16.
 template <typename Out>
@@ -51,16 +38,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                             int64_t chunks_per_row, int64_t num_chunks, int64_t scale_padded_cols) {
   for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < num_chunks;
        c += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = c / chunks_per_row;
-    const int64_t col = (c - row * chunks_per_row) * kChunk;
-    const float scale = decode_e8m0(s[dq::swizzled_scale_offset(row, col / 32, scale_padded_cols)]);
-
-    const uint4 packed = *reinterpret_cast<const uint4*>(q + c * kChunk);
-    const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-    float v[kChunk];
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) v[i] = decode_e4m3((words[i / 4] >> (8 * (i % 4))) & 0xFF) * scale;
-    store_chunk(out + c * kChunk, v);
+    dq::dequantize_mxfp8_chunk(q, s, out, c, chunks_per_row, scale_padded_cols);
   }
 }
 
@@ -86,7 +64,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       const uint32_t code = (words[i / 8] >> (4 * (i % 8))) & 0xF;  // element 2j in the low nibble of byte j
       v[i] = (decode_e2m1(code) * scale) * global_scale;
     }
-    store_chunk(out + c * kChunk, v);
+    dq::store_16_values(out + c * kChunk, v);
   }
 }
 

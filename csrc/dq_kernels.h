@@ -40,7 +40,7 @@ extern "C" {
  * change a caller could misread; dq_kernels/native.py refuses a library whose dq_abi_version()
  * differs from its own ABI_VERSION (a stale build), instead of calling it with the wrong arguments.
  */
-#define DQ_ABI_VERSION 5
+#define DQ_ABI_VERSION 6
 
 /* Tensor dtypes (the out_dtype, x_dtype, a_dtype and bias_dtype arguments). */
 enum {
@@ -58,7 +58,8 @@ enum {
   DQ_ERR_MISALIGNED = -4,   /* a pointer is not aligned as documented for the function */
   DQ_ERR_UNSUPPORTED = -5,  /* the kernel cannot run this problem (CUTLASS can_implement or the TMA descriptor setup refused it) */
   DQ_ERR_BAD_CONFIG = -6,   /* config (or tokens, or a cast's scaling) is not one of the values the function documents */
-  DQ_ERR_LAUNCH_FAILED = -7 /* CUTLASS failed to initialize or launch without a CUDA error */
+  DQ_ERR_LAUNCH_FAILED = -7, /* CUTLASS failed to initialize or launch without a CUDA error */
+  DQ_ERR_CUBLAS = -8         /* cuBLASLt is not loadable, or returned an error (dq_decoded_mxfp8_linear) */
 };
 
 /*
@@ -398,6 +399,31 @@ DQ_API int dq_quantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, i
 DQ_API int dq_quantize_dequantize_nvfp4(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int64_t K,
                                         const float* tensor_scale, void* out, float* tensor_scale_out,
                                         uint32_t* scratch, void* stream);
+
+/*
+ * The MXFP8 Linear through a dense bfloat16 GEMM (csrc/decoded_linear.cpp; every arch, any GPU
+ * cuBLASLt runs bfloat16 on): out = x rounded to MXFP8 @ (b_q, b_s)^T + bias, as three steps on
+ * `stream`: dq_quantize_dequantize_mxfp8 of x into the workspace, dq_dequantize_mxfp8 of the weight
+ * to bfloat16 into the workspace, then a cuBLASLt GEMM (float32 accumulation, the bias added to the
+ * float32 sums by its epilogue, one rounding to bfloat16; split-K partial sums reduced in float32 only).
+ * cuBLASLt is found at run time (libcublasLt.so.13, else .12, the process's copy first), not linked.
+ *   x, x_dtype, x_row_stride, M, K, scaling: as for dq_quantize_dequantize_mxfp8;
+ *   b_q, b_s:  the MXFP8 weight [N, K] as for dq_dequantize_mxfp8;
+ *   bias:      NULL or bfloat16 [N] (bias_dtype DQ_BFLOAT16, else DQ_ERR_BAD_DTYPE), 16-byte aligned;
+ *   out:       bfloat16 [M, N], 16-byte aligned;
+ *   workspace: 256-byte aligned, at least dq_decoded_linear_workspace_bytes(M, N, K) bytes (else
+ *              DQ_ERR_BAD_CONFIG): the decoded activation, the decoded weight and cuBLASLt's
+ *              workspace; one per call in flight.
+ * DQ_ERR_CUBLAS when cuBLASLt cannot be loaded or returns an error (dq_error_string gives its
+ * status). The first call per thread, device, shape and bias-or-not creates the cuBLASLt handle and
+ * descriptors and asks its heuristic for the algorithm (host work only: capturable once made).
+ */
+DQ_API int dq_decoded_linear_available(void); /* 1 if cuBLASLt was found, else 0 */
+DQ_API int dq_decoded_linear_workspace_bytes(int64_t M, int64_t N, int64_t K, int64_t* bytes);
+DQ_API int dq_decoded_mxfp8_linear(const void* x, int x_dtype, int64_t x_row_stride, const uint8_t* b_q,
+                                   const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M,
+                                   int64_t N, int64_t K, int scaling, void* workspace, int64_t workspace_bytes,
+                                   void* stream);
 
 /*
  * A static JSON object describing this build, for example

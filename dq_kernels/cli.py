@@ -368,6 +368,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"native library: {'loaded' if loaded else 'not loaded'} ({reason})")
     for key, value in (dq_kernels.native.build_info() or {}).items():
         print(f"  {key}: {_describe(value)}")
+    if loaded:
+        found = dq_kernels.native.cublaslt_found()
+        print(f"  cuBLASLt (decode_cublas's one-call MXFP8 Linear): "
+              f"{'found' if found else 'not found: that Linear runs as three steps from Python'}")
     chosen = dq_kernels.backends.env_backend()
     print(f"backend: {chosen} ({dq_kernels.backends.ENV_BACKEND}={os.environ.get(dq_kernels.backends.ENV_BACKEND, '')!r})")
     print()

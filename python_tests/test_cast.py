@@ -75,22 +75,22 @@ def test_wrappers_check_their_arguments():
         native.quantize_nvfp4(x[:, :24], None, q, s, torch.empty(()))
 
 
-def test_the_cast_layout_and_the_cutlass_cast_input():
-    """native.cast_layout_ok is the one check of the layout the casts read; the cutlass backend's
-    _cast_input keeps views that have it and copies the others (no library or GPU needed)."""
-    from dq_kernels.backends.cutlass import _cast_input
+def test_the_cast_layout_and_the_cast_input():
+    """native.cast_layout_ok is the one check of the layout the casts read; the backends'
+    base.cast_input keeps views that have it and copies the others (no library or GPU needed)."""
+    from dq_kernels.backends.base import cast_input
 
     wide = torch.zeros(8, 128, dtype=torch.bfloat16)
     assert native.cast_layout_ok(wide) and native.cast_layout_ok(wide[:, :64])  # row stride 128 >= K = 64
     assert not native.cast_layout_ok(torch.zeros(64, 64, dtype=torch.bfloat16).t())  # column stride 64
     assert not native.cast_layout_ok(torch.zeros(8, 68, dtype=torch.bfloat16)[:, :64])  # 136-byte rows
     assert not native.cast_layout_ok(wide[:, 4:68])  # rows start 8 bytes past 16-byte alignment
-    assert _cast_input(wide[:, :64]).data_ptr() == wide.data_ptr()  # kept: no copy
+    assert cast_input(wide[:, :64]).data_ptr() == wide.data_ptr()  # kept: no copy
     for x in (torch.randn(64, 64, dtype=torch.bfloat16).t(), torch.randn(8, 68, dtype=torch.float16)[:, :64]):
-        y = _cast_input(x)
+        y = cast_input(x)
         assert native.cast_layout_ok(y) and torch.equal(y, x)
     x = torch.randn(2, 4, 64)
-    y = _cast_input(x)
+    y = cast_input(x)
     assert y.shape == (8, 64) and y.data_ptr() == x.data_ptr()
 
 

@@ -30,9 +30,10 @@ CUDA = torch.device("cuda", 0)
 def hopper_with_library(monkeypatch):
     """An sm_90 device and a native library with the sm90_gemm family, as the selection sees them."""
     fake_capability(monkeypatch, (9, 0))
-    info = {"families": {native.SM90_FAMILY: ["90a"]}, "archs": ["90a"]}
+    info = {"families": {native.SM90_FAMILY: ["90a"], native.CAST_FAMILY: ["90a"]}, "archs": ["90a"]}
     monkeypatch.setattr(native, "status", lambda: (True, "loaded"))
     monkeypatch.setattr(native, "build_info", lambda: info)
+    monkeypatch.setattr(native, "cublaslt_found", lambda: True)
 
 
 def plan(fmt, m, dtype=torch.bfloat16, device=CUDA, cast_backend=None, mm_backend=None, preferred=None):
@@ -41,16 +42,33 @@ def plan(fmt, m, dtype=torch.bfloat16, device=CUDA, cast_backend=None, mm_backen
 
 @pytest.mark.usefixtures("hopper_with_library")
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_one_call_wherever_cutlass_runs_the_mm(fmt):
-    """One call wherever the chosen mm backend is cutlass, at every M; auto's choice of mm decides
-    (MXFP8 runs triton_sm90 at some M up to 64 and decode_cublas above 2048: two steps there)."""
+def test_one_call_wherever_cutlass_or_decode_cublas_runs_the_mm(fmt):
+    """One call wherever the chosen mm backend is cutlass, at every M, or decode_cublas (MXFP8 above
+    M = 2048, backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M: the cast, the weight decode and cuBLASLt);
+    auto's choice of mm decides (MXFP8 runs triton_sm90 at some M up to 64: two steps there)."""
     for m in (1, 2, 8, 9, 16, native.SM90_SKINNY_MAX_M, native.SM90_SKINNY_MAX_M + 1, 4096):
         chosen = plan(fmt, m)
-        assert chosen.fused == (chosen.mm.spec.name == "cutlass"), (m, chosen)
+        assert chosen.fused == (chosen.mm.spec.name in ("cutlass", "decode_cublas")), (m, chosen)
         assert not (chosen.fused and chosen.decoded)
         assert plan(fmt, m, mm_backend="cutlass").fused, m
     assert plan(fmt, 1).fused and plan(fmt, 300).fused
-    assert not plan("mxfp8", 4096).fused  # decode_cublas (backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M)
+    large = plan("mxfp8", 4096)
+    assert large.fused and large.mm.spec.name == "decode_cublas"
+
+
+@pytest.mark.usefixtures("hopper_with_library")
+def test_decode_cublas_one_call_needs_bf16_mxfp8_and_cublaslt(monkeypatch):
+    """decode_cublas runs the Linear in one call for MXFP8 with a bfloat16 activation only (its
+    GEMM writes bfloat16), and only where the library found cuBLASLt; else the steps."""
+    assert not plan("nvfp4", 4096, mm_backend="decode_cublas").fused
+    for dtype in (torch.float16, torch.float32):
+        chosen = plan("mxfp8", 4096, dtype, mm_backend="decode_cublas")
+        assert not chosen.fused and chosen.decoded
+    monkeypatch.setattr(native, "cublaslt_found", lambda: False)
+    backends._forget_selections()
+    assert not plan("mxfp8", 4096).fused
+    assert "cuBLASLt" in native.decoded_linear_status((9, 0))[1]
+    assert "not sm_89" in native.decoded_linear_status((8, 9))[1]
 
 
 def test_linear_kernel_by_m_and_dtype():

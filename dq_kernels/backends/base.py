@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from .. import native
+
 # Op names, the same as the custom ops in dq_kernels.ops (without the namespace).
 OPS = ("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm", "nvfp4_weight_only_mm")
 OP_FORMAT = {
@@ -110,6 +112,15 @@ def triton_interpreted() -> bool:
 def aligned_16(t: torch.Tensor) -> torch.Tensor:
     """t, or a copy of it when its data pointer is not 16-byte aligned (TMA and vector loads need 16)."""
     return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def cast_input(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
+    16-byte aligned rows), copied only where no such view exists."""
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if not native.cast_layout_ok(x2):
+        x2 = x2.clone(memory_format=torch.contiguous_format)
+    return x2
 
 
 def float32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:

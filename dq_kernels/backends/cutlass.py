@@ -52,7 +52,7 @@ import torch
 from .. import formats, native
 from . import base
 from . import reference
-from .base import Backend, BackendSpec, aligned_16, float32_bias
+from .base import Backend, BackendSpec, aligned_16, cast_input, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY, (10, 3): native.SM100_FAMILY}
@@ -74,15 +74,6 @@ def _on_hopper(device: torch.device) -> bool:
 def _skinny(device: torch.device, m: int) -> bool:
     """Whether this call runs csrc/sm90_skinny_gemm.cu."""
     return _on_hopper(device) and m <= native.SM90_SKINNY_MAX_M
-
-
-def _cast_input(x: torch.Tensor) -> torch.Tensor:
-    """x [..., K] as the [M, K] view the native casts read (unit column stride, row stride >= K,
-    16-byte aligned rows), copied only where no such view exists."""
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if not native.cast_layout_ok(x2):
-        x2 = x2.clone(memory_format=torch.contiguous_format)
-    return x2
 
 
 def skinny_config(m: int) -> str:
@@ -131,7 +122,7 @@ def linear_kernel(m: int, dtype: torch.dtype) -> str:
 def _linear_input(kernel: str, x: torch.Tensor) -> torch.Tensor:
     """x [M, K] as the one-call Linear's ``kernel`` reads it (``linear_kernel``): contiguous and
     16-byte aligned for the quantizing skinny kernel, else as the casts read it."""
-    return aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else _cast_input(x)
+    return aligned_16(x.contiguous()) if kernel == "quantizing_skinny" else cast_input(x)
 
 
 def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -283,7 +274,7 @@ class CutlassBackend(Backend):
         return out
 
     def quantize_mxfp8(self, x, scaling):
-        x = _cast_input(x)
+        x = cast_input(x)
         m, k = x.shape
         q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
         s = torch.empty(formats.MXFP8.scale_shape(m, k), dtype=torch.uint8, device=x.device)
@@ -291,7 +282,7 @@ class CutlassBackend(Backend):
         return q, s
 
     def quantize_nvfp4(self, x, tensor_scale):
-        x = _cast_input(x)
+        x = cast_input(x)
         m, k = x.shape
         q = torch.empty(formats.NVFP4.qdata_shape(m, k), dtype=torch.uint8, device=x.device)
         s = torch.empty(formats.NVFP4.scale_shape(m, k), dtype=torch.float8_e4m3fn, device=x.device)
@@ -305,7 +296,7 @@ class CutlassBackend(Backend):
     def quantize_dequantize_mxfp8(self, x, scaling):
         """x [..., K] rounded to MXFP8 and decoded: bfloat16 [M, K] (formats.dequantize_mxfp8 of
         formats.quantize_mxfp8), one pass."""
-        x = _cast_input(x)
+        x = cast_input(x)
         out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
         native.quantize_dequantize_mxfp8(x, scaling, out, checked=False)
         return out
@@ -313,7 +304,7 @@ class CutlassBackend(Backend):
     def quantize_dequantize_nvfp4(self, x, tensor_scale):
         """x [..., K] rounded to NVFP4 and decoded without its tensor scale: (float16 [M, K], the 0-dim
         float32 tensor scale), one pass (two with a dynamic tensor scale)."""
-        x = _cast_input(x)
+        x = cast_input(x)
         out = torch.empty(x.shape, dtype=torch.float16, device=x.device)
         ts_out = torch.empty((), dtype=torch.float32, device=x.device)
         native.quantize_dequantize_nvfp4(x, tensor_scale, out, ts_out, checked=False)

@@ -1,7 +1,8 @@
 """The ``decode_cublas`` backend: decode the weight into a temporary 16-bit buffer, then a dense GEMM.
 
-The exact alternative a user could write with torch alone, kept as a real, opt-in backend (``auto``
-never takes it yet) and as the bar every fused kernel must clear. For a weight b [N, K] and an
+The exact alternative a user could write with torch alone, kept as a real backend (``auto`` takes
+it for MXFP8 at large M on 9.0, where it beats the mixed-input kernel: docs/backend-selection.md) and
+as the bar every fused kernel must clear. For a weight b [N, K] and an
 activation a [M, K]:
 
 1. The weight is decoded into a temporary [N, K] buffer by the native dequantize kernel (the
@@ -36,6 +37,13 @@ Exact domain (results equal the reference up to the float32 accumulation order):
   bfloat16's subnormals, 2^-133, and is rounded; the reference decodes to float32). A value beyond
   the float32 range is inf in both.
 
+The MXFP8 Linear of a bfloat16 activation on CUDA (``mxfp8_linear``, what a model runs) is one
+native call where the library and cuBLASLt are there (``native.decoded_mxfp8_linear``: the cast,
+the weight decode and a cuBLASLt GEMM with its bias epilogue, split-K sums reduced in float32, no
+process-wide setting touched), with its arguments made once per weight and M for eager layers
+(``linear_launcher``): the host cost of one launch instead of three from Python. A bias of another
+dtype runs the steps above.
+
 The temporary buffers are the price: ``transient_bytes`` gives them for a shape. Runs on the CPU
 and on any CUDA device; no shape limits beyond the formats' own (K a multiple of the block size).
 """
@@ -46,11 +54,25 @@ import contextlib
 
 import torch
 
-from . import reference
-from .base import Backend, BackendSpec
+from .. import native
+from . import base, reference
+from .base import Backend, BackendSpec, aligned_16, cast_input
 
 # The dtype each op multiplies in (W4A16: the activation's dtype).
 _GEMM_DTYPE = {"mxfp8_mm": torch.bfloat16, "nvfp4_mm": torch.float16}
+
+
+# The cuBLASLt workspace of the one-call MXFP8 Linear (csrc/decoded_linear.cpp, kGemmWorkspaceBytes).
+_ONE_CALL_GEMM_WORKSPACE = 4 << 20
+
+
+def _one_call(fmt: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the Linear of ``fmt`` for activations of ``dtype`` on ``device`` runs as one native
+    call (``native.decoded_mxfp8_linear``): MXFP8, bfloat16, on a CUDA device the library and
+    cuBLASLt serve."""
+    if fmt != "mxfp8" or dtype != torch.bfloat16 or device.type != "cuda":
+        return False
+    return native.decoded_linear_status(base.capability(device))[0]
 
 
 def _cublas_epilogue(op: str, out_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> bool:
@@ -127,23 +149,63 @@ class DecodeCublasBackend(Backend):
 
     def transient_bytes(
         self, op: str, m: int, n: int, k: int, out_dtype: torch.dtype = torch.bfloat16,
-        bias_dtype: torch.dtype | None = None,
+        bias_dtype: torch.dtype | None = None, one_call: bool = False,
     ) -> int:
         """Bytes of the temporary buffers one call of ``op`` allocates on CUDA besides its output:
         the decoded weight [N, K], the decoded activation [M, K] (``mxfp8_mm`` / ``nvfp4_mm``; in the
         linear ops the cast writes it instead of the quantized activation) and the float32 product
-        [M, N] when the epilogue finishes it into a 16-bit output. For ``nvfp4_weight_only_mm``,
-        ``out_dtype`` is the activation's dtype."""
+        [M, N] when the epilogue finishes it into a 16-bit output; for the MXFP8 Linear in one native
+        call (``one_call``: ``fuses_linear``), its cuBLASLt workspace. For
+        ``nvfp4_weight_only_mm``, ``out_dtype`` is the activation's dtype."""
         gemm_dtype = _GEMM_DTYPE.get(op, out_dtype)
         size = gemm_dtype.itemsize
         activation = 0 if op == "nvfp4_weight_only_mm" else m * k * size
         product = 0
         if not _cublas_epilogue(op, out_dtype, bias_dtype) and out_dtype != torch.float32:
             product = m * n * 4
-        return n * k * size + activation + product
+        gemm_workspace = _ONE_CALL_GEMM_WORKSPACE if one_call else 0
+        return n * k * size + activation + product + gemm_workspace
 
     def takes_decoded_activation(self, op, device, m):
         return True
+
+    def fuses_linear(self, fmt, device, m, dtype):
+        return _one_call(fmt, device, dtype)
+
+    def linear_launcher(self, fmt, device, m, dtype, b_q, b_s, bias, *, scaling="rceil", b_ts=None,
+                        activation_scale=None):
+        """For the MXFP8 Linear of bfloat16 activations on CUDA (``fuses_linear``): the one native
+        call (``native.decoded_mxfp8_linear_launcher``), its arguments made once; a call makes the
+        output and, unless x is contiguous and 16-byte aligned, x [M, K] as the cast reads it. It
+        holds the bias, not b_q and b_s (the caller keeps those alive). None for a bias other than
+        a contiguous, 16-byte aligned bfloat16 [N], or a misaligned weight (``mxfp8_linear`` runs
+        the steps or copies them then)."""
+        if not _one_call(fmt, device, dtype) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16:
+            return None
+        if bias is not None and not (bias.dtype == torch.bfloat16 and bias.is_contiguous() and bias.data_ptr() % 16 == 0):
+            return None
+        n = b_q.shape[0]
+        launch = native.decoded_mxfp8_linear_launcher(dtype, m, device, b_q, b_s, bias, scaling)
+
+        def run(x):
+            out = x.new_empty((*x.shape[:-1], n))
+            launch(x if x.is_contiguous() and x.data_ptr() % 16 == 0 else cast_input(x), out)
+            return out
+
+        run.small_operands = (bias,)  # held by run; b_q and b_s are the caller's to keep
+        return run
+
+    def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
+        """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) for a bfloat16 x [M, K] on
+        CUDA (``fuses_linear``): one native call, or, for a bias that is not bfloat16, the cast's
+        decode then ``mxfp8_mm_decoded``."""
+        b_q, b_s = aligned_16(b_q), aligned_16(b_s)  # alive through the call
+        if bias is None or bias.dtype == torch.bfloat16:
+            bias16 = None if bias is None else aligned_16(bias.contiguous())
+            return self.linear_launcher("mxfp8", x.device, x.shape[0], x.dtype, b_q, b_s, bias16, scaling=scaling)(x)
+        a = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        native.quantize_dequantize_mxfp8(cast_input(x), scaling, a, checked=False)
+        return self.mxfp8_mm_decoded(a, b_q, b_s, bias, x.dtype)
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         a = reference.dequantize_mxfp8(a_q, a_s, torch.bfloat16)

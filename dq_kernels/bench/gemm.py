@@ -253,7 +253,9 @@ def transient_mib(case: ShapeCase, fmt: str, op: str, backend: str) -> float | N
     if transient_bytes is None:
         return None
     s = case.shape
-    return transient_bytes(MM_OPS[fmt], s.M, s.N, s.K, case.output_dtype(fmt, op)) / 2**20
+    one_call = op == "linear" and fmt in ("mxfp8", "nvfp4") and dq_kernels.backends.plan_linear(
+        fmt, case.a.device, s.M, s.N, s.K, case.a.dtype, None, backend).fused
+    return transient_bytes(MM_OPS[fmt], s.M, s.N, s.K, case.output_dtype(fmt, op), one_call=one_call) / 2**20
 
 
 def bench_shape(case: ShapeCase, triples: Sequence[tuple[str, str, str]], timed: bool, progress: tqdm, result: Result) -> None:
