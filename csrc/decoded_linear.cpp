@@ -4,9 +4,9 @@
 //
 // cuBLASLt is not linked: the build needs only the CUDA compiler (an isolated pip build has no cuBLAS
 // headers), and a process that runs this library has torch's libcublasLt loaded already. It is
-// found at run time by its soname (dlopen, RTLD_NOLOAD first), and the handful of declarations
-// below are those of cublasLt.h (CUDA 12 and 13), their values checked against the header by
-// python_tests/test_native.py where the header is installed.
+// found at run time by its soname (dlopen, the process's copy first), and the handful of
+// declarations below are those of cublasLt.h (CUDA 12 and 13), their values checked against the
+// header by python_tests/test_decode_cublas.py where the header is installed.
 
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -62,6 +62,7 @@ constexpr int kPrefReductionSchemeMask = 3;  // CUBLASLT_MATMUL_PREF_REDUCTION_S
 // (0) | _COMPUTE_TYPE (2), not in place in the bfloat16 output (_INPLACE, _OUTPUT_TYPE), which would
 // round the sums twice.
 constexpr uint32_t kFloat32Reductions = 2;
+constexpr LtStatus kNotSupported = 15;  // CUBLAS_STATUS_NOT_SUPPORTED: the heuristic found no algorithm
 
 struct CublasLt {
   LtStatus (*create)(LtHandle*);
@@ -87,11 +88,13 @@ bool resolve(void* library, const char* name, F* fn) {
 
 CublasLt load_cublaslt() {
   CublasLt lt{};
+  constexpr const char* kNames[] = {"libcublasLt.so.13", "libcublasLt.so.12"};
   void* library = nullptr;
-  for (const char* name : {"libcublasLt.so.13", "libcublasLt.so.12"}) {
-    library = dlopen(name, RTLD_NOW | RTLD_NOLOAD);  // the copy torch loaded
+  for (const char* name : kNames) {  // the copy torch loaded, of either version, first
+    if (library == nullptr) library = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+  }
+  for (const char* name : kNames) {
     if (library == nullptr) library = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (library != nullptr) break;
   }
   lt.loaded = library != nullptr && resolve(library, "cublasLtCreate", &lt.create) &&
               resolve(library, "cublasLtMatmulDescCreate", &lt.desc_create) &&
@@ -167,7 +170,7 @@ int make_plan(const CublasLt& lt, int device, int64_t m, int64_t n, int64_t k, b
     status = lt.heuristic(plan->handle, plan->desc, plan->a, plan->b, plan->d, plan->d, preference, 1, &result, &returned);
   if (preference != nullptr) lt.preference_destroy(preference);
   if (status != 0) return cublas_error(status);
-  if (returned < 1) return DQ_ERR_UNSUPPORTED;
+  if (returned < 1) return cublas_error(kNotSupported);
   plan->algo = result.algo;
   return DQ_OK;
 }
@@ -197,7 +200,7 @@ int dq_last_cublas_status() { return last_cublas_status; }
 
 extern "C" int dq_decoded_linear_workspace_bytes(int64_t M, int64_t N, int64_t K, int64_t* bytes) {
   if (bytes == nullptr) return DQ_ERR_NULL_POINTER;
-  if (M < 1 || N < 1 || K < 32 || K % 32) return DQ_ERR_BAD_SHAPE;
+  if (M < 1 || N < 1 || K < 32 || K % 32 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return DQ_ERR_BAD_SHAPE;
   *bytes = align_256(M * K * 2) + align_256(N * K * 2) + kGemmWorkspaceBytes;
   return DQ_OK;
 }
@@ -213,8 +216,9 @@ extern "C" int dq_decoded_mxfp8_linear(const void* x, int x_dtype, int64_t x_row
     return DQ_ERR_NULL_POINTER;
   if (bias != nullptr && bias_dtype != DQ_BFLOAT16) return DQ_ERR_BAD_DTYPE;
   if (workspace_bytes < needed) return DQ_ERR_BAD_CONFIG;
-  if (reinterpret_cast<uintptr_t>(workspace) % 256 || reinterpret_cast<uintptr_t>(out) % 16 ||
-      (bias != nullptr && reinterpret_cast<uintptr_t>(bias) % 16))
+  // 256 bytes: the alignment cuBLASLt's heuristic assumes of C, D and the bias when none is given.
+  if (reinterpret_cast<uintptr_t>(workspace) % 256 || reinterpret_cast<uintptr_t>(out) % 256 ||
+      (bias != nullptr && reinterpret_cast<uintptr_t>(bias) % 256))
     return DQ_ERR_MISALIGNED;
   const CublasLt& lt = cublaslt();
   if (!lt.loaded) return cublas_error(-1);
@@ -234,8 +238,12 @@ extern "C" int dq_decoded_mxfp8_linear(const void* x, int x_dtype, int64_t x_row
   const PlanKey key{device, M, N, K, bias != nullptr};
   auto found = plans.find(key);
   if (found == plans.end()) {
+    // Host work only, but cuBLASLt's setup may call APIs a global-mode stream capture forbids.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaThreadExchangeStreamCaptureMode(&mode);
     GemmPlan plan;
     code = make_plan(lt, device, M, N, K, bias != nullptr, &plan);
+    cudaThreadExchangeStreamCaptureMode(&mode);
     if (code != DQ_OK) return code;
     found = plans.emplace(key, plan).first;
   }

@@ -402,15 +402,16 @@ DQ_API int dq_quantize_dequantize_nvfp4(const void* x, int x_dtype, int64_t x_ro
 
 /*
  * The MXFP8 Linear through a dense bfloat16 GEMM (csrc/decoded_linear.cpp; every arch, any GPU
- * cuBLASLt runs bfloat16 on): out = x rounded to MXFP8 @ (b_q, b_s)^T + bias, as three steps on
- * `stream`: dq_quantize_dequantize_mxfp8 of x into the workspace, dq_dequantize_mxfp8 of the weight
- * to bfloat16 into the workspace, then a cuBLASLt GEMM (float32 accumulation, the bias added to the
+ * cuBLASLt runs bfloat16 on): out = x rounded to MXFP8 @ (b_q, b_s)^T + bias, as two launches on
+ * `stream`: one kernel writes x as dq_quantize_dequantize_mxfp8 does and the weight as
+ * dq_dequantize_mxfp8 does (to bfloat16), both into the workspace, then a cuBLASLt GEMM (float32 accumulation, the bias added to the
  * float32 sums by its epilogue, one rounding to bfloat16; split-K partial sums reduced in float32 only).
  * cuBLASLt is found at run time (libcublasLt.so.13, else .12, the process's copy first), not linked.
  *   x, x_dtype, x_row_stride, M, K, scaling: as for dq_quantize_dequantize_mxfp8;
  *   b_q, b_s:  the MXFP8 weight [N, K] as for dq_dequantize_mxfp8;
- *   bias:      NULL or bfloat16 [N] (bias_dtype DQ_BFLOAT16, else DQ_ERR_BAD_DTYPE), 16-byte aligned;
- *   out:       bfloat16 [M, N], 16-byte aligned;
+ *   bias:      NULL or bfloat16 [N] (bias_dtype DQ_BFLOAT16, else DQ_ERR_BAD_DTYPE), 256-byte aligned;
+ *   out:       bfloat16 [M, N], 256-byte aligned (the alignment cuBLASLt's heuristic assumes);
+ *   M, N, K:   M, N >= 1, K a positive multiple of 32, each at most INT32_MAX (else DQ_ERR_BAD_SHAPE);
  *   workspace: 256-byte aligned, at least dq_decoded_linear_workspace_bytes(M, N, K) bytes (else
  *              DQ_ERR_BAD_CONFIG): the decoded activation, the decoded weight and cuBLASLt's
  *              workspace; one per call in flight.

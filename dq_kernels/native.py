@@ -631,9 +631,10 @@ def decoded_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str = "rceil") -> None
     float32 summation order, within the exact domain of ``backends.decode_cublas``.
 
     x: float32, bfloat16 or float16 [M, K] (K % 32 == 0) as the casts read it (unit column stride,
-    16-byte aligned rows); b_q float8_e4m3fn [N, K] and b_s (the swizzled E8M0 scales) contiguous,
-    16-byte aligned; bias: None or bfloat16 [N], 16-byte aligned; out: bfloat16 [M, N], contiguous,
-    16-byte aligned; all on one CUDA device (``decoded_linear_status`` of its capability). Enqueued
+    16-byte aligned rows); b_q float8_e4m3fn (or uint8) [N, K] and b_s (the swizzled E8M0 scales)
+    contiguous, 16-byte aligned; bias: None or bfloat16 [N], 256-byte aligned; out: bfloat16 [M, N],
+    contiguous, 256-byte aligned (what cuBLASLt's heuristic assumes of them; torch's allocations are);
+    all on one CUDA device (``decoded_linear_status`` of its capability). Enqueued
     on the current stream.
     """
     import torch
@@ -641,11 +642,15 @@ def decoded_mxfp8_linear(x, b_q, b_s, bias, out, scaling: str = "rceil") -> None
     fn = "decoded_mxfp8_linear"
     n = b_q.shape[0]
     _, _, m, k = _cast_args(fn, x, 32, {"out": (out, (x.shape[0], n), (torch.bfloat16,), 16)}, scaling)
-    if b_q.shape != (n, k) or (bias is not None and (bias.dtype != torch.bfloat16 or bias.shape != (n,))):
-        raise ValueError(f"dq_kernels.native.{fn}: b_q must be [N, K = {k}] and bias None or bfloat16 [N], got "
-                         f"b_q {tuple(b_q.shape)}, bias {None if bias is None else (bias.dtype, tuple(bias.shape))}")
+    b_q_ok = b_q.shape == (n, k) and b_q.dtype in (torch.float8_e4m3fn, torch.uint8)
+    if not b_q_ok or (bias is not None and (bias.dtype != torch.bfloat16 or bias.shape != (n,))):
+        raise ValueError(f"dq_kernels.native.{fn}: b_q must be float8_e4m3fn or uint8 [N, K = {k}] and bias None or "
+                         f"bfloat16 [N], got b_q {b_q.dtype} {tuple(b_q.shape)}, "
+                         f"bias {None if bias is None else (bias.dtype, tuple(bias.shape))}")
+    if out.data_ptr() % 256:
+        raise ValueError(f"dq_kernels.native.{fn}: out.data_ptr() must be 256-byte aligned (torch.empty's are)")
     tensors = {"b_q": b_q, "b_s": b_s} | ({} if bias is None else {"bias": bias})
-    _check_operands(fn, tensors, out, (m, n), {name: 16 for name in tensors if name != "b_s"})
+    _check_operands(fn, tensors, out, (m, n), {"b_q": 16} | ({} if bias is None else {"bias": 256}))
     _check_scales(fn, b_s, n, k // 32)
     decoded_mxfp8_linear_launcher(x.dtype, m, out.device, b_q, b_s, bias, scaling)(x, out)
 

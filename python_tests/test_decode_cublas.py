@@ -147,7 +147,7 @@ def test_the_cublaslt_declarations_match_the_header():
     text = "".join((header.parent / name).read_text() for name in ("cublasLt.h", "cublas_api.h", "library_types.h"))
     source = (Path(__file__).parents[1] / "csrc" / "decoded_linear.cpp").read_text()
     declared = re.findall(r"constexpr \w+ k\w+ = (\d+);\s+// (\w+)", source)
-    assert len(declared) == 13
+    assert len(declared) == 14
     declared.append((re.search(r"kFloat32Reductions = (\d+);", source).group(1), "CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE"))
     for value, name in declared:
         found = re.search(rf"\b{name}\s*=\s*(\w+)", text)
@@ -194,8 +194,9 @@ def test_gpu_one_call_linear_matches_the_reference(m, n, k):
 @pytest.mark.gpu
 @needs_one_call
 def test_gpu_one_call_linear_in_a_cuda_graph_and_its_checks():
-    """The one call captures into a CUDA graph (its workspace from the graph's pool) and replays
-    the eager result; the checked wrapper names what it refuses."""
+    """The one call captures into a CUDA graph (its workspace from the graph's pool), also as the
+    first call of a shape, and replays the eager result; a bias cuBLASLt would not take as it is
+    runs the steps; the checked wrapper names what it refuses."""
     m, n, k = 4096, 3072, 3072
     x, _, (b_q, b_s) = operands("mxfp8", m, n, k, "cuda", seed=7)
     bias = torch.randn(n, device="cuda").to(torch.bfloat16)
@@ -210,9 +211,27 @@ def test_gpu_one_call_linear_in_a_cuda_graph_and_its_checks():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
+    cold = x[:1000]  # a shape not run before: its first call, cuBLASLt's setup included, is captured
+    graph = torch.cuda.CUDAGraph()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            captured = backend.mxfp8_linear(cold, b_q, b_s, bias, "rceil")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, backend.mxfp8_linear(cold, b_q, b_s, bias, "rceil"))
+
+    shifted = torch.empty(n + 8, dtype=torch.bfloat16, device="cuda")[8:].copy_(bias)  # 16- not 256-byte aligned
+    expected = dq.mxfp8_mm(*dq.quantize_mxfp8(x), b_q, b_s, bias, x.dtype, backend="reference")
+    assert backend.linear_launcher("mxfp8", x.device, m, x.dtype, b_q, b_s, shifted) is None
+    assert_matches(backend.mxfp8_linear(x, b_q, b_s, shifted, "rceil"), expected)  # the steps
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     with pytest.raises(ValueError, match="bias None or bfloat16"):
         native.decoded_mxfp8_linear(x, b_q, b_s, bias.float(), out)
+    with pytest.raises(ValueError, match="b_q must be float8_e4m3fn or uint8"):
+        native.decoded_mxfp8_linear(x, b_q.float(), b_s, bias, out)
+    with pytest.raises(ValueError, match="bias.data_ptr.. must be 256-byte aligned"):
+        native.decoded_mxfp8_linear(x, b_q, b_s, shifted, out)
     with pytest.raises(ValueError, match="out must be bfloat16"):
         native.decoded_mxfp8_linear(x, b_q, b_s, bias, out.half())
 

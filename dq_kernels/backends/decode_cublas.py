@@ -178,11 +178,11 @@ class DecodeCublasBackend(Backend):
         call (``native.decoded_mxfp8_linear_launcher``), its arguments made once; a call makes the
         output and, unless x is contiguous and 16-byte aligned, x [M, K] as the cast reads it. It
         holds the bias, not b_q and b_s (the caller keeps those alive). None for a bias other than
-        a contiguous, 16-byte aligned bfloat16 [N], or a misaligned weight (``mxfp8_linear`` runs
-        the steps or copies them then)."""
+        a contiguous, 256-byte aligned bfloat16 [N] (what cuBLASLt assumes; torch's allocations
+        are), or a misaligned weight (``mxfp8_linear`` runs the steps or copies them then)."""
         if not _one_call(fmt, device, dtype) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16:
             return None
-        if bias is not None and not (bias.dtype == torch.bfloat16 and bias.is_contiguous() and bias.data_ptr() % 16 == 0):
+        if bias is not None and not (bias.dtype == torch.bfloat16 and bias.is_contiguous() and bias.data_ptr() % 256 == 0):
             return None
         n = b_q.shape[0]
         launch = native.decoded_mxfp8_linear_launcher(dtype, m, device, b_q, b_s, bias, scaling)
@@ -197,12 +197,12 @@ class DecodeCublasBackend(Backend):
 
     def mxfp8_linear(self, x, b_q, b_s, bias, scaling):
         """mxfp8_mm(*quantize_mxfp8(x, scaling), b_q, b_s, bias, x.dtype) for a bfloat16 x [M, K] on
-        CUDA (``fuses_linear``): one native call, or, for a bias that is not bfloat16, the cast's
-        decode then ``mxfp8_mm_decoded``."""
+        CUDA (``fuses_linear``): one native call, or, for a bias the call does not take as it is
+        (``linear_launcher``), the cast's decode then ``mxfp8_mm_decoded``."""
         b_q, b_s = aligned_16(b_q), aligned_16(b_s)  # alive through the call
-        if bias is None or bias.dtype == torch.bfloat16:
-            bias16 = None if bias is None else aligned_16(bias.contiguous())
-            return self.linear_launcher("mxfp8", x.device, x.shape[0], x.dtype, b_q, b_s, bias16, scaling=scaling)(x)
+        run = self.linear_launcher("mxfp8", x.device, x.shape[0], x.dtype, b_q, b_s, bias, scaling=scaling)
+        if run is not None:
+            return run(x)
         a = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
         native.quantize_dequantize_mxfp8(cast_input(x), scaling, a, checked=False)
         return self.mxfp8_mm_decoded(a, b_q, b_s, bias, x.dtype)
