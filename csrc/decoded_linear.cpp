@@ -12,7 +12,6 @@
 #include <dlfcn.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <unordered_map>
 
 #include "dq_kernels.h"

@@ -191,6 +191,17 @@ def test_gpu_one_call_linear_matches_the_reference(m, n, k):
     assert torch.equal(out, backend.mxfp8_linear(x, b_q, b_s, bias, "rceil"))
 
 
+def replayed(fn):
+    """fn()'s output, captured into a CUDA graph on a side stream and replayed once."""
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out
+
+
 @pytest.mark.gpu
 @needs_one_call
 def test_gpu_one_call_linear_in_a_cuda_graph_and_its_checks():
@@ -202,23 +213,9 @@ def test_gpu_one_call_linear_in_a_cuda_graph_and_its_checks():
     bias = torch.randn(n, device="cuda").to(torch.bfloat16)
     backend = get_backend(BACKEND)
     eager = backend.mxfp8_linear(x, b_q, b_s, bias, "rceil")
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            captured = backend.mxfp8_linear(x, b_q, b_s, bias, "rceil")
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(captured, eager)
+    assert torch.equal(replayed(lambda: backend.mxfp8_linear(x, b_q, b_s, bias, "rceil")), eager)
     cold = x[:1000]  # a shape not run before: its first call, cuBLASLt's setup included, is captured
-    graph = torch.cuda.CUDAGraph()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            captured = backend.mxfp8_linear(cold, b_q, b_s, bias, "rceil")
-    graph.replay()
-    torch.cuda.synchronize()
+    captured = replayed(lambda: backend.mxfp8_linear(cold, b_q, b_s, bias, "rceil"))
     assert torch.equal(captured, backend.mxfp8_linear(cold, b_q, b_s, bias, "rceil"))
 
     shifted = torch.empty(n + 8, dtype=torch.bfloat16, device="cuda")[8:].copy_(bias)  # 16- not 256-byte aligned

@@ -41,8 +41,8 @@ The MXFP8 Linear of a bfloat16 activation on CUDA (``mxfp8_linear``, what a mode
 native call where the library and cuBLASLt are there (``native.decoded_mxfp8_linear``: the cast,
 the weight decode and a cuBLASLt GEMM with its bias epilogue, split-K sums reduced in float32, no
 process-wide setting touched), with its arguments made once per weight and M for eager layers
-(``linear_launcher``): the host cost of one launch instead of three from Python. A bias of another
-dtype runs the steps above.
+(``linear_launcher``): the host cost of one launch instead of three from Python. A bias that is
+not bfloat16, contiguous and 256-byte aligned runs the steps above.
 
 The temporary buffers are the price: ``transient_bytes`` gives them for a shape. Runs on the CPU
 and on any CUDA device; no shape limits beyond the formats' own (K a multiple of the block size).
