@@ -216,7 +216,9 @@ DQ_API int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t
 /*
  * A quantized Linear on Hopper in one call (with the sm90_gemm family), csrc/sm90_linear.cu: the
  * activation cast of csrc/cast.cu and one of the GEMMs above, enqueued back to back on `stream`, the
- * cast's output in the caller's workspace. Bit for bit the cast followed by the GEMM, by `kernel`:
+ * cast's output in the caller's workspace, the GEMM launched as the cast's programmatic dependent
+ * (it starts while the cast ends: csrc/dependent_launch.cuh). Bit for bit the cast followed by the
+ * GEMM, by `kernel`:
  *   DQ_SM90_LINEAR_QUANTIZING_SKINNY  dq_sm90_*_skinny_linear (M <= 64; x bfloat16 or float16 with
  *                                     x_row_stride == K; no workspace)
  *   DQ_SM90_LINEAR_SKINNY             dq_quantize_* then dq_sm90_*_skinny_mm (M <= 64)
@@ -380,7 +382,8 @@ DQ_API int dq_quantize_dequantize_mxfp8(const void* x, int x_dtype, int64_t x_ro
  * K / 16 scale columns, padding written as zero bytes.
  *   tensor_scale:     a device pointer to one float32, or NULL for the dynamic tensor scale
  *                     amax(|x|) / 2688 (formats.nvfp4_tensor_scale): an amax pass over x first,
- *                     one partial maximum per CTA into `scratch`, which the cast reduces.
+ *                     one partial maximum per CTA into `scratch`, which the cast reduces; for an x
+ *                     of at most 16384 elements no pass: each CTA of the cast reads all of x.
  *   scratch:          with tensor_scale NULL, DQ_NVFP4_CAST_SCRATCH_BYTES of device memory, 4-byte
  *                     aligned, of any content (nothing zeroes it); one per launch in flight. Unused
  *                     (may be NULL) with a given tensor_scale.

@@ -1,12 +1,15 @@
 // sm90_linear.cu: a quantized Linear on Hopper in one call. The activation cast (csrc/cast.cu) and
 // the GEMM (csrc/sm90_skinny_gemm.cu or csrc/sm90_mixed_gemm.cu) are enqueued back to back, the
 // cast's output in a workspace the caller provides: the same kernels, bit for bit the same result,
-// as the two calls from Python, for the host time of one call and one allocation.
+// as the two calls from Python, for the host time of one call and one allocation. The GEMM is the
+// cast's programmatic dependent (csrc/dependent_launch.cuh): it starts, and the skinny kernel
+// loads its first weight chunk, while the cast ends.
 
 #include <cstdint>
 
 #include "decode.cuh"
 #include "dq_kernels.h"
+#include "sm90_after_cast.h"
 
 namespace {
 
@@ -121,12 +124,12 @@ extern "C" int dq_sm90_mxfp8_linear(const void* x, int x_dtype, int64_t x_row_st
   if (kernel == DQ_SM90_LINEAR_SKINNY) {
     uint8_t *q = at<uint8_t>(workspace, l.activation), *s = at<uint8_t>(workspace, l.scales);
     if (int e = dq_quantize_mxfp8(x, x_dtype, x_row_stride, M, K, scaling, q, s, stream)) return e;
-    return dq_sm90_mxfp8_skinny_mm(q, s, b_q, b_s, bias, bias_dtype, out, M, N, K, x_dtype, stream);
+    return dq::sm90_mxfp8_skinny_mm(q, s, b_q, b_s, bias, bias_dtype, out, M, N, K, x_dtype, stream, true);
   }
   void* a = at<void>(workspace, l.activation);
   if (int e = dq_quantize_dequantize_mxfp8(x, x_dtype, x_row_stride, M, K, scaling, a, stream)) return e;
-  return dq_sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, bias_dtype, out, M, N, K, x_dtype, 0,
-                                l.gemm_bytes ? at<void>(workspace, l.gemm) : nullptr, l.gemm_bytes, stream);
+  return dq::sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, bias_dtype, out, M, N, K, x_dtype, 0,
+                                 l.gemm_bytes ? at<void>(workspace, l.gemm) : nullptr, l.gemm_bytes, stream, true);
 }
 
 extern "C" int dq_sm90_nvfp4_linear(const void* x, int x_dtype, int64_t x_row_stride, const uint8_t* b_q,
@@ -147,11 +150,12 @@ extern "C" int dq_sm90_nvfp4_linear(const void* x, int x_dtype, int64_t x_row_st
     uint8_t *q = at<uint8_t>(workspace, l.activation), *s = at<uint8_t>(workspace, l.scales);
     if (int e = dq_quantize_nvfp4(x, x_dtype, x_row_stride, M, K, activation_scale, q, s, a_ts, scratch, stream))
       return e;
-    return dq_sm90_nvfp4_skinny_mm(q, s, a_ts, b_q, b_s, b_ts, bias, bias_dtype, out, M, N, K, x_dtype, stream);
+    return dq::sm90_nvfp4_skinny_mm(q, s, a_ts, b_q, b_s, b_ts, bias, bias_dtype, out, M, N, K, x_dtype, stream,
+                                    true);
   }
   void* a = at<void>(workspace, l.activation);
   if (int e = dq_quantize_dequantize_nvfp4(x, x_dtype, x_row_stride, M, K, activation_scale, a, a_ts, scratch, stream))
     return e;
-  return dq_sm90_nvfp4_mixed_mm(a, DQ_FLOAT16, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, x_dtype, 0,
-                                l.gemm_bytes ? at<void>(workspace, l.gemm) : nullptr, l.gemm_bytes, stream);
+  return dq::sm90_nvfp4_mixed_mm(a, DQ_FLOAT16, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, x_dtype, 0,
+                                 l.gemm_bytes ? at<void>(workspace, l.gemm) : nullptr, l.gemm_bytes, stream, true);
 }

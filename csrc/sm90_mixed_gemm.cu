@@ -62,9 +62,11 @@
 #include "cutlass/arch/reg_reconfig.h"
 #include "cutlass/cuda_host_adapter.hpp"
 #include "decode.cuh"
+#include "dependent_launch.cuh"
 #include "device_info.h"
 #include "dq_kernels.h"
 #include "scale_layout.cuh"
+#include "sm90_after_cast.h"
 
 namespace dq::sm90_mixed {
 namespace {
@@ -363,6 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
+  wait_for_prior_grids();  // the activation and its tensor scale may come from the cast launched just before
 
   if (warpgroup == 0) {  // producer: one thread issues every load, in the consumers' order
     cutlass::arch::warpgroup_reg_dealloc<40>();
@@ -599,8 +602,8 @@ int make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int
 }
 
 template <Format F, bool kBf16, int kTokens, typename Out>
-int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
-           cudaStream_t stream) {
+int launch_kernel(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
+                  cudaStream_t stream, bool after_cast) {
   const bool stream_k = p.shared_ctas && !p.parts;
   CUtensorMap a_map, w_map, s_map;
   if (int e = make_map(&a_map, a, p.M, p.K, 2, kTileK, kTokens, CU_TENSOR_MAP_SWIZZLE_128B)) return e;
@@ -613,17 +616,18 @@ int launch(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem&
   auto kernel = stream_k ? mixed_gemm_kernel<F, kBf16, kTokens, Out, true> : mixed_gemm_kernel<F, kBf16, kTokens, Out, false>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
   if (cudaError_t e = allow_dynamic_shared_memory(kernel, kSharedBytes)) return e;
-  kernel<<<dim3(ctas), kThreads, kSharedBytes, stream>>>(a_map, w_map, s_map, p, static_cast<Out*>(out));
-  return cudaGetLastError();
+  return launch(kernel, dim3(ctas), dim3(kThreads), kSharedBytes, stream, after_cast, a_map, w_map, s_map, p,
+                static_cast<Out*>(out));
 }
 
 template <Format F, bool kBf16, int kTokens>
 int launch_out(const void* a, const uint8_t* w_q, const uint8_t* w_s, const Problem& p, int64_t ctas, void* out,
-               int out_dtype, cudaStream_t stream) {
+               int out_dtype, cudaStream_t stream, bool after_cast) {
   switch (out_dtype) {
-    case DQ_FLOAT32: return launch<F, kBf16, kTokens, float>(a, w_q, w_s, p, ctas, out, stream);
-    case DQ_BFLOAT16: return launch<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, w_s, p, ctas, out, stream);
-    case DQ_FLOAT16: return launch<F, kBf16, kTokens, __half>(a, w_q, w_s, p, ctas, out, stream);
+    case DQ_FLOAT32: return launch_kernel<F, kBf16, kTokens, float>(a, w_q, w_s, p, ctas, out, stream, after_cast);
+    case DQ_BFLOAT16:
+      return launch_kernel<F, kBf16, kTokens, __nv_bfloat16>(a, w_q, w_s, p, ctas, out, stream, after_cast);
+    case DQ_FLOAT16: return launch_kernel<F, kBf16, kTokens, __half>(a, w_q, w_s, p, ctas, out, stream, after_cast);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }
@@ -691,9 +695,11 @@ Plan choose_plan(int64_t M, int64_t N, int64_t K, int requested, bool share) {
   return best;
 }
 
+// after_cast: see sm90_after_cast.h; a plan with shared tiles zeroes its flags between the cast and
+// the GEMM, which then follows that as any launch does.
 template <Format F, bool kBf16>
 int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p, const Plan& plan, void* workspace,
-                void* out, int out_dtype, cudaStream_t stream) {
+                void* out, int out_dtype, cudaStream_t stream, bool after_cast) {
   p.whole_tiles = int(plan.whole_tiles);
   p.shared_tiles = int(plan.shared_tiles);
   p.shared_ctas = int(plan.shared_ctas);
@@ -703,11 +709,12 @@ int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p
     p.arrivals = static_cast<int*>(workspace);
     p.partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + flags);
     if (cudaError_t e = cudaMemsetAsync(workspace, 0, flags, stream)) return e;
+    after_cast = false;
   }
   switch (plan.tokens) {
-    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
-    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
-    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream);
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
+    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
   }
 }
 
@@ -717,8 +724,7 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 template <Format F>
 int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, const float* alpha_a,
         const float* alpha_b, const void* bias, int bias_dtype, void* out, int64_t M, int64_t N, int64_t K,
-        int out_dtype,
-        int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
+        int out_dtype, int tokens, void* workspace, int64_t workspace_bytes, void* stream, bool after_cast) {
   if (!a || !w_q || !w_s || !out) return DQ_ERR_NULL_POINTER;
   // Tile coordinates, row indices, the CTA index and TMA's coordinates are int: keep M and N a
   // tile below INT32_MAX, the CTA count (at the smallest token tile, with room for the shared tiles)
@@ -741,8 +747,10 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
   const Problem p{alpha_a, alpha_b, Bias{bias, bias_dtype}, int(M), int(N), int(K), int(scale_tiles_per_row),
                   0, 0, 0, 0, nullptr, nullptr};
   auto s = static_cast<cudaStream_t>(stream);
-  if (a_dtype == DQ_BFLOAT16) return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
-  if constexpr (F == Format::kNvfp4) return launch_plan<F, false>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s);
+  if (a_dtype == DQ_BFLOAT16)
+    return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s, after_cast);
+  if constexpr (F == Format::kNvfp4)
+    return launch_plan<F, false>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s, after_cast);
   return DQ_ERR_BAD_DTYPE;  // MXFP8 decodes to bf16 only
 }
 
@@ -767,20 +775,35 @@ extern "C" int dq_sm90_mixed_mm_plan(int64_t M, int64_t N, int64_t K, int tokens
   return DQ_OK;
 }
 
+int dq::sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const void* bias, int bias_dtype,
+                            void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens, void* workspace,
+                            int64_t workspace_bytes, void* stream, bool after_cast) {
+  using namespace dq::sm90_mixed;
+  return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, bias_dtype, out, M, N, K, out_dtype,
+                             tokens, workspace, workspace_bytes, stream, after_cast);
+}
+
+int dq::sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s, const float* a_ts,
+                            const float* b_ts, const void* bias, int bias_dtype, void* out, int64_t M, int64_t N,
+                            int64_t K, int out_dtype, int tokens, void* workspace, int64_t workspace_bytes,
+                            void* stream, bool after_cast) {
+  using namespace dq::sm90_mixed;
+  if (!b_ts) return DQ_ERR_NULL_POINTER;
+  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, out_dtype, tokens,
+                             workspace, workspace_bytes, stream, after_cast);
+}
+
 extern "C" int dq_sm90_mxfp8_mixed_mm(const void* a, const uint8_t* b_q, const uint8_t* b_s, const void* bias,
                                       int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
                                       int tokens, void* workspace, int64_t workspace_bytes, void* stream) {
-  using namespace dq::sm90_mixed;
-  return run<Format::kMxfp8>(a, DQ_BFLOAT16, b_q, b_s, nullptr, nullptr, bias, bias_dtype, out, M, N, K, out_dtype,
-                             tokens, workspace, workspace_bytes, stream);
+  return dq::sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, bias_dtype, out, M, N, K, out_dtype, tokens, workspace,
+                                 workspace_bytes, stream, false);
 }
 
 extern "C" int dq_sm90_nvfp4_mixed_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
                                       const float* a_ts, const float* b_ts, const void* bias, int bias_dtype,
                                       void* out, int64_t M, int64_t N, int64_t K, int out_dtype, int tokens,
                                       void* workspace, int64_t workspace_bytes, void* stream) {
-  using namespace dq::sm90_mixed;
-  if (!b_ts) return DQ_ERR_NULL_POINTER;
-  return run<Format::kNvfp4>(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, out_dtype, tokens,
-                             workspace, workspace_bytes, stream);
+  return dq::sm90_nvfp4_mixed_mm(a, a_dtype, b_q, b_s, a_ts, b_ts, bias, bias_dtype, out, M, N, K, out_dtype, tokens,
+                                 workspace, workspace_bytes, stream, false);
 }

@@ -37,10 +37,12 @@
 #include <cstdint>
 
 #include "decode.cuh"
+#include "dependent_launch.cuh"
 #include "device_info.h"
 #include "quantize.cuh"
 #include "dq_kernels.h"
 #include "scale_layout.cuh"
+#include "sm90_after_cast.h"
 
 namespace dq::sm90_skinny {
 namespace {
@@ -534,6 +536,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
   float acc[kGroups][kTiles][4] = {};
   WeightChunk<F, kGroups> current;
   if (first < full_last) current = load_weight<false>(p, lp, first, t);  // in flight during a cast's amax pass
+  wait_for_prior_grids();  // the activation may come from the cast kernel this one was launched after
   const float a_ts = cast_tensor_scale<F, A>(p);
   if (first < full_last) {
     for (int chunk = first; chunk < full_last; ++chunk) {
@@ -596,11 +599,11 @@ int warps_per_cta(int64_t ctas, int chunks) {
 }
 
 template <Format F, Activation A, int kGroups, int kTiles, typename Out>
-int launch_tiles(const Problem& p, cudaStream_t stream) {
+int launch_tiles(const Problem& p, cudaStream_t stream, bool after_cast) {
   const int64_t ctas = (p.N + kGroups * kRows - 1) / (kGroups * kRows);
   const int chunks = (p.K + Chunk<F>::kK - 1) / Chunk<F>::kK;
-  skinny_gemm_kernel<F, A, kGroups, kTiles, Out><<<dim3(ctas), 32 * warps_per_cta(ctas, chunks), 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch(skinny_gemm_kernel<F, A, kGroups, kTiles, Out>, dim3(ctas), dim3(32 * warps_per_cta(ctas, chunks)), 0,
+                stream, after_cast, p);
 }
 
 // Token tiles of 8 for M; two 16-row weight groups per warp (each activation fragment serves both)
@@ -609,25 +612,27 @@ int launch_tiles(const Problem& p, cudaStream_t stream) {
 // registers, twice the CTAs) streams faster (1x3072x18432 W4A4 25.2 -> 21.2 us, W4A16 28.1 ->
 // 21.3 us on the H100; MXFP8, slower that way at 4 of 5 M = 1 shapes, and two tiles keep two groups).
 template <Format F, Activation A, typename Out>
-int launch_out(const Problem& p, cudaStream_t stream) {
+int launch_out(const Problem& p, cudaStream_t stream, bool after_cast) {
   const int tiles = (p.M + 7) / 8;
   if (tiles <= 1) {
     if constexpr (F == Format::kNvfp4)
-      return launch_tiles<F, A, 1, 1, Out>(p, stream);
+      return launch_tiles<F, A, 1, 1, Out>(p, stream, after_cast);
     else
-      return launch_tiles<F, A, 2, 1, Out>(p, stream);
+      return launch_tiles<F, A, 2, 1, Out>(p, stream, after_cast);
   }
-  if (tiles <= 2) return launch_tiles<F, A, 2, 2, Out>(p, stream);
-  if (tiles <= 4) return launch_tiles<F, A, 2, 4, Out>(p, stream);
-  return launch_tiles<F, A, 1, 8, Out>(p, stream);
+  if (tiles <= 2) return launch_tiles<F, A, 2, 2, Out>(p, stream, after_cast);
+  if (tiles <= 4) return launch_tiles<F, A, 2, 4, Out>(p, stream, after_cast);
+  return launch_tiles<F, A, 1, 8, Out>(p, stream, after_cast);
 }
 
+// after_cast: launched as the programmatic dependent of the cast kernel enqueued just before it
+// by the same call (dependent_launch.cuh), which wrote the activation.
 template <Format F, Activation A>
-int launch(const Problem& p, int out_dtype, cudaStream_t stream) {
+int launch_gemm(const Problem& p, int out_dtype, cudaStream_t stream, bool after_cast = false) {
   switch (out_dtype) {
-    case DQ_FLOAT32: return launch_out<F, A, float>(p, stream);
-    case DQ_BFLOAT16: return launch_out<F, A, __nv_bfloat16>(p, stream);
-    case DQ_FLOAT16: return launch_out<F, A, __half>(p, stream);
+    case DQ_FLOAT32: return launch_out<F, A, float>(p, stream, after_cast);
+    case DQ_BFLOAT16: return launch_out<F, A, __nv_bfloat16>(p, stream, after_cast);
+    case DQ_FLOAT16: return launch_out<F, A, __half>(p, stream, after_cast);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }
@@ -636,8 +641,8 @@ int launch(const Problem& p, int out_dtype, cudaStream_t stream) {
 template <Format F>
 int launch_cast(const Problem& p, int a_dtype, cudaStream_t stream) {
   switch (a_dtype) {
-    case DQ_BFLOAT16: return launch_out<F, Activation::kCastBf16, __nv_bfloat16>(p, stream);
-    case DQ_FLOAT16: return launch_out<F, Activation::kCastFloat16, __half>(p, stream);
+    case DQ_BFLOAT16: return launch_out<F, Activation::kCastBf16, __nv_bfloat16>(p, stream, false);
+    case DQ_FLOAT16: return launch_out<F, Activation::kCastFloat16, __half>(p, stream, false);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }
@@ -660,25 +665,40 @@ int check(const Problem& p, int64_t M, int64_t N, int64_t K) {
 
 using namespace dq::sm90_skinny;
 
-extern "C" int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
-                                       const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M,
-                                       int64_t N, int64_t K, int out_dtype, void* stream) {
+int dq::sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q, const uint8_t* b_s,
+                             const void* bias, int bias_dtype, void* out, int64_t M, int64_t N, int64_t K,
+                             int out_dtype, void* stream, bool after_cast) {
   const Problem p{a_q, a_s, b_q, b_s, nullptr, nullptr, dq::Bias{bias, bias_dtype}, out, int(M), int(N), int(K),
                   int(dq::swizzled_padded_cols(K / 32))};
   if (!a_s) return DQ_ERR_NULL_POINTER;
   if (int e = check(p, M, N, K)) return e;
-  return launch<Format::kMxfp8, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream));
+  return launch_gemm<Format::kMxfp8, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream),
+                                                             after_cast);
+}
+
+int dq::sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts, const uint8_t* b_q,
+                             const uint8_t* b_s, const float* b_ts, const void* bias, int bias_dtype, void* out,
+                             int64_t M, int64_t N, int64_t K, int out_dtype, void* stream, bool after_cast) {
+  const Problem p{a_q, a_s, b_q, b_s, a_ts, b_ts, dq::Bias{bias, bias_dtype}, out, int(M), int(N), int(K),
+                  int(dq::swizzled_padded_cols(K / 16))};
+  if (!a_s || !a_ts || !b_ts) return DQ_ERR_NULL_POINTER;
+  if (int e = check(p, M, N, K)) return e;
+  return launch_gemm<Format::kNvfp4, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream),
+                                                             after_cast);
+}
+
+extern "C" int dq_sm90_mxfp8_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const uint8_t* b_q,
+                                       const uint8_t* b_s, const void* bias, int bias_dtype, void* out, int64_t M,
+                                       int64_t N, int64_t K, int out_dtype, void* stream) {
+  return dq::sm90_mxfp8_skinny_mm(a_q, a_s, b_q, b_s, bias, bias_dtype, out, M, N, K, out_dtype, stream, false);
 }
 
 extern "C" int dq_sm90_nvfp4_skinny_mm(const uint8_t* a_q, const uint8_t* a_s, const float* a_ts,
                                        const uint8_t* b_q, const uint8_t* b_s, const float* b_ts, const void* bias,
                                        int bias_dtype, void* out, int64_t M, int64_t N, int64_t K, int out_dtype,
                                        void* stream) {
-  const Problem p{a_q, a_s, b_q, b_s, a_ts, b_ts, dq::Bias{bias, bias_dtype}, out, int(M), int(N), int(K),
-                  int(dq::swizzled_padded_cols(K / 16))};
-  if (!a_s || !a_ts || !b_ts) return DQ_ERR_NULL_POINTER;
-  if (int e = check(p, M, N, K)) return e;
-  return launch<Format::kNvfp4, Activation::kQuantized>(p, out_dtype, static_cast<cudaStream_t>(stream));
+  return dq::sm90_nvfp4_skinny_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, bias_dtype, out, M, N, K, out_dtype, stream,
+                                  false);
 }
 
 extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const uint8_t* b_q, const uint8_t* b_s,
@@ -690,8 +710,8 @@ extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const u
   if (int e = check(p, M, N, K)) return e;
   auto s = static_cast<cudaStream_t>(stream);
   switch (a_dtype) {
-    case DQ_BFLOAT16: return launch<Format::kNvfp4, Activation::kBf16>(p, out_dtype, s);
-    case DQ_FLOAT16: return launch<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s);
+    case DQ_BFLOAT16: return launch_gemm<Format::kNvfp4, Activation::kBf16>(p, out_dtype, s);
+    case DQ_FLOAT16: return launch_gemm<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }

@@ -71,18 +71,20 @@ def test_decode_cublas_one_call_needs_bf16_mxfp8_and_cublaslt(monkeypatch):
     assert "not sm_89" in native.decoded_linear_status((8, 9))[1]
 
 
-def test_linear_kernel_by_m_and_dtype():
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_linear_kernel_by_m_weight_and_dtype(fmt):
     """The skinny kernel quantizes the activation itself at M <= QUANTIZING_SKINNY_MAX_M (bf16 and
-    f16 only); the cast then the skinny kernel up to M = 64; the decoded cast and the mixed-input
-    kernel above."""
-    limit = cutlass.QUANTIZING_SKINNY_MAX_M
+    f16 only) for a weight of at most QUANTIZING_SKINNY_MAX_WEIGHT elements; the cast then the
+    skinny kernel up to M = 64; the decoded cast and the mixed-input kernel above."""
+    limit, small = cutlass.QUANTIZING_SKINNY_MAX_M, (cutlass.QUANTIZING_SKINNY_MAX_WEIGHT[fmt] // 3072, 3072)
     for dtype in (torch.bfloat16, torch.float16):
-        assert cutlass.linear_kernel(1, dtype) == "quantizing_skinny"
-        assert cutlass.linear_kernel(limit, dtype) == "quantizing_skinny"
-        assert cutlass.linear_kernel(limit + 1, dtype) == "skinny"
-    assert cutlass.linear_kernel(1, torch.float32) == "skinny"
-    assert cutlass.linear_kernel(native.SM90_SKINNY_MAX_M, torch.bfloat16) == "skinny"
-    assert cutlass.linear_kernel(native.SM90_SKINNY_MAX_M + 1, torch.bfloat16) == "mixed"
+        assert cutlass.linear_kernel(fmt, 1, *small, dtype) == "quantizing_skinny"
+        assert cutlass.linear_kernel(fmt, limit, *small, dtype) == "quantizing_skinny"
+        assert cutlass.linear_kernel(fmt, limit + 1, *small, dtype) == "skinny"
+        assert cutlass.linear_kernel(fmt, 1, 18432, 3072, dtype) == "skinny"  # FLUX's norm1 linear
+    assert cutlass.linear_kernel(fmt, 1, *small, torch.float32) == "skinny"
+    assert cutlass.linear_kernel(fmt, native.SM90_SKINNY_MAX_M, *small, torch.bfloat16) == "skinny"
+    assert cutlass.linear_kernel(fmt, native.SM90_SKINNY_MAX_M + 1, *small, torch.bfloat16) == "mixed"
     assert set(native.SM90_LINEAR_KERNELS) == {"quantizing_skinny", "skinny", "mixed"}
 
 
@@ -338,6 +340,38 @@ def test_one_call_nvfp4_linear_equals_cast_and_gemm(m, kernel, dtype):
             out = torch.empty(m, n, dtype=dtype, device=CUDA)
             native.sm90_nvfp4_linear(x, b_q, b_s, b_ts, activation_scale, b, out, kernel)
             assert torch.equal(out, expected), (activation_scale, None if b is None else b.dtype)
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+@pytest.mark.parametrize("m", [1, 16])
+def test_the_skinny_gemm_waits_for_its_calls_cast(fmt, m):
+    """The skinny GEMM of a one-call Linear begins while its cast still runs (a programmatic
+    dependent launch) and must read that call's activation, not the one a previous call left in the
+    same workspace: calls back to back without a synchronization, each a new x, against cast + GEMM."""
+    k, n = 3072, 8192  # many CTAs: the GEMM's first ones start early
+    (b_q, b_s, *b_ts), _ = weight_and_bias(fmt, n, k, seed=3)
+    xs = [activation(m, k, torch.bfloat16, seed=10 + i) * (i + 1) for i in range(8)]
+    expected, outs = [], []
+    for x in xs:
+        out = torch.empty(m, n, dtype=torch.bfloat16, device=CUDA)
+        if fmt == "mxfp8":
+            native.sm90_mxfp8_skinny_mm(*formats.quantize_mxfp8(x), b_q, b_s, None, out)
+        else:
+            a_q, a_s, a_ts = formats.quantize_nvfp4(x)
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts.reshape(()), b_q, b_s, b_ts[0].reshape(()), None, out)
+        expected.append(out)
+    torch.cuda.synchronize()
+    for x in xs:
+        out = torch.empty(m, n, dtype=torch.bfloat16, device=CUDA)
+        if fmt == "mxfp8":
+            native.sm90_mxfp8_linear(x, b_q, b_s, None, out, "rceil", "skinny")
+        else:
+            native.sm90_nvfp4_linear(x, b_q, b_s, b_ts[0].reshape(()), None, None, out, "skinny")
+        outs.append(out)
+    for i, (out, want) in enumerate(zip(outs, expected)):
+        assert torch.equal(out, want), i
 
 
 @pytest.mark.gpu

@@ -57,14 +57,17 @@ from .base import Backend, BackendSpec, aligned_16, cast_input, float32_bias
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY, (10, 3): native.SM100_FAMILY}
 
-# The largest M at which a Linear on 9.0 runs the skinny kernel that quantizes its bf16/f16
-# activation itself (one launch instead of the cast's and the GEMM's). Every CTA of that kernel
-# quantizes the whole activation, so its work grows with M (NVFP4: about 20 instructions per
-# element, 5x the weight decode's per chunk at M = 16) while the launch it saves (the cast's: about
-# 3 us of GPU time for MXFP8 and 10 us for a dynamic NVFP4 scale at 1x3072x18432) does not.
-# Measured on the H100 (benchmarks/h5-device.sh, docs/skinny-kernels.md): it wins at M = 1 and
-# loses from M = 2 on at most shapes.
+# Where a Linear on 9.0 runs the skinny kernel that quantizes its bf16/f16 activation itself (one
+# launch instead of the cast's and the GEMM's): up to QUANTIZING_SKINNY_MAX_M rows and a weight of
+# at most QUANTIZING_SKINNY_MAX_WEIGHT[format] elements. Every CTA of that kernel quantizes the
+# whole activation, so its work grows with M (NVFP4: about 20 instructions per element, 5x the
+# weight decode's per chunk at M = 16) and with the CTA count (N), while what it saves does not:
+# the cast kernel, whose end the GEMM launched after it overlaps (a programmatic dependent launch).
+# Measured on the H100 at M = 1 (docs/skinny-kernels.md), quantizing vs cast + GEMM: MXFP8 wins
+# up to 3072 x 9216 (23.9 vs 28.1 us) and loses from 12288 x 3072 on; NVFP4 wins at 3072 x 3072
+# and loses from 3072 x 9216 on (18.0 vs 15.3 us). From M = 2 on it loses at most shapes.
 QUANTIZING_SKINNY_MAX_M = 1
+QUANTIZING_SKINNY_MAX_WEIGHT = {"mxfp8": 1 << 25, "nvfp4": 1 << 24}
 
 
 def _on_hopper(device: torch.device) -> bool:
@@ -111,10 +114,11 @@ def _decoded_activation(fmt: str, a_q: torch.Tensor, a_s: torch.Tensor) -> torch
     return a
 
 
-def linear_kernel(m: int, dtype: torch.dtype) -> str:
-    """The kernel a Linear of m rows with an activation of ``dtype`` runs on 9.0 after its cast
-    (``native.SM90_LINEAR_KERNELS``)."""
-    if m <= QUANTIZING_SKINNY_MAX_M and dtype != torch.float32:
+def linear_kernel(fmt: str, m: int, n: int, k: int, dtype: torch.dtype) -> str:
+    """The kernel a Linear of m rows with an activation of ``dtype`` and a weight [n, k] of ``fmt``
+    ("mxfp8" or "nvfp4") runs on 9.0 after its cast (``native.SM90_LINEAR_KERNELS``)."""
+    small = n * k <= QUANTIZING_SKINNY_MAX_WEIGHT[fmt]
+    if m <= QUANTIZING_SKINNY_MAX_M and small and dtype != torch.float32:
         return "quantizing_skinny"
     return "skinny" if m <= native.SM90_SKINNY_MAX_M else "mixed"
 
@@ -188,13 +192,14 @@ class CutlassBackend(Backend):
     def linear_launcher(self, fmt, device, m, dtype, b_q, b_s, bias, *, scaling="rceil", b_ts=None,
                         activation_scale=None):
         """On 9.0 (``fuses_linear``): the one-call Linear (csrc/sm90_linear.cu) of the kernel
-        ``linear_kernel`` picks for m rows of ``dtype``, its arguments made once
+        ``linear_kernel`` picks for m rows of ``dtype`` and this weight, its arguments made once
         (``native.sm90_linear_launcher``); a call makes the output and, unless x is contiguous and
         16-byte aligned, x [M, K] as that kernel reads it. It holds the bias and tensor scales, not
         b_q and b_s: the caller keeps those alive while it uses the launcher."""
         if not _on_hopper(device) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16 or _bias(bias) is not bias:
             return None  # operands the kernels cannot read as they are: the methods below copy them per call
-        kernel, n = linear_kernel(m, dtype), b_q.shape[0]
+        n, k = b_q.shape[0], b_q.shape[1] * (2 if fmt == "nvfp4" else 1)
+        kernel = linear_kernel(fmt, m, n, k, dtype)
         small = (bias, b_ts, activation_scale)  # held by run; b_q and b_s are the caller's to keep
         launch = native.sm90_linear_launcher(fmt, kernel, dtype, m, device, b_q, b_s, bias, scaling=scaling,
                                              b_ts=b_ts, activation_scale=activation_scale)

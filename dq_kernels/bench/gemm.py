@@ -241,7 +241,7 @@ def linear_note(case: ShapeCase, fmt: str, backend: str) -> str:
     plan = dq_kernels.backends.plan_linear(fmt, case.a.device, s.M, s.N, s.K, case.a.dtype, None, backend)
     if not plan.fused:
         return ""
-    in_gemm = plan.mm.spec.name == "cutlass" and cutlass.linear_kernel(s.M, case.a.dtype) == "quantizing_skinny"
+    in_gemm = plan.mm.spec.name == "cutlass" and cutlass.linear_kernel(fmt, s.M, s.N, s.K, case.a.dtype) == "quantizing_skinny"
     return " one call, cast in GEMM" if in_gemm else " one call"
 
 
