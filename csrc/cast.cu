@@ -2,7 +2,8 @@
 //
 // What each entry point writes is in dq_kernels.h; the arithmetic is quantize.cuh's, bit-identical
 // to dq_kernels.formats on CUDA tensors. Memory-bound kernels: one read of x and one write of the
-// outputs (NVFP4 with a dynamic tensor scale reads x twice: an amax pass first).
+// outputs (NVFP4 with a dynamic tensor scale reads x twice: an amax pass first, or for a small x
+// every CTA reads all of it).
 //
 // The dynamic tensor scale without zeroed memory or atomics: the amax pass (a 1-D grid of a few CTAs
 // per SM, at most kAmaxMaxCtas, each striding over its part of x) writes one partial maximum per
@@ -41,9 +42,8 @@ constexpr int kThreads = 256;  // threads per CTA
 constexpr int kMaxChunksAlongRow = 64;
 constexpr int kAmaxMaxCtas = DQ_NVFP4_CAST_SCRATCH_BYTES / sizeof(uint32_t);  // one partial amax each
 // The largest x (elements) whose NVFP4 dynamic tensor scale every CTA of the cast computes itself,
-// reading all of x (32 KB of bf16, from L2) instead of waiting for an amax pass. Measured on the
-// H100 (a Linear's cast and skinny GEMM, 1 x 3072 x 18432): 22.6 us against 24.1 with the pass; at
-// 16 x 3072 x 18432 (49152 elements) the pass was faster, 32.0 us against 33.4.
+// reading all of x (32 KB of bf16, from L2) instead of waiting for an amax pass. On the H100 that
+// won for a Linear of 1 x 3072 x 18432 and lost at 16 x 3072 x 18432 (docs/skinny-kernels.md).
 constexpr int64_t kSelfAmaxElements = 16384;
 
 // 16 consecutive elements of x, loaded with 16-byte vector loads (16-byte aligned), and their
@@ -382,6 +382,7 @@ int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int6
   }
   const int64_t rows = decoded ? M : padded_rows(M);
   const Launch launch(rows, K);
+  cudaError_t error = cudaSuccess;
   with_input_type(x_dtype, [&](auto tag) {
     using In = decltype(tag);
     const In* xt = static_cast<const In*>(x);
@@ -391,12 +392,12 @@ int nvfp4_cast(const void* x, int x_dtype, int64_t x_row_stride, int64_t M, int6
                         scratch, partial_count, tensor_scale_out, q, s, o, M, K, rows);
     };
     if (decoded) {
-      dynamic ? args(nvfp4_cast_kernel<In, true, true>) : args(nvfp4_cast_kernel<In, true, false>);
+      error = dynamic ? args(nvfp4_cast_kernel<In, true, true>) : args(nvfp4_cast_kernel<In, true, false>);
     } else {
-      dynamic ? args(nvfp4_cast_kernel<In, false, true>) : args(nvfp4_cast_kernel<In, false, false>);
+      error = dynamic ? args(nvfp4_cast_kernel<In, false, true>) : args(nvfp4_cast_kernel<In, false, false>);
     }
   });
-  return cudaGetLastError();
+  return error;
 }
 
 }  // namespace

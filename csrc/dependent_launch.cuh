@@ -5,16 +5,18 @@
 // A kernel launched with launch(..., after_previous = true) may begin once every CTA of the kernel
 // before it in the stream has called allow_dependents() (or exited), so before that kernel is done.
 // Until it calls wait_for_prior_grids() (which returns once the previous kernel has completed and
-// its writes are visible) it may only read memory that nothing enqueued since the call began
-// writes: the weight, its scales, the bias. That is safe because the previous kernel of the call
-// itself began only after everything enqueued before the call had completed (it was launched
-// without the attribute, or waits the same way). On a GPU below 9.0, or for a kernel launched
-// without the attribute, both device functions do nothing.
+// its writes are visible) it may only read memory that no kernel of the call writes (the weight,
+// its scales, the bias) and write no global memory at all. The call's first kernel is launched
+// without the attribute, so it, and every dependent after it, began only after everything enqueued
+// before the call had completed: those reads see finished data. On a GPU below 9.0 the attribute
+// is not set; for a kernel launched without it both device functions do nothing.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <utility>
+
+#include "device_info.h"
 
 namespace dq {
 
@@ -46,7 +48,7 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = after_previous ? 1 : 0;
+  config.numAttrs = after_previous && device_attribute<cudaDevAttrComputeCapabilityMajor>(0) >= 9 ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -217,8 +217,8 @@ DQ_API int dq_sm90_nvfp4_skinny_linear(const void* a, int a_dtype, const uint8_t
  * A quantized Linear on Hopper in one call (with the sm90_gemm family), csrc/sm90_linear.cu: the
  * activation cast of csrc/cast.cu and one of the GEMMs above, enqueued back to back on `stream`, the
  * cast's output in the caller's workspace, the GEMM launched as the cast's programmatic dependent
- * (it starts while the cast ends: csrc/dependent_launch.cuh). Bit for bit the cast followed by the
- * GEMM, by `kernel`:
+ * (it starts while the cast ends: csrc/dependent_launch.cuh; not after a shared-tile plan's
+ * zeroing of its flags). Bit for bit the cast followed by the GEMM, by `kernel`:
  *   DQ_SM90_LINEAR_QUANTIZING_SKINNY  dq_sm90_*_skinny_linear (M <= 64; x bfloat16 or float16 with
  *                                     x_row_stride == K; no workspace)
  *   DQ_SM90_LINEAR_SKINNY             dq_quantize_* then dq_sm90_*_skinny_mm (M <= 64)

@@ -535,7 +535,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps) skinny_gemm_kernel(const Probl
 
   float acc[kGroups][kTiles][4] = {};
   WeightChunk<F, kGroups> current;
-  if (first < full_last) current = load_weight<false>(p, lp, first, t);  // in flight during a cast's amax pass
+  // In flight during the fused cast's amax pass, or while the cast kernel this one follows ends.
+  if (first < full_last) current = load_weight<false>(p, lp, first, t);
   wait_for_prior_grids();  // the activation may come from the cast kernel this one was launched after
   const float a_ts = cast_tensor_scale<F, A>(p);
   if (first < full_last) {
@@ -628,7 +629,7 @@ int launch_out(const Problem& p, cudaStream_t stream, bool after_cast) {
 // after_cast: launched as the programmatic dependent of the cast kernel enqueued just before it
 // by the same call (dependent_launch.cuh), which wrote the activation.
 template <Format F, Activation A>
-int launch_gemm(const Problem& p, int out_dtype, cudaStream_t stream, bool after_cast = false) {
+int launch_gemm(const Problem& p, int out_dtype, cudaStream_t stream, bool after_cast) {
   switch (out_dtype) {
     case DQ_FLOAT32: return launch_out<F, A, float>(p, stream, after_cast);
     case DQ_BFLOAT16: return launch_out<F, A, __nv_bfloat16>(p, stream, after_cast);
@@ -710,8 +711,8 @@ extern "C" int dq_sm90_nvfp4_w4a16_skinny_mm(const void* a, int a_dtype, const u
   if (int e = check(p, M, N, K)) return e;
   auto s = static_cast<cudaStream_t>(stream);
   switch (a_dtype) {
-    case DQ_BFLOAT16: return launch_gemm<Format::kNvfp4, Activation::kBf16>(p, out_dtype, s);
-    case DQ_FLOAT16: return launch_gemm<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s);
+    case DQ_BFLOAT16: return launch_gemm<Format::kNvfp4, Activation::kBf16>(p, out_dtype, s, false);
+    case DQ_FLOAT16: return launch_gemm<Format::kNvfp4, Activation::kFloat16>(p, out_dtype, s, false);
     default: return DQ_ERR_BAD_DTYPE;
   }
 }

@@ -516,7 +516,8 @@ def _nvfp4_cast_args(fn, x, tensor_scale, outputs: dict, checked: bool):
     """Checks of the NVFP4 casts when ``checked`` (``outputs`` as for _cast_args, None unchecked;
     tensor_scale None or one float32 on x's device); returns (library, x's dtype code, M, K, tensor scale pointer, scratch), scratch
     a fresh buffer of NVFP4_CAST_SCRATCH_BYTES for the amax pass's partial maxima of a dynamic tensor
-    scale (uninitialized: the cast zeroes nothing; None for a given tensor scale)."""
+    scale (uninitialized: the cast zeroes nothing; unused for an x of at most 16384 elements, which
+    has no amax pass; None for a given tensor scale)."""
     import torch
 
     if checked:
@@ -540,8 +541,8 @@ def quantize_nvfp4(x, tensor_scale, q, s, tensor_scale_out, *, checked: bool = T
     are unspecified there too).
 
     x: [M, K] as for ``quantize_mxfp8`` with K % 16 == 0; tensor_scale: one float32, or None for the
-    dynamic amax(|x|) / 2688 (an amax pass over x first; its NVFP4_CAST_SCRATCH_BYTES of scratch come
-    from torch's allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8)
+    dynamic amax(|x|) / 2688 (an amax pass over x first, none for an x of at most 16384 elements; its
+    NVFP4_CAST_SCRATCH_BYTES of scratch come from torch's allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8)
     [round_up(M, 128), round_up(K / 16, 4)] swizzled, padding zeros; tensor_scale_out: float32, one
     element, always written. ``checked`` as for ``quantize_mxfp8``.
     """

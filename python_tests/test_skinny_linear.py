@@ -345,30 +345,36 @@ def test_one_call_nvfp4_linear_equals_cast_and_gemm(m, kernel, dtype):
 @pytest.mark.gpu
 @needs_hopper_kernel
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-@pytest.mark.parametrize("m", [1, 16])
-def test_the_skinny_gemm_waits_for_its_calls_cast(fmt, m):
-    """The skinny GEMM of a one-call Linear begins while its cast still runs (a programmatic
-    dependent launch) and must read that call's activation, not the one a previous call left in the
-    same workspace: calls back to back without a synchronization, each a new x, against cast + GEMM."""
+@pytest.mark.parametrize("m, kernel", [(1, "skinny"), (16, "skinny"), (128, "mixed")])
+def test_the_gemm_waits_for_its_calls_cast(fmt, m, kernel):
+    """The GEMM of a one-call Linear begins while its cast still runs (a programmatic dependent
+    launch) and must read that call's activation, not the one a previous call left in the same
+    workspace: calls back to back without a synchronization, each a new x, against cast + GEMM."""
     k, n = 3072, 8192  # many CTAs: the GEMM's first ones start early
     (b_q, b_s, *b_ts), _ = weight_and_bias(fmt, n, k, seed=3)
+    b_ts = b_ts[0].reshape(()) if b_ts else None
     xs = [activation(m, k, torch.bfloat16, seed=10 + i) * (i + 1) for i in range(8)]
     expected, outs = [], []
     for x in xs:
         out = torch.empty(m, n, dtype=torch.bfloat16, device=CUDA)
-        if fmt == "mxfp8":
+        if fmt == "mxfp8" and kernel == "mixed":
+            native.sm90_mxfp8_mixed_mm(formats.quantize_dequantize_mxfp8(x), b_q, b_s, None, out)
+        elif fmt == "mxfp8":
             native.sm90_mxfp8_skinny_mm(*formats.quantize_mxfp8(x), b_q, b_s, None, out)
+        elif kernel == "mixed":
+            values, a_ts = formats.quantize_dequantize_nvfp4(x)
+            native.sm90_nvfp4_mixed_mm(values, b_q, b_s, a_ts.reshape(()), b_ts, None, out)
         else:
             a_q, a_s, a_ts = formats.quantize_nvfp4(x)
-            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts.reshape(()), b_q, b_s, b_ts[0].reshape(()), None, out)
+            native.sm90_nvfp4_skinny_mm(a_q, a_s, a_ts.reshape(()), b_q, b_s, b_ts, None, out)
         expected.append(out)
     torch.cuda.synchronize()
     for x in xs:
         out = torch.empty(m, n, dtype=torch.bfloat16, device=CUDA)
         if fmt == "mxfp8":
-            native.sm90_mxfp8_linear(x, b_q, b_s, None, out, "rceil", "skinny")
+            native.sm90_mxfp8_linear(x, b_q, b_s, None, out, "rceil", kernel)
         else:
-            native.sm90_nvfp4_linear(x, b_q, b_s, b_ts[0].reshape(()), None, None, out, "skinny")
+            native.sm90_nvfp4_linear(x, b_q, b_s, b_ts, None, None, out, kernel)
         outs.append(out)
     for i, (out, want) in enumerate(zip(outs, expected)):
         assert torch.equal(out, want), i

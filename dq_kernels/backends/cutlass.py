@@ -18,7 +18,8 @@ and its activation casts.
   - A quantized Linear (``fuses_linear``): ``mxfp8_linear`` / ``nvfp4_linear`` are one native call
     (csrc/sm90_linear.cu), the CUDA cast and the GEMM enqueued back to back, bit for bit the cast
     followed by ``mxfp8_mm`` / ``nvfp4_mm``: at M <= ``QUANTIZING_SKINNY_MAX_M`` one launch (the
-    skinny kernel quantizes a bf16/f16 activation itself), up to M = 64 the cast and the skinny
+    skinny kernel quantizes a bf16/f16 activation itself; for weights of at most
+    ``QUANTIZING_SKINNY_MAX_WEIGHT`` elements), up to M = 64 the cast and the skinny
     kernel, above it the one-pass decoded cast and the mixed-input kernel (``linear_kernel``).
   NVFP4 is exact up to accumulation order; MXFP8 too unless a scale byte below 3 meets nonzero data
   (the decoded value falls below bf16's subnormals; the skinny kernel's bound is in its file).
@@ -198,7 +199,7 @@ class CutlassBackend(Backend):
         b_q and b_s: the caller keeps those alive while it uses the launcher."""
         if not _on_hopper(device) or b_q.data_ptr() % 16 or b_s.data_ptr() % 16 or _bias(bias) is not bias:
             return None  # operands the kernels cannot read as they are: the methods below copy them per call
-        n, k = b_q.shape[0], b_q.shape[1] * (2 if fmt == "nvfp4" else 1)
+        n, k = b_q.shape[0], b_q.shape[1] * formats.FORMATS[fmt].elements_per_byte
         kernel = linear_kernel(fmt, m, n, k, dtype)
         small = (bias, b_ts, activation_scale)  # held by run; b_q and b_s are the caller's to keep
         launch = native.sm90_linear_launcher(fmt, kernel, dtype, m, device, b_q, b_s, bias, scaling=scaling,
