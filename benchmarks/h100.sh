@@ -12,6 +12,8 @@
 #   gemm       dq-kernels bench gemm --preset flux, both ops
 #   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
 #   selftest   dq-kernels selftest, the full grid, every backend here
+#   sanitize   benchmarks/sanitize.py (every sm_90a GEMM entry point) under compute-sanitizer memcheck
+#              (small and large shapes) and racecheck (small shapes)
 #   readme     the README's commands: the quickstart snippet, then its dq-kernels commands
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
@@ -45,6 +47,11 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
              --compile none regional-cudagraphs --json "$out/model-h100.json" >"$out/model.log" 2>&1; tail -20 "$out/model.log" ;;
     selftest) timeout ${SELFTEST_TIMEOUT:-300} python3 -m dq_kernels selftest --json "$out/selftest-h100.json" \
                 >"$out/selftest.log" 2>&1; echo "selftest rc=$?"; grep -v "^\[" "$out/selftest.log" | tail -40 ;;
+    sanitize)
+      timeout 400 compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize.py \
+        >"$out/memcheck.log" 2>&1; echo "memcheck rc=$?"; tail -4 "$out/memcheck.log"
+      timeout 400 compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize.py --small \
+        >"$out/racecheck.log" 2>&1; echo "racecheck rc=$?"; tail -4 "$out/racecheck.log" ;;
     readme)
       (mkdir -p /tmp/readme && cd /tmp/readme && export PYTHONPATH=$OLDPWD:$PYTHONPATH \
         && python3 -c "import re; exec(re.findall(r'\`\`\`python\n(.*?)\`\`\`', open('$OLDPWD/README.md').read(), re.S)[0])" \
