@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import __version__, formats, ops
-from .backends import env_backend, select, selection_scope
+from .backends import backend_names, select, selection_scope
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
 
@@ -194,10 +194,11 @@ class QuantizedWeight(TorchAOBaseTensor):
     def _stable_hash_for_caching(self) -> str:
         """Key for torch.compile's AOT autograd cache: class, shape, attributes and the inner
         tensors' layouts (never their values), and what else decides the traced graph: how it casts
-        (``ops.compile_cast``), the backend named by the environment, the package version."""
+        (``ops.compile_cast``), the backend name in effect (a ``use_backend`` block's, else the
+        environment's), the registered backends, the package version."""
         names, attributes = self.__tensor_flatten__()
         inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
-        traced_by = (ops.compile_cast(), env_backend(), __version__)
+        traced_by = (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), __version__)
         key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner, traced_by)
         return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 

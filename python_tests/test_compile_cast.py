@@ -156,6 +156,38 @@ def test_compile_cast_switch(monkeypatch):
         ops.compile_cast()
 
 
+def test_compile_cache_key_sees_what_decides_the_trace(monkeypatch):
+    """The AOT autograd cache key of a quantized weight changes with the cast mode, the backend name
+    in effect (a use_backend block or the environment) and the registered backends; not with the
+    weight's values."""
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    monkeypatch.delenv(backends.ENV_BACKEND, raising=False)
+    weight = quantized_linear("mxfp8", None)
+    key = weight._stable_hash_for_caching()
+    assert quantized_linear("mxfp8", None, seed=6)._stable_hash_for_caching() == key
+    with dq.use_backend("reference"):
+        assert weight._stable_hash_for_caching() != key
+    monkeypatch.setenv(backends.ENV_BACKEND, "reference")
+    in_env = weight._stable_hash_for_caching()
+    assert in_env != key
+    with dq.use_backend("reference"):
+        assert weight._stable_hash_for_caching() == in_env
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
+    assert weight._stable_hash_for_caching() != in_env
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST)
+    monkeypatch.delenv(backends.ENV_BACKEND)
+
+    class Other(backends.get_backend("reference").__class__):
+        spec = dq.BackendSpec(name="other_reference", description="test double", ops=("mxfp8_mm",), cpu=True)
+
+    dq.register_backend(Other())
+    try:
+        assert weight._stable_hash_for_caching() != key
+    finally:
+        dq.unregister_backend("other_reference")
+    assert weight._stable_hash_for_caching() == key
+
+
 # ---------------------------------------------------------------------------------------------- when a traced Linear decomposes
 
 
