@@ -25,10 +25,6 @@
 
 namespace dq {
 
-// Scaling rules of the MXFP8 block scale (DQ_SCALING_* of dq_kernels.h).
-constexpr int kScalingRceil = 0;  // amax / 448 rounded up to a power of two: nothing saturates
-constexpr int kScalingFloor = 1;  // the OCP rule: 2^(floor(log2(amax)) - 8)
-
 constexpr float kE4m3Max = 448.f;
 constexpr float kE4m3Tiny = 0.015625f;  // 2^-6, the smallest normal e4m3 value
 
@@ -85,7 +81,7 @@ struct Mxfp8BlockScale {
 //    255); multiplier 2^(127 - byte) (byte 254: 2^-127, a float32 subnormal), 1 for byte 0 (the
 //    values stay as they are), and the NaN descale for a NaN block (every element NaN).
 __host__ __device__ __forceinline__ Mxfp8BlockScale mxfp8_block_scale(float amax, int scaling, bool by_reciprocal) {
-  if (scaling == kScalingFloor) {
+  if (scaling == DQ_SCALING_FLOOR) {
     const int unbiased = int((bits_of_float(amax) >> 23) & 0xFF) - 127 - 8;
     const int byte = amax != amax ? 255 : min_int(max_int(unbiased, -127), 128) + 127;
     const float multiplier = byte == 255 ? 0.f : float_of_bits(uint32_t(254 - max_int(byte, 1)) << 23);

@@ -90,7 +90,7 @@ struct Problem {
   void* out;           // [M, N]
   int M, N, K;
   int scale_cols;      // round_up(K / block, 4): the padded scale columns of both scale buffers
-  int scaling;         // an MXFP8 cast's scale rule: kScalingRceil or kScalingFloor (quantize.cuh)
+  int scaling;         // an MXFP8 cast's scale rule: DQ_SCALING_RCEIL or DQ_SCALING_FLOOR
 };
 
 // ---- loads ---------------------------------------------------------------------------------------
@@ -722,7 +722,7 @@ extern "C" int dq_sm90_mxfp8_skinny_linear(const void* a, int a_dtype, const uin
                                            int64_t K, int scaling, void* stream) {
   Problem p{static_cast<const uint8_t*>(a), nullptr, b_q, b_s, nullptr, nullptr, dq::Bias{bias, bias_dtype}, out,
             int(M), int(N), int(K), int(dq::swizzled_padded_cols(K / 32))};
-  if (scaling != dq::kScalingRceil && scaling != dq::kScalingFloor) return DQ_ERR_BAD_CONFIG;  // DQ_SCALING_*
+  if (scaling != DQ_SCALING_RCEIL && scaling != DQ_SCALING_FLOOR) return DQ_ERR_BAD_CONFIG;
   p.scaling = scaling;
   if (int e = check(p, M, N, K)) return e;
   return launch_cast<Format::kMxfp8>(p, a_dtype, static_cast<cudaStream_t>(stream));
