@@ -155,7 +155,8 @@ def _quantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> tuple[Tenso
     _check_quantize_mxfp8(x, scaling)
     m, k = _rows_and_k(x)
     chosen = select("quantize_mxfp8", x.device, m, k, k, backend)
-    result = chosen.quantize_mxfp8(x, scaling)
+    with _on_device(x):
+        result = chosen.quantize_mxfp8(x, scaling)
     if chosen in user_backends:
         _check_outputs(chosen, "quantize_mxfp8", result, _cast_outputs(MXFP8, m, k), x.device)
     return result
@@ -184,7 +185,8 @@ def _quantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None)
     _check_quantize_nvfp4(x, tensor_scale)
     m, k = _rows_and_k(x)
     chosen = select("quantize_nvfp4", x.device, m, k, k, backend)
-    result = chosen.quantize_nvfp4(x, tensor_scale)
+    with _on_device(x):
+        result = chosen.quantize_nvfp4(x, tensor_scale)
     if chosen in user_backends:
         _check_outputs(chosen, "quantize_nvfp4", result, _cast_outputs(NVFP4, m, k), x.device)
     q, s, ts = result
@@ -260,7 +262,8 @@ def _(q, s, tensor_scale, dtype):
 def _mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype, backend):
     m, n, k = _check_mm("dq_kernels.mxfp8_mm", MXFP8, a_q, a_s, b_q, b_s, bias, out_dtype)
     chosen = select("mxfp8_mm", a_q.device, m, n, k, backend)
-    out = chosen.mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
+    with _on_device(a_q):
+        out = chosen.mxfp8_mm(a_q, a_s, b_q, b_s, bias, out_dtype)
     if chosen in user_backends:
         _check_outputs(chosen, "mxfp8_mm", out, (((m, n), out_dtype),), a_q.device)
     return out
@@ -287,7 +290,8 @@ def _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype):
 def _nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype, backend):
     m, n, k = _check_nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
     chosen = select("nvfp4_mm", a_q.device, m, n, k, backend)
-    out = chosen.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
+    with _on_device(a_q):
+        out = chosen.nvfp4_mm(a_q, a_s, a_ts, b_q, b_s, b_ts, bias, out_dtype)
     if chosen in user_backends:
         _check_outputs(chosen, "nvfp4_mm", out, (((m, n), out_dtype),), a_q.device)
     return out
@@ -313,7 +317,8 @@ def _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias):
 def _nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias, backend):
     m, n, k = _check_nvfp4_weight_only_mm(a, b_q, b_s, b_ts, bias)
     mm = select("nvfp4_weight_only_mm", a.device, m, n, k, backend)
-    return _run_nvfp4_weight_only_mm(mm, a, b_q, b_s, b_ts, bias)
+    with _on_device(a):
+        return _run_nvfp4_weight_only_mm(mm, a, b_q, b_s, b_ts, bias)
 
 
 def _run_nvfp4_weight_only_mm(mm: Backend, a, b_q, b_s, b_ts, bias):

@@ -355,3 +355,27 @@ def test_opcheck_and_errors_of_nvfp4_weight_only_mm():
         dq.nvfp4_weight_only_mm(torch.ones(3, 96, dtype=torch.int32), *b)
     with pytest.raises(ValueError, match=r"a must be a 2-D \[M, K\] tensor"):
         dq.nvfp4_weight_only_mm(torch.randn(2, 3, 96), *b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_ops_run_on_their_tensors_device():
+    """The quantize and mm ops on cuda:1 while cuda:0 is current equal the same ops on cuda:0 (each
+    op makes its tensors' device current while its kernels launch)."""
+    x = torch.randn(16, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    results = []
+    for device in ("cuda:0", "cuda:1"):
+        with torch.cuda.device(0):
+            a_q, a_s = dq.quantize_mxfp8(x.to(device))
+            b_q, b_s = dq.quantize_mxfp8(w.to(device))
+            n_q, n_s, n_ts = dq.quantize_nvfp4(x.to(device))
+            m_q, m_s, m_ts = dq.quantize_nvfp4(w.to(device))
+            results.append([
+                dq.mxfp8_mm(a_q, a_s, b_q, b_s, out_dtype=torch.float32),
+                dq.nvfp4_mm(n_q, n_s, n_ts, m_q, m_s, m_ts, out_dtype=torch.float32),
+                dq.nvfp4_weight_only_mm(x.to(device), m_q, m_s, m_ts),
+            ])
+    for on_0, on_1 in zip(*results):
+        assert on_1.device == torch.device("cuda:1")
+        assert torch.equal(on_0.cpu(), on_1.cpu())
