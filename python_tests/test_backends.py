@@ -139,3 +139,16 @@ def test_auto_warns_once_when_a_cuda_gemm_must_run_the_reference(monkeypatch, ca
         "dq_kernels auto: mxfp8_mm: auto runs the float32 reference for a GEMM on this GPU: no faster backend can "
         "run it (the reasons above); expect it to be slow"
     ]
+
+
+def test_cutlass_decoded_mms_refuse_off_hopper():
+    """cutlass's GEMMs on a decoded activation are the sm_90 mixed-input kernel's: elsewhere they
+    raise BackendUnavailableError naming the alternative, before any native call."""
+    cutlass = backends.get_backend("cutlass")
+    a = torch.zeros(4, 64, dtype=torch.bfloat16)
+    b_q, b_s = dq.quantize_mxfp8(torch.zeros(8, 64), backend="reference")
+    with pytest.raises(BackendUnavailableError, match="runs mxfp8_mm_decoded on sm_90 only.*backend='reference'"):
+        cutlass.mxfp8_mm_decoded(a, b_q, b_s, None, torch.bfloat16)
+    n_q, n_s, n_ts = dq.quantize_nvfp4(torch.zeros(8, 64), backend="reference")
+    with pytest.raises(BackendUnavailableError, match="runs nvfp4_mm_decoded on sm_90 only"):
+        cutlass.nvfp4_mm_decoded(a.half(), torch.ones(()), n_q, n_s, n_ts, None, torch.bfloat16)

@@ -53,7 +53,7 @@ import torch
 from .. import formats, native
 from . import base
 from . import reference
-from .base import Backend, BackendSpec, aligned_16, cast_input, float32_bias
+from .base import Backend, BackendSpec, BackendUnavailableError, aligned_16, cast_input, float32_bias
 
 # The kernel family that holds this backend's code for each compute capability.
 _FAMILIES = {(9, 0): native.SM90_FAMILY, (10, 0): native.SM100_FAMILY, (10, 3): native.SM100_FAMILY}
@@ -73,6 +73,17 @@ QUANTIZING_SKINNY_MAX_WEIGHT = {"mxfp8": 1 << 25, "nvfp4": 1 << 24}
 
 def _on_hopper(device: torch.device) -> bool:
     return device.type == "cuda" and base.capability(device) == (9, 0)
+
+
+def _check_decoded_mm_device(op: str, device: torch.device) -> None:
+    """The GEMMs on a decoded activation are the 9.0 mixed-input kernel's: elsewhere a
+    BackendUnavailableError naming what to use instead (the ops name this backend only when asked to)."""
+    if not _on_hopper(device):
+        where = device if device.type != "cuda" else f"{device} (sm_{''.join(map(str, base.capability(device)))})"
+        raise BackendUnavailableError(
+            f"dq_kernels backend 'cutlass' runs {op} on sm_90 only (the Hopper mixed-input kernel), not on {where}; "
+            "name backend='reference' or leave the choice to auto"
+        )
 
 
 def _skinny(device: torch.device, m: int) -> bool:
@@ -243,6 +254,7 @@ class CutlassBackend(Backend):
 
     def mxfp8_mm_decoded(self, a, b_q, b_s, bias, out_dtype):
         """mxfp8_mm on 9.0 above the skinny range from the activation's exact bf16 decode a [M, K]."""
+        _check_decoded_mm_device("mxfp8_mm_decoded", a.device)
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
         native.sm90_mxfp8_mixed_mm(a, b_q, b_s, bias, out, checked=False)
@@ -263,6 +275,7 @@ class CutlassBackend(Backend):
     def nvfp4_mm_decoded(self, a, a_ts, b_q, b_s, b_ts, bias, out_dtype):
         """nvfp4_mm on 9.0 above the skinny range from the activation's e2m1 x block scale values
         a [M, K] float16 (its tensor scale a_ts apart)."""
+        _check_decoded_mm_device("nvfp4_mm_decoded", a.device)
         a, b_q, b_s, bias = aligned_16(a.contiguous()), aligned_16(b_q), aligned_16(b_s), _bias(bias)
         out = a.new_empty(a.shape[0], b_q.shape[0], dtype=out_dtype)
         native.sm90_nvfp4_mixed_mm(a, b_q, b_s, a_ts, b_ts, bias, out, checked=False)
