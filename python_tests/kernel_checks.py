@@ -1,6 +1,6 @@
 """Helpers shared by the GEMM kernel tests (test_sm90, test_sm100): what the native library was
-built with, its SASS, Triton kernels compiled ahead of time, a faked compute capability, and the
-relative error against an fp64 oracle."""
+built with, its SASS, Triton kernels compiled ahead of time, a faked compute capability, the
+relative error against an fp64 oracle, and a CUDA graph's capture and replay."""
 
 from __future__ import annotations
 
@@ -90,3 +90,14 @@ def run_fresh(script: str, *argv: str) -> str:
     result = subprocess.run([sys.executable, "-c", AOT_PRELUDE + script, *argv], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
+
+
+def replayed(fn):
+    """fn()'s output, captured into a CUDA graph on a side stream and replayed once."""
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kernel_checks import replayed
 
 import dq_kernels as dq
 from dq_kernels import formats, native
@@ -189,17 +190,6 @@ def test_gpu_one_call_linear_matches_the_reference(m, n, k):
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     native.decoded_mxfp8_linear(x, b_q, b_s, bias, out)
     assert torch.equal(out, backend.mxfp8_linear(x, b_q, b_s, bias, "rceil"))
-
-
-def replayed(fn):
-    """fn()'s output, captured into a CUDA graph on a side stream and replayed once."""
-    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        out = fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    return out
 
 
 @pytest.mark.gpu

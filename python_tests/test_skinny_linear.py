@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import fake_capability, family_built
+from kernel_checks import fake_capability, family_built, replayed
 
 import dq_kernels as dq
 from dq_kernels import backends, formats, native, ops
@@ -378,6 +378,29 @@ def test_the_gemm_waits_for_its_calls_cast(fmt, m, kernel):
         outs.append(out)
     for i, (out, want) in enumerate(zip(outs, expected)):
         assert torch.equal(out, want), i
+
+
+@pytest.mark.gpu
+@needs_hopper_kernel
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+@pytest.mark.parametrize("m, kernel", [(1, "quantizing_skinny"), (1, "skinny"), (16, "skinny"), (128, "mixed")])
+def test_one_call_linear_in_a_cuda_graph(fmt, m, kernel):
+    """The one-call Linear captured into a CUDA graph (the GEMM a programmatic dependent of the cast
+    there too) replays the eager result."""
+    k, n = 3072, 1024
+    (b_q, b_s, *b_ts), bias = weight_and_bias(fmt, n, k, seed=4)
+    b_ts = b_ts[0].reshape(()) if b_ts else None
+    x = activation(m, k, torch.bfloat16, seed=9)
+
+    def linear():
+        out = torch.empty(m, n, dtype=torch.bfloat16, device=CUDA)
+        if fmt == "mxfp8":
+            native.sm90_mxfp8_linear(x, b_q, b_s, bias, out, "rceil", kernel)
+        else:
+            native.sm90_nvfp4_linear(x, b_q, b_s, b_ts, None, bias, out, kernel)
+        return out
+
+    assert torch.equal(replayed(linear), linear())
 
 
 @pytest.mark.gpu
