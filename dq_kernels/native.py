@@ -542,9 +542,10 @@ def quantize_nvfp4(x, tensor_scale, q, s, tensor_scale_out, *, checked: bool = T
 
     x: [M, K] as for ``quantize_mxfp8`` with K % 16 == 0; tensor_scale: one float32, or None for the
     dynamic amax(|x|) / 2688 (an amax pass over x first, none for an x of at most 16384 elements; its
-    NVFP4_CAST_SCRATCH_BYTES of scratch come from torch's allocator); q: uint8 [M, K / 2], 8-byte aligned; s: float8_e4m3fn (or uint8)
-    [round_up(M, 128), round_up(K / 16, 4)] swizzled, padding zeros; tensor_scale_out: float32, one
-    element, always written. ``checked`` as for ``quantize_mxfp8``.
+    NVFP4_CAST_SCRATCH_BYTES of scratch come from torch's allocator); q: uint8 [M, K / 2], 8-byte
+    aligned; s: float8_e4m3fn (or uint8) [round_up(M, 128), round_up(K / 16, 4)] swizzled, padding
+    zeros; tensor_scale_out: float32, one element, always written. ``checked`` as for
+    ``quantize_mxfp8``.
     """
     import torch
 
