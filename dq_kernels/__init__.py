@@ -41,6 +41,8 @@ from .ops import (
     nvfp4_mm,
     nvfp4_mm_decoded,
     nvfp4_weight_only_mm,
+    quantize_dequantize_mxfp8,
+    quantize_dequantize_nvfp4,
     quantize_mxfp8,
     quantize_nvfp4,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "from_blocked",
     "quantize_mxfp8",
     "quantize_nvfp4",
+    "quantize_dequantize_mxfp8",
+    "quantize_dequantize_nvfp4",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
     "mxfp8_mm",

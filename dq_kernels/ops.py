@@ -9,6 +9,8 @@ Schemas::
 
     quantize_mxfp8(Tensor x, str scaling, str? backend) -> (Tensor q, Tensor s)
     quantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor q, Tensor s, Tensor tensor_scale)
+    quantize_dequantize_mxfp8(Tensor x, str scaling, str? backend) -> Tensor
+    quantize_dequantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor values, Tensor tensor_scale)
     dequantize_mxfp8(Tensor q, Tensor s, ScalarType dtype) -> Tensor
     dequantize_nvfp4(Tensor q, Tensor s, Tensor tensor_scale, ScalarType dtype) -> Tensor
     mxfp8_mm(Tensor a_q, Tensor a_s, Tensor b_q, Tensor b_s, Tensor? bias, ScalarType out_dtype, str? backend) -> Tensor
@@ -32,11 +34,14 @@ x's dtype; where the mm backend runs the whole Linear (``fuses_linear``: cutlass
 cast and GEMM from one native call) the op is one backend call; else where the mm backend
 takes its activation decoded (``takes_decoded_activation``) and the cast backend can round to the
 format's grid and decode in one pass, the quantized activation is never written. Same result every
-way (``backends.plan_linear`` decides). The decoded mm ops (``mxfp8_mm_decoded``,
-``nvfp4_mm_decoded``) take the activation decoded by torch ops: with DQ_KERNELS_COMPILE_CAST=fused
-(opt-in; the default "op" keeps the linear op) a quantized Linear traced by torch.compile uses them
-where its mm backend takes the decoded activation, so that inductor fuses
-the cast into the op before it (``decoded_mm_backend``, docs/compile.md).
+way (``backends.plan_linear`` decides). The decoded casts (``quantize_dequantize_*``: x rounded to
+the format's grid and decoded, one pass) and the decoded mm ops (``mxfp8_mm_decoded``,
+``nvfp4_mm_decoded``) are the two halves of that hand-over as ops of their own: a quantized Linear
+traced by torch.compile is traced as them where its mm backend takes the decoded activation
+(``decoded_linear``), its cast made once per traced activation, so that the Linears reading one
+activation (FLUX's q, k, v and MLP input projections) share one cast (``traced_cast``); with
+DQ_KERNELS_COMPILE_CAST=fused (opt-in) the cast is traced as torch ops that inductor fuses into the
+op before it (docs/compile.md).
 
 A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
 (``_check_outputs``: shape, dtype and device, no sync); a wrong result raises naming the backend
@@ -47,10 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from . import formats
 from .backends import Backend, BackendUnavailableError, LinearPlan, plan_linear, reference, select, user_backends
@@ -59,6 +66,8 @@ from .formats import MXFP8, NVFP4, Format
 __all__ = [
     "quantize_mxfp8",
     "quantize_nvfp4",
+    "quantize_dequantize_mxfp8",
+    "quantize_dequantize_nvfp4",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
     "mxfp8_mm",
@@ -207,6 +216,64 @@ def _(x, tensor_scale, backend):
     _check_quantize_nvfp4(x, tensor_scale)
     m, k = _rows_and_k(x)
     return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in _cast_outputs(NVFP4, m, k))
+
+
+def _cast_decoding(fn: str, fmt: str, x: Tensor, backend: str | None) -> Backend:
+    """The cast backend of a decoded cast of x [M, K] to ``fmt``: ``select``'s choice for
+    ``quantize_{fmt}``, which must implement ``quantize_dequantize_{fmt}``."""
+    m, k = _rows_and_k(x)
+    chosen = select(f"quantize_{fmt}", x.device, m, k, k, backend)
+    if not chosen.can_quantize_dequantize(fmt):
+        raise BackendUnavailableError(
+            f"{fn}: dq_kernels backend {chosen.spec.name!r} does not implement quantize_dequantize_{fmt} (a cast "
+            f"decoded in one pass); name one that does (e.g. backend='cutlass' or 'triton_cast' on CUDA)"
+        )
+    return chosen
+
+
+def _decoded_cast_outputs(fmt: Format, m: int, k: int) -> Outputs:
+    """The outputs of a decoded cast of [m, k] to ``fmt``: the values, and NVFP4's tensor scale."""
+    values = (((m, k), _DECODED_DTYPE[fmt.name]),)
+    return values + (((), torch.float32),) if fmt.has_tensor_scale else values
+
+
+@_op("quantize_dequantize_mxfp8(Tensor x, str scaling, str? backend) -> Tensor")
+def _quantize_dequantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> Tensor:
+    fn = "dq_kernels.quantize_dequantize_mxfp8"
+    _check_quantize_mxfp8(x, scaling)
+    chosen = _cast_decoding(fn, "mxfp8", x, backend)
+    with _on_device(x):
+        values = chosen.quantize_dequantize_mxfp8(x, scaling)
+    if chosen in user_backends:
+        _check_outputs(chosen, "quantize_dequantize_mxfp8", values, _decoded_cast_outputs(MXFP8, *_rows_and_k(x)), x.device)
+    return values
+
+
+@_quantize_dequantize_mxfp8.register_fake
+def _(x, scaling, backend):
+    _check_quantize_mxfp8(x, scaling)
+    return x.new_empty(_rows_and_k(x), dtype=_DECODED_DTYPE["mxfp8"])
+
+
+@_op("quantize_dequantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor, Tensor)")
+def _quantize_dequantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None) -> tuple[Tensor, Tensor]:
+    fn = "dq_kernels.quantize_dequantize_nvfp4"
+    _check_quantize_nvfp4(x, tensor_scale)
+    chosen = _cast_decoding(fn, "nvfp4", x, backend)
+    with _on_device(x):
+        result = chosen.quantize_dequantize_nvfp4(x, tensor_scale)
+    if chosen in user_backends:
+        _check_outputs(chosen, "quantize_dequantize_nvfp4", result, _decoded_cast_outputs(NVFP4, *_rows_and_k(x)), x.device)
+    values, ts = result
+    if tensor_scale is not None and ts.untyped_storage().data_ptr() == tensor_scale.untyped_storage().data_ptr():
+        ts = ts.clone()  # an op's outputs must not alias its inputs
+    return values, ts
+
+
+@_quantize_dequantize_nvfp4.register_fake
+def _(x, tensor_scale, backend):
+    _check_quantize_nvfp4(x, tensor_scale)
+    return x.new_empty(_rows_and_k(x), dtype=_DECODED_DTYPE["nvfp4"]), x.new_empty((), dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +603,25 @@ def quantize_nvfp4(
     return torch.ops.dq_kernels.quantize_nvfp4(x, tensor_scale, backend)
 
 
+def quantize_dequantize_mxfp8(x: Tensor, scaling: str = "rceil", backend: str | None = None) -> Tensor:
+    """x [..., K] (bf16/fp16/fp32, K % 32 == 0) rounded to MXFP8 and decoded, in one pass: bfloat16
+    [M, K], bit for bit ``dequantize_mxfp8(*quantize_mxfp8(x, scaling), torch.bfloat16)``
+    (``formats.quantize_dequantize_mxfp8``): the activation the GEMMs that take it decoded read
+    (``mxfp8_mm_decoded``). ``backend``: a cast backend that implements it (cutlass, triton_cast);
+    None selects one."""
+    return torch.ops.dq_kernels.quantize_dequantize_mxfp8(x, scaling, backend)
+
+
+def quantize_dequantize_nvfp4(
+    x: Tensor, tensor_scale: Tensor | None = None, backend: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """x [..., K] (bf16/fp16/fp32, K % 16 == 0) rounded to NVFP4 and decoded without its tensor
+    scale: (float16 [M, K] holding e2m1 x block scale, exactly; the 0-dim float32 tensor scale,
+    ``tensor_scale`` or amax / 2688), bit for bit ``formats.quantize_dequantize_nvfp4``: the
+    activation ``nvfp4_mm_decoded`` reads. ``backend``: as for ``quantize_dequantize_mxfp8``."""
+    return torch.ops.dq_kernels.quantize_dequantize_nvfp4(x, tensor_scale, backend)
+
+
 def dequantize_mxfp8(q: Tensor, s: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Canonical MXFP8 -> [M, K] of ``dtype`` (exact in float32, rounded once)."""
     formats.check_output_dtype("dq_kernels.dequantize_mxfp8", dtype, "dtype")
@@ -638,11 +724,11 @@ COMPILE_CAST_MODES = ("fused", "op")
 
 
 def compile_cast() -> str:
-    """How a traced quantized Linear casts its activation, from ``DQ_KERNELS_COMPILE_CAST``:
-    "op" (default; unset or empty) always inside the linear op, "fused" as torch ops before a
-    decoded mm op where the mm backend takes it (opt-in: on the H100 it was faster behind a
-    LayerNorm, slower behind a GELU, and Triton 3.6 failed to compile inductor's NVFP4 kernel:
-    docs/compile.md). The one place that reads the variable; another value
+    """How a traced quantized Linear that hands its GEMM the decoded activation casts it, from
+    ``DQ_KERNELS_COMPILE_CAST``: "op" (default; unset or empty) with the decoded cast op (the cast
+    kernel), "fused" as torch ops that inductor fuses into the op before it (opt-in: on the H100
+    it was faster behind a LayerNorm, slower behind a GELU, and Triton 3.6 failed to compile
+    inductor's NVFP4 kernel: docs/compile.md). The one place that reads the variable; another value
     raises ValueError naming it."""
     value = os.environ.get(ENV_COMPILE_CAST) or "op"
     if value not in COMPILE_CAST_MODES:
@@ -662,24 +748,83 @@ def _implements_decoded(backend: Backend, op: str) -> bool:
     return getattr(type(backend), method) is not getattr(Backend, method)
 
 
-def decoded_mm_backend(fmt: str, x: Tensor, n: int, k: int, mm_backend: str | None) -> str | None:
+def decoded_linear(fmt: str, x: Tensor, n: int, k: int, cast_backend: str | None, mm_backend: str | None) -> str | None:
     """For a quantized Linear of ``fmt`` ("mxfp8" or "nvfp4") being traced, x [M, K] and a weight
     [n, k]: the name of the mm backend that takes the activation decoded at this (device, M), where
-    the Linear is to be traced as the cast in torch ops and the decoded mm op run on that backend;
-    None keeps the linear op: ``DQ_KERNELS_COMPILE_CAST=op``, a symbolic M (dynamic shapes), or an
-    mm backend (``mm_backend`` as the linear op would select it) that does not take it decoded here
-    (``Backend.takes_decoded_activation``) or lacks the method. The graph keeps the backend chosen
-    here."""
-    m, op = x.shape[0], f"{fmt}_mm"
-    if compile_cast() != "fused" or not isinstance(m, int):
+    the Linear is to be traced as the decoded cast (``traced_cast``) then the decoded mm op on that
+    backend; None keeps the linear op: a symbolic M (dynamic shapes), an mm backend (as the linear
+    op would select it from ``mm_backend``) that does not take it decoded here
+    (``Backend.takes_decoded_activation``) or lacks the method, or, for the "op" mode of
+    ``compile_cast``, a cast backend (from ``cast_backend``) that cannot make it
+    (``Backend.can_quantize_dequantize``). The graph keeps the backends chosen here."""
+    m = x.shape[0]
+    if not isinstance(m, int):
         return None
     try:
-        mm = select(op, x.device, m, n, k, mm_backend)
+        plan = plan_linear(fmt, x.device, m, n, k, x.dtype, cast_backend, mm_backend)
     except BackendUnavailableError:  # the linear op raises it when it runs
         return None
-    if mm.takes_decoded_activation(op, x.device, m) and _implements_decoded(mm, op):
-        return mm.spec.name
-    return None
+    op = f"{fmt}_mm"
+    if not (plan.mm.takes_decoded_activation(op, x.device, m) and _implements_decoded(plan.mm, op)):
+        return None
+    if compile_cast() == "op" and not plan.cast.can_quantize_dequantize(fmt):
+        return None
+    return plan.mm.spec.name
+
+
+class _TracedCasts:
+    """The decoded activations made while tracing one graph, so that the quantized Linears that
+    read one activation share its cast (FLUX's q, k, v and MLP input projections read one norm's
+    output: three casts of it saved per block). Tracing passes are told apart by their dispatch
+    modes (each pass of torch.compile runs under modes of its own); an entry counts only for the
+    same activation object, unchanged since (its version counter: an in-place op bumps it, in a
+    trace too), cast the same way. Held only until a trace under other modes casts."""
+
+    def __init__(self):
+        self.modes: list[weakref.ref] = []
+        self.entries: dict[tuple, tuple] = {}  # (id(x), key) -> (weakref to x, x's version, option, result)
+
+    def _same_trace(self) -> None:
+        modes = _get_current_dispatch_mode_stack()
+        if len(modes) != len(self.modes) or any(ref() is not mode for ref, mode in zip(self.modes, modes)):
+            self.modes = [weakref.ref(mode) for mode in modes]
+            self.entries = {}
+
+    def get(self, x: Tensor, key: tuple, option, make: Callable[[], tuple]) -> tuple:
+        """``make()``'s result for x, ``key`` (hashable, compared by value) and ``option`` (a tensor
+        or None, compared by identity), made at most once per trace."""
+        self._same_trace()
+        entry = self.entries.get((id(x), key))
+        if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2] is option:
+            return entry[3]
+        result = make()
+        self.entries[(id(x), key)] = (weakref.ref(x), x._version, option, result)
+        return result
+
+
+_TRACED_CASTS = _TracedCasts()
+
+
+def traced_cast(fmt: str, x: Tensor, option, cast_backend: str | None) -> tuple[Tensor, ...]:
+    """For a traced quantized Linear that ``decoded_linear`` hands to a decoded mm op: x [M, K]
+    rounded to ``fmt`` and decoded, as (values,) for MXFP8 (``option``: the scaling) and (values,
+    tensor scale) for NVFP4 (``option``: the static activation scale or None). With
+    ``compile_cast()`` "op" the decoded cast op on ``cast_backend``, with "fused" torch ops; made
+    once per traced activation, so the Linears that read x share it (``_TracedCasts``)."""
+    mode = compile_cast()
+
+    def make():
+        if fmt == "mxfp8":
+            if mode == "fused":
+                return (formats.quantize_dequantize_mxfp8(x, option),)
+            return (torch.ops.dq_kernels.quantize_dequantize_mxfp8(x, option, cast_backend),)
+        if mode == "fused":
+            return formats.quantize_dequantize_nvfp4(x, option)
+        return tuple(torch.ops.dq_kernels.quantize_dequantize_nvfp4(x, option, cast_backend))
+
+    if fmt == "mxfp8":  # a scaling name: equal names cast alike
+        return _TRACED_CASTS.get(x, (fmt, mode, cast_backend, option), None, make)
+    return _TRACED_CASTS.get(x, (fmt, mode, cast_backend), option, make)  # a tensor scale: the same tensor
 
 
 _DECODED_DTYPE = {"mxfp8": torch.bfloat16, "nvfp4": torch.float16}  # the dtype of a decoded activation

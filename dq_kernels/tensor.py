@@ -11,7 +11,9 @@ original dtype that it replaces, and holds the canonical operands of ``dq_kernel
 
 ``F.linear(x, weight, bias)`` with x [..., K] (M rows in all) returns [..., N] of x's dtype. Traced
 (torch.compile) and autograd-recorded calls run the linear op on x as [M, K]
-(``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op);
+(``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op),
+or, traced where the GEMM takes its activation decoded, the decoded cast op (once per traced
+activation, shared by the Linears that read it) then the decoded mm op (``_linear_op``);
 for each of the two steps they pass the weight's ``backend`` when that backend implements the
 step's op, and None otherwise ("auto", or the cast of an activation for a GEMM-only backend), so
 ``use_backend`` and ``DQ_KERNELS_BACKEND`` still apply there. Eager calls run the op's body
@@ -175,8 +177,9 @@ class QuantizedWeight(TorchAOBaseTensor):
 
     def _linear_op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The linear through the custom ops (what torch.compile traces): the linear op, or, where
-        ``ops.decoded_mm_backend`` names a backend (never for a call autograd would record), the
-        cast as torch ops then the decoded mm op on that backend (docs/compile.md)."""
+        ``ops.decoded_linear`` names a backend (never for a call autograd would record), the
+        decoded cast (``ops.traced_cast``: once per traced activation, shared by the Linears that
+        read it) then the decoded mm op on that backend (docs/compile.md)."""
         raise NotImplementedError
 
     def _linear_eager(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -237,9 +240,9 @@ class MXFP8Weight(QuantizedWeight):
         m, (n, k) = x.shape[0], self.shape
         cast_backend = _op_backend(self.backend, "quantize_mxfp8", x.device, m, k, k)
         mm_backend = _op_backend(self.backend, "mxfp8_mm", x.device, m, n, k)
-        decoded = None if _records_grad(x, bias) else ops.decoded_mm_backend("mxfp8", x, n, k, mm_backend)
+        decoded = None if _records_grad(x, bias) else ops.decoded_linear("mxfp8", x, n, k, cast_backend, mm_backend)
         if decoded is not None:
-            values = formats.quantize_dequantize_mxfp8(x, self.scaling)
+            (values,) = ops.traced_cast("mxfp8", x, self.scaling, cast_backend)
             return ops.mxfp8_mm_decoded(values, self.qdata, self.scale, bias, x.dtype, decoded)
         return ops.mxfp8_linear(x, self.qdata, self.scale, bias, self.scaling, cast_backend, mm_backend)
 
@@ -306,9 +309,9 @@ class NVFP4Weight(QuantizedWeight):
             return ops.nvfp4_weight_only_mm(x, self.qdata, self.scale, self.tensor_scale, bias, backend=backend)
         cast_backend = _op_backend(self.backend, "quantize_nvfp4", x.device, m, k, k)
         mm_backend = _op_backend(self.backend, "nvfp4_mm", x.device, m, n, k)
-        decoded = None if _records_grad(x, bias) else ops.decoded_mm_backend("nvfp4", x, n, k, mm_backend)
+        decoded = None if _records_grad(x, bias) else ops.decoded_linear("nvfp4", x, n, k, cast_backend, mm_backend)
         if decoded is not None:
-            values, x_ts = formats.quantize_dequantize_nvfp4(x, self.activation_scale)
+            values, x_ts = ops.traced_cast("nvfp4", x, self.activation_scale, cast_backend)
             return ops.nvfp4_mm_decoded(
                 values, x_ts, self.qdata, self.scale, self.tensor_scale, bias, x.dtype, decoded
             )

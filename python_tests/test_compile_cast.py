@@ -1,7 +1,8 @@
-"""The activation cast fused into the op before it under torch.compile (issue 22, docs/compile.md):
-the decoded MXFP8 and NVFP4 values in formats, the decoded mm ops, when a traced quantized
-Linear decomposes (DQ_KERNELS_COMPILE_CAST, M, symbolic M), and inductor's compiled output against
-the eager linear op, bit for bit, with a registered backend that takes the decoded activation."""
+"""A traced quantized Linear as the decoded cast and the decoded mm (issue 22, docs/compile.md):
+the decoded MXFP8 and NVFP4 values in formats and the decoded cast ops, the decoded mm ops, when a
+traced quantized Linear decomposes (DQ_KERNELS_COMPILE_CAST, M, symbolic M), one cast shared by the
+Linears that read one activation, and inductor's compiled output against the eager linear op, bit
+for bit, with a registered backend that takes the decoded activation."""
 
 
 import pytest
@@ -16,16 +17,36 @@ SKINNY_MAX_M = 64  # the test backend takes the decoded activation above this M,
 
 class DecodedTestBackend(dq.Backend):
     """A CPU backend registered through the public API whose mm ops take the decoded activation
-    above M = 64 (the reference's decoded GEMMs); counts the calls of each method."""
+    above M = 64 (the reference's decoded GEMMs and casts); counts the calls of each method."""
 
-    spec = dq.BackendSpec(name="decoded_test", description="test double", ops=("mxfp8_mm", "nvfp4_mm"), cpu=True)
+    spec = dq.BackendSpec(
+        name="decoded_test", description="test double", ops=("quantize_mxfp8", "quantize_nvfp4", "mxfp8_mm", "nvfp4_mm"),
+        cpu=True,
+    )
+    METHODS = ("quantize_mxfp8", "quantize_nvfp4", "quantize_dequantize_mxfp8", "quantize_dequantize_nvfp4",
+               "mxfp8_mm", "nvfp4_mm", "mxfp8_mm_decoded", "nvfp4_mm_decoded")
 
     def __init__(self):
         self.reference = backends.get_backend("reference")
-        self.calls = dict.fromkeys(("mxfp8_mm", "nvfp4_mm", "mxfp8_mm_decoded", "nvfp4_mm_decoded"), 0)
+        self.calls = dict.fromkeys(self.METHODS, 0)
 
     def takes_decoded_activation(self, op, device, m):
         return m > SKINNY_MAX_M
+
+    def can_quantize_dequantize(self, fmt):
+        return True
+
+    def quantize_mxfp8(self, *args):
+        return self._call("quantize_mxfp8", *args)
+
+    def quantize_nvfp4(self, *args):
+        return self._call("quantize_nvfp4", *args)
+
+    def quantize_dequantize_mxfp8(self, *args):
+        return self._call("quantize_dequantize_mxfp8", *args)
+
+    def quantize_dequantize_nvfp4(self, *args):
+        return self._call("quantize_dequantize_nvfp4", *args)
 
     def _call(self, method, *args):
         self.calls[method] += 1
@@ -128,6 +149,22 @@ def test_decoded_ops_on_the_reference_equal_the_mm_ops():
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_decoded_cast_ops_are_the_formats_decodes(static):
+    x = randn(3, 24, 128, seed=8)
+    assert torch.equal(dq.quantize_dequantize_mxfp8(x, "floor"), formats.quantize_dequantize_mxfp8(x, "floor"))
+    ts = torch.tensor(0.01) if static else None
+    values, x_ts = dq.quantize_dequantize_nvfp4(x, ts)
+    expected_values, expected_ts = formats.quantize_dequantize_nvfp4(x, ts)
+    assert torch.equal(values, expected_values) and torch.equal(x_ts, expected_ts)
+    if static:
+        assert x_ts.data_ptr() != ts.data_ptr()  # an op's outputs never alias its inputs
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        dq.quantize_dequantize_mxfp8(x, "round")
+    with pytest.raises(dq.BackendUnavailableError, match="does not implement quantize_dequantize_nvfp4"):
+        dq.quantize_dequantize_nvfp4(x, backend="torchao")
+
+
 def test_decoded_ops_check_their_arguments():
     (b_q, b_s), (v_q, v_s, v_ts) = weights()
     values = formats.quantize_dequantize_mxfp8(randn(72, 128))
@@ -201,30 +238,81 @@ def quantized_linear(fmt, backend, k=128, n=64, seed=5, **options):
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
 def test_traced_linear_decomposes_above_the_skinny_range_only(fmt, decoded_backend, monkeypatch):
     w = quantized_linear(fmt, "decoded_test")
-    decoded = f"{fmt}_mm_decoded"
-    mm = f"{fmt}_mm"
+    traced = []
+    real = ops.traced_cast
+    monkeypatch.setattr(ops, "traced_cast", lambda *args: traced.append(args) or real(*args))
 
-    def run(x, **compile_options):
-        decoded_backend.calls.update(dict.fromkeys(decoded_backend.calls, 0))
+    def decomposes(x):
+        traced.clear()
         with torch.no_grad():
-            out = torch.compile(lambda x: F.linear(x, w), fullgraph=True, backend="aot_eager", **compile_options)(x)
+            out = torch.compile(lambda x: F.linear(x, w), fullgraph=True, backend="aot_eager")(x)
         torch._dynamo.reset()
         assert torch.equal(out, F.linear(x, w))  # eager: the linear op's body
-        return decoded_backend.calls[decoded], decoded_backend.calls[mm] - 1  # minus the eager call
+        return bool(traced)
 
-    assert run(randn(72, 128)) == (1, 0)
-    assert run(randn(SKINNY_MAX_M, 128)) == (0, 1)
+    assert decomposes(randn(72, 128))
+    assert not decomposes(randn(SKINNY_MAX_M, 128))
     x = randn(72, 128)
     torch._dynamo.mark_dynamic(x, 0)
-    assert run(x) == (0, 1)  # a symbolic M keeps the linear op
+    assert not decomposes(x)  # a symbolic M keeps the linear op
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
-    assert run(randn(72, 128)) == (0, 1)
+    assert decomposes(randn(72, 128))  # the decoded cast op, then the decoded mm op
 
 
-def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend):
+def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend, monkeypatch):
+    def decomposed(*args):
+        raise AssertionError("a Linear autograd records was decomposed")
+
+    monkeypatch.setattr(ops, "traced_cast", decomposed)
     w = quantized_linear("mxfp8", "decoded_test")
     F.linear(randn(72, 128).requires_grad_(), w)  # eager, through the custom op for autograd's sake
-    assert decoded_backend.calls["mxfp8_mm"] == 1 and decoded_backend.calls["mxfp8_mm_decoded"] == 0
+    assert decoded_backend.calls["mxfp8_mm_decoded"] == 1  # the linear op's one-pass hand-over
+
+
+@pytest.mark.parametrize("mode", ops.COMPILE_CAST_MODES)
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded_backend, monkeypatch):
+    """Three Linears on one activation (FLUX's q, k, v): one decoded cast in the graph; after an
+    in-place change of the activation, a cast of its own; another scaling / static activation
+    scale, another cast. Every output equals the eager Linear's, bit for bit."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, mode)
+    other = {"scaling": "floor"} if fmt == "mxfp8" else {"activation_amax": 3.0}
+    linears = [quantized_linear(fmt, "decoded_test", n=96, seed=seed) for seed in (1, 2, 3, 4)]
+    linears.append(quantized_linear(fmt, "decoded_test", n=96, seed=5, **other))
+
+    def block(x):
+        h = x * 2
+        outs = [F.linear(h, w) for w in linears[:3]] + [F.linear(h, linears[4])]
+        h.add_(1)
+        return outs + [F.linear(h, linears[3])]
+
+    x = randn(80, 128, seed=6)
+    with torch.no_grad():
+        want = block(x.clone())
+        decoded_backend.calls.update(dict.fromkeys(decoded_backend.calls, 0))
+        got, (code,) = run_and_get_code(torch.compile(block, fullgraph=True), x.clone())
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    assert decoded_backend.calls[f"{fmt}_mm_decoded"] == 5
+    if mode == "op":
+        assert decoded_backend.calls[f"quantize_dequantize_{fmt}"] == 3
+        assert code.count(f"quantize_dequantize_{fmt}.default(") == 3
+    else:  # torch ops that inductor compiles: no cast op called
+        assert decoded_backend.calls[f"quantize_dequantize_{fmt}"] == 0
+
+
+def test_a_cast_is_not_shared_across_traces(decoded_backend, monkeypatch):
+    """Two compiled functions on the same input tensor: each graph holds its own cast."""
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    w = quantized_linear("mxfp8", "decoded_test", n=96)
+    x = randn(80, 128, seed=7)
+    with torch.no_grad():
+        first = torch.compile(lambda x: F.linear(x, w), fullgraph=True, backend="aot_eager")(x)
+        second = torch.compile(lambda x: F.linear(x, w) * 2, fullgraph=True, backend="aot_eager")(x)
+    assert decoded_backend.calls["quantize_dequantize_mxfp8"] == 2
+    assert torch.equal(first, F.linear(x, w)) and torch.equal(second, F.linear(x, w) * 2)
 
 
 # ---------------------------------------------------------------------------------------------- inductor, bit for bit
@@ -267,9 +355,9 @@ def test_inductor_output_equals_the_eager_linear_op(decoded_backend):
     x, scale, shift = randn(2, 40, 128, seed=8), randn(128, seed=9), randn(128, seed=10)
     with torch.no_grad():
         h, g, *outs = torch.compile(block, fullgraph=True, backend="inductor")(x, scale, shift)
+        assert decoded_backend.calls["mxfp8_mm_decoded"] == 2 and decoded_backend.calls["nvfp4_mm_decoded"] == 2
         activations = (h, x * scale, g, x.half() * scale.half())
         expected = [F.linear(a, linear.weight) for a, linear in zip(activations, (block.a, block.b, block.c, block.d))]
-    assert decoded_backend.calls["mxfp8_mm_decoded"] == 2 and decoded_backend.calls["nvfp4_mm_decoded"] == 2
     for got, want in zip(outs, expected):
         assert torch.equal(got, want)
 
@@ -332,5 +420,37 @@ def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, option
         for g, e in zip(got_cast, want_cast, strict=True):
             assert torch.equal(g.view(torch.int16) if g.dim() else g, e.view(torch.int16) if e.dim() else e)
         assert torch.equal(got, want)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
+def test_gpu_linears_reading_one_activation_share_one_cast_kernel(fmt, monkeypatch):
+    """On a 9.0 GPU with cutlass, the default mode: q, k and v of one activation compiled by inductor
+    run one cast kernel (one decoded cast op in the code) and give the eager Linears' bits."""
+    from torch._inductor.utils import run_and_get_code
+
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability() != (9, 0) or not backends.get_backend("cutlass").availability_on(device)[0]:
+        pytest.skip("needs a 9.0 GPU and the cutlass backend built for it")
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    torch._dynamo.reset()
+    try:
+        qkv = [linear_module(quantized_linear(fmt, "cutlass", k=512, n=384, seed=seed).cuda()) for seed in (1, 2, 3)]
+        norm = torch.nn.LayerNorm(512, elementwise_affine=False).cuda()
+
+        def attention_inputs(x):
+            h = norm(x)
+            return h, *(linear(h) for linear in qkv)  # h: what the casts read, for the eager Linears
+
+        x = randn(2, 128, 512, seed=14).cuda()
+        with torch.no_grad():
+            (h, *got), (code,) = run_and_get_code(torch.compile(attention_inputs, fullgraph=True), x)
+            want = [linear(h) for linear in qkv]
+        assert code.count(f"quantize_dequantize_{fmt}.default(") == 1
+        assert code.count(f"{fmt}_mm_decoded.default(") == 3
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
     finally:
         torch._dynamo.reset()

@@ -206,10 +206,9 @@ class Backend:
     def takes_decoded_activation(self, op: str, device: torch.device, m: int) -> bool:
         """Whether mm op ``op`` ("mxfp8_mm" or "nvfp4_mm") with m activation rows on ``device`` runs
         here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``).
-        Under torch.compile with DQ_KERNELS_COMPILE_CAST=fused (opt-in), where this holds and the
-        backend implements ``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``, a quantized Linear hands the
-        GEMM its activation decoded by torch ops that inductor fuses into the op before it
-        (docs/compile.md)."""
+        Under torch.compile, where this holds and the backend implements ``mxfp8_mm_decoded`` /
+        ``nvfp4_mm_decoded``, a quantized Linear is traced as the decoded cast (once per traced
+        activation) then that method's op (``ops.decoded_linear``, docs/compile.md)."""
         return False
 
     def can_quantize_dequantize(self, fmt: str) -> bool:
@@ -245,6 +244,19 @@ class Backend:
         self, x: torch.Tensor, tensor_scale: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_nvfp4")
+
+    def quantize_dequantize_mxfp8(self, x: torch.Tensor, scaling: str) -> torch.Tensor:
+        """For a backend whose ``can_quantize_dequantize("mxfp8")``: x [M, K] rounded to MXFP8 and
+        decoded in one pass, bfloat16 [M, K], bit for bit ``formats.quantize_dequantize_mxfp8``."""
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_dequantize_mxfp8")
+
+    def quantize_dequantize_nvfp4(
+        self, x: torch.Tensor, tensor_scale: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a backend whose ``can_quantize_dequantize("nvfp4")``: x [M, K] rounded to NVFP4 and
+        decoded without its tensor scale, (float16 [M, K], the 0-dim float32 tensor scale), bit for
+        bit ``formats.quantize_dequantize_nvfp4``."""
+        raise NotImplementedError(f"backend {self.spec.name!r} does not implement quantize_dequantize_nvfp4")
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype) -> torch.Tensor:
         raise NotImplementedError(f"backend {self.spec.name!r} does not implement mxfp8_mm")

@@ -3,7 +3,7 @@ every test. On CUDA, dequantization runs the native CUDA kernels when the librar
 device (bit-identical to the pure-torch decode in ``dq_kernels.formats``). It runs the GEMMs on a
 decoded activation too (``mxfp8_mm_decoded``, ``nvfp4_mm_decoded``: the same products wherever the
 decode is exact, as it is but for MXFP8 scale bytes below 3) wherever they are named, but never asks
-for them (``takes_decoded_activation`` stays False)."""
+for them (``takes_decoded_activation`` stays False); its decoded casts are ``formats``' own."""
 
 from __future__ import annotations
 
@@ -84,6 +84,15 @@ class ReferenceBackend(Backend):
 
     def quantize_nvfp4(self, x, tensor_scale):
         return formats.quantize_nvfp4(x, tensor_scale)
+
+    def can_quantize_dequantize(self, fmt):
+        return True
+
+    def quantize_dequantize_mxfp8(self, x, scaling):
+        return formats.quantize_dequantize_mxfp8(x, scaling)
+
+    def quantize_dequantize_nvfp4(self, x, tensor_scale):
+        return formats.quantize_dequantize_nvfp4(x, tensor_scale)
 
     def mxfp8_mm(self, a_q, a_s, b_q, b_s, bias, out_dtype):
         a = dequantize_mxfp8(a_q, a_s, torch.float32)
