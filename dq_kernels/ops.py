@@ -714,9 +714,9 @@ def nvfp4_linear(
 
 
 # ----------------------------------------------------------------------------------------------
-# GEMM on a decoded activation: a quantized Linear under torch.compile as the cast in torch ops
-# (``formats.quantize_dequantize_mxfp8`` / ``quantize_dequantize_nvfp4``, which inductor fuses into
-# the norm, modulation or GELU before it) and one of these ops (docs/compile.md)
+# GEMM on a decoded activation: a quantized Linear under torch.compile as the decoded cast (the
+# cast op, once per activation, or with DQ_KERNELS_COMPILE_CAST=fused torch ops that inductor fuses
+# into the op before it) and one of these ops (docs/compile.md)
 # ----------------------------------------------------------------------------------------------
 
 ENV_COMPILE_CAST = "DQ_KERNELS_COMPILE_CAST"
@@ -773,16 +773,20 @@ def decoded_linear(fmt: str, x: Tensor, n: int, k: int, cast_backend: str | None
 
 
 class _TracedCasts:
-    """The decoded activations made while tracing one graph, so that the quantized Linears that
-    read one activation share its cast (FLUX's q, k, v and MLP input projections read one norm's
-    output: three casts of it saved per block). Tracing passes are told apart by their dispatch
-    modes (each pass of torch.compile runs under modes of its own); an entry counts only for the
-    same activation object, unchanged since (its version counter: an in-place op bumps it, in a
-    trace too), cast the same way. Held only until a trace under other modes casts."""
+    """The decoded activations made while torch.compile traces a graph, so that the quantized
+    Linears that read one activation share its cast (FLUX's q, k, v and MLP input projections read
+    one norm's output: three casts of it saved per block). Tracing passes are told apart by their
+    dispatch modes (each pass of torch.compile runs under modes of its own); an entry counts only
+    for the same activation, unchanged since (its version counter, which its views share: an
+    in-place op bumps it, in a trace too), cast the same way. The activation is a tensor and its
+    view as [M, K] (each Linear folds [..., K] into a view of its own): the same base tensor, shape,
+    strides and offset. Held only until a trace under other modes casts. Outside torch.compile
+    (eager calls under a dispatch mode: real tensors, whose memory can change unseen) nothing is
+    shared."""
 
     def __init__(self):
         self.modes: list[weakref.ref] = []
-        self.entries: dict[tuple, tuple] = {}  # (id(x), key) -> (weakref to x, x's version, option, result)
+        self.entries: dict[tuple, tuple] = {}  # where -> (weakref to the base tensor, version, option, result)
 
     def _same_trace(self) -> None:
         modes = _get_current_dispatch_mode_stack()
@@ -793,12 +797,16 @@ class _TracedCasts:
     def get(self, x: Tensor, key: tuple, option, make: Callable[[], tuple]) -> tuple:
         """``make()``'s result for x, ``key`` (hashable, compared by value) and ``option`` (a tensor
         or None, compared by identity), made at most once per trace."""
+        if not torch.compiler.is_compiling() or x.is_inference():
+            return make()
         self._same_trace()
-        entry = self.entries.get((id(x), key))
-        if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2] is option:
+        base = x if x._base is None else x._base
+        where = (id(base), tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, key)
+        entry = self.entries.get(where)
+        if entry is not None and entry[0]() is base and entry[1] == x._version and entry[2] is option:
             return entry[3]
         result = make()
-        self.entries[(id(x), key)] = (weakref.ref(x), x._version, option, result)
+        self.entries[where] = (weakref.ref(base), x._version, option, result)
         return result
 
 

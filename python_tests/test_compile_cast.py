@@ -288,19 +288,54 @@ def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded
         h.add_(1)
         return outs + [F.linear(h, linears[3])]
 
-    x = randn(80, 128, seed=6)
+    made, asked = [], []  # casts made and asked for, over every tracing pass
+    share = ops._TRACED_CASTS.get
+    monkeypatch.setattr(ops._TRACED_CASTS, "get", lambda x, key, option, make: asked.append(key) or share(
+        x, key, option, lambda: made.append(key) or make()))
+    x = randn(2, 40, 128, seed=6)  # each Linear folds it into a [80, 128] view of its own
     with torch.no_grad():
         want = block(x.clone())
         decoded_backend.calls.update(dict.fromkeys(decoded_backend.calls, 0))
         got, (code,) = run_and_get_code(torch.compile(block, fullgraph=True), x.clone())
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+    assert made and len(made) * 5 == len(asked) * 3  # in every pass: 3 casts for the 5 Linears
     assert decoded_backend.calls[f"{fmt}_mm_decoded"] == 5
     if mode == "op":
         assert decoded_backend.calls[f"quantize_dequantize_{fmt}"] == 3
         assert code.count(f"quantize_dequantize_{fmt}.default(") == 3
     else:  # torch ops that inductor compiles: no cast op called
         assert decoded_backend.calls[f"quantize_dequantize_{fmt}"] == 0
+
+
+def test_eager_linears_under_a_dispatch_mode_never_share_a_cast(decoded_backend, monkeypatch):
+    """Eager calls under a dispatch mode (FlopCounterMode) take the traced path on real tensors: each
+    casts its own activation, also after a change the version counter does not see, and under
+    inference_mode (whose tensors have no version counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    w = quantized_linear("mxfp8", "decoded_test", n=96)
+    x, y = randn(80, 128, seed=8), randn(80, 128, seed=9)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            a = x.clone()
+            with FlopCounterMode(display=False):
+                first = F.linear(a, w)
+                a.data.copy_(y)  # .data: no version bump
+                second = F.linear(a, w)
+        assert torch.equal(first, F.linear(x, w)) and torch.equal(second, F.linear(y, w))
+
+
+def test_a_cast_backend_without_the_decoded_cast_keeps_the_linear_op(decoded_backend, monkeypatch):
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    monkeypatch.setattr(DecodedTestBackend, "can_quantize_dequantize", lambda self, fmt: False)
+    w = quantized_linear("mxfp8", "decoded_test", n=96)
+    x = randn(80, 128, seed=10)
+    with torch.no_grad():
+        out = torch.compile(lambda x: F.linear(x, w), fullgraph=True, backend="aot_eager")(x)
+    assert decoded_backend.calls["mxfp8_mm"] == 1 and decoded_backend.calls["mxfp8_mm_decoded"] == 0
+    assert torch.equal(out, F.linear(x, w))
 
 
 def test_a_cast_is_not_shared_across_traces(decoded_backend, monkeypatch):
