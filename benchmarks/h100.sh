@@ -11,6 +11,9 @@
 #   host       dq-kernels bench host for the baseline (if built) and this tree
 #   gemm       dq-kernels bench gemm --preset flux, both ops
 #   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
+#   castmodes  regional-cudagraphs rows of FLUX (batch 1 and 4), QwenImage and LTX-2 (batch 1) with
+#              DQ_KERNELS_COMPILE_CAST=op (the default) and =shared (one cast per activation), one
+#              after the other on this machine: the A/B of docs/compile.md
 #   selftest   dq-kernels selftest, the full grid, every backend here
 #   sanitize   benchmarks/sanitize.py (every sm_90a GEMM entry point) under compute-sanitizer memcheck
 #              (small and large shapes) and racecheck (small shapes)
@@ -45,6 +48,17 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
     gemm) python3 -m dq_kernels bench gemm --preset flux --json "$out/gemm-h100.json" >"$out/gemm.log" 2>&1; tail -40 "$out/gemm.log" ;;
     model) python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 --backends auto \
              --compile none regional-cudagraphs --json "$out/model-h100.json" >"$out/model.log" 2>&1; tail -20 "$out/model.log" ;;
+    castmodes)
+      for mode in op shared; do
+        DQ_KERNELS_COMPILE_CAST=$mode python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 \
+          --backends auto --compile regional-cudagraphs --json "$out/model-flux-$mode.json" >"$out/model-flux-$mode.log" 2>&1
+        echo "flux $mode rc=$?"; tail -8 "$out/model-flux-$mode.log"
+        for name in qwenimage ltx2; do
+          DQ_KERNELS_COMPILE_CAST=$mode python3 -m dq_kernels bench model $name --batch 1 --steps 4 --formats bf16 mxfp8 nvfp4 \
+            --backends auto --compile regional-cudagraphs --json "$out/model-$name-$mode.json" >"$out/model-$name-$mode.log" 2>&1
+          echo "$name $mode rc=$?"; tail -4 "$out/model-$name-$mode.log"
+        done
+      done ;;
     selftest) timeout ${SELFTEST_TIMEOUT:-300} python3 -m dq_kernels selftest --json "$out/selftest-h100.json" \
                 >"$out/selftest.log" 2>&1; echo "selftest rc=$?"; grep -v "^\[" "$out/selftest.log" | tail -40 ;;
     sanitize)

@@ -36,7 +36,8 @@ takes its activation decoded (``takes_decoded_activation``) and the cast backend
 format's grid and decode in one pass, the quantized activation is never written. Same result every
 way (``backends.plan_linear`` decides). The decoded casts (``quantize_dequantize_*``: x rounded to
 the format's grid and decoded, one pass) and the decoded mm ops (``mxfp8_mm_decoded``,
-``nvfp4_mm_decoded``) are the two halves of that hand-over as ops of their own: a quantized Linear
+``nvfp4_mm_decoded``) are the two halves of that hand-over as ops of their own: with
+DQ_KERNELS_COMPILE_CAST=shared (opt-in; the default "op" keeps the linear op) a quantized Linear
 traced by torch.compile is traced as them where its mm backend takes the decoded activation
 (``decoded_linear``), its cast made once per traced activation, so that the Linears reading one
 activation (FLUX's q, k, v and MLP input projections) share one cast (``traced_cast``); with
@@ -714,22 +715,24 @@ def nvfp4_linear(
 
 
 # ----------------------------------------------------------------------------------------------
-# GEMM on a decoded activation: a quantized Linear under torch.compile as the decoded cast (the
-# cast op, once per activation, or with DQ_KERNELS_COMPILE_CAST=fused torch ops that inductor fuses
-# into the op before it) and one of these ops (docs/compile.md)
+# GEMM on a decoded activation: a quantized Linear under torch.compile with
+# DQ_KERNELS_COMPILE_CAST=shared or fused as the decoded cast (the cast op once per activation, or
+# torch ops that inductor fuses into the op before it) and one of these ops (docs/compile.md)
 # ----------------------------------------------------------------------------------------------
 
 ENV_COMPILE_CAST = "DQ_KERNELS_COMPILE_CAST"
-COMPILE_CAST_MODES = ("fused", "op")
+COMPILE_CAST_MODES = ("op", "shared", "fused")
 
 
 def compile_cast() -> str:
-    """How a traced quantized Linear that hands its GEMM the decoded activation casts it, from
-    ``DQ_KERNELS_COMPILE_CAST``: "op" (default; unset or empty) with the decoded cast op (the cast
-    kernel), "fused" as torch ops that inductor fuses into the op before it (opt-in: on the H100
-    it was faster behind a LayerNorm, slower behind a GELU, and Triton 3.6 failed to compile
-    inductor's NVFP4 kernel: docs/compile.md). The one place that reads the variable; another value
-    raises ValueError naming it."""
+    """How torch.compile traces a quantized Linear whose GEMM takes its activation decoded, from
+    ``DQ_KERNELS_COMPILE_CAST``: "op" (default; unset or empty) as the linear op (cast and GEMM in
+    one op: one native call on Hopper); "shared" (opt-in, not yet measured on a GPU) as the decoded
+    cast op, made once per activation and shared by the Linears that read it, then the decoded mm
+    op; "fused" (opt-in) the same with the cast as torch ops that inductor fuses into the op before
+    it (on the H100 faster behind a LayerNorm, slower behind a GELU, and Triton 3.6 failed to
+    compile inductor's NVFP4 kernel: docs/compile.md). The one place that reads the variable;
+    another value raises ValueError naming it."""
     value = os.environ.get(ENV_COMPILE_CAST) or "op"
     if value not in COMPILE_CAST_MODES:
         raise ValueError(
@@ -754,11 +757,11 @@ def decoded_linear(fmt: str, x: Tensor, n: int, k: int, cast_backend: str | None
     the Linear is to be traced as the decoded cast (``traced_cast``) then the decoded mm op on that
     backend; None keeps the linear op: a symbolic M (dynamic shapes), an mm backend (as the linear
     op would select it from ``mm_backend``) that does not take it decoded here
-    (``Backend.takes_decoded_activation``) or lacks the method, or, for the "op" mode of
-    ``compile_cast``, a cast backend (from ``cast_backend``) that cannot make it
+    (``Backend.takes_decoded_activation``) or lacks the method, the "op" mode of ``compile_cast``,
+    or for its "shared" mode a cast backend (from ``cast_backend``) that cannot make it
     (``Backend.can_quantize_dequantize``). The graph keeps the backends chosen here."""
-    m = x.shape[0]
-    if not isinstance(m, int):
+    m, mode = x.shape[0], compile_cast()
+    if mode == "op" or not isinstance(m, int):
         return None
     try:
         plan = plan_linear(fmt, x.device, m, n, k, x.dtype, cast_backend, mm_backend)
@@ -767,7 +770,7 @@ def decoded_linear(fmt: str, x: Tensor, n: int, k: int, cast_backend: str | None
     op = f"{fmt}_mm"
     if not (plan.mm.takes_decoded_activation(op, x.device, m) and _implements_decoded(plan.mm, op)):
         return None
-    if compile_cast() == "op" and not plan.cast.can_quantize_dequantize(fmt):
+    if mode == "shared" and not plan.cast.can_quantize_dequantize(fmt):
         return None
     return plan.mm.spec.name
 
@@ -817,7 +820,7 @@ def traced_cast(fmt: str, x: Tensor, option, cast_backend: str | None) -> tuple[
     """For a traced quantized Linear that ``decoded_linear`` hands to a decoded mm op: x [M, K]
     rounded to ``fmt`` and decoded, as (values,) for MXFP8 (``option``: the scaling) and (values,
     tensor scale) for NVFP4 (``option``: the static activation scale or None). With
-    ``compile_cast()`` "op" the decoded cast op on ``cast_backend``, with "fused" torch ops; made
+    ``compile_cast()`` "shared" the decoded cast op on ``cast_backend``, with "fused" torch ops; made
     once per traced activation, so the Linears that read x share it (``_TracedCasts``)."""
     mode = compile_cast()
 

@@ -188,6 +188,8 @@ def test_compile_cast_switch(monkeypatch):
     assert ops.compile_cast() == "op"
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
     assert ops.compile_cast() == "fused"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
+    assert ops.compile_cast() == "shared"
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fuse")
     with pytest.raises(ValueError, match="DQ_KERNELS_COMPILE_CAST='fuse' must be one of"):
         ops.compile_cast()
@@ -255,8 +257,10 @@ def test_traced_linear_decomposes_above_the_skinny_range_only(fmt, decoded_backe
     x = randn(72, 128)
     torch._dynamo.mark_dynamic(x, 0)
     assert not decomposes(x)  # a symbolic M keeps the linear op
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
     assert decomposes(randn(72, 128))  # the decoded cast op, then the decoded mm op
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    assert not decomposes(randn(72, 128))  # the default: the linear op
 
 
 def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend, monkeypatch):
@@ -269,7 +273,7 @@ def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend, monkeypa
     assert decoded_backend.calls["mxfp8_mm_decoded"] == 1  # the linear op's one-pass hand-over
 
 
-@pytest.mark.parametrize("mode", ops.COMPILE_CAST_MODES)
+@pytest.mark.parametrize("mode", ["shared", "fused"])
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
 def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded_backend, monkeypatch):
     """Three Linears on one activation (FLUX's q, k, v): one decoded cast in the graph; after an
@@ -301,7 +305,7 @@ def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded
         assert torch.equal(g, w)
     assert made and len(made) * 5 == len(asked) * 3  # in every pass: 3 casts for the 5 Linears
     assert decoded_backend.calls[f"{fmt}_mm_decoded"] == 5
-    if mode == "op":
+    if mode == "shared":
         assert decoded_backend.calls[f"quantize_dequantize_{fmt}"] == 3
         assert code.count(f"quantize_dequantize_{fmt}.default(") == 3
     else:  # torch ops that inductor compiles: no cast op called
@@ -314,7 +318,7 @@ def test_eager_linears_under_a_dispatch_mode_never_share_a_cast(decoded_backend,
     inference_mode (whose tensors have no version counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
     w = quantized_linear("mxfp8", "decoded_test", n=96)
     x, y = randn(80, 128, seed=8), randn(80, 128, seed=9)
     for context in (torch.no_grad, torch.inference_mode):
@@ -328,7 +332,7 @@ def test_eager_linears_under_a_dispatch_mode_never_share_a_cast(decoded_backend,
 
 
 def test_a_cast_backend_without_the_decoded_cast_keeps_the_linear_op(decoded_backend, monkeypatch):
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
     monkeypatch.setattr(DecodedTestBackend, "can_quantize_dequantize", lambda self, fmt: False)
     w = quantized_linear("mxfp8", "decoded_test", n=96)
     x = randn(80, 128, seed=10)
@@ -340,7 +344,7 @@ def test_a_cast_backend_without_the_decoded_cast_keeps_the_linear_op(decoded_bac
 
 def test_a_cast_is_not_shared_across_traces(decoded_backend, monkeypatch):
     """Two compiled functions on the same input tensor: each graph holds its own cast."""
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
     w = quantized_linear("mxfp8", "decoded_test", n=96)
     x = randn(80, 128, seed=7)
     with torch.no_grad():
@@ -462,14 +466,15 @@ def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, option
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
 def test_gpu_linears_reading_one_activation_share_one_cast_kernel(fmt, monkeypatch):
-    """On a 9.0 GPU with cutlass, the default mode: q, k and v of one activation compiled by inductor
-    run one cast kernel (one decoded cast op in the code) and give the eager Linears' bits."""
+    """On a 9.0 GPU with cutlass, DQ_KERNELS_COMPILE_CAST=shared: q, k and v of one activation
+    compiled by inductor run one cast kernel (one decoded cast op in the code) and give the eager
+    Linears' bits."""
     from torch._inductor.utils import run_and_get_code
 
     device = torch.device("cuda")
     if torch.cuda.get_device_capability() != (9, 0) or not backends.get_backend("cutlass").availability_on(device)[0]:
         pytest.skip("needs a 9.0 GPU and the cutlass backend built for it")
-    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
     torch._dynamo.reset()
     try:
         qkv = [linear_module(quantized_linear(fmt, "cutlass", k=512, n=384, seed=seed).cuda()) for seed in (1, 2, 3)]
