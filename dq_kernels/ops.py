@@ -219,35 +219,31 @@ def _(x, tensor_scale, backend):
     return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in _cast_outputs(NVFP4, m, k))
 
 
-def _cast_decoding(fn: str, fmt: str, x: Tensor, backend: str | None) -> Backend:
-    """The cast backend of a decoded cast of x [M, K] to ``fmt``: ``select``'s choice for
-    ``quantize_{fmt}``, which must implement ``quantize_dequantize_{fmt}``."""
+def _decoded_cast(fmt: Format, x: Tensor, option, backend: str | None):
+    """The decoded cast of x [M, K] to ``fmt`` (``option``: the scaling, or NVFP4's tensor scale)
+    on the cast backend ``select`` picks for ``quantize_{fmt}``, which must implement
+    ``quantize_dequantize_{fmt}``."""
+    fn = f"dq_kernels.quantize_dequantize_{fmt.name}"
     m, k = _rows_and_k(x)
-    chosen = select(f"quantize_{fmt}", x.device, m, k, k, backend)
-    if not chosen.can_quantize_dequantize(fmt):
+    chosen = select(f"quantize_{fmt.name}", x.device, m, k, k, backend)
+    if not chosen.can_quantize_dequantize(fmt.name):
         raise BackendUnavailableError(
-            f"{fn}: dq_kernels backend {chosen.spec.name!r} does not implement quantize_dequantize_{fmt} (a cast "
-            f"decoded in one pass); name one that does (e.g. backend='cutlass' or 'triton_cast' on CUDA)"
+            f"{fn}: dq_kernels backend {chosen.spec.name!r} does not implement quantize_dequantize_{fmt.name} (a "
+            "cast decoded in one pass); name one that does (e.g. backend='cutlass' or 'triton_cast' on CUDA)"
         )
-    return chosen
-
-
-def _decoded_cast_outputs(fmt: Format, m: int, k: int) -> Outputs:
-    """The outputs of a decoded cast of [m, k] to ``fmt``: the values, and NVFP4's tensor scale."""
-    values = (((m, k), _DECODED_DTYPE[fmt.name]),)
-    return values + (((), torch.float32),) if fmt.has_tensor_scale else values
+    with _on_device(x):
+        result = getattr(chosen, f"quantize_dequantize_{fmt.name}")(x, option)
+    if chosen in user_backends:
+        values = (((m, k), _DECODED_DTYPE[fmt.name]),)
+        expected = values + (((), torch.float32),) if fmt.has_tensor_scale else values
+        _check_outputs(chosen, f"quantize_dequantize_{fmt.name}", result, expected, x.device)
+    return result
 
 
 @_op("quantize_dequantize_mxfp8(Tensor x, str scaling, str? backend) -> Tensor")
 def _quantize_dequantize_mxfp8(x: Tensor, scaling: str, backend: str | None) -> Tensor:
-    fn = "dq_kernels.quantize_dequantize_mxfp8"
     _check_quantize_mxfp8(x, scaling)
-    chosen = _cast_decoding(fn, "mxfp8", x, backend)
-    with _on_device(x):
-        values = chosen.quantize_dequantize_mxfp8(x, scaling)
-    if chosen in user_backends:
-        _check_outputs(chosen, "quantize_dequantize_mxfp8", values, _decoded_cast_outputs(MXFP8, *_rows_and_k(x)), x.device)
-    return values
+    return _decoded_cast(MXFP8, x, scaling, backend)
 
 
 @_quantize_dequantize_mxfp8.register_fake
@@ -258,14 +254,8 @@ def _(x, scaling, backend):
 
 @_op("quantize_dequantize_nvfp4(Tensor x, Tensor? tensor_scale, str? backend) -> (Tensor, Tensor)")
 def _quantize_dequantize_nvfp4(x: Tensor, tensor_scale: Tensor | None, backend: str | None) -> tuple[Tensor, Tensor]:
-    fn = "dq_kernels.quantize_dequantize_nvfp4"
     _check_quantize_nvfp4(x, tensor_scale)
-    chosen = _cast_decoding(fn, "nvfp4", x, backend)
-    with _on_device(x):
-        result = chosen.quantize_dequantize_nvfp4(x, tensor_scale)
-    if chosen in user_backends:
-        _check_outputs(chosen, "quantize_dequantize_nvfp4", result, _decoded_cast_outputs(NVFP4, *_rows_and_k(x)), x.device)
-    values, ts = result
+    values, ts = _decoded_cast(NVFP4, x, tensor_scale, backend)
     if tensor_scale is not None and ts.untyped_storage().data_ptr() == tensor_scale.untyped_storage().data_ptr():
         ts = ts.clone()  # an op's outputs must not alias its inputs
     return values, ts

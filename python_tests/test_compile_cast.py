@@ -165,6 +165,12 @@ def test_decoded_cast_ops_are_the_formats_decodes(static):
         dq.quantize_dequantize_nvfp4(x, backend="torchao")
 
 
+def test_a_registered_backends_decoded_cast_is_checked(decoded_backend, monkeypatch):
+    monkeypatch.setattr(DecodedTestBackend, "quantize_dequantize_mxfp8", lambda self, x, scaling: x.float())
+    with pytest.raises(RuntimeError, match="'decoded_test' returned a wrong result from quantize_dequantize_mxfp8"):
+        dq.quantize_dequantize_mxfp8(randn(8, 64), backend="decoded_test")
+
+
 def test_decoded_ops_check_their_arguments():
     (b_q, b_s), (v_q, v_s, v_ts) = weights()
     values = formats.quantize_dequantize_mxfp8(randn(72, 128))
