@@ -207,6 +207,7 @@ def _bench_model(args: argparse.Namespace) -> int:
     try:
         model.validate(args.models, args.resolution, args.steps, args.compile, args.tiny, args.checkpoint, args.batch,
                        args.cp, args.cp_kind, args.images, args.prompts, args.save_images)
+        compile_cast = dq_kernels.ops.compile_cast()  # how compiled rows trace a quantized Linear
     except ValueError as err:
         print(err)
         return 2
@@ -214,7 +215,7 @@ def _bench_model(args: argparse.Namespace) -> int:
     timing_method = ("wall clock around each denoising step, CUDA synchronized before and after; median of the "
                      f"steps after the first {model.WARMUP_STEPS}" + ("; context-parallel rows: the slowest rank's"
                                                                       " median" if args.cp > 1 else ""))
-    header = report.json_header(device, args.command_line, timing_method)
+    header = {**report.json_header(device, args.command_line, timing_method), "compile_cast": compile_cast}
 
     def write_json(rows):  # after every row, so that a crash keeps the finished ones
         report.write_json(args.json, {**header, "rows": [row.to_json() for row in rows]})

@@ -49,7 +49,8 @@ def test_auto_and_torchao_agree_on_the_denoised_latent():
     assert auto.rel_err == pytest.approx(torchao.rel_err, rel=0.2)
 
 
-def test_cli_writes_json_table_and_charts(tmp_path, capsys):
+def test_cli_writes_json_table_and_charts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DQ_KERNELS_COMPILE_CAST", "shared")
     out = tmp_path / "model.json"
     plot = tmp_path / "model.png"
     code = cli.main(["bench", "model", "flux", "--tiny", "--steps", "3", "--formats", "nvfp4", "--backends", "auto",
@@ -58,8 +59,12 @@ def test_cli_writes_json_table_and_charts(tmp_path, capsys):
     document = json.loads(out.read_text())
     assert document["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())
     assert [r["format"] for r in document["rows"]] == ["bf16", "nvfp4"]
+    assert document["compile_cast"] == "shared"  # how the compiled rows would trace a quantized Linear
     assert plot.is_file() and (tmp_path / "model-memory.png").is_file()
     assert "ms/step" in capsys.readouterr().out
+    monkeypatch.setenv("DQ_KERNELS_COMPILE_CAST", "fuse")
+    assert cli.main(["bench", "model", "flux", "--tiny", "--steps", "3"]) == 2
+    assert "DQ_KERNELS_COMPILE_CAST='fuse' must be one of" in capsys.readouterr().out
 
 
 def test_full_size_needs_a_gpu(capsys):
