@@ -36,33 +36,17 @@ class DecodedTestBackend(dq.Backend):
     def can_quantize_dequantize(self, fmt):
         return True
 
-    def quantize_mxfp8(self, *args):
-        return self._call("quantize_mxfp8", *args)
-
-    def quantize_nvfp4(self, *args):
-        return self._call("quantize_nvfp4", *args)
-
-    def quantize_dequantize_mxfp8(self, *args):
-        return self._call("quantize_dequantize_mxfp8", *args)
-
-    def quantize_dequantize_nvfp4(self, *args):
-        return self._call("quantize_dequantize_nvfp4", *args)
-
     def _call(self, method, *args):
         self.calls[method] += 1
         return getattr(self.reference, method)(*args)
 
-    def mxfp8_mm(self, *args):
-        return self._call("mxfp8_mm", *args)
 
-    def nvfp4_mm(self, *args):
-        return self._call("nvfp4_mm", *args)
+def _counted(method):
+    return lambda self, *args: self._call(method, *args)
 
-    def mxfp8_mm_decoded(self, *args):
-        return self._call("mxfp8_mm_decoded", *args)
 
-    def nvfp4_mm_decoded(self, *args):
-        return self._call("nvfp4_mm_decoded", *args)
+for _method in DecodedTestBackend.METHODS:  # each op method: the reference's, counted
+    setattr(DecodedTestBackend, _method, _counted(_method))
 
 
 @pytest.fixture
