@@ -58,6 +58,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from . import formats
@@ -773,9 +774,10 @@ class _TracedCasts:
     for the same activation, unchanged since (its version counter, which its views share: an
     in-place op bumps it, in a trace too), cast the same way. The activation is a tensor and its
     view as [M, K] (each Linear folds [..., K] into a view of its own): the same base tensor, shape,
-    strides and offset. Held only until a trace under other modes casts. Outside torch.compile
-    (eager calls under a dispatch mode: real tensors, whose memory can change unseen) nothing is
-    shared."""
+    strides and offset. Held only until a trace under other modes casts. Only fake tensors (what
+    torch.compile traces) share a cast: real tensors (eager calls under a dispatch mode) hold memory
+    that can change unseen. (Fake, not ``torch.compiler.is_compiling()``: under torch 2.11 that is
+    False while AOT autograd traces, seen on the H100.)"""
 
     def __init__(self):
         self.modes: list[weakref.ref] = []
@@ -790,7 +792,7 @@ class _TracedCasts:
     def get(self, x: Tensor, key: tuple, option, make: Callable[[], tuple]) -> tuple:
         """``make()``'s result for x, ``key`` (hashable, compared by value) and ``option`` (a tensor
         or None, compared by identity), made at most once per trace."""
-        if not torch.compiler.is_compiling() or x.is_inference():
+        if not is_fake(x) or x.is_inference():
             return make()
         self._same_trace()
         base = x if x._base is None else x._base
