@@ -408,6 +408,23 @@ def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
     return (magnitude | (sign << 31)).view(torch.float32)
 
 
+def _decode_e4m3(s: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn -> float32 read off the bits (exactly ``s.float()``, NaN for 0x7F / 0xFF).
+
+    For a value that then goes to float64 (``_divide``): inductor turns ``s.float().double()`` into
+    one float8 -> float64 conversion, which Triton 3.6 cannot lower (seen on the H100), so under
+    torch.compile the conversion must not be a float one. Bits: sign (7), exponent (6..3, bias 7),
+    mantissa (2..0); exponent 0 is the subnormal mantissa x 2^-9, else float32 exponent field
+    e + 120 and mantissa bits 22..20.
+    """
+    bits = s.view(torch.uint8).to(torch.int32)
+    exponent, mantissa = (bits >> 3) & 15, bits & 7
+    normal = (((exponent + 120) << 23) | (mantissa << 20)).view(torch.float32)
+    magnitude = torch.where(exponent == 0, mantissa.to(torch.float32) * 2.0**-9, normal)
+    magnitude = torch.where((bits & 0x7F) == 0x7F, torch.nan, magnitude)
+    return torch.where(bits >= 0x80, -magnitude, magnitude)
+
+
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """[..., 2n] codes -> [..., n] bytes, element 2i in the low nibble."""
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
@@ -515,7 +532,7 @@ def _quantize_nvfp4_blocks(
     divisor = torch.where(tensor_scale == 0, 1.0, tensor_scale)
     block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
     s = _divide(block_scale, divisor).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
-    reciprocal = _divide(_divide(torch.ones_like(divisor), divisor), s.float())
+    reciprocal = _divide(_divide(torch.ones_like(divisor), divisor), _decode_e4m3(s))
     y = (blocks * reciprocal.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX)
     return _encode_e2m1(y).view(m, k), s, tensor_scale
 

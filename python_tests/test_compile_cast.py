@@ -76,6 +76,16 @@ def test_exact_float32_is_float_on_every_16_bit_pattern():
         assert torch.equal(exact[~nan].view(torch.int32), plain[~nan].view(torch.int32))  # -0.0 included
 
 
+def test_e4m3_decode_is_float_on_every_8_bit_pattern():
+    """The NVFP4 cast's block scale as float32 from its bits (Triton 3.6 cannot lower the float8 ->
+    float64 conversion inductor would make of ``s.float().double()``)."""
+    s = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
+    decoded, plain = formats._decode_e4m3(s), s.float()
+    nan = torch.isnan(plain)
+    assert torch.equal(torch.isnan(decoded), nan) and nan.sum() == 2
+    assert torch.equal(decoded[~nan].view(torch.int32), plain[~nan].view(torch.int32))  # -0.0 included
+
+
 def edge_rows(dtype):
     """[8, 96]: a zero row, NaN, inf, values at the dtype's extremes, subnormals, and a row whose block
     scales span more than 22 binades."""
