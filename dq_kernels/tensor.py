@@ -195,16 +195,38 @@ class QuantizedWeight(TorchAOBaseTensor):
         """The format-specific part of the repr."""
         raise NotImplementedError
 
+    @staticmethod
+    def _traced_by() -> tuple:
+        """What decides the graph torch.compile traces for a quantized Linear, besides the weight:
+        how it casts (``ops.compile_cast``), the backend name in effect (a ``use_backend`` block's,
+        else the environment's), the registered backends, the package version."""
+        return (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), __version__)
+
     def _stable_hash_for_caching(self) -> str:
-        """Key for torch.compile's AOT autograd cache: class, shape, attributes and the inner
-        tensors' layouts (never their values), and what else decides the traced graph: how it casts
-        (``ops.compile_cast``), the backend name in effect (a ``use_backend`` block's, else the
-        environment's), the registered backends, the package version."""
+        """Key for torch.compile's AOT autograd cache (torch >= 2.12 asks for it): class, shape,
+        attributes and the inner tensors' layouts (never their values), and ``_traced_by``."""
         names, attributes = self.__tensor_flatten__()
         inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
-        traced_by = (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), __version__)
-        key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner, traced_by)
+        key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner, self._traced_by())
         return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+
+    def __getstate__(self) -> dict:
+        """The pickled state: the attributes, and ``_traced_by``. torch 2.11's AOT autograd cache
+        keys a subclass input by its pickled state, not ``_stable_hash_for_caching``: without it a
+        graph traced under another cast mode or backend choice came back from the on-disk cache
+        (seen: DQ_KERNELS_COMPILE_CAST=shared ran the graph an earlier process traced with "op")."""
+        return {**self.__dict__, "_traced_by": self._traced_by()}
+
+    def __init_subclass__(cls, **kwargs):
+        """TorchAO sets each weight class's ``__setstate__`` here; unpickling (torch.load) leaves out
+        ``_traced_by``, which described the process that saved."""
+        super().__init_subclass__(**kwargs)
+        torchao_setstate = cls.__setstate__
+
+        def __setstate__(self, state: dict) -> None:
+            torchao_setstate(self, {name: value for name, value in state.items() if name != "_traced_by"})
+
+        cls.__setstate__ = __setstate__
 
     def __repr__(self) -> str:
         transposed = ", transposed=True" if self.transposed else ""

@@ -5,6 +5,11 @@ Linears that read one activation, and inductor's compiled output against the eag
 for bit, with a registered backend that takes the decoded activation."""
 
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,6 +230,49 @@ def test_compile_cache_key_sees_what_decides_the_trace(monkeypatch):
     finally:
         dq.unregister_backend("other_reference")
     assert weight._stable_hash_for_caching() == key
+
+
+def test_pickled_state_carries_what_decides_the_trace(monkeypatch, tmp_path):
+    """torch 2.11's AOT autograd cache keys a subclass input by its pickled state: that state
+    changes with the cast mode; torch.save / torch.load give the weight back without it."""
+    monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
+    weight = quantized_linear("nvfp4", None)
+    state = torch._utils._get_obj_state(weight)
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
+    assert torch._utils._get_obj_state(weight)["_traced_by"] != state["_traced_by"]
+    torch.save(weight, tmp_path / "w.pt")
+    loaded = torch.load(tmp_path / "w.pt", weights_only=False)
+    assert type(loaded) is type(weight) and "_traced_by" not in loaded.__dict__
+    assert torch.equal(loaded.dequantize(), weight.dequantize()) and loaded.backend == weight.backend
+
+
+# Compiles q, k and v of one activation with the test backend and prints the casts run.
+QKV_SCRIPT = """
+import torch, torch.nn.functional as F
+import dq_kernels as dq
+from test_compile_cast import DecodedTestBackend, quantized_linear, randn
+backend = dq.register_backend(DecodedTestBackend())
+qkv = [quantized_linear("mxfp8", "decoded_test", n=96, seed=seed) for seed in (1, 2, 3)]
+with torch.no_grad():
+    torch.compile(lambda x: [F.linear(h, w) for h in [x * 2] for w in qkv], fullgraph=True)(randn(80, 128))
+print(backend.calls["quantize_dequantize_mxfp8"])
+"""
+
+
+def test_a_graph_cached_on_disk_under_another_cast_mode_is_not_reused(tmp_path):
+    """Two processes, one inductor cache directory: the "op" graph of the first is not what the
+    second, with DQ_KERNELS_COMPILE_CAST=shared, runs (torch 2.11 reused it: the cache key missed
+    the mode)."""
+    tests = Path(__file__).parent
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    casts = {}
+    for mode in ("op", "shared"):
+        done = subprocess.run([sys.executable, "-c", QKV_SCRIPT], env={**env, ops.ENV_COMPILE_CAST: mode},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        casts[mode] = int(done.stdout.split()[-1])
+    assert casts == {"op": 3, "shared": 1}
 
 
 # ---------------------------------------------------------------------------------------------- when a traced Linear decomposes
