@@ -348,15 +348,14 @@ def _exact_float32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, -magnitude, magnitude)
 
 
-def _divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
-    """a / b for a float32 tensor a >= 0 and b > 0 (a float32 tensor or a Python float), correctly
-    rounded, computed in float64 (a float64 quotient of float32 operands rounds to the correctly
-    rounded float32 one): the same bits as torch's float32 division on every device, and under
-    torch.compile too, where inductor's Triton code divides float32 tensors approximately and turns
-    a division by a constant into a product with its rounded reciprocal. The quotient comes back
-    through abs(), a no-op on it: torch 2.11's inductor folds float64 -> float32 -> float64 into one
-    conversion, which would drop the float32 rounding that a following ``_divide`` must see."""
-    return (a.double() / (b.double() if isinstance(b, torch.Tensor) else b)).float().abs()
+def _divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b for float32 tensors a >= 0 and b > 0, correctly rounded, computed in float64 (a float64
+    quotient of float32 operands rounds to the correctly rounded float32 one): the same bits as
+    torch's float32 division on every device, and under torch.compile too, where inductor's Triton
+    code divides float32 tensors approximately. The quotient comes back through abs(), a no-op on
+    it: torch 2.11's inductor folds float64 -> float32 -> float64 into one conversion, which would
+    drop the float32 rounding that a following ``_divide`` must see."""
+    return (a.double() / b.double()).float().abs()
 
 
 def _ceil_log2(d: torch.Tensor) -> torch.Tensor:
@@ -502,7 +501,7 @@ def quantize_dequantize_mxfp8(x: torch.Tensor, scaling: str = "rceil") -> torch.
 
 def nvfp4_tensor_scale(x: torch.Tensor) -> torch.Tensor:
     """torchao's NVFP4 per-tensor scale: amax(|x|) / (448 * 6), a 0-dim float32 tensor."""
-    return _divide(_exact_float32(x).abs().amax(), E4M3_MAX * E2M1_MAX)
+    return _exact_float32(x).abs().amax() / (E4M3_MAX * E2M1_MAX)
 
 
 def quantize_nvfp4(
@@ -533,7 +532,7 @@ def _quantize_nvfp4_blocks(
     # an all-zero tensor has tensor scale 0: divide by 1 instead, so its codes and scales are finite
     # and it decodes to zeros (torchao divides by 0 and returns NaN scales)
     divisor = torch.where(tensor_scale == 0, 1.0, tensor_scale)
-    block_scale = _divide(blocks.abs().amax(dim=-1), E2M1_MAX)
+    block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
     s = _divide(block_scale, divisor).clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
     reciprocal = _divide(_divide(torch.ones_like(divisor), divisor), _decode_e4m3(s))
     y = (blocks * reciprocal.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX)
