@@ -203,7 +203,7 @@ class QuantizedWeight(TorchAOBaseTensor):
         return (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), __version__)
 
     def _stable_hash_for_caching(self) -> str:
-        """Key for torch.compile's AOT autograd cache (torch >= 2.12 asks for it): class, shape,
+        """Key for torch.compile's AOT autograd cache (torch 2.14 asks for it, 2.11 does not): class, shape,
         attributes and the inner tensors' layouts (never their values), and ``_traced_by``."""
         names, attributes = self.__tensor_flatten__()
         inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
