@@ -12,8 +12,9 @@
 #   gemm       dq-kernels bench gemm --preset flux, both ops
 #   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
 #   castmodes  regional-cudagraphs rows of FLUX (batch 1 and 4), QwenImage and LTX-2 (batch 1) with
-#              DQ_KERNELS_COMPILE_CAST=op (the default) and =shared (one cast per activation), one
-#              after the other on this machine: the A/B of docs/compile.md
+#              each DQ_KERNELS_COMPILE_CAST mode in CAST_MODES (default "op shared": the default and
+#              one cast per activation; add fused for the third), one after the other on this
+#              machine: the A/B of docs/compile.md (about 4 minutes a mode)
 #   selftest   dq-kernels selftest, the full grid, every backend here
 #   sanitize   benchmarks/sanitize.py (every sm_90a GEMM entry point) under compute-sanitizer memcheck
 #              (small and large shapes) and racecheck (small shapes)
@@ -49,7 +50,7 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
     model) python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 --backends auto \
              --compile none regional-cudagraphs --json "$out/model-h100.json" >"$out/model.log" 2>&1; tail -20 "$out/model.log" ;;
     castmodes)
-      for mode in op shared; do
+      for mode in ${CAST_MODES:-op shared}; do
         DQ_KERNELS_COMPILE_CAST=$mode python3 -m dq_kernels bench model flux --batch 1 4 --steps 6 --formats bf16 mxfp8 nvfp4 \
           --backends auto --compile regional-cudagraphs --json "$out/model-flux-$mode.json" >"$out/model-flux-$mode.log" 2>&1
         echo "flux $mode rc=$?"; tail -8 "$out/model-flux-$mode.log"
