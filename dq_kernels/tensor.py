@@ -211,20 +211,22 @@ class QuantizedWeight(TorchAOBaseTensor):
         return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
     def __getstate__(self) -> dict:
-        """The pickled state: the attributes, and ``_traced_by``. torch 2.11's AOT autograd cache
-        keys a subclass input by its pickled state, not ``_stable_hash_for_caching``: without it a
-        graph traced under another cast mode or backend choice came back from the on-disk cache
-        (seen: DQ_KERNELS_COMPILE_CAST=shared ran the graph an earlier process traced with "op")."""
-        return {**self.__dict__, "_traced_by": self._traced_by()}
+        """The pickled state: the attributes, and ``traced_by`` (``_traced_by()``, under a name of its
+        own: a copy that sets the state as attributes must not hide the method). torch 2.11's AOT
+        autograd cache keys a subclass input by its pickled state, not ``_stable_hash_for_caching``:
+        without it a graph traced under another cast mode or backend choice came back from the
+        on-disk cache (seen: DQ_KERNELS_COMPILE_CAST=shared ran the graph an earlier process traced
+        with "op")."""
+        return {**self.__dict__, "traced_by": self._traced_by()}
 
     def __init_subclass__(cls, **kwargs):
         """TorchAO sets each weight class's ``__setstate__`` here; unpickling (torch.load) leaves out
-        ``_traced_by``, which described the process that saved."""
+        ``traced_by``, which described the process that saved."""
         super().__init_subclass__(**kwargs)
         torchao_setstate = cls.__setstate__
 
         def __setstate__(self, state: dict) -> None:
-            torchao_setstate(self, {name: value for name, value in state.items() if name != "_traced_by"})
+            torchao_setstate(self, {name: value for name, value in state.items() if name != "traced_by"})
 
         cls.__setstate__ = __setstate__
 

@@ -239,10 +239,10 @@ def test_pickled_state_carries_what_decides_the_trace(monkeypatch, tmp_path):
     weight = quantized_linear("nvfp4", None)
     state = torch._utils._get_obj_state(weight)
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
-    assert torch._utils._get_obj_state(weight)["_traced_by"] != state["_traced_by"]
+    assert torch._utils._get_obj_state(weight)["traced_by"] != state["traced_by"]
     torch.save(weight, tmp_path / "w.pt")
     loaded = torch.load(tmp_path / "w.pt", weights_only=False)
-    assert type(loaded) is type(weight) and "_traced_by" not in loaded.__dict__
+    assert type(loaded) is type(weight) and "traced_by" not in loaded.__dict__
     assert torch.equal(loaded.dequantize(), weight.dequantize()) and loaded.backend == weight.backend
 
 
