@@ -321,9 +321,10 @@ def test_a_linear_autograd_records_keeps_the_linear_op(decoded_backend, monkeypa
     assert decoded_backend.calls["mxfp8_mm_decoded"] == 1  # the linear op's one-pass hand-over
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])  # bench model: inference_mode
 @pytest.mark.parametrize("mode", ["shared", "fused"])
 @pytest.mark.parametrize("fmt", ["mxfp8", "nvfp4"])
-def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded_backend, monkeypatch):
+def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, context, decoded_backend, monkeypatch):
     """Three Linears on one activation (FLUX's q, k, v): one decoded cast in the graph; after an
     in-place change of the activation, a cast of its own; another scaling / static activation
     scale, another cast. Every output equals the eager Linear's, bit for bit."""
@@ -345,7 +346,7 @@ def test_traced_linears_reading_one_activation_share_its_cast(fmt, mode, decoded
     monkeypatch.setattr(ops._TRACED_CASTS, "get", lambda x, key, option, make: asked.append(key) or share(
         x, key, option, lambda: made.append(key) or make()))
     x = randn(2, 40, 128, seed=6)  # each Linear folds it into a [80, 128] view of its own
-    with torch.no_grad():
+    with context():
         want = block(x.clone())
         decoded_backend.calls.update(dict.fromkeys(decoded_backend.calls, 0))
         got, (code,) = run_and_get_code(torch.compile(block, fullgraph=True), x.clone())
