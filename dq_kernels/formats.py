@@ -330,6 +330,23 @@ def e8m0_to_float32(e: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
+def _float_bits_to_float32(bits: torch.Tensor, exponent_bits: int, mantissa_bits: int, ieee: bool) -> torch.Tensor:
+    """A small float format's bit patterns (int32 holding the 1 + exponent_bits + mantissa_bits
+    bits: sign, exponent field, mantissa) -> their float32 values, exactly. Exponent 0 is the
+    subnormal mantissa x 2^(1 - bias - mantissa_bits); any other exponent e is float32 exponent
+    field e + 127 - bias and the mantissa bits on top. ``ieee``: the all-ones exponent is inf / NaN
+    (float16); without it that is a normal binade (float8_e4m3fn: its callers mark its NaN).
+    A decode from bits, not a float conversion, so that torch.compile keeps it as written."""
+    bias = 2 ** (exponent_bits - 1) - 1
+    exponent, mantissa = (bits >> mantissa_bits) & (2**exponent_bits - 1), bits & (2**mantissa_bits - 1)
+    field = exponent + (127 - bias)
+    if ieee:
+        field = torch.where(exponent == 2**exponent_bits - 1, 0xFF, field)
+    normal = ((field << 23) | (mantissa << (23 - mantissa_bits))).view(torch.float32)
+    magnitude = torch.where(exponent == 0, mantissa.float() * 2.0 ** (1 - bias - mantissa_bits), normal)
+    return torch.where((bits >> (exponent_bits + mantissa_bits)) & 1 == 1, -magnitude, magnitude)
+
+
 def _exact_float32(x: torch.Tensor) -> torch.Tensor:
     """x (bf16/fp16/fp32) as float32, decoded from its 16-bit pattern for bf16 and fp16.
 
@@ -339,13 +356,10 @@ def _exact_float32(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dtype == torch.float32:
         return x
-    bits = x.view(torch.int16).to(torch.int32)  # sign-extended: bits < 0 is the sign bit
+    bits = x.view(torch.int16).to(torch.int32)
     if x.dtype == torch.bfloat16:
         return (bits << 16).view(torch.float32)
-    exponent, mantissa = (bits >> 10) & 0x1F, bits & 0x3FF  # float16: rebias the exponent field
-    normal = (torch.where(exponent == 0x1F, 0xFF, exponent + 112) << 23) | (mantissa << 13)  # inf, NaN kept
-    magnitude = torch.where(exponent == 0, mantissa.float() * 2.0**-24, normal.view(torch.float32))
-    return torch.where(bits < 0, -magnitude, magnitude)
+    return _float_bits_to_float32(bits & 0xFFFF, 5, 10, ieee=True)
 
 
 def _divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -401,13 +415,9 @@ def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
 
     Built from the bit pattern with tensor ops only: no table tensor is made from Python values,
     since that is a host-to-device copy, which CUDA graph capture forbids. Code bits: sign (3),
-    exponent (2..1), mantissa (0); exponent 0 is the subnormal 0 or 0.5, exponent e > 0 is
-    2^(e - 1) * (1 + mantissa / 2), i.e. float32 exponent field e + 126 and mantissa bit 22.
+    exponent (2..1, bias 1), mantissa (0).
     """
-    exponent, mantissa, sign = ((codes >> 1) & 3).to(torch.int32), (codes & 1).to(torch.int32), (codes >> 3).to(torch.int32)
-    normal = ((exponent + 126) << 23) | (mantissa << 22)
-    magnitude = torch.where(exponent == 0, mantissa * 0x3F000000, normal)  # 0x3F000000 = 0.5
-    return (magnitude | (sign << 31)).view(torch.float32)
+    return _float_bits_to_float32(codes.to(torch.int32), 2, 1, ieee=False)
 
 
 def _decode_e4m3(s: torch.Tensor) -> torch.Tensor:
@@ -415,16 +425,10 @@ def _decode_e4m3(s: torch.Tensor) -> torch.Tensor:
 
     For a value that then goes to float64 (``_divide``): inductor turns ``s.float().double()`` into
     one float8 -> float64 conversion, which Triton 3.6 cannot lower (seen on the H100), so under
-    torch.compile the conversion must not be a float one. Bits: sign (7), exponent (6..3, bias 7),
-    mantissa (2..0); exponent 0 is the subnormal mantissa x 2^-9, else float32 exponent field
-    e + 120 and mantissa bits 22..20.
+    torch.compile the conversion must not be a float one.
     """
     bits = s.view(torch.uint8).to(torch.int32)
-    exponent, mantissa = (bits >> 3) & 15, bits & 7
-    normal = (((exponent + 120) << 23) | (mantissa << 20)).view(torch.float32)
-    magnitude = torch.where(exponent == 0, mantissa.to(torch.float32) * 2.0**-9, normal)
-    magnitude = torch.where((bits & 0x7F) == 0x7F, torch.nan, magnitude)
-    return torch.where(bits >= 0x80, -magnitude, magnitude)
+    return torch.where((bits & 0x7F) == 0x7F, torch.nan, _float_bits_to_float32(bits, 4, 3, ieee=False))
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
