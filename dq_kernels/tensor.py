@@ -33,13 +33,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
-from . import __version__, formats, ops
+from . import formats, ops
 from .backends import backend_names, select, selection_scope
 
 __all__ = ["QuantizedWeight", "MXFP8Weight", "NVFP4Weight"]
@@ -82,6 +83,18 @@ def _forget_launchers(key: int, ref: weakref.ref) -> None:
 def _records_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether autograd would record a linear of x and bias (the custom ops have no formula)."""
     return torch.is_grad_enabled() and (x.requires_grad or getattr(bias, "requires_grad", False))
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of the package's Python sources, read once per process: what a quantized Linear
+    traces to is their code, so an edited checkout (the same version) must not replay a graph that
+    torch's on-disk cache holds from the code before (seen: stale graphs on torch 2.11)."""
+    root = Path(__file__).parent
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 class QuantizedWeight(TorchAOBaseTensor):
@@ -199,12 +212,13 @@ class QuantizedWeight(TorchAOBaseTensor):
     def _traced_by() -> tuple:
         """What decides the graph torch.compile traces for a quantized Linear, besides the weight:
         how it casts (``ops.compile_cast``), the backend name in effect (a ``use_backend`` block's,
-        else the environment's), the registered backends, the package version."""
-        return (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), __version__)
+        else the environment's), the registered backends, the package's code (``_source_digest``)."""
+        return (ops.compile_cast(), selection_scope()[0], tuple(backend_names()), _source_digest())
 
     def _stable_hash_for_caching(self) -> str:
-        """Key for torch.compile's AOT autograd cache (torch 2.14 asks for it, 2.11 does not): class, shape,
-        attributes and the inner tensors' layouts (never their values), and ``_traced_by``."""
+        """Key for torch.compile's AOT autograd cache (torch 2.14 asks for it, 2.11 does not):
+        class, shape, attributes and the inner tensors' layouts (never their values), and
+        ``_traced_by``."""
         names, attributes = self.__tensor_flatten__()
         inner = [(n, tuple(t.shape), t.stride(), t.dtype, t.device.type) for n in names for t in [getattr(self, n)]]
         key = (type(self).__qualname__, tuple(self.shape), sorted(attributes.items()), inner, self._traced_by())

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dq_kernels as dq
-from dq_kernels import backends, formats, ops
+from dq_kernels import backends, formats, ops, tensor
 
 SKINNY_MAX_M = 64  # the test backend takes the decoded activation above this M, as cutlass does on 9.0
 
@@ -202,8 +202,8 @@ def test_compile_cast_switch(monkeypatch):
 
 def test_compile_cache_key_sees_what_decides_the_trace(monkeypatch):
     """The AOT autograd cache key of a quantized weight changes with the cast mode, the backend name
-    in effect (a use_backend block or the environment) and the registered backends; not with the
-    weight's values."""
+    in effect (a use_backend block or the environment), the registered backends and the package's
+    code; not with the weight's values."""
     monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
     monkeypatch.delenv(backends.ENV_BACKEND, raising=False)
     weight = quantized_linear("mxfp8", None)
@@ -230,6 +230,8 @@ def test_compile_cache_key_sees_what_decides_the_trace(monkeypatch):
     finally:
         dq.unregister_backend("other_reference")
     assert weight._stable_hash_for_caching() == key
+    monkeypatch.setattr(tensor, "_source_digest", lambda: "edited")  # the package's code changed
+    assert weight._stable_hash_for_caching() != key
 
 
 def test_pickled_state_carries_what_decides_the_trace(monkeypatch, tmp_path):
