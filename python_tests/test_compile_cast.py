@@ -467,16 +467,9 @@ def test_inductor_fuses_the_gelu_into_the_cast(decoded_backend):
 
 # ---------------------------------------------------------------------------------------------- on the GPU
 
-# Seen on the H100 (torch 2.11, Triton 3.6): Triton fails to compile inductor's kernel for the fused
-# NVFP4 cast; the opt-in fused mode is documented as not working there (docs/compile.md).
-NVFP4_FUSED_FAILS = pytest.mark.xfail(reason="Triton 3.6 fails to compile inductor's fused NVFP4 cast on the H100 "
-                                      "(PassManager::run failed); docs/compile.md", strict=False)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt,options", [
-    ("mxfp8", {}), ("mxfp8", {"scaling": "floor"}),
-    *[pytest.param("nvfp4", options, marks=NVFP4_FUSED_FAILS) for options in ({}, {"activation_amax": 3.0})],
+    ("mxfp8", {}), ("mxfp8", {"scaling": "floor"}), ("nvfp4", {}), ("nvfp4", {"activation_amax": 3.0}),
 ])
 def test_gpu_inductor_cast_equals_the_cast_kernels_and_the_linear_op(fmt, options, monkeypatch):
     """On a 9.0 GPU with cutlass: inductor's fused cast gives the Triton cast kernel's bits, and the
