@@ -12,7 +12,7 @@
 #   gemm       dq-kernels bench gemm --preset flux, both ops
 #   model      dq-kernels bench model flux, eager and regional-cudagraphs, batch 1 and 4
 #   castmodes  regional-cudagraphs rows of FLUX (batch 1 and 4), QwenImage and LTX-2 (batch 1) with
-#              each DQ_KERNELS_COMPILE_CAST mode in CAST_MODES (default "op shared": the default and
+#              each DQ_KERNELS_COMPILE_CAST mode in CAST_MODES (default "op shared": the linear op and the default,
 #              one cast per activation; add fused for the third), one after the other on this
 #              machine: the A/B of docs/compile.md (about 4 minutes a mode)
 #   selftest   dq-kernels selftest, the full grid, every backend here

@@ -36,13 +36,12 @@ takes its activation decoded (``takes_decoded_activation``) and the cast backend
 format's grid and decode in one pass, the quantized activation is never written. Same result every
 way (``backends.plan_linear`` decides). The decoded casts (``quantize_dequantize_*``: x rounded to
 the format's grid and decoded, one pass) and the decoded mm ops (``mxfp8_mm_decoded``,
-``nvfp4_mm_decoded``) are the two halves of that hand-over as ops of their own: with
-DQ_KERNELS_COMPILE_CAST=shared (opt-in; the default "op" keeps the linear op) a quantized Linear
-traced by torch.compile is traced as them where its mm backend takes the decoded activation
-(``decoded_linear``), its cast made once per traced activation, so that the Linears reading one
-activation (FLUX's q, k, v and MLP input projections) share one cast (``traced_cast``); with
-DQ_KERNELS_COMPILE_CAST=fused (opt-in) the cast is traced as torch ops that inductor fuses into the
-op before it (docs/compile.md).
+``nvfp4_mm_decoded``) are the two halves of that hand-over as ops of their own: by default
+(DQ_KERNELS_COMPILE_CAST=shared) a quantized Linear traced by torch.compile is traced as them where
+its mm backend takes the decoded activation (``decoded_linear``), its cast made once per traced
+activation, so that the Linears reading one activation (FLUX's q, k, v and MLP input projections)
+share one cast (``traced_cast``); DQ_KERNELS_COMPILE_CAST=op keeps the linear op, and =fused
+(opt-in) traces the cast as torch ops that inductor fuses into the op before it (docs/compile.md).
 
 A backend added with ``dq_kernels.register_backend`` has what it returns checked on every call
 (``_check_outputs``: shape, dtype and device, no sync); a wrong result raises naming the backend
@@ -717,18 +716,18 @@ COMPILE_CAST_MODES = ("op", "shared", "fused")
 
 def compile_cast() -> str:
     """How torch.compile traces a quantized Linear whose GEMM takes its activation decoded, from
-    ``DQ_KERNELS_COMPILE_CAST``: "op" (default; unset or empty) as the linear op (cast and GEMM in
-    one op: one native call on Hopper); "shared" (opt-in, not yet measured on a GPU) as the decoded
-    cast op, made once per activation and shared by the Linears that read it, then the decoded mm
-    op; "fused" (opt-in) the same with the cast as torch ops that inductor fuses into the op before
-    it (on the H100 faster behind a LayerNorm, slower behind a GELU, and Triton 3.6 failed to
-    compile inductor's NVFP4 kernel: docs/compile.md). The one place that reads the variable;
-    another value raises ValueError naming it."""
-    value = os.environ.get(ENV_COMPILE_CAST) or "op"
+    ``DQ_KERNELS_COMPILE_CAST``: "shared" (default; unset or empty) as the decoded cast op, made once
+    per activation and shared by the Linears that read it, then the decoded mm op (FLUX with CUDA
+    graphs on the H100: 0.95x / 0.89x of bf16 for MXFP8 / NVFP4 against 0.94x / 0.87x with "op");
+    "op" as the linear op (cast and GEMM in one op: one native call on Hopper); "fused" (opt-in) the
+    shared form with the cast as torch ops that inductor fuses into the op before it (on the H100
+    faster behind a LayerNorm, slower behind a GELU: docs/compile.md). The one place that reads the
+    variable; another value raises ValueError naming it."""
+    value = os.environ.get(ENV_COMPILE_CAST) or "shared"
     if value not in COMPILE_CAST_MODES:
         raise ValueError(
             f"the environment variable {ENV_COMPILE_CAST}={value!r} must be one of {COMPILE_CAST_MODES} "
-            "(or unset: op)"
+            "(or unset: shared)"
         )
     return value
 

@@ -12,8 +12,8 @@ original dtype that it replaces, and holds the canonical operands of ``dq_kernel
 ``F.linear(x, weight, bias)`` with x [..., K] (M rows in all) returns [..., N] of x's dtype. Traced
 (torch.compile) and autograd-recorded calls run the linear op on x as [M, K]
 (``dq_kernels.ops.mxfp8_linear`` / ``nvfp4_linear``: the cast op's quantization, then the mm op),
-or, traced with DQ_KERNELS_COMPILE_CAST=shared or fused where the GEMM takes its activation
-decoded, the decoded cast (once per traced activation, shared by the Linears that read it) then
+or, traced with DQ_KERNELS_COMPILE_CAST=shared (the default) or fused where the GEMM takes its
+activation decoded, the decoded cast (once per traced activation, shared by the Linears that read it) then
 the decoded mm op (``_linear_op``);
 for each of the two steps they pass the weight's ``backend`` when that backend implements the
 step's op, and None otherwise ("auto", or the cast of an activation for a GEMM-only backend), so

@@ -190,11 +190,13 @@ def test_decoded_ops_check_their_arguments():
 
 def test_compile_cast_switch(monkeypatch):
     monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
-    assert ops.compile_cast() == "op"
+    assert ops.compile_cast() == "shared"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "")
+    assert ops.compile_cast() == "shared"
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fused")
     assert ops.compile_cast() == "fused"
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
-    assert ops.compile_cast() == "shared"
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
+    assert ops.compile_cast() == "op"
     monkeypatch.setenv(ops.ENV_COMPILE_CAST, "fuse")
     with pytest.raises(ValueError, match="DQ_KERNELS_COMPILE_CAST='fuse' must be one of"):
         ops.compile_cast()
@@ -240,7 +242,7 @@ def test_pickled_state_carries_what_decides_the_trace(monkeypatch, tmp_path):
     monkeypatch.delenv(ops.ENV_COMPILE_CAST, raising=False)
     weight = quantized_linear("nvfp4", None)
     state = torch._utils._get_obj_state(weight)
-    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "shared")
+    monkeypatch.setenv(ops.ENV_COMPILE_CAST, "op")
     assert torch._utils._get_obj_state(weight)["traced_by"] != state["traced_by"]
     torch.save(weight, tmp_path / "w.pt")
     loaded = torch.load(tmp_path / "w.pt", weights_only=False)

@@ -206,7 +206,7 @@ class Backend:
     def takes_decoded_activation(self, op: str, device: torch.device, m: int) -> bool:
         """Whether mm op ``op`` ("mxfp8_mm" or "nvfp4_mm") with m activation rows on ``device`` runs
         here from the activation's decoded values (``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``).
-        Under torch.compile with DQ_KERNELS_COMPILE_CAST=shared or fused, where this holds and the
+        Under torch.compile with DQ_KERNELS_COMPILE_CAST=shared (the default) or fused, where this holds and the
         backend implements ``mxfp8_mm_decoded`` / ``nvfp4_mm_decoded``, a quantized Linear is
         traced as the decoded cast (once per traced activation) then that method's op
         (``ops.decoded_linear``, docs/compile.md)."""
