@@ -71,23 +71,20 @@ def randn(*shape, seed=0, dtype=torch.bfloat16):
 # ---------------------------------------------------------------------------------------------- formats
 
 
-def test_exact_float32_is_float_on_every_16_bit_pattern():
-    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
-    for dtype in (torch.bfloat16, torch.float16):
-        x = bits.view(dtype)
-        exact, plain = formats._exact_float32(x), x.float()
-        nan = torch.isnan(plain)
-        assert torch.equal(torch.isnan(exact), nan)
-        assert torch.equal(exact[~nan].view(torch.int32), plain[~nan].view(torch.int32))  # -0.0 included
-
-
-def test_e4m3_decode_is_float_on_every_8_bit_pattern():
-    """The NVFP4 cast's block scale as float32 from its bits (Triton 3.6 cannot lower the float8 ->
-    float64 conversion inductor would make of ``s.float().double()``)."""
-    s = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
-    decoded, plain = formats._decode_e4m3(s), s.float()
+@pytest.mark.parametrize("dtype,decode,nans", [
+    (torch.bfloat16, formats._exact_float32, 254),
+    (torch.float16, formats._exact_float32, 2046),
+    # the NVFP4 cast's block scale (Triton 3.6 cannot lower the float8 -> float64 conversion inductor
+    # would make of ``s.float().double()``)
+    (torch.float8_e4m3fn, formats._decode_e4m3, 2),
+])
+def test_bit_decodes_are_float_on_every_bit_pattern(dtype, decode, nans):
+    width = torch.finfo(dtype).bits
+    bits = torch.arange(-(2 ** (width - 1)), 2 ** (width - 1), dtype=torch.int32)
+    x = bits.to({8: torch.int8, 16: torch.int16}[width]).view(dtype)
+    decoded, plain = decode(x), x.float()
     nan = torch.isnan(plain)
-    assert torch.equal(torch.isnan(decoded), nan) and nan.sum() == 2
+    assert torch.equal(torch.isnan(decoded), nan) and nan.sum() == nans
     assert torch.equal(decoded[~nan].view(torch.int32), plain[~nan].view(torch.int32))  # -0.0 included
 
 
