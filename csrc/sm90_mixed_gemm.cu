@@ -33,9 +33,10 @@
 // piece of a row that holds one k16 step (shared by the four lanes of a quad: a broadcast) and
 // picks its bytes with byte permutes.
 //
-// Grid: one CTA per (weight tile, token tile) in tile_of's grouped order, unless tiles are shared
-// along K (below). One CTA fits per SM, so
-// a last wave holding fewer tiles than SMs would leave SMs idle. Then its tiles are split along K
+// Grid: one CTA fits per SM. Up to one CTA per SM (a walker) runs the whole tiles, tile c, c +
+// walkers, ... in tile_of's grouped order: its producer loads the next tile's first K steps while
+// its consumers run the epilogue of the last. A last wave holding fewer tiles than SMs would
+// leave SMs idle. Then its tiles are split along K
 // into up to 4 parts, one CTA each, or (fewer than two waves of tiles, operands that fit in L2)
 // all tiles are shared by one wave of CTAs in equal runs of (tile, K step) iterations (stream-K);
 // see range_of and plan_for. The CTA that finishes a tile adds the others' float32
@@ -283,6 +284,7 @@ struct Problem {
   // `parts` equal runs of K steps, or (parts 0) all cut into shared_ctas equal runs. Their float32
   // partial sums meet in `partials`, each flagged in `arrivals`.
   int whole_tiles, shared_tiles, shared_ctas, parts;
+  int walkers;      // CTAs 0..walkers-1 run the whole tiles: tile c, c + walkers, ... (persistent)
   float* partials;  // [shared CTA][consumer][accumulator register / 4][thread][4]
   int* arrivals;    // [shared CTA][consumer]: 1 once those sums are stored; zero before the launch
 };
@@ -353,7 +355,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   Storage& smem = *reinterpret_cast<Storage*>(smem_raw + (1024 - misalignment) % 1024);
 
   const int k_steps = (p.K + kTileK - 1) / kTileK;
-  const Range range = range_of(blockIdx.x, p, k_steps);
+  // A walker runs whole tiles (its first is tile blockIdx.x); the CTAs after the walkers are
+  // range_of's shared CTAs, numbered as there.
+  const bool walker = blockIdx.x < p.walkers;
+  const int cta = walker ? int(blockIdx.x) : int(blockIdx.x) - p.walkers + p.whole_tiles;
+  const Range range = range_of(cta, p, k_steps);
   const int steps = int(range.end - range.begin);  // this CTA's K steps; its i-th uses stage i % kStages
   const int warpgroup = threadIdx.x / 128;
 
@@ -371,21 +377,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
       int i = 0;
-      for (int t = range.last_tile(); t >= range.first_tile(); --t) {
+      auto load = [&](const int t, const int ks) {
         const Tile tile = tile_of<kTokens>(t, p);
-        for (int ks = range.first_step(t); ks < range.end_step(t); ++ks, ++i) {
-          const int s = i % kStages;
-          smem.empty[s].wait(((i / kStages) & 1) ^ 1);
-          Stage<F, kTokens>& stage = smem.stages[s];
-          uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
-          smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
-          cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, tile.token * kTokens);
-          cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
-                                       tile.w * kRows);
-          // The scale tile: 4 scale columns cover 128 K (MXFP8) or 64 K (NVFP4); 32 rows of 16 bytes each.
-          const int scale_tile = tile.w * p.scale_tiles_per_row + (F == Format::kMxfp8 ? ks / 2 : ks);
-          cute::SM90_TMA_LOAD_2D::copy(&s_map, bar, kEvictNormal, stage.w_scales, 0, scale_tile * 32);
-        }
+        const int s = i % kStages;
+        smem.empty[s].wait(((i / kStages) & 1) ^ 1);
+        Stage<F, kTokens>& stage = smem.stages[s];
+        uint64_t* bar = reinterpret_cast<uint64_t*>(&smem.full[s]);
+        smem.full[s].arrive_and_expect_tx(stage_bytes<F, kTokens>());
+        cute::SM90_TMA_LOAD_2D::copy(&a_map, bar, kEvictNormal, stage.a, ks * kTileK, tile.token * kTokens);
+        cute::SM90_TMA_LOAD_2D::copy(&w_map, bar, kEvictNormal, stage.w, ks * WeightTile<F>::kRowBytes,
+                                     tile.w * kRows);
+        // The scale tile: 4 scale columns cover 128 K (MXFP8) or 64 K (NVFP4); 32 rows of 16 bytes each.
+        const int scale_tile = tile.w * p.scale_tiles_per_row + (F == Format::kMxfp8 ? ks / 2 : ks);
+        cute::SM90_TMA_LOAD_2D::copy(&s_map, bar, kEvictNormal, stage.w_scales, 0, scale_tile * 32);
+        ++i;
+      };
+      if (walker) {
+        for (int t = blockIdx.x; t < p.whole_tiles; t += p.walkers)
+          for (int ks = 0; ks < k_steps; ++ks) load(t, ks);
+      } else {
+        for (int t = range.last_tile(); t >= range.first_tile(); --t)
+          for (int ks = range.first_step(t); ks < range.end_step(t); ++ks) load(t, ks);
       }
     }
     return;
@@ -401,18 +413,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
 
+  int base = 0;  // the CTA's steps before the current tile's (a walker's earlier tiles)
   // Decodes the CTA's K step i (K step ks of its tile) into f once its stage has landed.
   auto decode = [&](int i, int ks, uint32_t(&f)[4][4]) {
-    const Stage<F, kTokens>& stage = smem.stages[i % kStages];
-    smem.full[i % kStages].wait((i / kStages) & 1);
+    const Stage<F, kTokens>& stage = smem.stages[(base + i) % kStages];
+    smem.full[(base + i) % kStages].wait(((base + i) / kStages) & 1);
     decode_step<kBf16>(stage.w, stage.w_scales, ks, p.K, row, lane % 4, f, std::integral_constant<Format, F>{});
   };
   // The CTA's K step i: issues its four wgmmas on `cur`, decodes step i + 1 (K step next_ks of its
   // tile) into `next` while they run, then waits for them and releases the stage. No wgmma stays in
   // flight across steps (ptxas serializes every wgmma of a loop that keeps one in flight across its
   // back edge).
-  auto step = [&](int i, int next_ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4]) {
-    const int s = i % kStages;
+  auto step = [&](int i, int next_ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4], int steps) {
+    const int s = (base + i) % kStages;
     fence(cur);
     fence(acc);
     cute::warpgroup_arrive();
@@ -448,14 +461,35 @@ __global__ void __launch_bounds__(kThreads, 1)
     constexpr int kVecsPerToken = kRows / kConsumers / kVec;
 #pragma unroll
     for (int pass = 0; pass < kTokens / kPassTokens; ++pass) {
+      if constexpr (sizeof(Out) == 2) {
+        // Four 8x8 blocks (tokens x weight rows) per stmatrix.trans: block i = lane / 8 is tokens
+        // 8 (2 qq + i / 2).. and weight rows 8 (i % 2).. of the warp's 16; lane % 8 addresses its token.
+        const int i = lane / 8;
 #pragma unroll
-      for (int q = 0; q < kPassTokens / 8; ++q)
+        for (int qq = 0; qq < kPassTokens / 16; ++qq) {
+          uint32_t r[4];
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int token = 8 * q + 2 * (lane % 4) + h % 2;
-          const float v = acc[4 * (pass * kPassTokens / 8 + q) + h] * alpha + bias[h / 2];
-          staging[token * kPitch + local_row + 8 * (h / 2)] = from_float<Out>(v);
+          for (int b = 0; b < 4; ++b) {
+            const int a0 = 4 * (pass * kPassTokens / 8 + 2 * qq + b / 2) + 2 * (b % 2);
+            const Out lo = from_float<Out>(acc[a0] * alpha + bias[b % 2]);
+            const Out hi = from_float<Out>(acc[a0 + 1] * alpha + bias[b % 2]);
+            r[b] = uint32_t(*reinterpret_cast<const uint16_t*>(&lo)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&hi)) << 16);
+          }
+          const int token = 8 * (2 * qq + i / 2) + lane % 8;
+          const uint32_t address = cute::cast_smem_ptr_to_uint(staging + token * kPitch + 16 * warp + 8 * (i % 2));
+          asm volatile("stmatrix.sync.aligned.x4.trans.m8n8.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address),
+                       "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]));
         }
+      } else {  // float32: one element per store
+#pragma unroll
+        for (int q = 0; q < kPassTokens / 8; ++q)
+#pragma unroll
+          for (int h = 0; h < 4; ++h) {
+            const int token = 8 * q + 2 * (lane % 4) + h % 2;
+            const float v = acc[4 * (pass * kPassTokens / 8 + q) + h] * alpha + bias[h / 2];
+            staging[token * kPitch + local_row + 8 * (h / 2)] = from_float<Out>(v);
+          }
+      }
       cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
       for (int i = t; i < kPassTokens * kVecsPerToken; i += 128) {
         const int token = i / kVecsPerToken, piece = i % kVecsPerToken;
@@ -473,25 +507,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   // that finishes the tile, or add the lower CTAs' parts and run the epilogue; then start afresh.
   auto finish = [&](int tile_index, int begin, int end) {
     if (end < k_steps) {  // a part of a tile that a higher CTA finishes: leave the sums there
-      float4* mine = partials_of(blockIdx.x);
+      float4* mine = partials_of(cta);
 #pragma unroll
       for (int r = 0; r < kAcc / 4; ++r)
         __stcg(mine + r * 128 + t, make_float4(acc[4 * r], acc[4 * r + 1], acc[4 * r + 2], acc[4 * r + 3]));
       __threadfence();
       cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
-      if (t == 0) atomicExch(arrival_of(blockIdx.x), 1);
+      if (t == 0) atomicExch(arrival_of(cta), 1);
     } else {
       if (begin > 0) {  // the tile's last part: add the parts of the lower CTAs that share it
-        int lowest = blockIdx.x - 1;
+        int lowest = cta - 1;
         while (range_of(lowest, p, k_steps).begin > int64_t(tile_index) * k_steps) --lowest;
         if (t == 0) {
-          for (int cta = lowest; cta < int(blockIdx.x); ++cta)
-            while (*reinterpret_cast<volatile int*>(arrival_of(cta)) == 0) __nanosleep(128);
+          for (int other = lowest; other < cta; ++other)
+            while (*reinterpret_cast<volatile int*>(arrival_of(other)) == 0) __nanosleep(128);
           __threadfence();
         }
         cutlass::arch::NamedBarrier::sync(128, 1 + consumer);
-        for (int cta = lowest; cta < int(blockIdx.x); ++cta) {
-          const float4* theirs = partials_of(cta);
+        for (int other = lowest; other < cta; ++other) {
+          const float4* theirs = partials_of(other);
 #pragma unroll
           for (int r = 0; r < kAcc / 4; ++r) {
             const float4 v = __ldcg(theirs + r * 128 + t);
@@ -507,14 +541,29 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   uint32_t frag[2][4][4];  // two K steps' A fragments: one feeds the wgmmas, the other is decoded
   if constexpr (!kStreamK) {  // one tile (whole, or a part of a split one): K steps begin + i, i < steps
+    if (walker) {  // whole tiles; the producer loads the next tile's first steps during the epilogue
+      for (int tile_index = blockIdx.x; tile_index < p.whole_tiles; tile_index += p.walkers, base += k_steps) {
+        decode(0, 0, frag[0]);
+        int i = 0;
+        for (; i + 1 < k_steps; i += 2) {
+          step(i, i + 1, frag[0], frag[1], k_steps);
+          step(i + 1, i + 2, frag[1], frag[0], k_steps);
+        }
+        if (i < k_steps) step(i, i + 1, frag[0], frag[1], k_steps);
+        epilogue(tile_of<kTokens>(tile_index, p));
+#pragma unroll
+        for (int r = 0; r < kAcc; ++r) acc[r] = 0.f;
+      }
+      return;
+    }
     const int tile_index = range.first_tile(), begin = range.first_step(tile_index);
     decode(0, begin, frag[0]);
     int i = 0;
     for (; i + 1 < steps; i += 2) {
-      step(i, begin + i + 1, frag[0], frag[1]);
-      step(i + 1, begin + i + 2, frag[1], frag[0]);
+      step(i, begin + i + 1, frag[0], frag[1], steps);
+      step(i + 1, begin + i + 2, frag[1], frag[0], steps);
     }
-    if (i < steps) step(i, begin + i + 1, frag[0], frag[1]);
+    if (i < steps) step(i, begin + i + 1, frag[0], frag[1], steps);
     finish(tile_index, begin, begin + steps);
     return;
   }
@@ -527,11 +576,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int after = tile_index > range.first_tile() ? range.first_step(tile_index - 1) : 0;  // next tile's first K step
     auto next_ks = [&](int s) { return s + 1 < last ? s + 1 + to_ks : after; };  // K step of step s + 1
     for (; i + 1 < last; i += 2) {
-      step(i, next_ks(i), frag[0], frag[1]);
-      step(i + 1, next_ks(i + 1), frag[1], frag[0]);
+      step(i, next_ks(i), frag[0], frag[1], steps);
+      step(i + 1, next_ks(i + 1), frag[1], frag[0], steps);
     }
     if (i < last) {
-      step(i, next_ks(i), frag[0], frag[1]);
+      step(i, next_ks(i), frag[0], frag[1], steps);
       ++i;
 #pragma unroll
       for (int q = 0; q < 4; ++q)
@@ -642,7 +691,6 @@ struct Plan {
   int tokens;
   int64_t whole_tiles, shared_tiles, shared_ctas, parts, workspace_bytes;
   double cost;  // estimated time: K steps on the busiest SM times the token tile's cost per step, plus sharing's
-  int64_t ctas() const { return whole_tiles + shared_ctas; }
 };
 
 // The estimated cost of sharing tiles, in K steps of the 256-token tile (scaled with the tile's
@@ -704,6 +752,7 @@ int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p
   p.shared_tiles = int(plan.shared_tiles);
   p.shared_ctas = int(plan.shared_ctas);
   p.parts = int(plan.parts);
+  p.walkers = int(std::min<int64_t>(plan.whole_tiles, sm_count()));
   if (plan.shared_ctas) {
     const int64_t flags = (plan.shared_ctas * kConsumers * 4 + 15) / 16 * 16;
     p.arrivals = static_cast<int*>(workspace);
@@ -711,10 +760,11 @@ int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p
     if (cudaError_t e = cudaMemsetAsync(workspace, 0, flags, stream)) return e;
     after_cast = false;
   }
+  const int64_t ctas = p.walkers + plan.shared_ctas;
   switch (plan.tokens) {
-    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
-    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
-    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, plan.ctas(), out, out_dtype, stream, after_cast);
+    case 256: return launch_out<F, kBf16, 256>(a, w_q, w_s, p, ctas, out, out_dtype, stream, after_cast);
+    case 128: return launch_out<F, kBf16, 128>(a, w_q, w_s, p, ctas, out, out_dtype, stream, after_cast);
+    default: return launch_out<F, kBf16, 64>(a, w_q, w_s, p, ctas, out, out_dtype, stream, after_cast);
   }
 }
 
@@ -745,7 +795,7 @@ int run(const void* a, int a_dtype, const uint8_t* w_q, const uint8_t* w_s, cons
   const Plan plan = choose_plan(M, N, K, tokens, workspace != nullptr);
   if (workspace_bytes < plan.workspace_bytes) return DQ_ERR_BAD_CONFIG;
   const Problem p{alpha_a, alpha_b, Bias{bias, bias_dtype}, int(M), int(N), int(K), int(scale_tiles_per_row),
-                  0, 0, 0, 0, nullptr, nullptr};
+                  0, 0, 0, 0, 0, nullptr, nullptr};
   auto s = static_cast<cudaStream_t>(stream);
   if (a_dtype == DQ_BFLOAT16)
     return launch_plan<F, true>(a, w_q, w_s, p, plan, workspace, out, out_dtype, s, after_cast);

@@ -79,8 +79,9 @@ def test_cutlass_on_hopper_needs_the_sm90_family(monkeypatch):
 def test_sm90_mixed_sass_runs_on_hgmma_with_the_weight_in_registers():
     """Every instance of the mixed-input kernel computes with wgmma (HGMMA, bf16 or f16 into
     float32) whose A operand is registers (the decoded weight) and B a shared-memory descriptor:
-    3 (weight format, MMA dtype) kinds x 3 token tiles x 3 output dtypes x 2 K loops (one tile per
-    CTA, stream-K), no mma.sync fallback."""
+    3 (weight format, MMA dtype) kinds x 3 token tiles x 3 output dtypes x 2 K loops (whole or split
+    tiles, stream-K), no mma.sync fallback. The epilogue stages 16-bit outputs with stmatrix (STSM)
+    and float32 ones element by element."""
     functions = sass_functions(native.LIBRARY_PATH, "sm_90a")
     kernels = {name: sass for name, sass in functions.items() if "mixed_gemm_kernel" in name}
     assert len(kernels) == 54
@@ -90,6 +91,8 @@ def test_sm90_mixed_sass_runs_on_hgmma_with_the_weight_in_registers():
         dtype = r"\.BF16" if bf16 else r"(?!\.BF16)"
         assert re.search(rf"\bHGMMA\.64x{tokens}x16\.F32{dtype} R\d+, R\d+, gdesc\[", sass), name
         assert not re.search(r"\b(HMMA|QGMMA)\b", sass), name
+        out_16_bit = re.search(rf"ELi{tokens}E(6__half|13__nv_bfloat16)Lb", name) is not None
+        assert bool(re.search(r"\bSTSM\b", sass)) == out_16_bit, name
 
 
 @needs_sm90_family
