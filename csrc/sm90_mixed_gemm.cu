@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool walker = blockIdx.x < p.walkers;
   const int cta = walker ? int(blockIdx.x) : int(blockIdx.x) - p.walkers + p.whole_tiles;
   const Range range = range_of(cta, p, k_steps);
-  const int steps = int(range.end - range.begin);  // this CTA's K steps; its i-th uses stage i % kStages
+  const int steps = int(range.end - range.begin);  // a shared CTA's K steps; its i-th uses stage i % kStages
   const int warpgroup = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -413,8 +413,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
 
-  int base = 0;  // the CTA's steps before the current tile's (a walker's earlier tiles)
-  // Decodes the CTA's K step i (K step ks of its tile) into f once its stage has landed.
+  // Step i below counts from `base`, the steps of a walker's earlier tiles (0 for a shared CTA):
+  // the CTA's step base + i uses stage (base + i) % kStages, in the producer's order.
+  int base = 0;
+  // Decodes step i (K step ks of its tile) into f once its stage has landed.
   auto decode = [&](int i, int ks, uint32_t(&f)[4][4]) {
     const Stage<F, kTokens>& stage = smem.stages[(base + i) % kStages];
     smem.full[(base + i) % kStages].wait(((base + i) / kStages) & 1);
