@@ -754,8 +754,8 @@ int launch_plan(const void* a, const uint8_t* w_q, const uint8_t* w_s, Problem p
   p.shared_tiles = int(plan.shared_tiles);
   p.shared_ctas = int(plan.shared_ctas);
   p.parts = int(plan.parts);
-  // Walkers run the whole tiles; a stream-K plan has none (it shares every tile), so its kernel
-  // instance, which has no walker loop, never gets one.
+  // Walkers run the whole tiles. The stream-K instance has no walker loop: its plans share every tile.
+  if (plan.shared_ctas && !plan.parts && plan.whole_tiles) return DQ_ERR_UNSUPPORTED;
   p.walkers = int(std::min<int64_t>(plan.whole_tiles, sm_count()));
   if (plan.shared_ctas) {
     const int64_t flags = (plan.shared_ctas * kConsumers * 4 + 15) / 16 * 16;
