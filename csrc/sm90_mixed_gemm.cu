@@ -422,11 +422,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     smem.full[(base + i) % kStages].wait(((base + i) / kStages) & 1);
     decode_step<kBf16>(stage.w, stage.w_scales, ks, p.K, row, lane % 4, f, std::integral_constant<Format, F>{});
   };
-  // The CTA's K step i: issues its four wgmmas on `cur`, decodes step i + 1 (K step next_ks of its
-  // tile) into `next` while they run, then waits for them and releases the stage. No wgmma stays in
-  // flight across steps (ptxas serializes every wgmma of a loop that keeps one in flight across its
-  // back edge).
-  auto step = [&](int i, int next_ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4], int steps) {
+  // The CTA's K step i of `count`: issues its four wgmmas on `cur`, decodes step i + 1 (K step
+  // next_ks of its tile) into `next` while they run, then waits for them and releases the stage.
+  // No wgmma stays in flight across steps (ptxas serializes every wgmma of a loop that keeps one in
+  // flight across its back edge).
+  auto step = [&](int i, int next_ks, uint32_t(&cur)[4][4], uint32_t(&next)[4][4], int count) {
     const int s = (base + i) % kStages;
     fence(cur);
     fence(acc);
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j) wgmma<Op>(cur[j], sw128_descriptor(a + 32 * j), acc, std::make_index_sequence<kAcc>{});
     cute::warpgroup_commit_batch();
-    if (i + 1 < steps) decode(i + 1, next_ks, next);
+    if (i + 1 < count) decode(i + 1, next_ks, next);
     cute::warpgroup_wait<0>();
     fence(acc);
     fence(cur);  // keeps cur's registers from being reused before the wgmmas are done
@@ -445,10 +445,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (lane == 0) smem.empty[s].arrive();  // every wgmma reading the stage is done
   };
   // A shared CTA's partial sums: float4 pieces, [accumulator register / 4][thread].
-  auto partials_of = [&](int cta) {
-    return reinterpret_cast<float4*>(p.partials) + (int64_t(cta - p.whole_tiles) * kConsumers + consumer) * (kAcc / 4) * 128;
+  auto partials_of = [&](int shared_cta) {
+    return reinterpret_cast<float4*>(p.partials) +
+           (int64_t(shared_cta - p.whole_tiles) * kConsumers + consumer) * (kAcc / 4) * 128;
   };
-  auto arrival_of = [&](int cta) { return p.arrivals + (cta - p.whole_tiles) * kConsumers + consumer; };
+  auto arrival_of = [&](int shared_cta) { return p.arrivals + (shared_cta - p.whole_tiles) * kConsumers + consumer; };
 
   // Epilogue of a finished tile: v = alpha * acc + bias in float32, rounded once, staged as
   // [token][weight row] and written as 16-byte row pieces. Accumulator register 4q + h holds weight
