@@ -19,6 +19,7 @@
 #   sanitize   benchmarks/sanitize.py (every sm_90a GEMM entry point) under compute-sanitizer memcheck
 #              (small and large shapes) and racecheck (small shapes)
 #   readme     the README's commands: the quickstart snippet, then its dq-kernels commands
+#   sliced     benchmarks/sliced_decode.py: decode_cublas's MXFP8 weight decoded in L2-sized slices
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -76,6 +77,8 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
         && python3 -m dq_kernels bench host --formats bf16 mxfp8 | tail -3 \
         && python3 -m dq_kernels bench quant --shape 4096x3072 | tail -3 && echo "README commands: ok") >"$out/readme.log" 2>&1
       echo "readme rc=$?"; grep -v register_constant "$out/readme.log" | tail -20 ;;
+    sliced) timeout 300 python3 benchmarks/sliced_decode.py --json "$out/sliced-decode-h100.json" >"$out/sliced.log" 2>&1
+            echo "sliced rc=$?"; tail -10 "$out/sliced.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "== $step took $(( $(date +%s) - start )) s"
