@@ -22,7 +22,7 @@
 #   sliced     benchmarks/sliced_decode.py: decode_cublas's MXFP8 weight decoded in L2-sized slices
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site  # $PWD: the scripts under benchmarks/ import this checkout
 export MAX_JOBS=16 DQ_KERNELS_CUDA_ARCHS=90a CUDA_MODULE_LOADING=LAZY
 build() {  # build DIR LOG
   (cd "$1" && DQ_KERNELS_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$2" 2>&1 \
