@@ -16,7 +16,7 @@ import json
 import torch
 
 from dq_kernels import formats, native
-from dq_kernels.bench import shapes, timing
+from dq_kernels.bench import gemm, shapes, timing
 
 
 def slice_rows(n: int, k: int, budget: int) -> int:
@@ -35,9 +35,7 @@ def main() -> None:
     rows = []
     for shape in (s for s in shapes.FLUX if s.M >= 512):
         m, n, k = shape.M, shape.N, shape.K
-        g = torch.Generator(device="cuda").manual_seed(m + n + k)
-        a = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
-        w = torch.randn(n, k, device="cuda", generator=g)
+        a, w = gemm.random_operands(shape, "cuda")  # as `bench gemm` makes them
         b_q, b_s = formats.quantize_mxfp8(w)
         whole_buffer = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
 
