@@ -5,7 +5,8 @@ into one [N, K] buffer (decode_cublas today, whose decode writes N * K * 2 bytes
 cuBLAS to read back). At the FLUX shapes of M >= 512, from a bf16 activation (the decoded cast's
 output): GPU time (``bench.timing``, cold L2, median) of bf16 cuBLAS, the whole decode + GEMM and
 the sliced one for each slice size. Checks each sliced result against the whole one (float32
-summation order only). Needs a CUDA GPU and the native library. Not yet run: docs/benchmarks.md.
+summation order only). Needs a CUDA GPU and the native library. Run on an H100 (2026-12-07):
+slower at every shape, so not adopted (docs/benchmarks.md, benchmarks/results/sliced-decode-h100.json).
 
     python benchmarks/sliced_decode.py [--slice-mib 8 16 24] [--json PATH]
 """
