@@ -55,6 +55,7 @@ __all__ = [
     "quantize_nvfp4",
     "dequantize_mxfp8",
     "dequantize_nvfp4",
+    "mxfp8_blocks_below_bf16",
     "quantize_dequantize_mxfp8",
     "quantize_dequantize_nvfp4",
     "nvfp4_tensor_scale",
@@ -70,6 +71,9 @@ E4M3_TINY = torch.finfo(torch.float8_e4m3fn).tiny  # 2^-6, the smallest normal e
 E2M1_MAX = 6.0
 E8M0_BIAS = 127
 E8M0_NAN = 255
+# The smallest E8M0 byte under which every e4m3 value decodes exactly to bfloat16: with a byte
+# below 3, q * 2^(byte - 127) can fall under bfloat16's smallest subnormal (2^-133).
+E8M0_MIN_BF16_EXACT = 3
 SCALING_MODES = ("rceil", "floor")
 
 
@@ -574,6 +578,16 @@ def dequantize_mxfp8(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype = torc
     scale = e8m0_to_float32(from_blocked(s, m, k // 32))
     out = q.float().view(m, k // 32, 32) * scale.unsqueeze(-1)
     return out.view(m, k).to(dtype)
+
+
+def mxfp8_blocks_below_bf16(q: torch.Tensor, s: torch.Tensor) -> int:
+    """How many blocks of MXFP8 canonical operands (q float8_e4m3fn [M, K], s their swizzled E8M0
+    scales) hold a nonzero element under a scale byte below ``E8M0_MIN_BF16_EXACT``: blocks whose
+    bfloat16 decode may round, the edge of the Hopper kernels' exact domain
+    (docs/backend-selection.md#exactness-domains). Reads both tensors once; one host sync."""
+    m, k = check_quantized("dq_kernels.mxfp8_blocks_below_bf16", MXFP8, "q", q, "s", s)
+    nonzero = (q.view(torch.uint8) & 0x7F).view(m, k // 32, 32).ne(0).any(-1)  # +-0 is 0x00 / 0x80
+    return int((nonzero & (from_blocked(s, m, k // 32) < E8M0_MIN_BF16_EXACT)).sum())
 
 
 def dequantize_nvfp4(

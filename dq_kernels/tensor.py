@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 import weakref
 from pathlib import Path
 
@@ -269,10 +270,24 @@ class MXFP8Weight(QuantizedWeight):
 
     @classmethod
     def from_float(cls, w: torch.Tensor, scaling: str = "rceil", backend: str = "auto") -> MXFP8Weight:
-        """Quantize a [N, K] bf16/fp16/fp32 weight (K % 32 == 0)."""
-        k = w.shape[-1]
-        cast_backend = _op_backend(backend, "quantize_mxfp8", w.device, w.shape[0], k, k)
+        """Quantize a [N, K] bf16/fp16/fp32 weight (K % 32 == 0). A weight with nonzero blocks under a
+        scale below 2^-124 (``formats.mxfp8_blocks_below_bf16``; values below about 2^-116) is outside
+        the exact domain the Hopper kernels share, so under backend "auto" its result would depend on
+        which kernel M selects: such a weight gets backend "reference" (exact at every M, slow), with
+        a warning; under another backend only the warning."""
+        n, k = w.shape[0], w.shape[-1]
+        cast_backend = _op_backend(backend, "quantize_mxfp8", w.device, n, k, k)
         q, s = ops.quantize_mxfp8(w.detach(), scaling, backend=cast_backend)
+        if backend != "reference" and (below := formats.mxfp8_blocks_below_bf16(q, s)):
+            routed = backend == "auto"
+            warnings.warn(
+                f"dq_kernels: an MXFP8 weight [{n}, {k}] has {below} block(s) of nonzero values under a scale "
+                f"below 2^-124, outside the exact domain of the Hopper kernels (docs/backend-selection.md"
+                + ("): it runs on backend 'reference' at every M (exact, slow)" if routed else
+                   f"): on backend {backend!r} its result may depend on M"),
+                stacklevel=2,
+            )
+            backend = "reference" if routed else backend
         return cls(q, s, w.dtype, scaling, backend)
 
     def _linear_op(self, x, bias):

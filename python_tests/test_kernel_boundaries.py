@@ -52,3 +52,24 @@ def test_auto_result_does_not_change_across_a_kernel_boundary(fmt_name, op, boun
     print(f"{op} M = {boundary} ({chosen[0]}) vs {boundary + 1} ({chosen[1]}): relative difference {error:.2e}")
     # fp32 accumulation order only (bf16 output for W4A16: one rounding apart at most)
     assert error < (4e-3 if op == "nvfp4_weight_only_mm" else 1e-5)
+
+
+
+def test_an_mxfp8_weight_outside_the_domain_gives_one_result_at_every_m():
+    """A weight with nonzero blocks under a scale byte below 3 (MXFP8Weight.from_float routes it to
+    the reference): its first output row, tiny column included, agrees element by element at M on
+    both sides of every MXFP8 boundary (float32 summation order: 1e-5 of the sum of |products|, and
+    one bfloat16 rounding of the output)."""
+    torch.manual_seed(0)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K**0.5
+    w[3] = torch.linspace(-1e-35, 1e-35, K)  # row 3's blocks all under scale byte 3: output column 3 is tiny
+    with pytest.warns(UserWarning, match="runs on backend 'reference' at every M"):
+        weight = dq.MXFP8Weight.from_float(w)
+    x = torch.randn(backends.SM90_MXFP8_DECODE_CUBLAS_MIN_M + 1, K, device="cuda", dtype=torch.bfloat16)
+    first = torch.nn.functional.linear(x[:1], weight, None).float()
+    x0 = formats.quantize_dequantize_mxfp8(x[:1]).float()
+    bound = 1e-5 * (x0.abs() @ weight.dequantize(torch.float32).abs().t()) + first.abs() * 2**-8
+    assert first[0, 3] != 0 and bound[0, 3] < 1e-30 < first.abs().median()
+    for m in sorted({b + d for _, op, b in BOUNDARIES if op == "mxfp8_mm" for d in (0, 1)}):
+        row = torch.nn.functional.linear(x[:m], weight, None)[:1].float()
+        assert ((row - first).abs() <= bound).all(), m

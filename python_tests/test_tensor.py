@@ -2,6 +2,7 @@
 op on the subclass directly, serialization, the error messages, set_backend and torch.compile."""
 
 import io
+import warnings
 
 import pytest
 import safetensors.torch
@@ -102,6 +103,38 @@ def test_nvfp4_static_activation_scale_is_amax_over_2688():
     assert qw.activation_scale.dtype == torch.float32 and qw.activation_scale.dim() == 0
     assert torch.equal(qw.activation_scale, formats.nvfp4_tensor_scale(torch.tensor(4.0)))
     assert NVFP4Weight.from_float(randn(N, K)).activation_scale is None
+
+
+def weight_with_tiny_blocks(blocks: int) -> torch.Tensor:
+    """[N, K] bf16 random normal data, with ``blocks`` 32-element blocks of row 5 holding values
+    up to 1e-35 (about 2^-116: scale byte 2) and a block of row 7 all zero."""
+    w = randn(N, K)
+    w[5, : 32 * blocks] = torch.linspace(-1e-35, 1e-35, 32 * blocks)
+    w[7, :32] = 0
+    return w
+
+
+def test_mxfp8_blocks_below_bf16_counts_nonzero_blocks_under_scale_byte_3():
+    for blocks in (0, 1, 2):
+        q, s = formats.quantize_mxfp8(weight_with_tiny_blocks(blocks))
+        assert formats.mxfp8_blocks_below_bf16(q, s) == blocks  # the all-zero block is not counted
+
+
+def test_an_mxfp8_weight_outside_the_kernels_exact_domain_runs_on_the_reference():
+    w = weight_with_tiny_blocks(1)
+    with pytest.warns(UserWarning, match=r"1 block\(s\) .* it runs on backend 'reference' at every M"):
+        qw = MXFP8Weight.from_float(w)
+    assert qw.backend == "reference"
+    with pytest.warns(UserWarning, match="on backend 'decode_cublas' its result may depend on M"):
+        assert MXFP8Weight.from_float(w, backend="decode_cublas").backend == "decode_cublas"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MXFP8Weight.from_float(w, backend="reference").backend == "reference"
+        assert MXFP8Weight.from_float(weight_with_tiny_blocks(0)).backend == "auto"
+    x = randn(3, K, seed=2)
+    q, s = formats.quantize_mxfp8(x)
+    exact = formats.dequantize_mxfp8(q, s, torch.float32) @ qw.dequantize(torch.float32).t()
+    assert torch.allclose(F.linear(x, qw).float(), exact.to(torch.bfloat16).float(), rtol=0, atol=0)
 
 
 def test_repr_is_readable():
