@@ -1158,7 +1158,7 @@ def _mixed_workspace(m: int, n: int, k: int, tokens: int, device: torch.device, 
     return stream_workspace(_plan_on(device.index, m, n, k, tokens).workspace_bytes, device, stream)
 
 
-_WORKSPACES = threading.local()  # per thread: {(device index, stream handle): uint8 buffer}
+_WORKSPACES = threading.local()  # per thread: {device index: uint8 buffer, for its default stream}
 
 
 # The largest workspace stream_workspace keeps. Above it a launch gets a fresh allocation: its
@@ -1171,24 +1171,38 @@ KEPT_WORKSPACE_MAX_BYTES = 32 << 20
 def stream_workspace(size: int, device: torch.device, stream: int) -> torch.Tensor | None:
     """At least ``size`` bytes of device memory (uint8) for a launch on ``stream`` (the handle of
     ``device``'s current stream, ``current_raw_stream``: the caller passes it on to the launch),
-    or None for size 0; the caller keeps it alive until the launch is enqueued. Outside CUDA-graph
-    capture, up to ``KEPT_WORKSPACE_MAX_BYTES``, one buffer per thread and stream, grown as needed
-    and kept (no allocation per call): launches on one stream run in order, so each finds it free,
-    and a buffer per thread keeps two threads' launches on one stream from interleaving in it.
-    Larger sizes, and any size inside capture, get a fresh allocation (inside capture from the
-    graph's memory pool, so that a replayed graph shares no memory with eager calls)."""
+    or None for size 0; the caller keeps it alive until the launch is enqueued. On the device's
+    default stream outside CUDA-graph capture, up to ``KEPT_WORKSPACE_MAX_BYTES``, one buffer per
+    thread, grown as needed and kept (no allocation per call): launches on one stream run in order,
+    so each finds it free, and a buffer per thread keeps two threads' launches on one stream from
+    interleaving in it. Larger sizes, other streams and any size inside capture get a fresh
+    allocation. Why not keep one per stream: torch.compile's mode="reduce-overhead" runs its warm-up
+    on a stream of its own with every allocation of the thread going to its CUDA-graph pool, and a
+    buffer kept from there is memory of that pool its graphs do not track (it refuses to record)."""
     import torch
 
     if not size:
         return None
-    if size > KEPT_WORKSPACE_MAX_BYTES or torch._C._cuda_isCurrentStreamCapturing():
+    if size > KEPT_WORKSPACE_MAX_BYTES or stream != _default_stream(device) or torch._C._cuda_isCurrentStreamCapturing():
         return _empty_bytes(size, device)
     buffers = _WORKSPACES.__dict__
-    key = (device.index, stream)
-    buffer = buffers.get(key)
+    buffer = buffers.get(device.index)
     if buffer is None or buffer.numel() < size:
-        buffer = buffers[key] = _empty_bytes(size, device)
+        buffer = buffers[device.index] = _empty_bytes(size, device)
     return buffer
+
+
+_DEFAULT_STREAMS: dict = {}  # device index -> the handle of its default stream
+
+
+def _default_stream(device: torch.device) -> int:
+    """The handle of ``device``'s default stream, looked up once."""
+    handle = _DEFAULT_STREAMS.get(device.index)
+    if handle is None:
+        import torch
+
+        handle = _DEFAULT_STREAMS[device.index] = torch.cuda.default_stream(device).cuda_stream
+    return handle
 
 
 _BYTE_TEMPLATES: dict = {}  # device index -> an empty uint8 tensor on that device
