@@ -721,8 +721,8 @@ def compile_cast() -> str:
     graphs on the H100: 0.95x / 0.89x of bf16 for MXFP8 / NVFP4 against 0.94x / 0.87x with "op");
     "op" as the linear op (cast and GEMM in one op: one native call on Hopper); "fused" (opt-in) the
     shared form with the cast as torch ops that inductor fuses into the op before it (on the H100
-    faster behind a LayerNorm, slower behind a GELU, 5-17 % slower per FLUX step: docs/compile.md). The one place that reads the
-    variable; another value raises ValueError naming it."""
+    faster behind a LayerNorm, slower behind a GELU, 5-17 % slower per FLUX step: docs/compile.md).
+    The one place that reads the variable; another value raises ValueError naming it."""
     value = os.environ.get(ENV_COMPILE_CAST) or "shared"
     if value not in COMPILE_CAST_MODES:
         raise ValueError(

@@ -54,7 +54,6 @@ def test_auto_result_does_not_change_across_a_kernel_boundary(fmt_name, op, boun
     assert error < (4e-3 if op == "nvfp4_weight_only_mm" else 1e-5)
 
 
-
 def test_an_mxfp8_weight_outside_the_domain_gives_one_result_at_every_m():
     """A weight with nonzero blocks under a scale byte below 3 (MXFP8Weight.from_float routes it to
     the reference): its first output row, tiny column included, agrees element by element at M on
