@@ -20,6 +20,7 @@
 #              (small and large shapes) and racecheck (small shapes)
 #   readme     the README's commands: the quickstart snippet, then its dq-kernels commands
 #   sliced     benchmarks/sliced_decode.py: decode_cublas's MXFP8 weight decoded in L2-sized slices
+#   plans      benchmarks/mixed_plans.py: the mixed-input kernel's token tiles and shared tiles at M 128-512
 set -uo pipefail
 out=${OUT:-$PWD/h100-out}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site  # $PWD: the scripts under benchmarks/ import this checkout
@@ -79,6 +80,8 @@ rows, _ = host.run(host.DEFAULT_SHAPES, host.FORMATS, torch.device('cuda')); pri
       echo "readme rc=$?"; grep -v register_constant "$out/readme.log" | tail -20 ;;
     sliced) timeout 300 python3 benchmarks/sliced_decode.py --json "$out/sliced-decode-h100.json" >"$out/sliced.log" 2>&1
             echo "sliced rc=$?"; tail -10 "$out/sliced.log" ;;
+    plans) timeout 300 python3 benchmarks/mixed_plans.py --json "$out/mixed-plans-h100.json" >"$out/plans.log" 2>&1
+           echo "plans rc=$?"; tail -10 "$out/plans.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "== $step took $(( $(date +%s) - start )) s"
