@@ -10,11 +10,12 @@ the kernel's own choice (float32 summation order only). Needs an sm_90a GPU and 
 
 import argparse
 import json
+import sys
 
 import torch
 
 from dq_kernels import formats, native
-from dq_kernels.bench import gemm, shapes, timing
+from dq_kernels.bench import gemm, report, shapes, timing
 
 KN = [(3072, 3072), (3072, 12288), (12288, 3072)]  # (K, N) of FLUX's and QwenImage's Linears
 
@@ -67,8 +68,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "timing": timing.METHOD, "rows": rows}, f, indent=1)
+        header = report.json_header(torch.cuda.get_device_name(), "python " + " ".join(sys.argv), timing.METHOD)
+        report.write_json(args.json, header | {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ slower at every shape, so not adopted (docs/benchmarks.md, benchmarks/results/sl
 
 import argparse
 import json
+import sys
 
 import torch
 
 from dq_kernels import formats, native
 from dq_kernels.backends import get_backend
-from dq_kernels.bench import gemm, shapes, timing
+from dq_kernels.bench import gemm, report, shapes, timing
 
 
 def slice_rows(n: int, k: int, budget: int) -> int:
@@ -71,8 +72,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "timing": timing.METHOD, "rows": rows}, f, indent=1)
+        header = report.json_header(torch.cuda.get_device_name(), "python " + " ".join(sys.argv), timing.METHOD)
+        report.write_json(args.json, header | {"rows": rows})
 
 
 if __name__ == "__main__":
