@@ -76,7 +76,8 @@ enum class Format { kMxfp8, kNvfp4 };  // of the weight
 
 constexpr int kRows = 128;       // weight rows per CTA: two consumer warpgroups x wgmma's M of 64
 constexpr int kTileK = 64;       // K per stage: one 128-byte swizzle row of the 16-bit activation
-constexpr int kStages = 4;
+constexpr int kMaxStages = 8;
+constexpr int kSharedBytesLimit = 227 * 1024;     // dynamic shared memory of one sm_90 CTA
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (1 + kConsumers);  // warpgroup 0 is the producer
 constexpr int kScaleTileBytes = 512;              // 128 rows x 4 scale columns, canonical layout
@@ -107,8 +108,17 @@ struct alignas(1024) Stage {
   uint8_t w_scales[kScaleTileBytes];                // the canonical scale tile covering the step
 };
 
+// The load ring: 4 stages of 256 tokens, as many of 128 or 64 as fit beside the epilogue's staging
+// (at most kMaxStages). A K step of the smaller tiles takes less time, so the ring must hold more
+// of them to cover the weight's first read from HBM (H100, bf16 output, 4 -> 8 stages: M = 128
+// GEMMs with 48 or more K steps per CTA 4-10 % faster; 5 stages of 256 tokens were 1-4 % slower than 4).
 template <Format F, int kTokens, typename Out>
 struct SharedStorage {
+  static constexpr int kStaging = kConsumers * kPassTokens * kPitch * int(sizeof(Out));
+  static constexpr int kStages =
+      kTokens == 256 ? 4
+                     : std::min<int>(kMaxStages, (kSharedBytesLimit - 2048 - kStaging - 16 * kMaxStages) /
+                                                     int(sizeof(Stage<F, kTokens>)));
   Stage<F, kTokens> stages[kStages];
   Out staging[kConsumers][kPassTokens * kPitch];  // epilogue: [token][weight row] per consumer
   cutlass::arch::ClusterTransactionBarrier full[kStages];  // the producer's TMA bytes have landed
@@ -349,6 +359,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mixed_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap w_map,
                       const __grid_constant__ CUtensorMap s_map, const Problem p, Out* __restrict__ out) {
   using Storage = SharedStorage<F, kTokens, Out>;
+  constexpr int kStages = Storage::kStages;
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on smem_raw, so the compiler still knows it is shared memory.
   const uint32_t misalignment = cute::cast_smem_ptr_to_uint(smem_raw) % 1024;
@@ -667,6 +678,7 @@ int launch_kernel(const void* a, const uint8_t* w_q, const uint8_t* w_s, const P
   if (int e = make_map(&s_map, w_s, scale_rows, 16, 1, 16, 32, CU_TENSOR_MAP_SWIZZLE_NONE)) return e;
   auto kernel = stream_k ? mixed_gemm_kernel<F, kBf16, kTokens, Out, true> : mixed_gemm_kernel<F, kBf16, kTokens, Out, false>;
   constexpr int kSharedBytes = sizeof(SharedStorage<F, kTokens, Out>) + 1024;  // + alignment slack
+  static_assert(kSharedBytes <= kSharedBytesLimit);
   if (cudaError_t e = allow_dynamic_shared_memory(kernel, kSharedBytes)) return e;
   return launch(kernel, dim3(ctas), dim3(kThreads), kSharedBytes, stream, after_cast, a_map, w_map, s_map, p,
                 static_cast<Out*>(out));
