@@ -111,7 +111,8 @@ struct alignas(1024) Stage {
 // The load ring: 4 stages of 256 tokens, as many of 128 or 64 as fit beside the epilogue's staging
 // (at most kMaxStages). A K step of the smaller tiles takes less time, so the ring must hold more
 // of them to cover the weight's first read from HBM (H100, bf16 output, 4 -> 8 stages: M = 128
-// GEMMs with 48 or more K steps per CTA 4-10 % faster; 5 stages of 256 tokens were 1-4 % slower than 4).
+// GEMMs with 48 or more K steps per CTA 4-11 % faster; 5 stages of 256 tokens were up to 5 % slower
+// than 4 at M 512-4608: benchmarks/results/mixed-ring-h100.json).
 template <Format F, int kTokens, typename Out>
 struct SharedStorage {
   static constexpr int kStaging = kConsumers * kPassTokens * kPitch * int(sizeof(Out));
